@@ -1,0 +1,73 @@
+"""Resolve what the user typed as CKPT to a checkpoint prefix and its ``.meta`` graph.
+
+Accepted: a prefix (``train/model.ckpt-1000``), a directory whose ``checkpoint`` state file names the latest
+prefix, or any one file of the prefix (``.index``, ``.meta``, ``.data-00000-of-00001``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ckptfix.errors import CheckpointError, GraphError
+
+_SUFFIX = re.compile(r"\.(index|meta|data-\d+-of-\d+)$")
+
+
+@dataclass(frozen=True)
+class CheckpointFiles:
+    """A checkpoint prefix, its files on disk and the graph it was saved from."""
+
+    prefix: Path
+    meta: Path
+
+    @property
+    def files(self) -> list[Path]:
+        """Every file of the prefix (``.index`` and ``.data-*`` shards), sorted."""
+        return sorted(self.prefix.parent.glob(self.prefix.name + ".data-*")) + [self.index]
+
+    @property
+    def index(self) -> Path:
+        return self.prefix.with_name(self.prefix.name + ".index")
+
+
+def _latest_in_directory(directory: Path) -> Path:
+    import tensorflow as tf
+
+    state = directory / "checkpoint"
+    if not state.is_file():
+        raise CheckpointError(
+            f"{directory} has no 'checkpoint' state file: pass the checkpoint prefix instead "
+            f"(e.g. {directory}/model.ckpt-1000)."
+        )
+    latest = tf.train.latest_checkpoint(str(directory))
+    if latest is None:
+        raise CheckpointError(
+            f"the 'checkpoint' state file in {directory} names no checkpoint that exists: pass the prefix explicitly."
+        )
+    return Path(latest)
+
+
+def locate_checkpoint(checkpoint: str | Path, meta: str | Path | None = None) -> CheckpointFiles:
+    """Find the prefix and ``.meta`` for ``checkpoint``; raise :class:`CheckpointError` naming the fix."""
+    path = Path(checkpoint).expanduser()
+    if path.is_dir():
+        prefix = _latest_in_directory(path)
+    else:
+        prefix = path.with_name(_SUFFIX.sub("", path.name))
+    index = prefix.with_name(prefix.name + ".index")
+    if not index.is_file():
+        if not prefix.parent.exists() or not any(prefix.parent.glob(prefix.name + "*")):
+            raise CheckpointError(f"no checkpoint at {checkpoint}: pass a checkpoint prefix, directory or file.")
+        raise CheckpointError(f"{index} is missing: pass the prefix of a complete TensorFlow checkpoint.")
+    if not any(prefix.parent.glob(prefix.name + ".data-*")):
+        raise CheckpointError(f"no .data shard beside {index}: the checkpoint is incomplete; copy all its files.")
+    meta_path = Path(meta).expanduser() if meta is not None else prefix.with_name(prefix.name + ".meta")
+    if not meta_path.is_file():
+        if meta is not None:
+            raise GraphError(f"--meta {meta}: no such file.")
+        raise GraphError(
+            f"no .meta graph beside {prefix.name}: pass --meta PATH (the graph the checkpoint was saved from)."
+        )
+    return CheckpointFiles(prefix=prefix.absolute(), meta=meta_path.absolute())

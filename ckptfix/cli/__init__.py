@@ -1,0 +1,1 @@
+"""The ``ckptfix`` command line: parse options, call the API, print the returned report."""

@@ -1,0 +1,1 @@
+"""Where models are loaded, BN layers found, feeds detected and the forward pass run."""

@@ -1,0 +1,280 @@
+"""Find the BatchNorm layers of a GraphDef and the checkpoint keys of their moving statistics.
+
+Two shapes of BN are recognised:
+
+* **fused**: ``FusedBatchNorm`` / ``V2`` / ``V3`` nodes, at top level or inside the branch functions of
+  ``If`` / ``StatelessIf`` ops (TF2 control flow). With a tensor training flag and TF1 control flow there are
+  two nodes per layer (one per ``tf.cond`` branch, both fed through ``Switch``).
+* **non-fused**: ``tf.nn.batch_normalization`` arithmetic,
+  ``y = x * inv + (beta - mean * inv)`` with ``inv = rsqrt(variance + eps) [* gamma]``, as slim
+  (``fused=False``) and ``tf.nn.moments``-based code build it.
+
+A layer is identified by its ``moving_mean`` / ``moving_variance`` variables, found by walking a node's
+mean/variance inputs back through Identity / ReadVariableOp / Switch / Merge / If to the variable op (op
+scopes and variable scopes differ in slim nets, so names are never matched). When a training-mode node has
+no such inputs (slim's own fused path feeds it empty constants), the variables are found through the update
+ops its batch statistics feed, or through the other node of the same layer (same BN input). Non-fused
+normalisations without moving variables (layer norm, instance norm) are not BN layers and are left alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ckptfix.errors import GraphError
+from ckptfix.graph.index import IF_OPS, GraphIndex, Tensor, is_gradient
+
+FUSED_OPS = frozenset({"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"})
+VARIABLE_OPS = frozenset({"VariableV2", "Variable", "VarHandleOp"})
+_PASS_THROUGH = frozenset({"Identity", "RefIdentity", "ReadVariableOp", "Enter", "RefEnter", "Snapshot", "Cast"})
+_SWITCH_OPS = frozenset({"Switch", "RefSwitch"})
+_MERGE_OPS = frozenset({"Merge", "RefMerge"})
+_ASSIGN_OPS = frozenset(
+    {"Assign", "AssignSub", "AssignAdd", "AssignVariableOp", "AssignSubVariableOp", "AssignAddVariableOp"}
+)
+_FORWARD_STOP = frozenset({"Conv2D", "MatMul", "DepthwiseConv2dNative"}) | FUSED_OPS
+_CHANNELS_LAST = frozenset({"NHWC", "NDHWC"})
+
+
+@dataclass(frozen=True)
+class FusedNode:
+    """One FusedBatchNorm node (``function`` is the branch function holding it, None at top level)."""
+
+    node: str
+    function: str | None
+    is_training: bool
+    channels_last: bool
+
+
+@dataclass(frozen=True)
+class NonFusedSite:
+    """Non-fused BN arithmetic: the tensor it normalises, and where it reads its mean and variance
+    (``(node, input position)`` pairs)."""
+
+    input: Tensor
+    mean_use: tuple[str, int]
+    variance_use: tuple[str, int]
+    mean: Tensor
+    variance: Tensor
+
+
+@dataclass
+class BatchNormLayer:
+    """A BN layer: its statistics' checkpoint keys, the tensors it normalises, and its nodes."""
+
+    name: str
+    kind: str
+    mean_variable: str
+    variance_variable: str
+    inputs: list[Tensor] = field(default_factory=list)
+    fused_nodes: list[FusedNode] = field(default_factory=list)
+    nonfused_sites: list[NonFusedSite] = field(default_factory=list)
+
+    @property
+    def bessel(self) -> bool:
+        """Fused TF1 BN moves its variance toward the Bessel-corrected batch variance, non-fused toward the biased."""
+        return self.kind == "fused"
+
+    @property
+    def channels_last(self) -> bool | None:
+        """Fused layers know their layout; None for non-fused (decided from the statistics' static shape)."""
+        return self.fused_nodes[0].channels_last if self.fused_nodes else None
+
+
+@dataclass
+class _Candidate:
+    input: Tensor
+    mean_variables: set[str]
+    variance_variables: set[str]
+    fused: FusedNode | None = None
+    site: NonFusedSite | None = None
+
+    @property
+    def label(self) -> str:
+        if self.fused is not None:
+            where = f" (in function {self.fused.function})" if self.fused.function else ""
+            return self.fused.node + where
+        return self.site.mean_use[0]
+
+
+def _variables_behind(index: GraphIndex, start: Tensor) -> set[str]:
+    """Variable ops that ``start`` reads through value-preserving ops and control-flow plumbing."""
+    found: set[str] = set()
+    seen: set[Tensor] = set()
+    stack = [start]
+    while stack:
+        tensor = stack.pop()
+        if tensor in seen:
+            continue
+        seen.add(tensor)
+        node = index.node(tensor.node, tensor.function)
+        if node is None:  # a function argument: continue at the calling If's input
+            outer = index.to_top_level(tensor)
+            if outer is not None:
+                stack.append(outer)
+            continue
+        inputs = index.inputs(node, tensor.function)
+        if node.op in VARIABLE_OPS and tensor.function is None:
+            found.add(node.name)
+        elif node.op in _PASS_THROUGH or node.op in _SWITCH_OPS:
+            stack.extend(inputs[:1])
+        elif node.op in _MERGE_OPS:
+            stack.extend(inputs)
+        elif node.op in IF_OPS and tensor.function is None:
+            stack.extend(inputs[1:])
+    return found
+
+
+def _variables_updated_from(index: GraphIndex, start: Tensor, depth: int = 8) -> set[str]:
+    """Variables that update ops fed by ``start`` assign to (the moving-average update a layer built)."""
+    if start.function is not None:
+        return set()
+    found: set[str] = set()
+    frontier, seen = [start.name], set()
+    for _ in range(depth):
+        following = []
+        for tensor_name in frontier:
+            for user, _position in index.consumers.get(tensor_name, []):
+                if user in seen:
+                    continue
+                seen.add(user)
+                node = index.nodes[user]
+                if node.op in _ASSIGN_OPS:
+                    found |= _variables_behind(index, index.inputs(node)[0])
+                elif node.op not in _FORWARD_STOP and not node.op.endswith("Grad"):
+                    following.extend(f"{user}:{k}" for k in range(3))
+        frontier = following
+    return found
+
+
+def _through_switch(index: GraphIndex, tensor: Tensor) -> Tensor:
+    while True:
+        node = index.node(tensor.node, tensor.function)
+        if node is None or node.op not in _SWITCH_OPS:
+            return tensor
+        tensor = index.inputs(node, tensor.function)[0]
+
+
+def _fused_candidates(index: GraphIndex) -> list[_Candidate]:
+    scopes = [(None, list(index.nodes.values()))]
+    scopes += [(name, list(f.node_def)) for name, f in index.functions.items() if index.call_sites.get(name)]
+    candidates = []
+    for function, nodes in scopes:
+        for node in nodes:
+            if node.op not in FUSED_OPS or is_gradient(node.name):
+                continue
+            inputs = index.inputs(node, function)
+            data_format = node.attr["data_format"].s.decode() if "data_format" in node.attr else "NHWC"
+            fused = FusedNode(
+                node.name,
+                function,
+                node.attr["is_training"].b if "is_training" in node.attr else True,
+                data_format in _CHANNELS_LAST,
+            )
+            x = index.to_top_level(_through_switch(index, inputs[0]))
+            if x is None:
+                raise GraphError(
+                    f"BN node {fused.node} normalises a tensor computed inside a control-flow function; "
+                    "ckptfix cannot feed it. Please report this graph."
+                )
+            means, variances = _variables_behind(index, inputs[3]), _variables_behind(index, inputs[4])
+            if function is None and not means:
+                means = _variables_updated_from(index, Tensor(node.name, 1))
+            if function is None and not variances:
+                variances = _variables_updated_from(index, Tensor(node.name, 2))
+            candidates.append(_Candidate(x, means, variances, fused=fused))
+    return candidates
+
+
+def _nonfused_candidates(index: GraphIndex) -> list[_Candidate]:
+    def users(tensor_name: str, op_types: set[str]) -> list:
+        return [
+            (index.nodes[user], position)
+            for user, position in index.consumers.get(tensor_name, [])
+            if index.nodes[user].op in op_types
+        ]
+
+    candidates = []
+    for rsqrt in index.nodes.values():
+        if rsqrt.op != "Rsqrt" or is_gradient(rsqrt.name):
+            continue
+        add = index.node(index.inputs(rsqrt)[0].node)
+        if add is None or add.op not in {"Add", "AddV2"}:
+            continue
+        add_inputs = index.inputs(add)
+        non_const = [k for k, t in enumerate(add_inputs) if index.nodes[t.node].op != "Const"]
+        if len(non_const) != 1:
+            continue
+        inv = f"{rsqrt.name}:0"
+        muls = users(inv, {"Mul"})
+        if len(muls) == 1:  # inv = rsqrt(...) * gamma
+            inv = f"{muls[0][0].name}:0"
+            muls = users(inv, {"Mul"})
+        if len(muls) != 2:
+            continue
+        roles = {}
+        for mul, position in muls:
+            other = 1 - position
+            if users(f"{mul.name}:0", {"Neg"}) or any(p == 1 for _, p in users(f"{mul.name}:0", {"Sub"})):
+                roles["mean"] = (mul, other)
+            elif users(f"{mul.name}:0", {"Add", "AddV2"}):
+                roles["x"] = (mul, other)
+        if set(roles) != {"mean", "x"}:
+            continue
+        mean_mul, mean_position = roles["mean"]
+        x_mul, x_position = roles["x"]
+        site = NonFusedSite(
+            input=index.inputs(x_mul)[x_position],
+            mean_use=(mean_mul.name, mean_position),
+            variance_use=(add.name, non_const[0]),
+            mean=index.inputs(mean_mul)[mean_position],
+            variance=add_inputs[non_const[0]],
+        )
+        means = _variables_behind(index, site.mean) or _variables_updated_from(index, site.mean)
+        variances = _variables_behind(index, site.variance) or _variables_updated_from(index, site.variance)
+        if means or variances:  # no moving statistics: layer/instance norm, not BN
+            candidates.append(_Candidate(site.input, means, variances, site=site))
+    return candidates
+
+
+def _layer_name(mean_variable: str) -> str:
+    scope, _, last = mean_variable.rpartition("/")
+    return scope if last.startswith("moving_mean") and scope else mean_variable
+
+
+def find_batchnorm_layers(index: GraphIndex) -> list[BatchNormLayer]:
+    """Every BN layer of the graph, in graph order of first appearance; raises GraphError on BN it cannot map."""
+    candidates = _fused_candidates(index) + _nonfused_candidates(index)
+    for candidate in candidates:
+        for kind, found in (("moving_mean", candidate.mean_variables), ("moving_variance", candidate.variance_variables)):
+            if len(found) > 1:
+                raise GraphError(
+                    f"BN node {candidate.label} reads several possible {kind} variables ({', '.join(sorted(found))})."
+                )
+    by_input: dict[Tensor, tuple[str, str]] = {}
+    for candidate in candidates:
+        if candidate.mean_variables and candidate.variance_variables:
+            by_input[candidate.input] = (min(candidate.mean_variables), min(candidate.variance_variables))
+    layers: dict[tuple[str, str], BatchNormLayer] = {}
+    for candidate in candidates:
+        key = by_input.get(candidate.input)
+        if not (candidate.mean_variables and candidate.variance_variables) and key is None:
+            raise GraphError(
+                f"cannot find the moving_mean/moving_variance variables of BN node {candidate.label}; "
+                "ckptfix does not handle this BN layer. Please report the graph."
+            )
+        if candidate.mean_variables and candidate.variance_variables:
+            key = (min(candidate.mean_variables), min(candidate.variance_variables))
+        kind = "fused" if candidate.fused else "non-fused"
+        layer = layers.setdefault(key, BatchNormLayer(_layer_name(key[0]), kind, *key))
+        if layer.kind != kind:
+            raise GraphError(f"BN layer {layer.name} mixes fused and non-fused nodes; ckptfix cannot handle it.")
+        if candidate.input not in layer.inputs:
+            layer.inputs.append(candidate.input)
+        if candidate.fused:
+            layer.fused_nodes.append(candidate.fused)
+        else:
+            layer.nonfused_sites.append(candidate.site)
+    return list(layers.values())
+
+

@@ -1,0 +1,5 @@
+"""Pooled per-channel statistics: merging per-batch moments exactly, in float64."""
+
+from ckptfix.stats.pooled import BatchMoments, Estimator, PooledMoments
+
+__all__ = ["BatchMoments", "Estimator", "PooledMoments"]
