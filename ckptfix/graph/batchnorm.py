@@ -120,8 +120,11 @@ def _variables_behind(index: GraphIndex, start: Tensor) -> set[str]:
             stack.extend(inputs[:1])
         elif node.op in _MERGE_OPS:
             stack.extend(inputs)
-        elif node.op in IF_OPS and tensor.function is None:
-            stack.extend(inputs[1:])
+        elif node.op in IF_OPS and tensor.function is None:  # output k: what each branch returns as k
+            for branch in ("then_branch", "else_branch"):
+                returned = index.function_output(node.attr[branch].func.name, tensor.index)
+                if returned is not None:
+                    stack.append(returned)
     return found
 
 
@@ -212,22 +215,26 @@ def _nonfused_candidates(index: GraphIndex) -> list[_Candidate]:
             muls = users(inv, {"Mul"})
         if len(muls) != 2:
             continue
-        roles = {}
+        # y = x * inv + (beta - mean * inv); without beta: x * inv + (-mean) * inv
+        roles: dict[str, tuple[str, int]] = {}
         for mul, position in muls:
-            other = 1 - position
-            if users(f"{mul.name}:0", {"Neg"}) or any(p == 1 for _, p in users(f"{mul.name}:0", {"Sub"})):
-                roles["mean"] = (mul, other)
+            operand = index.inputs(mul)[1 - position]
+            producer = index.nodes.get(operand.node)
+            if any(p == 1 for _, p in users(f"{mul.name}:0", {"Sub"})) or users(f"{mul.name}:0", {"Neg"}):
+                roles["mean"] = (mul.name, 1 - position)
+            elif producer is not None and producer.op == "Neg":
+                roles["mean"] = (producer.name, 0)
             elif users(f"{mul.name}:0", {"Add", "AddV2"}):
-                roles["x"] = (mul, other)
+                roles["x"] = (mul.name, 1 - position)
         if set(roles) != {"mean", "x"}:
             continue
-        mean_mul, mean_position = roles["mean"]
         x_mul, x_position = roles["x"]
+        mean_node, mean_position = roles["mean"]
         site = NonFusedSite(
-            input=index.inputs(x_mul)[x_position],
-            mean_use=(mean_mul.name, mean_position),
+            input=index.inputs(index.nodes[x_mul])[x_position],
+            mean_use=roles["mean"],
             variance_use=(add.name, non_const[0]),
-            mean=index.inputs(mean_mul)[mean_position],
+            mean=index.inputs(index.nodes[mean_node])[mean_position],
             variance=add_inputs[non_const[0]],
         )
         means = _variables_behind(index, site.mean) or _variables_updated_from(index, site.mean)

@@ -101,6 +101,13 @@ class GraphIndex:
         caller = self.nodes[sites[0]]
         return self.inputs(caller)[1 + args.index(tensor.node)]
 
+    def function_output(self, function: str, k: int) -> Tensor | None:
+        """The tensor a function body returns as its output ``k``."""
+        definition = self.functions.get(function)
+        if definition is None or k >= len(definition.signature.output_arg):
+            return None
+        return parse_input(definition.ret[definition.signature.output_arg[k].name], function)
+
     def ancestors(self, starts: list[Tensor]) -> set[str]:
         """Names of top-level nodes that the given tensors depend on through data inputs (starts included)."""
         seen: set[str] = set()
