@@ -282,6 +282,14 @@ def find_batchnorm_layers(index: GraphIndex) -> list[BatchNormLayer]:
             layer.fused_nodes.append(candidate.fused)
         else:
             layer.nonfused_sites.append(candidate.site)
-    return list(layers.values())
+    return sorted(layers.values(), key=lambda layer: _graph_position(index, layer))
+
+
+def _graph_position(index: GraphIndex, layer: BatchNormLayer) -> int:
+    """Where a layer first appears among the top-level nodes (a branch function counts at its If op)."""
+    names = [site.mean_use[0] for site in layer.nonfused_sites]
+    for fused in layer.fused_nodes:
+        names.extend([fused.node] if fused.function is None else index.call_sites[fused.function])
+    return min(index.position[name] for name in names)
 
 

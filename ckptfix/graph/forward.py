@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ckptfix.errors import DataError, GraphError
+from ckptfix.errors import CheckpointError, DataError, GraphError
 from ckptfix.graph.batchnorm import BatchNormLayer
 from ckptfix.graph.feeds import Feeds
 from ckptfix.stats import BatchMoments
@@ -137,6 +137,10 @@ class ForwardModel:
             raise GraphError("the .meta graph has no saver to restore the checkpoint with: save it with tf.compat.v1.train.Saver.")
         try:
             self.session.run(saver_def.restore_op_name, {saver_def.filename_tensor_name: prefix})
+        except tf.errors.DataLossError as error:
+            raise CheckpointError(
+                f"checkpoint {prefix} is damaged ({_first_line(error)}): restore it from a good copy."
+            ) from None
         except tf.errors.OpError as error:
             raise GraphError(
                 f"the checkpoint does not match the .meta graph ({_first_line(error)}); pass --meta with the graph it was saved from."

@@ -52,6 +52,7 @@ class GraphIndex:
     def __init__(self, graph_def) -> None:
         self.graph_def = graph_def
         self.nodes = {node.name: node for node in graph_def.node}
+        self.position = {node.name: k for k, node in enumerate(graph_def.node)}
         self.functions = {f.signature.name: f for f in graph_def.library.function}
         self._function_nodes = {
             name: {node.name: node for node in f.node_def} for name, f in self.functions.items()

@@ -1,0 +1,56 @@
+"""`ckptfix recalibrate` through real subprocesses on a real stale slim checkpoint."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tensorflow as tf
+
+
+def run_cli(*args, module: bool = True) -> subprocess.CompletedProcess:
+    # module=False runs the installed console script, which sits beside the interpreter in the venv
+    command = [sys.executable, "-m", "ckptfix"] if module else [str(Path(sys.executable).with_name("ckptfix"))]
+    return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("form", ["folder", ".index", ".meta"])
+def test_recalibrate_prints_the_table_and_writes_a_restorable_checkpoint(slim_model, tmp_path, form):
+    model = slim_model("seed")
+    ckpt = model.train_dir if form == "folder" else model.prefix + form
+    result = run_cli("recalibrate", ckpt, model.images_dir, "-o", tmp_path / "out", "--report", tmp_path / "r.json")
+    assert result.returncode == 0, result.stderr
+    assert "conv1/BatchNorm" in result.stdout and "conv2/BatchNorm" in result.stdout
+    assert f"wrote {tmp_path / 'out' / 'model.ckpt-150'}" in result.stdout
+    assert "notice: images preprocessed with --preprocess inception" in result.stderr
+    assert "calibrating" in result.stderr  # the progress bar
+    assert "Traceback" not in result.stderr and "cuda" not in result.stderr.lower() and "I0000" not in result.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["num_samples"] == len(list(model.images_dir.glob("*.png")))
+    assert [layer["name"] for layer in report["layers"]] == ["conv1/BatchNorm", "conv2/BatchNorm"]
+    assert tf.train.latest_checkpoint(str(tmp_path / "out")) == report["output_checkpoint"]
+
+
+def test_default_output_is_a_sibling_and_rerun_needs_overwrite(slim_model, tmp_path):
+    import shutil
+
+    model = slim_model("dense")
+    work = tmp_path / "copy"
+    shutil.copytree(model.train_dir, work / "train")
+    prefix = work / "train" / Path(model.prefix).name  # the state file holds absolute paths to the original
+    result = run_cli("recalibrate", prefix, model.calib, "--no-progress", module=False)
+    assert result.returncode == 0, result.stderr
+    assert (work / "train-recalibrated" / "checkpoint").is_file()
+    assert result.stderr == ""
+    again = run_cli("recalibrate", prefix, model.calib, "--no-progress")
+    assert again.returncode == 1 and "--overwrite" in again.stderr
+    assert run_cli("recalibrate", prefix, model.calib, "--no-progress", "--overwrite").returncode == 0
+
+
+def test_ambiguous_or_unknown_names_list_candidates(slim_model, tmp_path):
+    model = slim_model("seed")
+    result = run_cli("recalibrate", model.prefix, model.calib, "--input", "nope", "-o", tmp_path / "o")
+    assert result.returncode == 1
+    assert "--input nope: no such tensor" in result.stderr and "images:0" in result.stderr
+    assert not (tmp_path / "o").exists()
