@@ -3,6 +3,7 @@
 >>> import ckptfix
 >>> report = ckptfix.recalibrate("train/model.ckpt-1000", "calibration-images/")
 >>> report.output_checkpoint
+>>> ckptfix.diagnose("train/model.ckpt-1000", "calibration-images/").stale
 
 The API is loaded lazily so that ``import ckptfix`` (and the CLI) can quiet TensorFlow before it is imported.
 """
@@ -10,15 +11,18 @@ The API is loaded lazily so that ``import ckptfix`` (and the CLI) can quiet Tens
 from ckptfix.errors import CkptfixError
 
 __version__ = "0.1.0"
-__all__ = ["CkptfixError", "LayerReport", "RecalibrationReport", "recalibrate"]
+__all__ = [
+    "CkptfixError", "DiagnosisReport", "InspectionReport", "LayerReport", "RecalibrationReport",
+    "diagnose", "inspect", "recalibrate",
+]
 
 
 def __getattr__(name: str):
-    if name == "recalibrate":
-        from ckptfix.api import recalibrate
+    if name in {"recalibrate", "diagnose", "inspect"}:
+        from ckptfix import api
 
-        return recalibrate
-    if name in {"RecalibrationReport", "LayerReport"}:
+        return getattr(api, name)
+    if name in {"RecalibrationReport", "DiagnosisReport", "InspectionReport", "LayerReport"}:
         from ckptfix import report
 
         return getattr(report, name)

@@ -1,15 +1,18 @@
-"""The public API: :func:`recalibrate` a TF1 checkpoint's BatchNorm statistics. The CLI is a thin layer on it.
+"""The public API: :func:`recalibrate`, :func:`diagnose` and :func:`inspect`. The CLI is a thin layer on it.
 
-Data flow: locate the checkpoint and its ``.meta`` -> find the BN layers in the graph and their checkpoint
-keys -> detect the input and training flag -> rewrite and import the graph, restore the checkpoint -> stream
-calibration batches, pooling each layer's per-channel moments in float64 -> write a new checkpoint with only
-the moving statistics replaced -> return a :class:`~ckptfix.report.RecalibrationReport`.
+Data flow of a measuring pass (shared by recalibrate and diagnose): locate the checkpoint and its ``.meta``
+-> find the BN layers in the graph and their checkpoint keys -> detect the input and training flag -> rewrite
+and import the graph, restore the checkpoint -> stream calibration batches, pooling each layer's per-channel
+moments in float64 -> compare inference-mode outputs with batch-statistics outputs on the first batches,
+with the stored and the recomputed statistics. recalibrate then writes a new checkpoint with only the moving
+statistics replaced; diagnose writes nothing.
 """
 
 from __future__ import annotations
 
 import re
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -19,13 +22,17 @@ from ckptfix import _quiet
 from ckptfix.checkpoints.locate import CheckpointFiles, locate_checkpoint
 from ckptfix.checkpoints.writer import check_output_dir, default_output_dir, write_recalibrated_checkpoint
 from ckptfix.data import PREPROCESSING, open_calibration_data
-from ckptfix.errors import CheckpointError, CkptfixError, NoBatchNormError
+from ckptfix.diagnostics import agreement as output_agreement
+from ckptfix.diagnostics.inspect import inspect_checkpoint
+from ckptfix.errors import CheckpointError, CkptfixError, DataError, NoBatchNormError
 from ckptfix.graph.batchnorm import BatchNormLayer, find_batchnorm_layers
 from ckptfix.graph.feeds import detect_feeds
 from ckptfix.graph.forward import ForwardModel
 from ckptfix.graph.index import GraphIndex
+from ckptfix.graph.inference import InferenceModel, NoInferenceMode
 from ckptfix.graph.meta import checkpoint_keys, load_meta_graph, partition_layout
-from ckptfix.report import LayerReport, RecalibrationReport
+from ckptfix.graph.outputs import resolve_output
+from ckptfix.report import DiagnosisReport, InspectionReport, LayerReport, RecalibrationReport
 from ckptfix.stats import Estimator, PooledMoments
 
 
@@ -58,7 +65,7 @@ def _validate_options(batch_size: int, num_samples: int | None, estimator: str, 
         raise CkptfixError(f"--num-samples must be at least 1 (got {num_samples}).")
     if estimator not in {e.value for e in Estimator}:
         raise CkptfixError(f"--estimator must be one of {', '.join(e.value for e in Estimator)} (got {estimator}).")
-    if preprocess not in PREPROCESSING:
+    if isinstance(preprocess, str) and ":" not in preprocess and preprocess not in PREPROCESSING:
         raise CkptfixError(f"--preprocess must be one of {', '.join(PREPROCESSING)} (got {preprocess}).")
 
 
@@ -86,58 +93,83 @@ def _dropout_scopes(index: GraphIndex, layers: list[BatchNormLayer]) -> list[str
     return sorted({n.split("/dropout")[0] for n in upstream if "dropout" in n and index.nodes[n].op == "RandomUniform"})
 
 
+def check_batch_moments(layer: str, moments, describe_batch: Callable[[], str]) -> None:
+    """Refuse a batch whose moments would corrupt ``layer``'s statistics: non-finite, or one value per channel.
+
+    With one value per channel (a single sample through a dense BN layer) the batch variance is 0 and BN
+    outputs zeros, so this layer and every later one would be calibrated on garbage.
+    """
+    if not (np.isfinite(moments.mean).all() and np.isfinite(moments.m2).all()):
+        raise DataError(
+            f"BN layer {layer} got NaN or Inf statistics from {describe_batch()}: check those inputs "
+            "(the inputs themselves are finite, so the model overflows on them)."
+        )
+    if moments.count == 1:
+        raise DataError(
+            f"BN layer {layer} sees a single value per channel in {describe_batch()}, so its batch variance "
+            "would be 0: use --batch-size 2 or more and at least 2 samples."
+        )
+
+
 def _progress_bar(enabled: bool, total: int | None):
     from tqdm import tqdm
 
     return tqdm(total=total, disable=not enabled, unit="sample", desc="calibrating", file=sys.stderr, leave=False)
 
 
-def recalibrate(
-    checkpoint: str | Path,
+@dataclass
+class _Measurement:
+    """Everything one measuring pass found; the report fields plus the new values by checkpoint key."""
+
+    layers: list[LayerReport]
+    new_values: dict[str, np.ndarray]
+    num_samples: int
+    num_batches: int
+    input_tensor: str
+    training_flag: str | None
+    untouched_layers: list[str]
+    notices: list[str]
+    agreement: output_agreement.Agreement | None
+    partition_layout: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)  # data_source, samples_skipped, skipped_files
+
+    def report_fields(self, files: CheckpointFiles, estimator: str) -> dict:
+        return dict(
+            checkpoint=str(files.prefix),
+            num_samples=self.num_samples,
+            num_batches=self.num_batches,
+            estimator=estimator,
+            input_tensor=self.input_tensor,
+            training_flag=self.training_flag,
+            layers=self.layers,
+            untouched_layers=self.untouched_layers,
+            notices=self.notices,
+            agreement=self.agreement,
+            **self.data,
+        )
+
+
+def _measure(
+    files: CheckpointFiles,
     data,
     *,
-    output: str | Path | None = None,
-    meta: str | Path | None = None,
-    batch_size: int = 32,
-    num_samples: int | None = None,
-    shuffle: bool = True,
-    seed: int = 0,
-    input_name: str | None = None,
-    training_flag: str | None = None,
-    include: str | None = None,
-    exclude: str | None = None,
-    estimator: str = "pooled",
-    preprocess: str = "inception",
-    overwrite: bool = False,
-    progress: bool = False,
-    on_notice: Callable[[str], None] | None = None,
-) -> RecalibrationReport:
-    """Recompute the moving statistics of every (selected) BN layer and write a corrected checkpoint.
-
-    Args:
-        checkpoint: a checkpoint prefix, a folder with a ``checkpoint`` state file, or one file of the prefix.
-        data: a folder or file of calibration samples (images, ``.npy``, ``.npz``), a numpy array ``(N, ...)``
-            already preprocessed, or an iterable of batches (arrays, ``(inputs, labels)`` pairs, or dicts
-            mapping the input name to an array).
-        output: the folder to write; default ``<checkpoint folder>-recalibrated`` beside the input's folder.
-        meta: the ``.meta`` graph, when it does not sit beside the prefix.
-        batch_size, num_samples, shuffle, seed: how calibration batches are drawn.
-        input_name, training_flag: tensor names overriding detection.
-        include, exclude: regexes over BN layer scope names; unselected layers keep their bytes and run as saved.
-        estimator: ``"pooled"`` (exact statistics of all values) or ``"batch-mean"`` (mean of per-batch ones).
-        preprocess: image scaling preset (see :data:`ckptfix.data.PREPROCESSING`); arrays are used as given.
-        overwrite: replace a non-empty ``output`` folder.
-        progress: show a tqdm bar on stderr.
-        on_notice: called with one-line notices (preprocessing used, training-mode ops active...).
-
-    Returns:
-        A :class:`RecalibrationReport`. Raises a :class:`CkptfixError` subclass on any user error, before
-        anything is written.
-    """
-    _quiet.silence_tensorflow()
-    _validate_options(batch_size, num_samples, estimator, preprocess)
-    files = locate_checkpoint(checkpoint, meta)
-    output_dir = check_output_dir(files, Path(output) if output is not None else default_output_dir(files), overwrite)
+    batch_size: int,
+    num_samples: int | None,
+    shuffle: bool,
+    seed: int,
+    input_name: str | None,
+    training_flag: str | None,
+    include: str | None,
+    exclude: str | None,
+    estimator: str,
+    preprocess: str,
+    output_tensor: str | None,
+    agreement_samples: int,
+    progress: bool,
+    on_notice: Callable[[str], None] | None,
+    data_options: dict | None = None,
+) -> _Measurement:
+    """One pass over the calibration data: new statistics per layer, and output agreement before/after."""
     meta_graph = load_meta_graph(files.meta)
     index = GraphIndex(meta_graph.graph_def)
     found = find_batchnorm_layers(index)
@@ -174,27 +206,43 @@ def recalibrate(
             shuffle=shuffle,
             seed=seed,
             preprocess=preprocess,
+            on_warning=notice,
+            **(data_options or {}),
         )
         if batches.images:
-            notice(f"images preprocessed with --preprocess {preprocess}: {PREPROCESSING[preprocess][0]}")
+            notice(f"images preprocessed with --preprocess {getattr(preprocess, '__qualname__', preprocess)}: {batches.preprocessing}")
+        output_name, output_notice = resolve_output(model.graph, model.input, output_tensor)
+        if output_notice:
+            notice(output_notice)
         pooled = {layer.name: PooledMoments(stored[layer.mean_variable].size) for layer in layers}
+        kept: list[np.ndarray] = []  # the first batches, for the output agreement
         num_seen = num_batches = 0
         with _progress_bar(progress, batches.num_samples) as bar:
             for batch in batches:
                 for name, moments in model.run(batch).items():
                     for moment in moments:
+                        check_batch_moments(name, moment, batches.describe_last)
                         pooled[name].add(moment)
+                if output_name and num_seen < agreement_samples:
+                    kept.append(batch[: agreement_samples - num_seen])
                 num_seen += len(batch)
                 num_batches += 1
                 bar.update(len(batch))
-    if num_seen == 0:
-        raise CkptfixError("the calibration data yielded no samples: pass a folder or array with at least one sample.")
+        if batches.merged_last:
+            notice("the last batch had {} samples, fewer than half a batch: merged into the one before ({} samples)".format(*batches.merged_last))
+        if num_seen == 0:
+            raise CkptfixError("the calibration data yielded no samples: pass a folder or array with at least one sample.")
+        batch_outputs = [model.outputs(batch, output_name) for batch in kept] if output_name else []
 
-    new_values, reports = {}, []
+    reports, new_values, new_by_variable = [], {}, {}
     for layer in layers:
         mean, variance = pooled[layer.name].mean_and_variance(Estimator(estimator), bessel=layer.bessel)
-        mean_key, variance_key = keys.get(layer.mean_variable, layer.mean_variable), keys.get(layer.variance_variable, layer.variance_variable)
+        if not (np.isfinite(mean).all() and np.isfinite(variance).all()):  # never write non-finite statistics
+            raise DataError(f"BN layer {layer.name}: the pooled statistics are not finite (overflow?): nothing was written.")
+        mean_key = keys.get(layer.mean_variable, layer.mean_variable)
+        variance_key = keys.get(layer.variance_variable, layer.variance_variable)
         new_values[mean_key], new_values[variance_key] = mean, variance
+        new_by_variable[layer.mean_variable], new_by_variable[layer.variance_variable] = mean, variance
         reports.append(
             LayerReport(
                 name=layer.name,
@@ -210,19 +258,156 @@ def recalibrate(
                 new_variance=variance,
             )
         )
-    new_prefix = write_recalibrated_checkpoint(
-        files, new_values, output_dir, layout=partition_layout(meta_graph), overwrite=overwrite
-    )
-    return RecalibrationReport(
-        checkpoint=str(files.prefix),
-        output_checkpoint=str(new_prefix),
-        output_dir=str(output_dir),
+    agreement = None
+    if kept:
+        try:
+            with InferenceModel(meta_graph, layers, feeds, str(files.prefix), output_name) as inference:
+                before = [inference.outputs(batch) for batch in kept]
+                inference.load_statistics(new_by_variable)
+                after = [inference.outputs(batch) for batch in kept]
+            agreement = output_agreement.compare(
+                output_name, np.concatenate(batch_outputs), np.concatenate(before), np.concatenate(after)
+            )
+        except NoInferenceMode as reason:
+            notice(f"no output agreement: {reason} (training mode is baked into the graph)")
+    return _Measurement(
+        layers=reports,
+        new_values=new_values,
         num_samples=num_seen,
         num_batches=num_batches,
-        estimator=estimator,
         input_tensor=feeds.input,
         training_flag=feeds.training_flag,
-        layers=reports,
         untouched_layers=[layer.name for layer in found if layer not in layers],
         notices=notices,
+        agreement=agreement,
+        partition_layout=partition_layout(meta_graph),
+        data=dict(
+            data_source=batches.source, samples_skipped=batches.samples_skipped, skipped_files=batches.skipped_files
+        ),
     )
+
+
+def recalibrate(
+    checkpoint: str | Path,
+    data,
+    *,
+    output: str | Path | None = None,
+    meta: str | Path | None = None,
+    batch_size: int = 32,
+    num_samples: int | None = None,
+    shuffle: bool = True,
+    seed: int = 0,
+    input_name: str | None = None,
+    training_flag: str | None = None,
+    include: str | None = None,
+    exclude: str | None = None,
+    estimator: str = "pooled",
+    preprocess: str | Callable = "inception",
+    image_size: str | tuple[int, int] | None = None,
+    central_crop: float | None = None,
+    data_format: str | None = None,
+    feature: str = "image/encoded",
+    strict: bool = False,
+    output_tensor: str | None = None,
+    agreement_samples: int = 256,
+    overwrite: bool = False,
+    progress: bool = False,
+    on_notice: Callable[[str], None] | None = None,
+) -> RecalibrationReport:
+    """Recompute the moving statistics of every (selected) BN layer and write a corrected checkpoint.
+
+    Args:
+        checkpoint: a checkpoint prefix, a folder with a ``checkpoint`` state file, or one file of the prefix.
+        data: a folder or file of calibration samples (images, ``.npy``, ``.npz``), a numpy array ``(N, ...)``
+            already preprocessed, or an iterable of batches (arrays, ``(inputs, labels)`` pairs, or dicts
+            mapping the input name to an array).
+        output: the folder to write; default ``<checkpoint folder>-recalibrated`` beside the input's folder.
+        meta: the ``.meta`` graph, when it does not sit beside the prefix.
+        batch_size, num_samples, shuffle, seed: how calibration batches are drawn.
+        input_name, training_flag: tensor names overriding detection.
+        include, exclude: regexes over BN layer scope names; unselected layers keep their bytes and run as saved.
+        estimator: ``"pooled"`` (exact statistics of all values) or ``"batch-mean"`` (mean of per-batch ones).
+        preprocess: image preprocessing: a preset name (see :mod:`ckptfix.data.preprocessing`),
+            ``"package.module:function"`` or a callable (runs your code); arrays are used as given.
+        image_size, central_crop, data_format, feature, strict: ``--image-size`` (``"HxW"`` or ``(H, W)``),
+            ``--central-crop``, ``--format``, ``--feature`` (TFRecords) and ``--strict`` (skipped files are errors).
+        data also accepts a ``tf.data.Dataset`` (of samples or batches) and TFRecord files or folders.
+        output_tensor: the model output compared in the agreement check (default: detected final logits).
+        agreement_samples: how many of the first calibration samples the agreement check uses.
+        overwrite: replace a non-empty ``output`` folder.
+        progress: show a tqdm bar on stderr.
+        on_notice: called with one-line notices (preprocessing used, training-mode ops active...).
+
+    Returns:
+        A :class:`RecalibrationReport`. Raises a :class:`CkptfixError` subclass on any user error, before
+        anything is written.
+    """
+    _quiet.silence_tensorflow()
+    _validate_options(batch_size, num_samples, estimator, preprocess)
+    files = locate_checkpoint(checkpoint, meta)
+    output_dir = check_output_dir(files, Path(output) if output is not None else default_output_dir(files), overwrite)
+    measured = _measure(
+        files, data, batch_size=batch_size, num_samples=num_samples, shuffle=shuffle, seed=seed,
+        input_name=input_name, training_flag=training_flag, include=include, exclude=exclude,
+        estimator=estimator, preprocess=preprocess, output_tensor=output_tensor,
+        agreement_samples=agreement_samples, progress=progress, on_notice=on_notice,
+        data_options=dict(image_size=image_size, central_crop=central_crop, data_format=data_format, feature=feature, strict=strict),
+    )
+    new_prefix = write_recalibrated_checkpoint(
+        files, measured.new_values, output_dir, layout=measured.partition_layout, overwrite=overwrite
+    )
+    return RecalibrationReport(
+        **measured.report_fields(files, estimator), output_checkpoint=str(new_prefix), output_dir=str(output_dir)
+    )
+
+
+def diagnose(
+    checkpoint: str | Path,
+    data,
+    *,
+    meta: str | Path | None = None,
+    batch_size: int = 32,
+    num_samples: int | None = None,
+    shuffle: bool = True,
+    seed: int = 0,
+    input_name: str | None = None,
+    training_flag: str | None = None,
+    include: str | None = None,
+    exclude: str | None = None,
+    estimator: str = "pooled",
+    preprocess: str | Callable = "inception",
+    image_size: str | tuple[int, int] | None = None,
+    central_crop: float | None = None,
+    data_format: str | None = None,
+    feature: str = "image/encoded",
+    strict: bool = False,
+    output_tensor: str | None = None,
+    agreement_samples: int = 256,
+    progress: bool = False,
+    on_notice: Callable[[str], None] | None = None,
+) -> DiagnosisReport:
+    """Measure how stale the stored statistics are, exactly as :func:`recalibrate` would, writing nothing.
+
+    Takes :func:`recalibrate`'s options (less the output ones). ``report.stale`` is the verdict; see
+    :mod:`ckptfix.diagnostics.drift` for the per-layer metrics and thresholds.
+    """
+    _quiet.silence_tensorflow()
+    _validate_options(batch_size, num_samples, estimator, preprocess)
+    files = locate_checkpoint(checkpoint, meta)
+    measured = _measure(
+        files, data, batch_size=batch_size, num_samples=num_samples, shuffle=shuffle, seed=seed,
+        input_name=input_name, training_flag=training_flag, include=include, exclude=exclude,
+        estimator=estimator, preprocess=preprocess, output_tensor=output_tensor,
+        agreement_samples=agreement_samples, progress=progress, on_notice=on_notice,
+        data_options=dict(image_size=image_size, central_crop=central_crop, data_format=data_format, feature=feature, strict=strict),
+    )
+    return DiagnosisReport(**measured.report_fields(files, estimator))
+
+
+def inspect(checkpoint: str | Path, *, meta: str | Path | None = None, against: str | Path | None = None) -> InspectionReport:
+    """List every BN layer of ``checkpoint`` with its stored statistics and staleness flags; needs no data.
+
+    ``against``: another checkpoint (e.g. the pretrained one) whose identical statistics are flagged.
+    """
+    _quiet.silence_tensorflow()
+    return inspect_checkpoint(checkpoint, meta=meta, against=against)

@@ -1,7 +1,8 @@
-"""Typed results of a recalibration, and their plain-text and JSON forms.
+"""Typed results of ckptfix's commands, and their terminal and JSON forms.
 
-The API returns :class:`RecalibrationReport`; the CLI only prints it. Arrays are the per-channel values as
-stored in the checkpoint before and after (converted to float64 for reporting).
+The API returns these objects; the CLI only prints them. ``to_dict()`` is the ``--json`` / ``--report``
+form, versioned by :data:`SCHEMA_VERSION` (documented in docs/diagnostics.md). Arrays are per-channel values
+as stored before and as computed (float64).
 """
 
 from __future__ import annotations
@@ -10,10 +11,39 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ckptfix.diagnostics.agreement import Agreement
+from ckptfix.diagnostics.drift import LayerDrift, layer_drift
+
+SCHEMA_VERSION = 1
+DEFAULT_ROWS = 15
+_BAR_WIDTH = 20
+_BAR_FULL_SCALE = 4.0  # a drift score of 4 (four times the stale threshold) fills the bar
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def drift_bar(score: float) -> str:
+    """A text bar of the drift score: ``#`` per 0.2 of score up to 4, ``|`` marking the stale threshold (1)."""
+    filled = int(round(min(score, _BAR_FULL_SCALE) / _BAR_FULL_SCALE * _BAR_WIDTH))
+    cells = ["#" if k < filled else "." for k in range(_BAR_WIDTH)]
+    cells.insert(int(_BAR_WIDTH / _BAR_FULL_SCALE), "|")
+    return "".join(cells) + ("+" if score > _BAR_FULL_SCALE else "")
+
+
+def _truncate(rows: list, show_all: bool, what: str) -> tuple[list, str]:
+    if show_all or len(rows) <= DEFAULT_ROWS:
+        return rows, ""
+    return rows[:DEFAULT_ROWS], f"... and {len(rows) - DEFAULT_ROWS} more {what} (--all shows every one)"
+
 
 @dataclass(frozen=True)
 class LayerReport:
-    """One BN layer: where its statistics live and how they changed.
+    """One BN layer: where its statistics live and how they compare with freshly computed ones.
 
     ``variance_convention`` is ``"bessel"`` (``M2 / (n - 1)``, fused TF1 BN) or ``"biased"`` (``M2 / n``,
     non-fused BN). ``count`` is the number of values pooled per channel (samples x spatial positions).
@@ -43,6 +73,11 @@ class LayerReport:
         scale = max(float(np.linalg.norm(self.new_variance)), 1e-12)
         return float(np.linalg.norm(self.new_variance - self.old_variance) / scale)
 
+    @property
+    def drift(self) -> LayerDrift:
+        """How stale the stored statistics were (see :mod:`ckptfix.diagnostics.drift`)."""
+        return layer_drift(self.old_mean, self.old_variance, self.new_mean, self.new_variance)
+
     def to_dict(self) -> dict:
         return {
             "name": self.name,
@@ -54,6 +89,7 @@ class LayerReport:
             "count": self.count,
             "mean_change": self.mean_change,
             "variance_change": self.variance_change,
+            "drift": self.drift.to_dict(),
             "old_mean": self.old_mean.tolist(),
             "new_mean": self.new_mean.tolist(),
             "old_variance": self.old_variance.tolist(),
@@ -62,12 +98,10 @@ class LayerReport:
 
 
 @dataclass(frozen=True)
-class RecalibrationReport:
-    """What :func:`ckptfix.recalibrate` did: the layers changed, the data used, where the output is."""
+class _Measured:
+    """What recalibrate and diagnose share: the data used, the layers measured, the output agreement."""
 
     checkpoint: str
-    output_checkpoint: str
-    output_dir: str
     num_samples: int
     num_batches: int
     estimator: str
@@ -76,12 +110,17 @@ class RecalibrationReport:
     layers: list[LayerReport]
     untouched_layers: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
+    agreement: Agreement | None = None
+    #: where the calibration samples came from, and the files (or records) skipped as unreadable
+    data_source: str = ""
+    samples_skipped: int = 0
+    skipped_files: list[str] = field(default_factory=list)
 
-    def to_dict(self) -> dict:
+    def _common_dict(self, kind: str) -> dict:
         return {
+            "schema_version": SCHEMA_VERSION,
+            "kind": kind,
             "checkpoint": self.checkpoint,
-            "output_checkpoint": self.output_checkpoint,
-            "output_dir": self.output_dir,
             "num_samples": self.num_samples,
             "num_batches": self.num_batches,
             "estimator": self.estimator,
@@ -90,10 +129,26 @@ class RecalibrationReport:
             "layers": [layer.to_dict() for layer in self.layers],
             "untouched_layers": list(self.untouched_layers),
             "notices": list(self.notices),
+            "agreement": None if self.agreement is None else self.agreement.to_dict(),
+            "data_source": self.data_source,
+            "samples_skipped": self.samples_skipped,
+            "skipped_files": list(self.skipped_files),
         }
 
-    def format_table(self) -> str:
-        """The per-layer table the CLI prints: old -> new mean/variance summaries and relative change."""
+
+@dataclass(frozen=True)
+class RecalibrationReport(_Measured):
+    """What :func:`ckptfix.recalibrate` did: the layers changed, the data used, where the output is."""
+
+    output_checkpoint: str = ""
+    output_dir: str = ""
+
+    def to_dict(self) -> dict:
+        return {**self._common_dict("recalibration"), "output_checkpoint": self.output_checkpoint,
+                "output_dir": self.output_dir}
+
+    def format_table(self, show_all: bool = True) -> str:
+        """The per-layer table: old -> new mean/variance averages over channels and relative changes."""
         header = ("layer", "ch", "mean old -> new (avg)", "var old -> new (avg)", "Δmean", "Δvar")
         rows = [
             (
@@ -106,7 +161,113 @@ class RecalibrationReport:
             )
             for layer in self.layers
         ]
-        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-        lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
-        lines.insert(1, "  ".join("-" * width for width in widths))
-        return "\n".join(lines)
+        shown, more = _truncate(rows, show_all, "layers")
+        return _table(header, shown) + (f"\n{more}" if more else "")
+
+
+@dataclass(frozen=True)
+class DiagnosisReport(_Measured):
+    """What :func:`ckptfix.diagnose` measured: per-layer drift, output agreement, and the verdict."""
+
+    @property
+    def stale_layers(self) -> list[str]:
+        return [layer.name for layer in self.layers if layer.drift.stale]
+
+    @property
+    def stale(self) -> bool:
+        return bool(self.stale_layers)
+
+    def to_dict(self) -> dict:
+        return {**self._common_dict("diagnosis"), "verdict": "stale" if self.stale else "fresh",
+                "stale_layers": self.stale_layers}
+
+    def format_table(self, show_all: bool = False) -> str:
+        """Layers stalest first: RMS mean shift (in new σ), RMS |log variance ratio|, worst channel, a drift bar."""
+        header = ("layer", "ch", "mean shift", "log var ratio", "worst ch", "verdict", "drift (| = stale threshold)")
+        ranked = sorted(self.layers, key=lambda layer: -layer.drift.score)
+        rows = []
+        for layer in ranked:
+            drift = layer.drift
+            rows.append((
+                layer.name,
+                str(layer.channels),
+                f"{drift.mean_shift:.3g}σ",
+                f"{drift.log_variance_ratio:.3g}",
+                str(drift.worst_channel),
+                "stale" if drift.stale else "fresh",
+                drift_bar(drift.score),
+            ))
+        shown, more = _truncate(rows, show_all, "layers")
+        return _table(header, shown) + (f"\n{more}" if more else "")
+
+
+@dataclass(frozen=True)
+class InspectedLayer:
+    """One BN layer as stored: keys, dtype, ``(min, mean, max)`` summaries, flags."""
+
+    name: str
+    kind: str
+    channels: int
+    dtype: str
+    mean_key: str
+    variance_key: str
+    mean_summary: tuple[float, float, float]
+    variance_summary: tuple[float, float, float]
+    flags: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "channels": self.channels,
+            "dtype": self.dtype,
+            "mean_key": self.mean_key,
+            "variance_key": self.variance_key,
+            "mean": dict(zip(("min", "mean", "max"), self.mean_summary)),
+            "variance": dict(zip(("min", "mean", "max"), self.variance_summary)),
+            "flags": list(self.flags),
+        }
+
+
+@dataclass(frozen=True)
+class InspectionReport:
+    """Every BN layer of a checkpoint; ``flagged`` lists the layers whose statistics look never updated."""
+
+    checkpoint: str
+    meta: str
+    against: str | None
+    layers: list[InspectedLayer]
+
+    @property
+    def flagged(self) -> list[str]:
+        return [layer.name for layer in self.layers if layer.flags]
+
+    def to_dict(self) -> dict:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "inspection",
+            "checkpoint": self.checkpoint,
+            "meta": self.meta,
+            "against": self.against,
+            "flagged": self.flagged,
+            "layers": [layer.to_dict() for layer in self.layers],
+        }
+
+    def format_table(self, show_all: bool = False) -> str:
+        """Layers with flags first, then in graph order."""
+        header = ("layer", "kind", "ch", "dtype", "mean min/avg/max", "var min/avg/max", "flags")
+        ordered = sorted(self.layers, key=lambda layer: not layer.flags)
+        rows = [
+            (
+                layer.name,
+                layer.kind,
+                str(layer.channels),
+                layer.dtype,
+                "/".join(f"{v:.3g}" for v in layer.mean_summary),
+                "/".join(f"{v:.3g}" for v in layer.variance_summary),
+                ", ".join(layer.flags),
+            )
+            for layer in ordered
+        ]
+        shown, more = _truncate(rows, show_all, "layers")
+        return _table(header, shown) + (f"\n{more}" if more else "")

@@ -1,8 +1,8 @@
 """``ckptfix`` commands (typer). Each parses its options, calls one API function and prints the result.
 
-Exit codes: 0 success; 1 user error (one or two lines naming the fix; ``CKPTFIX_DEBUG=1`` shows the
-traceback); 2 usage error; 4 nothing to recalibrate (no BN layer in the graph or none selected); 130
-interrupted.
+Exit codes: 0 success (``diagnose``: fresh); 1 user error (one or two lines naming the fix;
+``CKPTFIX_DEBUG=1`` shows the traceback); 2 usage error; 3 ``diagnose`` found stale statistics; 4 nothing to
+recalibrate (no BN layer in the graph or none selected); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from ckptfix import _quiet
-from ckptfix.errors import CkptfixError
+from ckptfix.errors import CkptfixError, OutputError
+
+STALE_EXIT_CODE = 3
 
 app = typer.Typer(
     add_completion=False,
@@ -25,18 +27,41 @@ app = typer.Typer(
     help="Repair stale BatchNorm moving statistics in TensorFlow checkpoints.",
 )
 
-Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="Show TensorFlow's own log output.")]
+# Options shared by several commands, declared once.
+Checkpoint = Annotated[str, typer.Argument(help="Checkpoint prefix, folder with a 'checkpoint' file, or one of its files.")]
+Data = Annotated[Path, typer.Argument(help="Folder or file of calibration samples: images, .npy/.npz, or TFRecords.")]
+Meta = Annotated[Optional[Path], typer.Option(help="The .meta graph, if not beside the checkpoint.")]
+BatchSize = Annotated[int, typer.Option(help="Samples per forward pass.")]
+NumSamples = Annotated[Optional[int], typer.Option(help="Stop after this many samples (default: all).")]
+Shuffle = Annotated[bool, typer.Option("--shuffle/--no-shuffle", help="Shuffle sample order (--no-shuffle: sorted files, array order).")]
+Seed = Annotated[int, typer.Option(help="Seed of the shuffle.")]
+InputName = Annotated[Optional[str], typer.Option("--input", help="Tensor to feed calibration batches to (default: detected).")]
+TrainingFlag = Annotated[Optional[str], typer.Option(help="Boolean training-flag tensor, fed False (default: detected).")]
+Include = Annotated[Optional[str], typer.Option(help="Only BN layers whose scope matches this regex.")]
+Exclude = Annotated[Optional[str], typer.Option(help="Skip BN layers whose scope matches this regex.")]
+EstimatorOption = Annotated[str, typer.Option("--estimator", help="pooled: exact statistics of all samples; batch-mean: mean of per-batch statistics.")]
+Preprocess = Annotated[str, typer.Option(help="Image preprocessing preset: inception ([-1,1]), vgg, caffe, torch, unit ([0,1]), raw; or package.module:function (runs your code).")]
+ImageSize = Annotated[Optional[str], typer.Option(help="H or HxW images are resized to, when the input has no static size.")]
+CentralCrop = Annotated[Optional[float], typer.Option(help="Keep the central FRACTION of each image side before resizing (slim's Inception eval: 0.875).")]
+DataFormat = Annotated[Optional[str], typer.Option("--format", help="images, numpy or tfrecord: the kind of file to use in a folder that mixes kinds.")]
+Feature = Annotated[str, typer.Option(help="TFRecord feature holding the encoded image or the raw float sample.")]
+Strict = Annotated[bool, typer.Option("--strict", help="Stop at the first unreadable file instead of skipping it.")]
+OutputTensor = Annotated[Optional[str], typer.Option(help="Model output compared in the agreement check (default: detected logits).")]
+AgreementSamples = Annotated[int, typer.Option(help="How many of the first samples the output agreement check uses.")]
+JsonOutput = Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout (notices stay on stderr).")]
+ShowAll = Annotated[bool, typer.Option("--all", help="Show every layer (long lists are truncated otherwise).")]
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar on stderr.")]
+Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="Show TensorFlow's own log output.")]
 
 
 def _notice(message: str) -> None:
     typer.echo(f"notice: {message}", err=True)
 
 
-def _run(action: Callable[[], None]) -> None:
+def _run(action: Callable[[], int | None]) -> None:
     """Run a command body, turning user errors into a short message and their exit code."""
     try:
-        action()
+        code = action()
     except CkptfixError as error:
         if os.environ.get("CKPTFIX_DEBUG") == "1":
             raise
@@ -45,26 +70,48 @@ def _run(action: Callable[[], None]) -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted: nothing was written.", err=True)
         raise typer.Exit(130) from None
+    if code:
+        raise typer.Exit(code)
+
+
+def _print_json(content: dict) -> None:
+    typer.echo(json.dumps(content, indent=2))
+
+
+def _write_json(path: Path, content: dict) -> None:
+    try:
+        path.write_text(json.dumps(content, indent=2) + "\n")
+    except OSError as error:
+        raise OutputError(f"cannot write the report to {path}: {error.strerror}.") from None
 
 
 @app.command()
 def recalibrate(
-    checkpoint: Annotated[str, typer.Argument(help="Checkpoint prefix, folder with a 'checkpoint' file, or one of its files.")],
-    data: Annotated[Path, typer.Argument(help="Folder or file of calibration samples: images, .npy or .npz.")],
+    checkpoint: Checkpoint,
+    data: Data,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output folder (default: <checkpoint folder>-recalibrated).")] = None,
-    meta: Annotated[Optional[Path], typer.Option(help="The .meta graph, if not beside the checkpoint.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Samples per forward pass.")] = 32,
-    num_samples: Annotated[Optional[int], typer.Option(help="Stop after this many samples (default: all).")] = None,
-    shuffle: Annotated[bool, typer.Option("--shuffle/--no-shuffle", help="Shuffle sample order (--no-shuffle: sorted files, array order).")] = True,
-    seed: Annotated[int, typer.Option(help="Seed of the shuffle.")] = 0,
-    input_name: Annotated[Optional[str], typer.Option("--input", help="Tensor to feed calibration batches to (default: detected).")] = None,
-    training_flag: Annotated[Optional[str], typer.Option(help="Boolean training-flag tensor, fed False (default: detected).")] = None,
-    include: Annotated[Optional[str], typer.Option(help="Only BN layers whose scope matches this regex.")] = None,
-    exclude: Annotated[Optional[str], typer.Option(help="Skip BN layers whose scope matches this regex.")] = None,
-    estimator: Annotated[str, typer.Option(help="pooled: exact statistics of all samples; batch-mean: mean of per-batch statistics.")] = "pooled",
-    preprocess: Annotated[str, typer.Option(help="Image scaling: inception ([-1,1]), vgg (RGB mean subtraction), unit ([0,1]), raw.")] = "inception",
+    meta: Meta = None,
+    batch_size: BatchSize = 32,
+    num_samples: NumSamples = None,
+    shuffle: Shuffle = True,
+    seed: Seed = 0,
+    input_name: InputName = None,
+    training_flag: TrainingFlag = None,
+    include: Include = None,
+    exclude: Exclude = None,
+    estimator: EstimatorOption = "pooled",
+    preprocess: Preprocess = "inception",
+    image_size: ImageSize = None,
+    central_crop: CentralCrop = None,
+    data_format: DataFormat = None,
+    feature: Feature = "image/encoded",
+    strict: Strict = False,
+    output_tensor: OutputTensor = None,
+    agreement_samples: AgreementSamples = 256,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
     report: Annotated[Optional[Path], typer.Option(help="Also write the report as JSON to this file.")] = None,
+    json_output: JsonOutput = False,
+    show_all: ShowAll = True,
     progress: Progress = True,
     verbose: Verbose = False,
 ) -> None:
@@ -74,32 +121,108 @@ def recalibrate(
         from ckptfix.api import recalibrate as run
 
         result = run(
-            checkpoint,
-            data,
-            output=output,
-            meta=meta,
-            batch_size=batch_size,
-            num_samples=num_samples,
-            shuffle=shuffle,
-            seed=seed,
-            input_name=input_name,
-            training_flag=training_flag,
-            include=include,
-            exclude=exclude,
-            estimator=estimator,
-            preprocess=preprocess,
-            overwrite=overwrite,
-            progress=progress,
-            on_notice=_notice,
+            checkpoint, data, output=output, meta=meta, batch_size=batch_size, num_samples=num_samples,
+            shuffle=shuffle, seed=seed, input_name=input_name, training_flag=training_flag, include=include,
+            exclude=exclude, estimator=estimator, preprocess=preprocess, output_tensor=output_tensor,
+            agreement_samples=agreement_samples, overwrite=overwrite, progress=progress, on_notice=_notice,
+            image_size=image_size, central_crop=central_crop, data_format=data_format, feature=feature, strict=strict,
         )
-        typer.echo(result.format_table())
+        if report is not None:
+            _write_json(report, result.to_dict())
+        if json_output:
+            _print_json(result.to_dict())
+            return
+        typer.echo(result.format_table(show_all))
         typer.echo(f"\n{len(result.layers)} BN layers recalibrated from {result.num_samples} samples "
                    f"in {result.num_batches} batches ({result.estimator} estimator).")
+        if result.samples_skipped:
+            typer.echo(f"{result.samples_skipped} unreadable file(s) or record(s) skipped: {', '.join(result.skipped_files)}")
+        if result.agreement is not None:
+            typer.echo(result.agreement.summary())
         if result.untouched_layers:
             typer.echo(f"{len(result.untouched_layers)} layers left as they were: {', '.join(result.untouched_layers)}")
         typer.echo(f"wrote {result.output_checkpoint}")
-        if report is not None:
-            _write_json(report, result.to_dict())
+
+    _run(action)
+
+
+@app.command()
+def diagnose(
+    checkpoint: Checkpoint,
+    data: Data,
+    meta: Meta = None,
+    batch_size: BatchSize = 32,
+    num_samples: NumSamples = None,
+    shuffle: Shuffle = True,
+    seed: Seed = 0,
+    input_name: InputName = None,
+    training_flag: TrainingFlag = None,
+    include: Include = None,
+    exclude: Exclude = None,
+    estimator: EstimatorOption = "pooled",
+    preprocess: Preprocess = "inception",
+    image_size: ImageSize = None,
+    central_crop: CentralCrop = None,
+    data_format: DataFormat = None,
+    feature: Feature = "image/encoded",
+    strict: Strict = False,
+    output_tensor: OutputTensor = None,
+    agreement_samples: AgreementSamples = 256,
+    json_output: JsonOutput = False,
+    show_all: ShowAll = False,
+    progress: Progress = True,
+    verbose: Verbose = False,
+) -> None:
+    """Measure how stale the stored statistics are (writes nothing). Exit 0 fresh, 3 stale, 1 error."""
+
+    def action() -> int:
+        from ckptfix.api import diagnose as run
+
+        result = run(
+            checkpoint, data, meta=meta, batch_size=batch_size, num_samples=num_samples, shuffle=shuffle,
+            seed=seed, input_name=input_name, training_flag=training_flag, include=include, exclude=exclude,
+            estimator=estimator, preprocess=preprocess, output_tensor=output_tensor,
+            agreement_samples=agreement_samples, progress=progress, on_notice=_notice,
+            image_size=image_size, central_crop=central_crop, data_format=data_format, feature=feature, strict=strict,
+        )
+        if json_output:
+            _print_json(result.to_dict())
+        else:
+            typer.echo(result.format_table(show_all))
+            if result.agreement is not None:
+                typer.echo("\n" + result.agreement.summary())
+            verdict = (f"STALE: {len(result.stale_layers)} of {len(result.layers)} BN layers; "
+                       f"repair with: ckptfix recalibrate {checkpoint} {data}") if result.stale else \
+                f"fresh: all {len(result.layers)} BN layers match the calibration data"
+            typer.echo(f"\n{verdict} ({result.num_samples} samples)")
+        return STALE_EXIT_CODE if result.stale else 0
+
+    _run(action)
+
+
+@app.command()
+def inspect(
+    checkpoint: Checkpoint,
+    meta: Meta = None,
+    against: Annotated[Optional[str], typer.Option(help="Another checkpoint (e.g. the pretrained one): flag statistics identical to it.")] = None,
+    json_output: JsonOutput = False,
+    show_all: ShowAll = False,
+    verbose: Verbose = False,
+) -> None:
+    """List every BN layer and its stored statistics; flag never-updated ones. Needs no data; exit 0."""
+
+    def action() -> None:
+        from ckptfix.api import inspect as run
+
+        result = run(checkpoint, meta=meta, against=against)
+        if json_output:
+            _print_json(result.to_dict())
+            return
+        typer.echo(result.format_table(show_all))
+        flagged = result.flagged
+        typer.echo(f"\n{len(result.layers)} BN layers; " + (
+            f"{len(flagged)} look never updated (initial 0/1 or identical to --against): "
+            f"check with: ckptfix diagnose {checkpoint} DATA" if flagged else "none flagged"))
 
     _run(action)
 
@@ -118,15 +241,6 @@ def demo(
         run_demo(directory, progress=progress, echo=typer.echo)
 
     _run(action)
-
-
-def _write_json(path: Path, content: dict) -> None:
-    from ckptfix.errors import OutputError
-
-    try:
-        path.write_text(json.dumps(content, indent=2) + "\n")
-    except OSError as error:
-        raise OutputError(f"cannot write the report to {path}: {error.strerror}.") from None
 
 
 def main() -> None:

@@ -1,5 +1,16 @@
-"""Where calibration batches come from: arrays, image folders, or batches the caller already has."""
+"""Where calibration batches come from: image folders, numpy files, TFRecords, or what the caller passes.
 
-from ckptfix.data.sources import PREPROCESSING, CalibrationBatches, open_calibration_data
+* :mod:`~ckptfix.data.sources` -- :func:`open_calibration_data`, the one entry point, and file discovery
+* :mod:`~ckptfix.data.images` -- image files decoded in a ``tf.data`` pipeline, bad files skipped by name
+* :mod:`~ckptfix.data.tfrecord` -- ``tf.train.Example`` records (encoded image or raw float feature)
+* :mod:`~ckptfix.data.arrays` -- ``.npy`` / ``.npz`` through memory maps, and in-memory arrays
+* :mod:`~ckptfix.data.python` -- ``tf.data.Dataset`` and iterables of batches
+* :mod:`~ckptfix.data.preprocessing` -- image presets (with formulas) and ``module:function``
+* :mod:`~ckptfix.data.batching` -- batch sizes, the too-small last batch, skipped files, finite checks
+"""
 
-__all__ = ["PREPROCESSING", "CalibrationBatches", "open_calibration_data"]
+from ckptfix.data.preprocessing import PREPROCESSING, PRESETS
+from ckptfix.data.sources import FORMATS, CalibrationBatches, open_calibration_data
+from ckptfix.data.spec import InputSpec
+
+__all__ = ["FORMATS", "PREPROCESSING", "PRESETS", "CalibrationBatches", "InputSpec", "open_calibration_data"]

@@ -1,111 +1,162 @@
-"""Calibration data: ``.npy`` / ``.npz`` arrays, image files, numpy arrays and iterables of batches.
+"""The one entry point, :func:`open_calibration_data`: DATA (a path or a Python object) -> forward batches.
 
-Arrays shaped ``(N, ...)`` are taken as already preprocessed and read through memory maps, a batch at a time.
-Images (jpg, jpeg, png, bmp, gif's first frame) are decoded with ``tf.image`` in a ``tf.data`` pipeline (parallel
-decode, prefetch), resized to the input's static height and width (bilinear) and scaled by a preprocessing
-preset (:data:`PREPROCESSING`). Shuffling permutes the sample (or file) order with ``numpy``'s generator seeded by
-``seed``; without it, files are read in sorted path order and arrays in index order. ``num_samples`` stops
-after that many samples.
+Paths: a file, or a folder searched recursively (sorted, hidden files and folders skipped), holding one kind
+of data -- images (``.jpg .jpeg .png .bmp .gif``), numpy (``.npy .npz``) or TFRecords (``.tfrecord
+.tfrecords``, optionally ``.gz``, GZIP also recognised by content). A folder mixing kinds is an error unless
+``format`` picks one. Other files (labels, READMEs) are ignored.
+
+Order: without shuffling, files in sorted path order and array rows in order. With shuffling (seeded by
+``seed``, the same seed giving the same batches): arrays are read in a permutation of all rows (random
+access through memory maps), image files in a permutation of the file list, TFRecord files in a permutation
+of the file list with records mixed in a bounded buffer (:data:`~ckptfix.data.tfrecord.SHUFFLE_BUFFER`).
+``num_samples`` stops reading once that many samples were batched.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from ckptfix.data.arrays import indexed_chunks, open_array_files
+from ckptfix.data.batching import Batch, Chunk, Rebatcher, SkipLog
+from ckptfix.data.images import image_chunks
+from ckptfix.data.preprocessing import resolve_preprocessing
+from ckptfix.data.python import dataset_chunks, in_memory, iterable_chunks
+from ckptfix.data.spec import InputSpec
+from ckptfix.data.tfrecord import feature_kind, record_chunks, scan
 from ckptfix.errors import DataError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif"})
 ARRAY_SUFFIXES = frozenset({".npy", ".npz"})
-
-#: name -> (description, formula on float32 RGB pixels in 0..255)
-PREPROCESSING: dict[str, tuple[str, Callable]] = {
-    "inception": ("x / 127.5 - 1, in [-1, 1]", lambda x: x / 127.5 - 1.0),
-    "vgg": ("x - (123.68, 116.78, 103.94), RGB mean subtraction", lambda x: x - [123.68, 116.78, 103.94]),
-    "unit": ("x / 255, in [0, 1]", lambda x: x / 255.0),
-    "raw": ("x, 0..255 floats", lambda x: x),
-}
+TFRECORD_SUFFIXES = frozenset({".tfrecord", ".tfrecords"})
+FORMATS = ("images", "numpy", "tfrecord")
 
 
-@dataclass
-class CalibrationBatches:
-    """An iterable of numpy batches fitting the model's input; ``num_samples`` is None when unknown."""
-
-    batches: Callable[[], Iterator[np.ndarray]]
-    num_samples: int | None
-    description: str
-    images: bool = False
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        return self.batches()
-
-
-class _Arrays:
-    """Several ``(N, ...)`` arrays (memory-mapped where possible) seen as one, gathered by sample index."""
-
-    def __init__(self, arrays: list[np.ndarray]) -> None:
-        self.arrays = arrays
-        self.starts = np.cumsum([0] + [len(a) for a in arrays])
-
-    def __len__(self) -> int:
-        return int(self.starts[-1])
-
-    def take(self, indices: np.ndarray) -> np.ndarray:
-        order = np.argsort(indices, kind="stable")
-        parts = []
-        sorted_indices = indices[order]
-        which = np.searchsorted(self.starts, sorted_indices, side="right") - 1
-        for k in np.unique(which):
-            parts.append(np.asarray(self.arrays[k][sorted_indices[which == k] - self.starts[k]]))
-        gathered = np.concatenate(parts)
-        restored = np.empty_like(gathered)
-        restored[order] = gathered
-        return restored
+def kind_of(path: Path) -> str | None:
+    """``images``, ``numpy``, ``tfrecord`` or None (ignored) from a file's name."""
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        name = name[: -len(".gz")]
+    suffix = Path(name).suffix
+    if suffix in IMAGE_SUFFIXES and not path.name.lower().endswith(".gz"):
+        return "images"
+    if suffix in ARRAY_SUFFIXES and not path.name.lower().endswith(".gz"):
+        return "numpy"
+    if suffix in TFRECORD_SUFFIXES:
+        return "tfrecord"
+    return None
 
 
-def _load_array_file(path: Path, input_name: str) -> np.ndarray:
-    try:
-        if path.suffix == ".npy":
-            return np.load(path, mmap_mode="r", allow_pickle=False)
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise DataError(f"cannot read {path}: {error}; pass a valid .npy/.npz file.") from None
-    keys = list(archive.keys())
-    wanted = [k for k in keys if k in {input_name, input_name.split(":")[0], input_name.split(":")[0].split("/")[-1]}]
-    if len(keys) == 1 or len(wanted) == 1:
-        return archive[wanted[0] if wanted else keys[0]]
-    raise DataError(f"{path} holds several arrays ({', '.join(keys)}): keep one, or name it after the input.")
-
-
-def _collect_files(path: Path) -> list[Path]:
+def collect_files(path: Path, data_format: str | None) -> tuple[str, list[Path]]:
+    """The kind and sorted files of DATA; errors name what was found and the fix."""
+    if data_format is not None and data_format not in FORMATS:
+        raise DataError(f"--format must be one of {', '.join(FORMATS)} (got {data_format}).")
     if not path.exists():
         raise DataError(f"calibration data {path} does not exist: pass a folder or file of calibration samples.")
-    files = [path] if path.is_file() else sorted(
-        p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
-    )
-    usable = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES | ARRAY_SUFFIXES]
-    if not usable:
+    if path.is_file():
+        files = [path]
+    else:
+        files = sorted(
+            p for p in path.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
+    by_kind: dict[str, list[Path]] = {}
+    for f in files:
+        kind = kind_of(f)
+        if kind is not None:
+            by_kind.setdefault(kind, []).append(f)
+    if data_format is not None:
+        if data_format not in by_kind:
+            found = ", ".join(sorted(by_kind)) or "nothing usable"
+            raise DataError(f"no {data_format} files in {path} (found: {found}).")
+        return data_format, by_kind[data_format]
+    if not by_kind:
         kinds = ", ".join(sorted({p.suffix or p.name for p in files})) or "no files"
         raise DataError(
-            f"no calibration samples in {path} (found: {kinds}); use images (.jpg .png .bmp .gif) or arrays (.npy .npz)."
+            f"no calibration samples in {path} (found: {kinds}); use images (.jpg .png .bmp .gif), "
+            "arrays (.npy .npz) or TFRecords (.tfrecord)."
         )
-    kinds = {p.suffix.lower() in IMAGE_SUFFIXES for p in usable}
-    if len(kinds) > 1:
-        raise DataError(f"{path} mixes images and arrays: point DATA at a folder holding one kind.")
-    return usable
+    if len(by_kind) > 1:
+        counts = ", ".join(f"{len(v)} {k}" for k, v in sorted(by_kind.items()))
+        raise DataError(f"{path} mixes kinds of data ({counts}): pass --format {'|'.join(FORMATS)} to pick one.")
+    kind = next(iter(by_kind))
+    return kind, by_kind[kind]
 
 
-def _check_samples(sample_shape: tuple, input_shape: tuple | None, source: str) -> None:
-    if input_shape is None:
-        return
-    expected = input_shape[1:]
-    fits = len(sample_shape) == len(expected) and all(e is None or e == s for e, s in zip(expected, sample_shape))
-    if not fits:
-        shown = "(" + ", ".join("?" if e is None else str(e) for e in expected) + ")"
-        raise DataError(f"samples in {source} have shape {tuple(sample_shape)} but the model input takes {shown}.")
+class CalibrationBatches:
+    """Forward batches: arrays for a one-input model, dicts keyed by input name for several inputs.
+
+    ``num_samples`` is the expected count (for a progress bar; None when unknown). After iterating,
+    ``skipped_files`` / ``samples_skipped`` tell what was skipped, ``merged_last`` whether a too-small last
+    batch was merged ``(its size, the merged size)``, and :meth:`describe_last` names the last batch.
+    """
+
+    def __init__(
+        self,
+        chunks: Callable[[], Iterator[Chunk]],
+        *,
+        inputs: Sequence[InputSpec],
+        batch_size: int,
+        num_samples: int | None,
+        expected: int | None,
+        fixed: bool,
+        source: str,
+        skips: SkipLog,
+        preprocessing: str | None = None,
+    ) -> None:
+        self._chunks = chunks
+        self._rebatcher = Rebatcher(batch_size, num_samples, fixed)
+        self.inputs = list(inputs)
+        self.num_samples = expected
+        self.source = source
+        self.skips = skips
+        self.preprocessing = preprocessing
+        self.last: Batch | None = None
+
+    @property
+    def images(self) -> bool:
+        return self.preprocessing is not None
+
+    @property
+    def description(self) -> str:
+        return self.source
+
+    @property
+    def skipped_files(self) -> list[str]:
+        return list(self.skips.skipped)
+
+    @property
+    def samples_skipped(self) -> int:
+        return self.skips.count
+
+    @property
+    def merged_last(self) -> tuple[int, int] | None:
+        return self._rebatcher.merged
+
+    def describe_last(self) -> str:
+        return "no batch yet" if self.last is None else self.last.describe()
+
+    def batches(self) -> Iterator[Batch]:
+        """The :class:`Batch` objects (values per input and a name per sample)."""
+        seen = 0
+        for batch in self._rebatcher(self._chunks()):
+            self.last = batch
+            seen += len(batch)
+            yield batch
+        if seen == 0:
+            if self.skips.skipped:
+                raise DataError(
+                    f"no usable sample in {self.source}: all {len(self.skips.skipped)} file(s) were skipped "
+                    f"(first: {self.skips.skipped[0]})."
+                )
+            raise DataError(f"{self.source} yielded no samples: pass data with at least one sample.")
+
+    def __iter__(self):
+        single = len(self.inputs) == 1
+        for batch in self.batches():
+            yield batch.values[self.inputs[0].name] if single else batch.values
 
 
 def _order(count: int, shuffle: bool, seed: int, num_samples: int | None) -> np.ndarray:
@@ -113,119 +164,107 @@ def _order(count: int, shuffle: bool, seed: int, num_samples: int | None) -> np.
     return order[:num_samples] if num_samples is not None else order
 
 
-def _array_batches(arrays: _Arrays, order: np.ndarray, batch_size: int, dtype: np.dtype) -> Callable:
-    def batches() -> Iterator[np.ndarray]:
-        for start in range(0, len(order), batch_size):
-            yield _finite(arrays.take(order[start : start + batch_size]).astype(dtype, copy=False), start)
-
-    return batches
-
-
-def _finite(batch: np.ndarray, first_index: int) -> np.ndarray:
-    if np.issubdtype(batch.dtype, np.floating) and not np.isfinite(batch).all():
-        bad = first_index + int(np.argwhere(~np.isfinite(batch.reshape(len(batch), -1)))[0][0])
-        raise DataError(f"calibration sample {bad} (in reading order) contains NaN or Inf: clean the data.")
-    return batch
-
-
-def _image_batches(files: list[Path], input_shape, batch_size: int, dtype, preprocess: str) -> Callable:
-    import tensorflow as tf
-
-    if input_shape is None or len(input_shape) != 4 or None in input_shape[1:]:
-        raise DataError(
-            f"images need a model input of static shape (N, H, W, C), this one is {input_shape}: "
-            "pass preprocessed arrays (.npy) instead."
-        )
-    height, width, channels = input_shape[1:]
-    scale = PREPROCESSING[preprocess][1]
-
-    def load(path):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
-        image = tf.image.resize(tf.cast(image, tf.float32), [height, width])
-        return tf.cast(scale(image), dtype)
-
-    def batches() -> Iterator[np.ndarray]:
-        dataset = (
-            tf.data.Dataset.from_tensor_slices([str(f) for f in files])
-            .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            .batch(batch_size)
-            .prefetch(tf.data.AUTOTUNE)
-        )
-        try:
-            for start, batch in enumerate(dataset.as_numpy_iterator()):
-                yield _finite(batch, start * batch_size)
-        except tf.errors.InvalidArgumentError as error:
-            detail = str(error).strip().splitlines()[0]
-            raise DataError(f"cannot decode a calibration image ({detail}): remove or convert it.") from None
-
-    return batches
-
-
-def _iterable_batches(data: Iterable, input_name: str, num_samples: int | None, dtype, input_shape) -> Callable:
-    def pick(item):
-        if isinstance(item, dict):
-            return _load_dict(item, input_name)
-        if isinstance(item, (tuple, list)) and len(item) == 2:  # (inputs, labels)
-            return pick(item[0])
-        return np.asarray(item)
-
-    def batches() -> Iterator[np.ndarray]:
-        seen = 0
-        for item in data:
-            batch = pick(item)
-            _check_samples(batch.shape[1:], input_shape, "the given batches")
-            if num_samples is not None:
-                batch = batch[: num_samples - seen]
-            if len(batch):
-                yield _finite(batch.astype(dtype, copy=False), seen)
-            seen += len(batch)
-            if num_samples is not None and seen >= num_samples:
-                return
-
-    return batches
-
-
-def _load_dict(item: dict, input_name: str) -> np.ndarray:
-    names = {input_name, input_name.split(":")[0]}
-    matches = [k for k in item if k in names]
-    if len(item) == 1 or matches:
-        return np.asarray(item[matches[0] if matches else next(iter(item))])
-    raise DataError(f"a batch dict has keys {', '.join(map(str, item))}; name the input's key {input_name}.")
+def _parse_image_size(image_size) -> tuple[int, int] | None:
+    if image_size is None or isinstance(image_size, tuple):
+        return image_size
+    if isinstance(image_size, int):
+        return image_size, image_size
+    text = str(image_size).lower().strip()
+    try:
+        parts = [int(p) for p in text.split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise DataError(f"--image-size takes H or HxW in pixels, like 224 or 224x160 (got {image_size}).")
+    return (parts[0], parts[-1])
 
 
 def open_calibration_data(
     data,
     *,
-    input_name: str,
-    input_shape: tuple | None,
-    dtype: np.dtype,
+    input_name: str | None = None,
+    input_shape: tuple | None = None,
+    dtype: np.dtype | None = None,
+    inputs: Sequence[InputSpec] | None = None,
     batch_size: int,
-    num_samples: int | None,
-    shuffle: bool,
-    seed: int,
-    preprocess: str,
+    num_samples: int | None = None,
+    shuffle: bool = True,
+    seed: int = 0,
+    preprocess="inception",
+    image_size=None,
+    central_crop: float | None = None,
+    data_format: str | None = None,
+    feature: str = "image/encoded",
+    strict: bool = False,
+    on_warning: Callable[[str], None] | None = None,
 ) -> CalibrationBatches:
-    """Calibration batches for ``data`` (path, array or iterable of batches), shaped for the model input."""
-    if isinstance(data, np.ndarray):
-        _check_samples(data.shape[1:], input_shape, "the given array")
-        order = _order(len(data), shuffle, seed, num_samples)
-        return CalibrationBatches(_array_batches(_Arrays([data]), order, batch_size, dtype), len(order), "array")
+    """Calibration batches for ``data``, shaped for the model's input(s).
+
+    ``data``: a path (see the module docstring), a numpy array (or a dict of arrays, one per input), a
+    ``tf.data.Dataset`` or an iterable of batches. The model's inputs are ``inputs``, or the single
+    ``input_name`` / ``input_shape`` / ``dtype``. Images are preprocessed with ``preprocess`` (a preset
+    name, ``module:function`` or a callable, see :mod:`ckptfix.data.preprocessing`) at the input's size or
+    ``image_size``. Files that cannot be decoded are skipped with ``on_warning(message)`` (an error with
+    ``strict``). Nothing is read until the result is iterated, except file headers and TFRecord framing.
+    """
+    if inputs is None:
+        if input_name is None:
+            raise TypeError("open_calibration_data needs inputs= or input_name=")
+        inputs = [InputSpec(input_name, input_shape, np.dtype(dtype or np.float32))]
+    inputs = list(inputs)
+    dtypes = {spec.name: spec.dtype for spec in inputs}
+    skips = SkipLog(strict=strict, warn=on_warning or (lambda message: None))
+    common = dict(inputs=inputs, batch_size=batch_size, num_samples=num_samples, skips=skips)
+    bounded = (lambda n: n if num_samples is None else min(n, num_samples))
+
+    if isinstance(data, (np.ndarray, dict)):  # a dict: one array per input
+        arrays = in_memory(data, inputs)
+        order = _order(len(arrays), shuffle, seed, num_samples)
+        chunks = lambda: indexed_chunks(arrays, order, batch_size, dtypes)  # noqa: E731
+        return CalibrationBatches(chunks, expected=len(order), fixed=True, source="the given array", **common)
     if not isinstance(data, (str, Path)):
-        return CalibrationBatches(
-            _iterable_batches(data, input_name, num_samples, dtype, input_shape), num_samples, "batches"
-        )
+        try:
+            import tensorflow as tf
+
+            is_dataset = isinstance(data, tf.data.Dataset)
+        except ImportError:  # pragma: no cover
+            is_dataset = False
+        if is_dataset:
+            chunks, samples = dataset_chunks(data, inputs, batch_size)
+            return CalibrationBatches(chunks, expected=num_samples, fixed=samples, source="the given tf.data.Dataset", **common)
+        if not hasattr(data, "__iter__"):
+            raise DataError(f"calibration data of type {type(data).__name__}: pass a path, an array, a tf.data.Dataset or batches.")
+        return CalibrationBatches(iterable_chunks(data, inputs), expected=num_samples, fixed=False, source="the given batches", **common)
+
     path = Path(data).expanduser()
-    files = _collect_files(path)
-    if files[0].suffix.lower() in ARRAY_SUFFIXES:
-        arrays = [_load_array_file(f, input_name) for f in files]
-        for f, array in zip(files, arrays):
-            _check_samples(array.shape[1:], input_shape, str(f))
-        joined = _Arrays(arrays)
-        if len(joined) == 0:
-            raise DataError(f"{path} holds no samples (arrays of length 0).")
-        order = _order(len(joined), shuffle, seed, num_samples)
-        return CalibrationBatches(_array_batches(joined, order, batch_size, dtype), len(order), str(path))
-    order = _order(len(files), shuffle, seed, num_samples)
-    chosen = [files[i] for i in order]
-    batches = _image_batches(chosen, input_shape, batch_size, dtype, preprocess)
-    return CalibrationBatches(batches, len(chosen), str(path), images=True)
+    kind, files = collect_files(path, data_format)
+    where = str(path)
+    if kind == "numpy":
+        arrays = open_array_files(files, inputs)
+        order = _order(len(arrays), shuffle, seed, num_samples)
+        chunks = lambda: indexed_chunks(arrays, order, batch_size, dtypes)  # noqa: E731
+        source = f"{len(arrays)} samples in {len(files)} numpy file(s) in {where}"
+        return CalibrationBatches(chunks, expected=len(order), fixed=True, source=source, **common)
+    if len(inputs) > 1:
+        raise DataError(f"a model with several inputs takes .npz files or Python batches, not {kind} ({where}).")
+    spec = inputs[0]
+    size = _parse_image_size(image_size)
+    if kind == "images":
+        prep = resolve_preprocessing(preprocess, spec.shape, size, central_crop)
+        ordered = [files[i] for i in _order(len(files), shuffle, seed, None)]
+        chunks = lambda: image_chunks(ordered, prep, spec, skips, batch_size)  # noqa: E731
+        source = f"{len(files)} image file(s) in {where}"
+        return CalibrationBatches(
+            chunks, expected=bounded(len(files)), fixed=True, source=source, preprocessing=prep.description, **common
+        )
+    scanned = [scan(f) for f in files]
+    ordered = [scanned[i] for i in _order(len(scanned), shuffle, seed, None)]
+    record_kind = feature_kind(ordered, feature)
+    prep = resolve_preprocessing(preprocess, spec.shape, size, central_crop) if record_kind == "image" else None
+    total = sum(f.records for f in scanned)
+    chunks = lambda: record_chunks(ordered, feature, record_kind, prep, spec, skips, batch_size, shuffle, seed)  # noqa: E731
+    source = f"{total} records in {len(files)} TFRecord file(s) in {where} (feature {feature})"
+    return CalibrationBatches(
+        chunks, expected=bounded(total), fixed=True, source=source,
+        preprocessing=None if prep is None else prep.description, **common,
+    )

@@ -44,6 +44,7 @@ class FusedNode:
     function: str | None
     is_training: bool
     channels_last: bool
+    reads_statistics: bool = True  # its mean/variance inputs are the moving variables (not empty constants)
 
 
 @dataclass(frozen=True)
@@ -168,11 +169,13 @@ def _fused_candidates(index: GraphIndex) -> list[_Candidate]:
                 continue
             inputs = index.inputs(node, function)
             data_format = node.attr["data_format"].s.decode() if "data_format" in node.attr else "NHWC"
+            means, variances = _variables_behind(index, inputs[3]), _variables_behind(index, inputs[4])
             fused = FusedNode(
                 node.name,
                 function,
                 node.attr["is_training"].b if "is_training" in node.attr else True,
                 data_format in _CHANNELS_LAST,
+                reads_statistics=bool(means and variances),
             )
             x = index.to_top_level(_through_switch(index, inputs[0]))
             if x is None:
@@ -180,7 +183,6 @@ def _fused_candidates(index: GraphIndex) -> list[_Candidate]:
                     f"BN node {fused.node} normalises a tensor computed inside a control-flow function; "
                     "ckptfix cannot feed it. Please report this graph."
                 )
-            means, variances = _variables_behind(index, inputs[3]), _variables_behind(index, inputs[4])
             if function is None and not means:
                 means = _variables_updated_from(index, Tensor(node.name, 1))
             if function is None and not variances:

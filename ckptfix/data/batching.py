@@ -1,0 +1,163 @@
+"""From streams of samples to the batches fed to the model: batch sizes, the last batch, bad data.
+
+Every source yields :class:`Chunk` objects (values per input, and a name per sample: the file, the file and
+row, or the record) and reports files it could not use to a :class:`SkipLog`. :func:`rebatch` turns chunks
+into forward batches and checks that every value is finite.
+
+**The last batch.** BN normalises each batch with its own statistics, so a tiny batch gives its layers, and
+every layer after them, inputs unlike those of training (one sample through a dense BN layer is all zeros).
+A last batch with fewer than half a batch of samples is therefore merged into the one before it (that
+forward pass has up to 1.5 x ``batch_size`` samples); the caller gets a notice. Data smaller than one batch
+is one batch. Whether a layer still sees a single value per channel is checked on the moments by the API.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from ckptfix.errors import DataError
+
+
+@dataclass
+class Chunk:
+    """Consecutive samples of a source: ``values`` maps input name -> array with the same leading length."""
+
+    values: dict[str, np.ndarray]
+    names: Sequence[str]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+@dataclass
+class Batch:
+    """One forward pass: values per input, and the name of each sample (for error messages)."""
+
+    values: dict[str, np.ndarray]
+    names: list[str]
+    index: int
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def describe(self) -> str:
+        first, last = self.names[0], self.names[-1]
+        where = first if len(self.names) == 1 else f"{first} ... {last}"
+        return f"batch {self.index} ({len(self.names)} samples: {where})"
+
+
+@dataclass
+class SkipLog:
+    """Files or records that could not be used. With ``strict`` the first one is an error."""
+
+    strict: bool = False
+    warn: Callable[[str], None] = lambda message: None
+    skipped: list[str] = field(default_factory=list)
+    count: int = 0
+
+    def skip(self, name: str, reason: str, count: int = 1) -> None:
+        if self.strict:
+            raise DataError(f"cannot use {name}: {reason} (--strict): remove or repair it, or drop --strict to skip it.")
+        self.skipped.append(name)
+        self.count += count
+        self.warn(f"skipped {name}: {reason}")
+
+
+def _finite(batch: Batch) -> Batch:
+    for name, values in batch.values.items():
+        if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+            bad = int(np.argwhere(~np.isfinite(values.reshape(len(values), -1)))[0][0])
+            input_part = f" (input {name})" if len(batch.values) > 1 else ""
+            raise DataError(
+                f"calibration sample {batch.names[bad]}{input_part} contains NaN or Inf: clean or remove it."
+            )
+    return batch
+
+
+def _concat(pieces: list[Chunk]) -> Chunk:
+    if len(pieces) == 1:
+        return pieces[0]
+    keys = pieces[0].values.keys()
+    return Chunk(
+        {k: np.concatenate([p.values[k] for p in pieces]) for k in keys}, [n for p in pieces for n in p.names]
+    )
+
+
+def _split(chunk: Chunk, at: int) -> tuple[Chunk, Chunk]:
+    head = Chunk({k: v[:at] for k, v in chunk.values.items()}, chunk.names[:at])
+    tail = Chunk({k: v[at:] for k, v in chunk.values.items()}, chunk.names[at:])
+    return head, tail
+
+
+def _limited(chunks: Iterable[Chunk], num_samples: int | None) -> Iterator[Chunk]:
+    seen = 0
+    for chunk in chunks:
+        if num_samples is not None and seen + len(chunk) >= num_samples:
+            head, _ = _split(chunk, num_samples - seen)
+            if len(head):
+                yield head
+            return
+        if len(chunk):
+            seen += len(chunk)
+            yield chunk
+
+
+def too_small(last: int, full: int) -> bool:
+    """Is a last batch of ``last`` samples merged into a previous one of ``full``? (fewer than half)"""
+    return 0 < last and 2 * last < full
+
+
+class Rebatcher:
+    """Chunks -> :class:`Batch` objects; ``fixed``: exactly ``batch_size`` each, else the chunks as given.
+
+    In both modes a too-small last batch (:func:`too_small`) is merged into the previous one and recorded in
+    ``merged`` as ``(last_size, merged_size)``.
+    """
+
+    def __init__(self, batch_size: int, num_samples: int | None, fixed: bool) -> None:
+        self.batch_size = batch_size
+        self.num_samples = num_samples
+        self.fixed = fixed
+        self.merged: tuple[int, int] | None = None
+
+    def __call__(self, chunks: Iterable[Chunk]) -> Iterator[Batch]:
+        stream = _limited(chunks, self.num_samples)
+        produced = (self._fixed if self.fixed else self._as_given)(stream)
+        for index, chunk in enumerate(produced):
+            yield _finite(Batch(chunk.values, list(chunk.names), index))
+
+    def _fixed(self, stream: Iterator[Chunk]) -> Iterator[Chunk]:
+        size = self.batch_size
+        pending: list[Chunk] = []
+        count = 0
+        for chunk in stream:
+            pending.append(chunk)
+            count += len(chunk)
+            while count >= 2 * size:  # what stays behind is at least one full batch
+                head, tail = _split(_concat(pending), size)
+                pending, count = [tail], count - size
+                yield head
+        if not count:
+            return
+        rest = _concat(pending)
+        if count > size and too_small(count - size, size):
+            self.merged = (count - size, count)
+        elif count > size:
+            head, rest = _split(rest, size)
+            yield head
+        yield rest
+
+    def _as_given(self, stream: Iterator[Chunk]) -> Iterator[Chunk]:
+        held: list[Chunk] = []  # the merge decision needs the next chunk: hold one back
+        for chunk in stream:
+            held.append(chunk)
+            if len(held) > 2:
+                yield held.pop(0)
+        if len(held) == 2 and too_small(len(held[1]), len(held[0])):
+            self.merged = (len(held[1]), len(held[0]) + len(held[1]))
+            yield _concat(held)
+        else:
+            yield from held

@@ -1,0 +1,101 @@
+"""Calibration data given from Python: numpy arrays, a ``tf.data.Dataset``, or any iterable of batches.
+
+* a numpy array ``(N, ...)`` (or, for several inputs, a dict of them keyed by input name): preprocessed
+  samples, batched with ``batch_size``, shuffled with ``seed`` unless ``shuffle=False``.
+* a ``tf.data.Dataset``: of samples (rank of the input minus one: batched here with ``batch_size``) or of
+  batches (used as they come); elements may be arrays, dicts keyed by input name, or ``(inputs, labels)``.
+* any other iterable of batches: arrays, dicts keyed by input name, or ``(inputs, labels)`` pairs; each
+  item is one forward pass, as the caller batched it.
+
+The caller's pipeline order is kept (``shuffle`` does not apply to datasets and iterables); labels are ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from ckptfix.data.arrays import InMemory
+from ckptfix.data.batching import Chunk
+from ckptfix.data.spec import InputSpec, check_sample_shape, key_for_input
+from ckptfix.errors import DataError
+
+
+def _inputs_of(item, inputs: Sequence[InputSpec], where: str) -> dict:
+    """The part of one element that feeds each input (labels dropped)."""
+    if isinstance(item, dict):
+        picked = {}
+        for spec in inputs:
+            key = key_for_input(item.keys(), spec.name)
+            if key is None and len(item) == 1 and len(inputs) == 1:
+                key = next(iter(item))
+            if key is None:
+                raise DataError(
+                    f"{where} is a dict with keys {', '.join(map(str, item))}: key the input by its name {spec.name}."
+                )
+            picked[spec.name] = item[key]
+        return picked
+    if isinstance(item, (tuple, list)) and len(item) == 2:  # (inputs, labels)
+        return _inputs_of(item[0], inputs, where)
+    if len(inputs) > 1:
+        raise DataError(f"{where}: a model with several inputs needs dicts keyed by input name.")
+    return {inputs[0].name: item}
+
+
+def in_memory(data, inputs: Sequence[InputSpec]) -> InMemory:
+    """A numpy array (or dict of arrays, one per input), checked against the inputs."""
+    values = _inputs_of(data, inputs, "the given arrays")
+    arrays = {name: np.asarray(v) for name, v in values.items()}
+    lengths = {len(a) for a in arrays.values()}
+    if len(lengths) > 1:
+        raise DataError(f"the given arrays have different lengths ({sorted(lengths)}), one per input expected.")
+    for spec in inputs:
+        check_sample_shape(arrays[spec.name].shape[1:], spec, "the given array")
+    if not lengths or lengths == {0}:
+        raise DataError("the given array holds no samples (length 0).")
+    return InMemory(arrays, "array")
+
+
+def _to_chunk(item, inputs: Sequence[InputSpec], k: int, label: str) -> Chunk:
+    where = f"{label} {k}"
+    values = {}
+    for name, value in _inputs_of(item, inputs, where).items():
+        spec = next(s for s in inputs if s.name == name)
+        array = np.asarray(value)
+        if array.ndim == 0:
+            raise DataError(f"{where} is a scalar, not a batch of samples.")
+        check_sample_shape(array.shape[1:], spec, where)
+        values[name] = array.astype(spec.dtype, copy=False)
+    lengths = {len(v) for v in values.values()}
+    if len(lengths) > 1:
+        raise DataError(f"{where}: the inputs' arrays have different lengths ({sorted(lengths)}).")
+    n = lengths.pop()
+    return Chunk(values, [f"{where}[{j}]" for j in range(n)])
+
+
+def dataset_chunks(dataset, inputs: Sequence[InputSpec], batch_size: int) -> tuple[Callable[[], Iterator[Chunk]], bool]:
+    """Chunks of a ``tf.data.Dataset`` and whether they are samples batched here (True) or the caller's batches."""
+    import tensorflow as tf
+
+    spec = dataset.element_spec
+    part = spec[0] if isinstance(spec, tuple) and len(spec) == 2 else spec
+    first = next(iter(part.values())) if isinstance(part, dict) else part
+    rank = getattr(first.shape, "rank", None) if isinstance(first, tf.TensorSpec) else None
+    input_rank = None if inputs[0].shape is None else len(inputs[0].shape)
+    samples = rank is not None and input_rank is not None and rank == input_rank - 1
+    source = dataset.batch(batch_size) if samples else dataset
+
+    def chunks() -> Iterator[Chunk]:
+        for k, item in enumerate(source.as_numpy_iterator()):
+            yield _to_chunk(item, inputs, k, "dataset element" if not samples else "dataset batch")
+
+    return chunks, samples
+
+
+def iterable_chunks(data: Iterable, inputs: Sequence[InputSpec]) -> Callable[[], Iterator[Chunk]]:
+    def chunks() -> Iterator[Chunk]:
+        for k, item in enumerate(data):
+            yield _to_chunk(item, inputs, k, "given batch")
+
+    return chunks

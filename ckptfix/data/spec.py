@@ -1,0 +1,56 @@
+"""What the model takes: one :class:`InputSpec` per fed tensor, and the checks of samples against it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+
+from ckptfix.errors import DataError
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A model input: tensor name (``images:0``), static shape with ``None`` for unknown dims (or None), dtype."""
+
+    name: str
+    shape: tuple | None
+    dtype: np.dtype
+
+    @property
+    def sample_shape(self) -> tuple | None:
+        return None if self.shape is None else tuple(self.shape[1:])
+
+
+def show_shape(shape) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+
+
+def fits(sample_shape, spec: InputSpec) -> bool:
+    expected = spec.sample_shape
+    if expected is None:
+        return True
+    return len(sample_shape) == len(expected) and all(e is None or e == s for e, s in zip(expected, sample_shape))
+
+
+def check_sample_shape(sample_shape, spec: InputSpec, source: str) -> None:
+    """DataError naming both shapes and the source when samples cannot be fed to ``spec``."""
+    if not fits(tuple(sample_shape), spec):
+        raise DataError(
+            f"samples in {source} have shape {tuple(int(d) for d in sample_shape)} but the model input "
+            f"{spec.name} takes {show_shape(spec.sample_shape)}: resize or re-export them."
+        )
+
+
+def input_aliases(name: str) -> set[str]:
+    """The names a user may key an input by: ``scope/images:0``, ``scope/images``, ``images``."""
+    node = name.split(":")[0]
+    return {name, node, node.split("/")[-1]}
+
+
+def key_for_input(keys: Iterable, name: str) -> str | None:
+    """The one key among ``keys`` naming the input ``name``, or None."""
+    aliases = input_aliases(name)
+    matches = [k for k in keys if k in aliases]
+    return matches[0] if len(matches) == 1 else None

@@ -1,0 +1,85 @@
+"""Find the model's output (final logits or probabilities) in an imported graph, for output-agreement checks.
+
+Candidates are float tensors of static shape ``(batch, K)`` with ``K > 1`` produced by a classifier-head op
+(``BiasAdd``, ``MatMul``, ``Softmax``, ...) downstream of the input, outside ``gradients`` scopes and not fed by
+a loss. Among them, those with no other candidate downstream are final; one final candidate is the output, and
+several are narrowed to the one whose name says ``logits`` (not ``aux``). Otherwise nothing is chosen and the
+caller asks for ``--output-tensor``.
+"""
+
+from __future__ import annotations
+
+from ckptfix.errors import GraphError
+from ckptfix.graph.index import is_gradient
+
+_HEAD_OPS = frozenset({"BiasAdd", "MatMul", "Softmax", "Sigmoid", "Squeeze", "Reshape", "Add", "AddV2", "Identity"})
+
+
+def _forward_ops(graph, input_tensor) -> list:
+    """Ops reachable from the input through data edges, backprop and ckptfix's own ops left out, in graph order."""
+    seen, stack = set(), [input_tensor.op]
+    while stack:
+        op = stack.pop()
+        if op.name in seen or is_gradient(op.name) or op.name.startswith("ckptfix/"):
+            continue
+        seen.add(op.name)
+        for output in op.outputs:
+            stack.extend(output.consumers())
+    return [op for op in graph.get_operations() if op.name in seen]
+
+
+def _is_loss(op) -> bool:
+    return "CrossEntropy" in op.type or "loss" in op.name.lower().split("/")[0]
+
+
+def detect_output(graph, input_tensor) -> list[str]:
+    """Names of the final output candidates (one element when the output is clear)."""
+    ops = _forward_ops(graph, input_tensor)
+    after_loss: set[str] = set()
+    for op in ops:
+        if _is_loss(op) or any(i.op.name in after_loss for i in op.inputs):
+            after_loss.add(op.name)
+    candidates = []
+    for op in ops:
+        if op.type not in _HEAD_OPS or op.name in after_loss or not op.outputs:
+            continue
+        tensor = op.outputs[0]
+        dims = tensor.shape.as_list() if tensor.shape.rank is not None else None
+        if tensor.dtype.base_dtype.is_floating and dims is not None and len(dims) == 2 and (dims[1] or 0) > 1:
+            candidates.append(tensor)
+    names = {t.name for t in candidates}
+    final = [t for t in candidates if not (_downstream_names(t, names) - {t.name})]
+    if len(final) > 1:
+        logits = [t for t in final if "logits" in t.name.lower() and "aux" not in t.name.lower()]
+        final = logits if len(logits) == 1 else final
+    return [t.name for t in final]
+
+
+def _downstream_names(tensor, wanted: set[str]) -> set[str]:
+    found, seen, stack = set(), set(), [tensor.op]
+    while stack:
+        op = stack.pop()
+        if op.name in seen or is_gradient(op.name):
+            continue
+        seen.add(op.name)
+        for output in op.outputs:
+            if output.name in wanted:
+                found.add(output.name)
+            stack.extend(output.consumers())
+    return found
+
+
+def resolve_output(graph, input_tensor, name: str | None) -> tuple[str | None, str | None]:
+    """``(output tensor name, notice)``: the user's ``--output-tensor`` (validated) or the detected one."""
+    if name is not None:
+        full = name if ":" in name else f"{name}:0"
+        try:
+            graph.get_tensor_by_name(full)
+        except (KeyError, ValueError):
+            raise GraphError(f"--output-tensor {name}: no such tensor in the graph.") from None
+        return full, None
+    found = detect_output(graph, input_tensor)
+    if len(found) == 1:
+        return found[0], None
+    listed = f" (candidates: {', '.join(found[:5])})" if found else ""
+    return None, f"no single output tensor found{listed}: pass --output-tensor NAME for output agreement figures"
