@@ -25,13 +25,14 @@ from ckptfix.data import PREPROCESSING, open_calibration_data
 from ckptfix.diagnostics import agreement as output_agreement
 from ckptfix.diagnostics.inspect import inspect_checkpoint
 from ckptfix.errors import CheckpointError, CkptfixError, DataError, NoBatchNormError
-from ckptfix.graph.batchnorm import BatchNormLayer, find_batchnorm_layers
+from ckptfix.graph.batchnorm import BatchNormLayer, find_batchnorm_layers, layer_tensors
 from ckptfix.graph.feeds import detect_feeds
 from ckptfix.graph.forward import ForwardModel
 from ckptfix.graph.index import GraphIndex
 from ckptfix.graph.inference import InferenceModel, NoInferenceMode
 from ckptfix.graph.meta import checkpoint_keys, load_meta_graph, partition_layout
 from ckptfix.graph.outputs import resolve_output
+from ckptfix.graph.safety import check_forward_ops
 from ckptfix.report import DiagnosisReport, InspectionReport, LayerReport, RecalibrationReport
 from ckptfix.stats import Estimator, PooledMoments
 
@@ -165,6 +166,7 @@ def _measure(
     preprocess: str,
     output_tensor: str | None,
     agreement_samples: int,
+    allow_unsafe_ops: bool,
     progress: bool,
     on_notice: Callable[[str], None] | None,
     data_options: dict | None = None,
@@ -177,6 +179,7 @@ def _measure(
         raise NoBatchNormError(f"no BatchNorm layers in {files.meta.name}: nothing to recalibrate.")
     layers = select_layers(found, include, exclude)
     feeds = detect_feeds(index, layers, input_name, training_flag)
+    check_forward_ops(index, layer_tensors(index, layers), allow_unsafe_ops)
     keys = checkpoint_keys(meta_graph)
     stored = _stored_statistics(files, keys, layers)
 
@@ -310,6 +313,7 @@ def recalibrate(
     strict: bool = False,
     output_tensor: str | None = None,
     agreement_samples: int = 256,
+    allow_unsafe_ops: bool = False,
     overwrite: bool = False,
     progress: bool = False,
     on_notice: Callable[[str], None] | None = None,
@@ -334,6 +338,8 @@ def recalibrate(
         data also accepts a ``tf.data.Dataset`` (of samples or batches) and TFRecord files or folders.
         output_tensor: the model output compared in the agreement check (default: detected final logits).
         agreement_samples: how many of the first calibration samples the agreement check uses.
+        allow_unsafe_ops: run the forward pass even if it contains ops that execute Python or write files
+            (see :mod:`ckptfix.graph.safety`); only for graphs you trust.
         overwrite: replace a non-empty ``output`` folder.
         progress: show a tqdm bar on stderr.
         on_notice: called with one-line notices (preprocessing used, training-mode ops active...).
@@ -350,7 +356,8 @@ def recalibrate(
         files, data, batch_size=batch_size, num_samples=num_samples, shuffle=shuffle, seed=seed,
         input_name=input_name, training_flag=training_flag, include=include, exclude=exclude,
         estimator=estimator, preprocess=preprocess, output_tensor=output_tensor,
-        agreement_samples=agreement_samples, progress=progress, on_notice=on_notice,
+        agreement_samples=agreement_samples, allow_unsafe_ops=allow_unsafe_ops, progress=progress,
+        on_notice=on_notice,
         data_options=dict(image_size=image_size, central_crop=central_crop, data_format=data_format, feature=feature, strict=strict),
     )
     new_prefix = write_recalibrated_checkpoint(
@@ -383,6 +390,7 @@ def diagnose(
     strict: bool = False,
     output_tensor: str | None = None,
     agreement_samples: int = 256,
+    allow_unsafe_ops: bool = False,
     progress: bool = False,
     on_notice: Callable[[str], None] | None = None,
 ) -> DiagnosisReport:
@@ -398,7 +406,8 @@ def diagnose(
         files, data, batch_size=batch_size, num_samples=num_samples, shuffle=shuffle, seed=seed,
         input_name=input_name, training_flag=training_flag, include=include, exclude=exclude,
         estimator=estimator, preprocess=preprocess, output_tensor=output_tensor,
-        agreement_samples=agreement_samples, progress=progress, on_notice=on_notice,
+        agreement_samples=agreement_samples, allow_unsafe_ops=allow_unsafe_ops, progress=progress,
+        on_notice=on_notice,
         data_options=dict(image_size=image_size, central_crop=central_crop, data_format=data_format, feature=feature, strict=strict),
     )
     return DiagnosisReport(**measured.report_fields(files, estimator))

@@ -32,21 +32,31 @@ class CheckpointFiles:
         return self.prefix.with_name(self.prefix.name + ".index")
 
 
-def _latest_in_directory(directory: Path) -> Path:
-    import tensorflow as tf
+_STATE_LINE = re.compile(r'^model_checkpoint_path:\s*"(.*)"\s*$', re.MULTILINE)
 
+
+def _latest_in_directory(directory: Path) -> Path:
+    """The prefix the folder's ``checkpoint`` state file names, looked up inside that folder only.
+
+    Saver writes absolute paths into the state file; they go stale when a folder is copied, and a crafted state
+    file could point anywhere. So only the basename of the named prefix is used, inside ``directory``.
+    """
     state = directory / "checkpoint"
     if not state.is_file():
         raise CheckpointError(
             f"{directory} has no 'checkpoint' state file: pass the checkpoint prefix instead "
             f"(e.g. {directory}/model.ckpt-1000)."
         )
-    latest = tf.train.latest_checkpoint(str(directory))
-    if latest is None:
+    found = _STATE_LINE.search(state.read_text(errors="replace"))
+    if found is None:
+        raise CheckpointError(f"the 'checkpoint' state file in {directory} names no checkpoint: pass the prefix explicitly.")
+    prefix = directory / Path(found.group(1).replace("\\", "/")).name
+    if not prefix.with_name(prefix.name + ".index").is_file():
         raise CheckpointError(
-            f"the 'checkpoint' state file in {directory} names no checkpoint that exists: pass the prefix explicitly."
+            f"the 'checkpoint' state file in {directory} names {found.group(1)}, which is not in that folder: "
+            "pass the prefix explicitly."
         )
-    return Path(latest)
+    return prefix
 
 
 def locate_checkpoint(checkpoint: str | Path, meta: str | Path | None = None) -> CheckpointFiles:

@@ -56,6 +56,8 @@ def check_output_dir(source: CheckpointFiles, output_dir: Path, overwrite: bool)
         if any(output_dir.iterdir()) and not overwrite:
             raise OutputError(f"output {output_dir} exists and is not empty: pass --overwrite or choose another -o.")
     parent = output_dir.parent
+    if parent.exists() and not parent.is_dir():
+        raise OutputError(f"cannot write to {output_dir}: {parent} is not a folder; choose another -o/--output.")
     if not parent.exists():
         try:
             parent.mkdir(parents=True)
@@ -135,7 +137,10 @@ def write_recalibrated_checkpoint(
         tensors[key] = cast.reshape(stored.shape)
 
     basename = source.prefix.name
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    except OSError as error:
+        raise OutputError(f"cannot write {output_dir}: {error.strerror or error}; nothing was written.") from None
     try:
         _save(staging / basename, tensors, dtypes, layout or {})
         shutil.copyfile(source.meta, staging / (basename + ".meta"))

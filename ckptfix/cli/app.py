@@ -47,6 +47,7 @@ DataFormat = Annotated[Optional[str], typer.Option("--format", help="images, num
 Feature = Annotated[str, typer.Option(help="TFRecord feature holding the encoded image or the raw float sample.")]
 Strict = Annotated[bool, typer.Option("--strict", help="Stop at the first unreadable file instead of skipping it.")]
 OutputTensor = Annotated[Optional[str], typer.Option(help="Model output compared in the agreement check (default: detected logits).")]
+AllowUnsafeOps = Annotated[bool, typer.Option(help="Run graphs whose forward pass executes Python or writes files (trust the graph).")]
 AgreementSamples = Annotated[int, typer.Option(help="How many of the first samples the output agreement check uses.")]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout (notices stay on stderr).")]
 ShowAll = Annotated[bool, typer.Option("--all", help="Show every layer (long lists are truncated otherwise).")]
@@ -108,6 +109,7 @@ def recalibrate(
     strict: Strict = False,
     output_tensor: OutputTensor = None,
     agreement_samples: AgreementSamples = 256,
+    allow_unsafe_ops: AllowUnsafeOps = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
     report: Annotated[Optional[Path], typer.Option(help="Also write the report as JSON to this file.")] = None,
     json_output: JsonOutput = False,
@@ -124,7 +126,7 @@ def recalibrate(
             checkpoint, data, output=output, meta=meta, batch_size=batch_size, num_samples=num_samples,
             shuffle=shuffle, seed=seed, input_name=input_name, training_flag=training_flag, include=include,
             exclude=exclude, estimator=estimator, preprocess=preprocess, output_tensor=output_tensor,
-            agreement_samples=agreement_samples, overwrite=overwrite, progress=progress, on_notice=_notice,
+            agreement_samples=agreement_samples, allow_unsafe_ops=allow_unsafe_ops, overwrite=overwrite, progress=progress, on_notice=_notice,
             image_size=image_size, central_crop=central_crop, data_format=data_format, feature=feature, strict=strict,
         )
         if report is not None:
@@ -168,6 +170,7 @@ def diagnose(
     strict: Strict = False,
     output_tensor: OutputTensor = None,
     agreement_samples: AgreementSamples = 256,
+    allow_unsafe_ops: AllowUnsafeOps = False,
     json_output: JsonOutput = False,
     show_all: ShowAll = False,
     progress: Progress = True,
@@ -182,7 +185,7 @@ def diagnose(
             checkpoint, data, meta=meta, batch_size=batch_size, num_samples=num_samples, shuffle=shuffle,
             seed=seed, input_name=input_name, training_flag=training_flag, include=include, exclude=exclude,
             estimator=estimator, preprocess=preprocess, output_tensor=output_tensor,
-            agreement_samples=agreement_samples, progress=progress, on_notice=_notice,
+            agreement_samples=agreement_samples, allow_unsafe_ops=allow_unsafe_ops, progress=progress, on_notice=_notice,
             image_size=image_size, central_crop=central_crop, data_format=data_format, feature=feature, strict=strict,
         )
         if json_output:

@@ -176,8 +176,9 @@ def record_chunks(
             tf.constant([f.records for f in files], tf.int64),
         )
     )
+    cycle = min(_INTERLEAVE, len(files)) if shuffle else 1
     dataset = files_dataset.interleave(
-        records_of, cycle_length=min(_INTERLEAVE, len(files)) if shuffle else 1, num_parallel_calls=_parallel_calls(), deterministic=True
+        records_of, cycle_length=cycle, num_parallel_calls=min(cycle, _parallel_calls()), deterministic=True
     )
     if shuffle:
         dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=False)

@@ -295,3 +295,18 @@ def _graph_position(index: GraphIndex, layer: BatchNormLayer) -> int:
     return min(index.position[name] for name in names)
 
 
+
+
+def layer_tensors(index: GraphIndex, layers: list[BatchNormLayer]) -> list[Tensor]:
+    """Top-level tensors the layers' normalisation depends on: inputs, BN nodes (or the If ops holding them),
+    and the mean/variance non-fused arithmetic reads."""
+    tensors = [t for layer in layers for t in layer.inputs]
+    for layer in layers:
+        for fused in layer.fused_nodes:
+            if fused.function is None:
+                tensors.append(Tensor(fused.node))
+            else:
+                tensors.extend(Tensor(site) for site in index.call_sites[fused.function])
+        for site in layer.nonfused_sites:
+            tensors.extend([site.mean, site.variance])
+    return tensors

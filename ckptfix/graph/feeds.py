@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ckptfix.errors import GraphError
-from ckptfix.graph.batchnorm import BatchNormLayer
+from ckptfix.graph.batchnorm import BatchNormLayer, layer_tensors
 from ckptfix.graph.index import GraphIndex, Tensor, parse_input
 
 _PLACEHOLDERS = frozenset({"Placeholder", "PlaceholderWithDefault"})
@@ -82,15 +82,7 @@ def _input_candidates(index: GraphIndex, layers: list[BatchNormLayer]) -> list[s
 
 
 def _flag_candidates(index: GraphIndex, layers: list[BatchNormLayer]) -> list[str]:
-    starts: list[Tensor] = []
-    for layer in layers:
-        for fused in layer.fused_nodes:
-            if fused.function is None:
-                starts.append(Tensor(fused.node))
-            else:
-                starts.extend(Tensor(site) for site in index.call_sites[fused.function])
-        for site in layer.nonfused_sites:
-            starts.extend([site.mean, site.variance])
+    starts = layer_tensors(index, layers)
     found = []
     for name in sorted(index.ancestors(starts)):
         node = index.nodes[name]

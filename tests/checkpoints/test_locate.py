@@ -51,3 +51,17 @@ def test_missing_meta_names_the_option(prefix, tmp_path):
     with pytest.raises(GraphError, match="--meta PATH"):
         locate_checkpoint(prefix)
     assert locate_checkpoint(prefix, meta=moved).meta == moved
+
+
+def test_state_file_paths_are_looked_up_inside_the_folder_only(prefix, tmp_path):
+    state = prefix.parent / "checkpoint"
+    # Saver writes absolute paths; a copied folder still resolves to its own files
+    state.write_text(f'model_checkpoint_path: "/somewhere/else/{prefix.name}"\n')
+    assert locate_checkpoint(prefix.parent).prefix == prefix
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for f in prefix.parent.glob(prefix.name + ".*"):
+        (outside / f.name.replace(prefix.name, "model.ckpt-9")).write_bytes(f.read_bytes())
+    state.write_text('model_checkpoint_path: "../outside/model.ckpt-9"\n')
+    with pytest.raises(CheckpointError, match="not in that folder"):
+        locate_checkpoint(prefix.parent)

@@ -98,3 +98,14 @@ def test_refuses_output_that_touches_the_input(saved, where):
     output = {"same": saved.parent, "inside": saved.parent / "fixed", "parent": saved.parent.parent}[where]
     with pytest.raises(OutputError, match="-o/--output"):
         check_output_dir(files, output, overwrite=True)
+
+
+def test_same_inputs_give_byte_identical_outputs(slim_model, tmp_path):
+    import ckptfix
+
+    model = slim_model("seed")
+    outputs = [ckptfix.recalibrate(model.prefix, model.images_dir, output=tmp_path / name, seed=3)
+               for name in ("a", "b")]
+    for suffix in (".index", ".data-00000-of-00001", ".meta"):
+        first, second = (Path(report.output_checkpoint + suffix) for report in outputs)
+        assert _digest(first) == _digest(second), suffix
