@@ -33,15 +33,15 @@ slots included: restoring only the forward variables was measured and saved noth
 
 from __future__ import annotations
 
-import copy
 from typing import NamedTuple
 
 import numpy as np
 
-from ckptfix.errors import CheckpointError, DataError, GraphError
+from ckptfix.errors import DataError, GraphError
 from ckptfix.graph.batchnorm import BatchNormLayer
 from ckptfix.graph.feeds import Feeds
 from ckptfix.graph.index import IF_OPS, is_gradient
+from ckptfix.graph.session import clear_devices, first_line, import_graph, restore
 from ckptfix.stats import BatchMoments
 
 _IDENTITY_OPS = frozenset({"Identity", "RefIdentity", "Snapshot"})
@@ -103,12 +103,10 @@ def _rewrite_graph_def(meta_graph, layers: list[BatchNormLayer]):
     """A copy of the graph without backprop, with devices cleared and the layers' inference-mode fused nodes
     switched to training mode."""
     graph_def = _without_backprop(meta_graph.graph_def)
+    clear_devices(graph_def)
     scopes = {None: {node.name: node for node in graph_def.node}}
     for function in graph_def.library.function:
         scopes[function.signature.name] = {node.name: node for node in function.node_def}
-    for nodes in scopes.values():
-        for node in nodes.values():
-            node.device = ""
     for layer in layers:
         for fused in layer.fused_nodes:
             if not fused.is_training:
@@ -172,14 +170,10 @@ class ForwardModel:
         import tensorflow as tf
 
         self.layers = layers
-        self.graph = tf.Graph()
         graph_def = _rewrite_graph_def(meta_graph, layers)
         self._functions = {function.signature.name: function for function in graph_def.library.function}
+        self.graph = import_graph(graph_def)
         with self.graph.as_default():
-            try:
-                tf.compat.v1.import_graph_def(graph_def, name="")
-            except (ValueError, tf.errors.OpError) as error:
-                raise GraphError(f"cannot import the .meta graph: {_first_line(error)}") from None
             self.input = self.graph.get_tensor_by_name(feeds.input)
             self.training_flag = None if feeds.training_flag is None else self.graph.get_tensor_by_name(feeds.training_flag)
             self._else_callers: dict[str, list] = {}
@@ -189,7 +183,7 @@ class ForwardModel:
             with tf.compat.v1.name_scope("ckptfix"):
                 self._fetches = {layer.name: self._layer_moments(layer) for layer in layers}
             self.session = tf.compat.v1.Session(graph=self.graph)
-        self._restore(meta_graph.saver_def, checkpoint_prefix)
+        restore(self.session, meta_graph.saver_def, checkpoint_prefix)
         self._names = list(self._fetches)
         self._fused = [[m.fused for m in self._fetches[name]] for name in self._names]
         feed_list = [self.input] + ([self.training_flag] if self.training_flag is not None else [])
@@ -271,22 +265,6 @@ class ForwardModel:
             return None
         return callers[0].outputs[mean_k], callers[0].outputs[variance_k]
 
-    def _restore(self, saver_def, prefix: str) -> None:
-        import tensorflow as tf
-
-        if not saver_def.restore_op_name:
-            raise GraphError("the .meta graph has no saver to restore the checkpoint with: save it with tf.compat.v1.train.Saver.")
-        try:
-            self.session.run(saver_def.restore_op_name, {saver_def.filename_tensor_name: prefix})
-        except tf.errors.DataLossError as error:
-            raise CheckpointError(
-                f"checkpoint {prefix} is damaged ({_first_line(error)}): restore it from a good copy."
-            ) from None
-        except tf.errors.OpError as error:
-            raise GraphError(
-                f"the checkpoint does not match the .meta graph ({_first_line(error)}); pass --meta with the graph it was saved from."
-            ) from None
-
     @property
     def input_shape(self) -> tuple[int | None, ...] | None:
         return None if self.input.shape.rank is None else tuple(self.input.shape.as_list())
@@ -303,7 +281,7 @@ class ForwardModel:
         try:
             values = self._run(*feeds)
         except tf.errors.InvalidArgumentError as error:
-            raise DataError(f"the model rejected a calibration batch of shape {batch.shape}: {_first_line(error)}") from None
+            raise DataError(f"the model rejected a calibration batch of shape {batch.shape}: {first_line(error)}") from None
         result, k = {}, 0
         for name, fused in zip(self._names, self._fused):
             moments = []
@@ -333,7 +311,3 @@ class ForwardModel:
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-def _first_line(error: Exception) -> str:
-    text = getattr(error, "message", None) or str(error)
-    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
