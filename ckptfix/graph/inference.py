@@ -108,12 +108,14 @@ class InferenceModel:
         return read
 
     def load_statistics(self, values: dict[str, np.ndarray]) -> None:
-        """Assign new values (variable op name -> array) to the moving statistics in the session."""
+        """Assign new values (variable op name -> array) to the moving statistics, in one session run."""
+        assigns, feed = [], {}
         for variable, array in values.items():
             placeholder, assign, dtype = self._variables[variable]
             shape = self.graph.get_operation_by_name(variable).get_attr("shape")
-            value = np.asarray(array).astype(dtype.as_numpy_dtype).reshape([d.size for d in shape.dim])
-            self.session.run(assign, {placeholder: value})
+            feed[placeholder] = np.asarray(array).astype(dtype.as_numpy_dtype).reshape([d.size for d in shape.dim])
+            assigns.append(assign)
+        self.session.run(assigns, feed)
 
     def outputs(self, batch: np.ndarray) -> np.ndarray:
         feed = {self.input: batch}
