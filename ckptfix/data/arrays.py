@@ -12,7 +12,6 @@ A multi-input model takes a ``.npz`` with one array per input, named after the i
 
 from __future__ import annotations
 
-import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,26 +39,12 @@ class StoredArray:
         return 1 if self.single else self.shape[0]
 
     def rows(self, indices: np.ndarray) -> np.ndarray:
-        """Copies of the rows at ``indices``. C-order rows are read with ``os.pread`` into the returned array
-        only, so memory holds one batch whatever the file size or the read order (mapped pages of a memory
-        map count toward the process' resident memory until unmapped)."""
-        if self.single or self.fortran_order:
-            mapped = np.memmap(self.path, self.dtype, "r", self.offset, self.shape, "F" if self.fortran_order else "C")
-            try:
-                return np.array(mapped[None]) if self.single else np.asarray(mapped[indices])  # fancy index: a copy
-            finally:
-                mapped._mmap.close()
-                del mapped
-        row_shape = tuple(self.shape[1:])
-        row_bytes = int(np.prod(row_shape, dtype=np.int64)) * self.dtype.itemsize
-        out = np.empty((len(indices), *row_shape), self.dtype)
-        with open(self.path, "rb", buffering=0) as handle:
-            for k, index in enumerate(indices):
-                data = os.pread(handle.fileno(), row_bytes, self.offset + int(index) * row_bytes)
-                if len(data) != row_bytes:
-                    raise DataError(f"{self.path} is shorter than its header says (row {int(index)}): re-save it.")
-                out[k] = np.frombuffer(data, self.dtype).reshape(row_shape)
-        return out
+        mapped = np.memmap(self.path, self.dtype, "r", self.offset, self.shape, "F" if self.fortran_order else "C")
+        try:
+            return np.array(mapped[None]) if self.single else np.asarray(mapped[indices])  # fancy index: a copy
+        finally:
+            mapped._mmap.close()
+            del mapped
 
 
 def _header(handle, label: str) -> tuple[tuple, np.dtype, bool]:
