@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from _models import machine  # benchmarks/ is on sys.path when run as a script
 
 CHANNELS = (32, 32, 64, 64, 128)
 STRIDES = (1, 2, 1, 2, 1)
@@ -78,20 +79,6 @@ def preload(folder: Path, size: int) -> np.ndarray:
         apply_preset("inception", tf.io.decode_jpeg(p.read_bytes(), channels=3), size, size).numpy()
         for p in sorted(folder.glob("*.jpg"))
     ])
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import tensorflow as tf
-
-    return f"{cpu}, {os.cpu_count()} logical cores, Python {platform.python_version()}, TensorFlow {tf.__version__}"
 
 
 def main() -> None:
