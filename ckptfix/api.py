@@ -150,6 +150,56 @@ class _Measurement:
         )
 
 
+def _stream(model: ForwardModel, batches, layers, stored, output_name, agreement_samples: int, progress: bool):
+    """Run every batch once; pool each layer's moments. Keeps the first ``agreement_samples`` samples."""
+    pooled = {layer.name: PooledMoments(stored[layer.mean_variable].size) for layer in layers}
+    kept: list[np.ndarray] = []
+    num_seen = num_batches = 0
+    with _progress_bar(progress, batches.num_samples) as bar:
+        for batch in batches:
+            for name, moments in model.run(batch).items():
+                for moment in moments:
+                    check_batch_moments(name, moment, batches.describe_last)
+                    pooled[name].add(moment)
+            if output_name and num_seen < agreement_samples:
+                kept.append(batch[: agreement_samples - num_seen])
+            num_seen += len(batch)
+            num_batches += 1
+            bar.update(len(batch))
+    return pooled, kept, num_seen, num_batches
+
+
+def _layer_report(layer: BatchNormLayer, pooled: PooledMoments, stored, keys, estimator: str) -> LayerReport:
+    """The layer's new statistics in its own variance convention, next to the stored ones."""
+    mean, variance = pooled.mean_and_variance(Estimator(estimator), bessel=layer.bessel)
+    if not (np.isfinite(mean).all() and np.isfinite(variance).all()):  # never write non-finite statistics
+        raise DataError(f"BN layer {layer.name}: the pooled statistics are not finite (overflow?): nothing was written.")
+    return LayerReport(
+        name=layer.name,
+        kind=layer.kind,
+        channels=mean.size,
+        mean_key=keys.get(layer.mean_variable, layer.mean_variable),
+        variance_key=keys.get(layer.variance_variable, layer.variance_variable),
+        variance_convention="bessel" if layer.bessel else "biased",
+        count=pooled.count,
+        old_mean=stored[layer.mean_variable],
+        new_mean=mean,
+        old_variance=stored[layer.variance_variable],
+        new_variance=variance,
+    )
+
+
+def _agreement(meta_graph, layers, feeds, files, output_name, kept, batch_outputs, new_by_variable):
+    """Inference-mode outputs on the kept batches with the stored, then the new statistics, vs batch mode."""
+    with InferenceModel(meta_graph, layers, feeds, str(files.prefix), output_name) as inference:
+        before = [inference.outputs(batch) for batch in kept]
+        inference.load_statistics(new_by_variable)
+        after = [inference.outputs(batch) for batch in kept]
+    return output_agreement.compare(
+        output_name, np.concatenate(batch_outputs), np.concatenate(before), np.concatenate(after)
+    )
+
+
 def _measure(
     files: CheckpointFiles,
     data,
@@ -217,60 +267,24 @@ def _measure(
         output_name, output_notice = resolve_output(model.graph, model.input, output_tensor)
         if output_notice:
             notice(output_notice)
-        pooled = {layer.name: PooledMoments(stored[layer.mean_variable].size) for layer in layers}
-        kept: list[np.ndarray] = []  # the first batches, for the output agreement
-        num_seen = num_batches = 0
-        with _progress_bar(progress, batches.num_samples) as bar:
-            for batch in batches:
-                for name, moments in model.run(batch).items():
-                    for moment in moments:
-                        check_batch_moments(name, moment, batches.describe_last)
-                        pooled[name].add(moment)
-                if output_name and num_seen < agreement_samples:
-                    kept.append(batch[: agreement_samples - num_seen])
-                num_seen += len(batch)
-                num_batches += 1
-                bar.update(len(batch))
+        pooled, kept, num_seen, num_batches = _stream(model, batches, layers, stored, output_name, agreement_samples, progress)
         if batches.merged_last:
             notice("the last batch had {} samples, fewer than half a batch: merged into the one before ({} samples)".format(*batches.merged_last))
         if num_seen == 0:
             raise CkptfixError("the calibration data yielded no samples: pass a folder or array with at least one sample.")
         batch_outputs = [model.outputs(batch, output_name) for batch in kept] if output_name else []
 
-    reports, new_values, new_by_variable = [], {}, {}
-    for layer in layers:
-        mean, variance = pooled[layer.name].mean_and_variance(Estimator(estimator), bessel=layer.bessel)
-        if not (np.isfinite(mean).all() and np.isfinite(variance).all()):  # never write non-finite statistics
-            raise DataError(f"BN layer {layer.name}: the pooled statistics are not finite (overflow?): nothing was written.")
-        mean_key = keys.get(layer.mean_variable, layer.mean_variable)
-        variance_key = keys.get(layer.variance_variable, layer.variance_variable)
-        new_values[mean_key], new_values[variance_key] = mean, variance
-        new_by_variable[layer.mean_variable], new_by_variable[layer.variance_variable] = mean, variance
-        reports.append(
-            LayerReport(
-                name=layer.name,
-                kind=layer.kind,
-                channels=mean.size,
-                mean_key=mean_key,
-                variance_key=variance_key,
-                variance_convention="bessel" if layer.bessel else "biased",
-                count=pooled[layer.name].count,
-                old_mean=stored[layer.mean_variable],
-                new_mean=mean,
-                old_variance=stored[layer.variance_variable],
-                new_variance=variance,
-            )
-        )
+    reports = [_layer_report(layer, pooled[layer.name], stored, keys, estimator) for layer in layers]
+    new_values = {key: value for r in reports for key, value in ((r.mean_key, r.new_mean), (r.variance_key, r.new_variance))}
+    new_by_variable = {
+        variable: value
+        for layer, r in zip(layers, reports)
+        for variable, value in ((layer.mean_variable, r.new_mean), (layer.variance_variable, r.new_variance))
+    }
     agreement = None
     if kept:
         try:
-            with InferenceModel(meta_graph, layers, feeds, str(files.prefix), output_name) as inference:
-                before = [inference.outputs(batch) for batch in kept]
-                inference.load_statistics(new_by_variable)
-                after = [inference.outputs(batch) for batch in kept]
-            agreement = output_agreement.compare(
-                output_name, np.concatenate(batch_outputs), np.concatenate(before), np.concatenate(after)
-            )
+            agreement = _agreement(meta_graph, layers, feeds, files, output_name, kept, batch_outputs, new_by_variable)
         except NoInferenceMode as reason:
             notice(f"no output agreement: {reason} (training mode is baked into the graph)")
     return _Measurement(
