@@ -41,7 +41,7 @@ from ckptfix.errors import DataError, GraphError
 from ckptfix.graph.batchnorm import BatchNormLayer
 from ckptfix.graph.feeds import Feeds
 from ckptfix.graph.index import IF_OPS, is_gradient
-from ckptfix.graph.session import clear_devices, first_line, import_graph, restore
+from ckptfix.graph.session import SessionModel, clear_devices, first_line, import_graph, restore
 from ckptfix.stats import BatchMoments
 
 _IDENTITY_OPS = frozenset({"Identity", "RefIdentity", "Snapshot"})
@@ -160,10 +160,10 @@ def _computes_batch_statistics(attrs) -> bool:
     return is_training and factor == 1.0
 
 
-class ForwardModel:
+class ForwardModel(SessionModel):
     """The rewritten graph restored from a checkpoint; :meth:`run` returns each layer's batch moments.
 
-    Use as a context manager (the session is closed on exit).
+    Closed on leaving its context (see :class:`SessionModel`).
     """
 
     def __init__(self, meta_graph, layers: list[BatchNormLayer], feeds: Feeds, checkpoint_prefix: str) -> None:
@@ -297,17 +297,4 @@ class ForwardModel:
 
     def outputs(self, batch: np.ndarray, tensor_name: str) -> np.ndarray:
         """The value of ``tensor_name`` for one batch, with the selected BN layers on batch statistics."""
-        feed = {self.input: batch}
-        if self.training_flag is not None:
-            feed[self.training_flag] = False
-        return self.session.run(self.graph.get_tensor_by_name(tensor_name), feed)
-
-    def close(self) -> None:
-        self.session.close()
-
-    def __enter__(self) -> ForwardModel:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
+        return self.session.run(self.graph.get_tensor_by_name(tensor_name), self.feed(batch))

@@ -16,7 +16,7 @@ import numpy as np
 
 from ckptfix.graph.batchnorm import BatchNormLayer
 from ckptfix.graph.feeds import Feeds
-from ckptfix.graph.session import clear_devices, import_graph, restore
+from ckptfix.graph.session import SessionModel, clear_devices, import_graph, restore
 
 
 class NoInferenceMode(Exception):
@@ -59,7 +59,7 @@ def _add_read(graph_def, variable) -> str:
     return read.name
 
 
-class InferenceModel:
+class InferenceModel(SessionModel):
     """Inference-mode graph restored from a checkpoint; :meth:`outputs` runs a batch, :meth:`load_statistics`
     replaces the selected layers' moving statistics in the session (never on disk)."""
 
@@ -86,7 +86,7 @@ class InferenceModel:
                             self.graph.get_operation_by_name(node)._update_input(position, value)
             self.session = tf.compat.v1.Session(graph=self.graph)
         self.input = self.graph.get_tensor_by_name(feeds.input)
-        self.flag = None if baked_in else self.graph.get_tensor_by_name(feeds.training_flag)
+        self.training_flag = None if baked_in else self.graph.get_tensor_by_name(feeds.training_flag)
         self.output = self.graph.get_tensor_by_name(output)
         restore(self.session, meta_graph.saver_def, prefix)
 
@@ -118,16 +118,4 @@ class InferenceModel:
         self.session.run(assigns, feed)
 
     def outputs(self, batch: np.ndarray) -> np.ndarray:
-        feed = {self.input: batch}
-        if self.flag is not None:
-            feed[self.flag] = False
-        return self.session.run(self.output, feed)
-
-    def close(self) -> None:
-        self.session.close()
-
-    def __enter__(self) -> InferenceModel:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        return self.session.run(self.output, self.feed(batch))

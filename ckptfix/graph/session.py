@@ -47,3 +47,32 @@ def restore(session, saver_def, prefix: str) -> None:
         raise GraphError(
             f"the checkpoint does not match the .meta graph ({first_line(error)}); pass --meta with the graph it was saved from."
         ) from None
+
+
+class SessionModel:
+    """A graph in its own session, fed calibration batches with the training flag (if any) fed False.
+
+    Subclasses set ``graph``, ``session``, ``input`` and ``training_flag``. Use as a context manager (the
+    session is closed on exit).
+    """
+
+    graph: object
+    session: object
+    input: object
+    training_flag: object | None
+
+    def feed(self, batch) -> dict:
+        """The feed dict for one batch."""
+        feed = {self.input: batch}
+        if self.training_flag is not None:
+            feed[self.training_flag] = False
+        return feed
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
