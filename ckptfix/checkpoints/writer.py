@@ -1,26 +1,48 @@
 """Write the recalibrated checkpoint: every tensor as it was except the new statistics, atomically.
 
-The new checkpoint is written with ``SaveV2`` into a temporary folder beside the destination, together with a
-copy of the ``.meta`` and a ``checkpoint`` state file, read back and checked (every other tensor byte-equal to
-the input's, the statistics equal to the new values), and only then renamed into place. A crash leaves at
-most a hidden ``.<name>.tmp-*`` folder, never a half-written output. Partitioned variables are written slice
-by slice, with the layout their ``save_slice_info`` in the meta graph gives, so untouched files stay
-byte-identical to what ``tf.train.Saver`` wrote.
+The new checkpoint is built in a hidden staging folder ``.<name>.tmp-<pid>-<host>-*`` beside the destination,
+in parts, the way TensorFlow's sharded ``Saver`` does it: the tensors are read from the input with ``RestoreV2``
+and written with ``SaveV2`` a part at a time (at most ``part_bytes`` per part, or one larger tensor), then the
+parts are joined with ``MergeV2Checkpoints`` (each part's ``.data`` file becomes one shard, the indexes are
+merged). So memory holds one part, not the checkpoint. The ``.meta`` is copied beside it with a ``checkpoint``
+state file, every tensor is read back part by part and compared with a SHA-256 of what was written (for
+untouched tensors, the input's own bytes), and only then is the folder renamed into place. A checkpoint
+smaller than one part comes out as one shard, byte-identical to what ``tf.train.Saver`` writes.
+Partitioned variables are written slice by slice, with the layout their ``save_slice_info`` in the meta
+graph gives.
+
+Faults: an exception or Ctrl-C removes the staging folder; a ``kill -9`` can leave it, never a partial
+output, and the next run writing the same output removes staging folders whose process is gone. An exclusive
+``flock`` on ``.<name>.lock`` (released by the kernel when its process dies) makes a second run writing the
+same output at the same time fail with :class:`OutputError` instead of interleaving. An existing output
+replaced with ``overwrite`` is swapped with the new one in a single ``renameat2(RENAME_EXCHANGE)`` where the
+file system supports it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
+import fcntl
+import glob
+import hashlib
 import os
+import re
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 
 from ckptfix.checkpoints.locate import CheckpointFiles
 from ckptfix.errors import CheckpointError, OutputError
+
+PART_BYTES = 256 << 20
+"""Default upper bound on the tensor bytes one ``SaveV2`` call holds (a larger tensor gets a part of its own)."""
 
 
 @dataclass(frozen=True)
@@ -68,40 +90,128 @@ def check_output_dir(source: CheckpointFiles, output_dir: Path, overwrite: bool)
     return output_dir
 
 
-def _read_all(prefix: Path) -> tuple[dict[str, np.ndarray], dict]:
+@dataclass(frozen=True)
+class _Entry:
+    """One checkpoint key as it is saved: its dtype, and its slice specs (``[""]``: stored whole)."""
+
+    key: str
+    dtype: object
+    specs: tuple[str, ...]
+    nbytes: int
+
+
+def _op_error_reason(error) -> str:
+    """The readable part of a TensorFlow op error: no ``{{function_node ...}}`` prefix, no ``[Op:...]`` suffix,
+    and for file errors (``<path>; No space left on device``) the reason without the temporary file's path."""
+    message = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\].*$", "", str(getattr(error, "message", error)))
+    lines = message.strip().splitlines()
+    first = lines[0] if lines else type(error).__name__
+    path, separator, reason = first.rpartition("; ")
+    return reason if separator and path.startswith("/") else first
+
+
+def _entries(prefix: Path, layout: Mapping[str, list[TensorSlice]]) -> list[_Entry]:
     import tensorflow as tf
 
     try:
         reader = tf.train.load_checkpoint(str(prefix))
-        dtypes = reader.get_variable_to_dtype_map()
-        return {key: reader.get_tensor(key) for key in sorted(dtypes)}, dtypes
     except (tf.errors.OpError, ValueError) as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"cannot read checkpoint {prefix}: {message}. Is it complete and uncorrupted?") from None
+        raise CheckpointError(f"cannot read checkpoint {prefix}: {_op_error_reason(error)}. Is it complete and uncorrupted?") from None
+    dtypes, shapes = reader.get_variable_to_dtype_map(), reader.get_variable_to_shape_map()
+    return [
+        _Entry(
+            key,
+            dtypes[key],
+            tuple(part.spec for part in layout.get(key, ())) or ("",),
+            int(np.prod(shapes[key], dtype=np.int64)) * dtypes[key].size,
+        )
+        for key in sorted(dtypes)
+    ]
 
 
-def _save(prefix: Path, tensors: Mapping[str, np.ndarray], dtypes: Mapping, layout: Mapping[str, list[TensorSlice]]):
+def _split_into_parts(entries: list[_Entry], part_bytes: int) -> list[list[_Entry]]:
+    """Consecutive runs of ``entries`` (in key order) of at most ``part_bytes`` each, or one larger entry."""
+    parts, current, size = [], [], 0
+    for entry in entries:
+        if current and size + entry.nbytes > part_bytes:
+            parts.append(current)
+            current, size = [], 0
+        current.append(entry)
+        size += entry.nbytes
+    return parts + [current] if current else parts
+
+
+def _restore(prefix: Path, part: list[_Entry]) -> list:
+    """The part's tensors (one per slice spec) as stored under ``prefix``, read by TensorFlow's RestoreV2."""
     import tensorflow as tf
 
-    names, specs, values = [], [], []
-    for key, value in tensors.items():
-        for part in layout.get(key, [TensorSlice("", (), ())]):
-            names.append(key)
-            specs.append(part.spec)
-            values.append(tf.constant(part.take(value) if part.spec else value, dtype=dtypes[key]))
-    tf.raw_ops.SaveV2(prefix=str(prefix), tensor_names=names, shape_and_slices=specs, tensors=values)
+    names = [entry.key for entry in part for _ in entry.specs]
+    specs = [spec for entry in part for spec in entry.specs]
+    dtypes = [entry.dtype for entry in part for _ in entry.specs]
+    return tf.raw_ops.RestoreV2(prefix=str(prefix), tensor_names=names, shape_and_slices=specs, dtypes=dtypes)
 
 
-def _same(a: np.ndarray, b: np.ndarray) -> bool:
-    if a.dtype == object or b.dtype == object:
-        return a.shape == b.shape and all(x == y for x, y in zip(a.ravel(), b.ravel()))
-    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+def _digest(tensor) -> bytes:
+    """SHA-256 of a tensor's dtype, shape and bytes (string tensors: each element's length and bytes)."""
+    value = tensor.numpy()
+    digest = hashlib.sha256(f"{tensor.dtype.name}{value.shape}".encode())
+    if value.dtype == object:
+        for item in value.ravel():
+            digest.update(len(item).to_bytes(8, "little") + item)
+    else:
+        digest.update(np.ascontiguousarray(value).reshape(-1).view(np.uint8))
+    return digest.digest()
 
 
-def _verify(prefix: Path, expected: Mapping[str, np.ndarray]) -> None:
-    written, _ = _read_all(prefix)
-    wrong = sorted(key for key in expected if key not in written or not _same(written[key], expected[key]))
-    if wrong or set(written) != set(expected):
+def _save_part(source: Path, target: Path, part: list[_Entry], replaced: Mapping[str, list]) -> list[bytes]:
+    """Write one part with SaveV2: untouched tensors as RestoreV2 read them, replaced ones from ``replaced``."""
+    import tensorflow as tf
+
+    untouched = [entry for entry in part if entry.key not in replaced]
+    try:
+        restored = iter(_restore(source, untouched) if untouched else [])
+    except tf.errors.OpError as error:
+        raise CheckpointError(f"cannot read checkpoint {source}: {_op_error_reason(error)}. Is it complete and uncorrupted?") from None
+    tensors = [tensor for entry in part for tensor in (replaced[entry.key] if entry.key in replaced else
+                                                       [next(restored) for _ in entry.specs])]
+    names = [entry.key for entry in part for _ in entry.specs]
+    specs = [spec for entry in part for spec in entry.specs]
+    tf.raw_ops.SaveV2(prefix=str(target), tensor_names=names, shape_and_slices=specs, tensors=tensors)
+    return [_digest(tensor) for tensor in tensors]
+
+
+def _replacement_tensors(entries: list[_Entry], new_values: Mapping[str, np.ndarray], layout, shapes) -> dict:
+    """Checkpoint key -> the new value cast to the stored dtype, as one tensor per saved slice."""
+    import tensorflow as tf
+
+    replaced = {}
+    for entry in entries:
+        if entry.key in new_values:
+            value = np.asarray(new_values[entry.key], np.float64).reshape(shapes[entry.key])
+            cast = tf.cast(tf.constant(value), entry.dtype).numpy()
+            parts = layout.get(entry.key)
+            replaced[entry.key] = [tf.constant(part.take(cast), entry.dtype) for part in parts] if parts else \
+                [tf.constant(cast, entry.dtype)]
+    return replaced
+
+
+def _verify(prefix: Path, entries: list[_Entry], parts: list[list[_Entry]], digests: list[list[bytes]]) -> None:
+    """Read the written checkpoint back a part at a time; every tensor must hash to what was written."""
+    import tensorflow as tf
+
+    try:
+        written = {entry.key: entry.dtype for entry in _entries(prefix, {})}
+        wrong = sorted(set(written) ^ {entry.key for entry in entries})
+        wrong += [entry.key for entry in entries if written.get(entry.key, entry.dtype) != entry.dtype]
+        for part, expected in zip(parts, digests):
+            if wrong:
+                break
+            read = _restore(prefix, part)
+            keys = [entry.key for entry in part for _ in entry.specs]
+            wrong += [key for key, tensor, digest in zip(keys, read, expected) if _digest(tensor) != digest]
+    except (CheckpointError, tf.errors.OpError):
+        wrong = ["(unreadable)"]
+    if wrong:
         raise OutputError(f"the written checkpoint did not read back as expected ({', '.join(wrong[:3])}); nothing was kept.")
 
 
@@ -118,51 +228,151 @@ def write_recalibrated_checkpoint(
     *,
     layout: Mapping[str, list[TensorSlice]] | None = None,
     overwrite: bool = False,
+    part_bytes: int = PART_BYTES,
 ) -> Path:
     """Write ``source`` with ``new_values`` (checkpoint key -> float64 array) replaced, into ``output_dir``.
 
     Values are cast to each tensor's stored dtype. Returns the new checkpoint prefix (same basename as the
-    input's). ``layout`` maps partitioned variables to their saved slices.
+    input's). ``layout`` maps partitioned variables to their saved slices. ``part_bytes`` bounds the tensor
+    bytes held in memory at once (see the module docstring); the output has one ``.data`` shard per part.
     """
     import tensorflow as tf
 
     output_dir = check_output_dir(source, output_dir, overwrite)
-    tensors, dtypes = _read_all(source.prefix)
-    missing = sorted(set(new_values) - set(tensors))
+    layout = layout or {}
+    entries = _entries(source.prefix, layout)
+    missing = sorted(set(new_values) - {entry.key for entry in entries})
     if missing:
         raise CheckpointError(f"the checkpoint has no tensor {missing[0]}: the .meta does not match the checkpoint.")
-    for key, value in new_values.items():
-        stored = tensors[key]
-        cast = tf.cast(tf.constant(np.asarray(value, np.float64)), dtypes[key]).numpy()
-        tensors[key] = cast.reshape(stored.shape)
-
+    shapes = tf.train.load_checkpoint(str(source.prefix)).get_variable_to_shape_map()
+    replaced = _replacement_tensors(entries, new_values, layout, shapes)
+    parts = _split_into_parts(entries, part_bytes)
     basename = source.prefix.name
     try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+        with _exclusive_lock(output_dir):
+            remove_stale_staging(output_dir)
+            staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(output_dir, "tmp"), dir=output_dir.parent))
+            try:
+                parts_dir = staging / ".parts"
+                parts_dir.mkdir()
+                prefixes = [parts_dir / f"part-{number:05d}" for number in range(len(parts))]
+                digests = [_save_part(source.prefix, prefix, part, replaced) for prefix, part in zip(prefixes, parts)]
+                tf.raw_ops.MergeV2Checkpoints(
+                    checkpoint_prefixes=[str(prefix) for prefix in prefixes],
+                    destination_prefix=str(staging / basename),
+                    delete_old_dirs=True,
+                )
+                shutil.copyfile(source.meta, staging / (basename + ".meta"))
+                _write_state_file(staging, basename)
+                _verify(staging / basename, entries, parts, digests)
+                _move_into_place(staging, output_dir, overwrite)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
     except OSError as error:
-        raise OutputError(f"cannot write {output_dir}: {error.strerror or error}; nothing was written.") from None
-    try:
-        _save(staging / basename, tensors, dtypes, layout or {})
-        shutil.copyfile(source.meta, staging / (basename + ".meta"))
-        _write_state_file(staging, basename)
-        _verify(staging / basename, tensors)
-        _move_into_place(staging, output_dir, overwrite)
-    except OSError as error:
-        raise OutputError(f"cannot write {output_dir}: {error.strerror or error}; nothing was written.") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        raise _write_failed(output_dir, error.strerror or str(error)) from None
+    except tf.errors.OpError as error:
+        raise _write_failed(output_dir, _op_error_reason(error)) from None
     return output_dir / basename
 
 
+def _write_failed(output_dir: Path, reason: str) -> OutputError:
+    return OutputError(
+        f"cannot write {output_dir}: {reason}. Nothing was written; free disk space, check permissions or choose another -o."
+    )
+
+
+def _staging_prefix(output_dir: Path, kind: str) -> str:
+    """``.<name>.<kind>-<pid>-<host>-``: whose folder it is, so a later run can tell a dead run's leftovers."""
+    return f".{output_dir.name}.{kind}-{os.getpid()}-{socket.gethostname()}-"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_staging(output_dir: Path) -> list[Path]:
+    """Remove ``.<name>.tmp-*`` / ``.old-*`` folders beside ``output_dir`` left by runs on this host that are gone.
+
+    Folders of a live process, of another host, or not named by ckptfix are left alone. Returns what was removed.
+    """
+    host = socket.gethostname()
+    removed = []
+    for kind in ("tmp", "old"):
+        start = f".{output_dir.name}.{kind}-"
+        for folder in output_dir.parent.glob(glob.escape(start) + "*"):
+            owner = folder.name[len(start):]
+            pid = owner.split("-", 1)[0]
+            if (pid.isdigit() and owner.startswith(f"{pid}-{host}-") and folder.is_dir()
+                    and not _process_alive(int(pid))):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+    return removed
+
+
+@contextlib.contextmanager
+def _exclusive_lock(output_dir: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``.<name>.lock`` beside ``output_dir``; fail at once if another run has it.
+
+    The kernel drops the lock when its process dies, even by ``kill -9``, so a leftover lock file is harmless;
+    the holder removes it before unlocking, and a run that locked a file already unlinked tries again.
+    """
+    lock_path = output_dir.parent / f".{output_dir.name}.lock"
+    while True:
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise OutputError(
+                f"another run is writing {output_dir} right now: wait for it to finish or choose another -o."
+            ) from None
+        try:
+            same = os.stat(lock_path).st_ino == os.fstat(descriptor).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(descriptor)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock_path)
+        os.close(descriptor)
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where that is not supported."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(second))
+
+
 def _move_into_place(staging: Path, output_dir: Path, overwrite: bool) -> None:
+    """Rename ``staging`` to ``output_dir``; an existing one ends up in ``staging`` (removed by the caller)."""
     if output_dir.exists():
         if any(output_dir.iterdir()) and not overwrite:
             raise OutputError(f"output {output_dir} appeared while writing: pass --overwrite or choose another -o.")
-        retired = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
+        if _exchange(staging, output_dir):
+            return
+        retired = Path(tempfile.mkdtemp(prefix=_staging_prefix(output_dir, "old"), dir=output_dir.parent))
         os.rename(output_dir, retired / "previous")
         try:
             os.rename(staging, output_dir)
-        except OSError:
+        except BaseException:
             os.rename(retired / "previous", output_dir)
             raise
         finally:
