@@ -5,8 +5,8 @@ in parts, the way TensorFlow's sharded ``Saver`` does it: the tensors are read f
 and written with ``SaveV2`` a part at a time (at most ``part_bytes`` per part, or one larger tensor), then the
 parts are joined with ``MergeV2Checkpoints`` (each part's ``.data`` file becomes one shard, the indexes are
 merged). So memory holds one part, not the checkpoint. The ``.meta`` is copied beside it with a ``checkpoint``
-state file, every tensor is read back part by part and compared with a SHA-256 of what was written (for
-untouched tensors, the input's own bytes), and only then is the folder renamed into place. A checkpoint
+state file, every tensor is read back part by part and its fingerprint compared with that of what was written
+(for untouched tensors, the input's own bytes), and only then is the folder renamed into place. A checkpoint
 smaller than one part comes out as one shard, byte-identical to what ``tf.train.Saver`` writes.
 Partitioned variables are written slice by slice, with the layout their ``save_slice_info`` in the meta
 graph gives.
@@ -26,7 +26,6 @@ import ctypes
 import errno
 import fcntl
 import glob
-import hashlib
 import os
 import re
 import shutil
@@ -92,12 +91,16 @@ def check_output_dir(source: CheckpointFiles, output_dir: Path, overwrite: bool)
 
 @dataclass(frozen=True)
 class _Entry:
-    """One checkpoint key as it is saved: its dtype, and its slice specs (``[""]``: stored whole)."""
+    """One checkpoint key as it is saved: its dtype, full shape and slice specs (``("",)``: stored whole)."""
 
     key: str
     dtype: object
+    shape: tuple[int, ...]
     specs: tuple[str, ...]
-    nbytes: int
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.size
 
 
 def _op_error_reason(error) -> str:
@@ -119,12 +122,7 @@ def _entries(prefix: Path, layout: Mapping[str, list[TensorSlice]]) -> list[_Ent
         raise CheckpointError(f"cannot read checkpoint {prefix}: {_op_error_reason(error)}. Is it complete and uncorrupted?") from None
     dtypes, shapes = reader.get_variable_to_dtype_map(), reader.get_variable_to_shape_map()
     return [
-        _Entry(
-            key,
-            dtypes[key],
-            tuple(part.spec for part in layout.get(key, ())) or ("",),
-            int(np.prod(shapes[key], dtype=np.int64)) * dtypes[key].size,
-        )
+        _Entry(key, dtypes[key], tuple(shapes[key]), tuple(part.spec for part in layout.get(key, ())) or ("",))
         for key in sorted(dtypes)
     ]
 
@@ -151,16 +149,13 @@ def _restore(prefix: Path, part: list[_Entry]) -> list:
     return tf.raw_ops.RestoreV2(prefix=str(prefix), tensor_names=names, shape_and_slices=specs, dtypes=dtypes)
 
 
-def _digest(tensor) -> bytes:
-    """SHA-256 of a tensor's dtype, shape and bytes (string tensors: each element's length and bytes)."""
-    value = tensor.numpy()
-    digest = hashlib.sha256(f"{tensor.dtype.name}{value.shape}".encode())
-    if value.dtype == object:
-        for item in value.ravel():
-            digest.update(len(item).to_bytes(8, "little") + item)
-    else:
-        digest.update(np.ascontiguousarray(value).reshape(-1).view(np.uint8))
-    return digest.digest()
+def _fingerprint(tensor) -> bytes:
+    """The tensor's dtype, shape and TensorFlow ``Fingerprint`` (farmhash64 of all its bytes; string elements
+    with their lengths), computed in place: no host copy of the tensor."""
+    import tensorflow as tf
+
+    contents = tf.fingerprint(tf.reshape(tensor, [1, -1])).numpy().tobytes()
+    return f"{tensor.dtype.name}{tensor.shape}".encode() + contents
 
 
 def _save_part(source: Path, target: Path, part: list[_Entry], replaced: Mapping[str, list]) -> list[bytes]:
@@ -177,17 +172,17 @@ def _save_part(source: Path, target: Path, part: list[_Entry], replaced: Mapping
     names = [entry.key for entry in part for _ in entry.specs]
     specs = [spec for entry in part for spec in entry.specs]
     tf.raw_ops.SaveV2(prefix=str(target), tensor_names=names, shape_and_slices=specs, tensors=tensors)
-    return [_digest(tensor) for tensor in tensors]
+    return [_fingerprint(tensor) for tensor in tensors]
 
 
-def _replacement_tensors(entries: list[_Entry], new_values: Mapping[str, np.ndarray], layout, shapes) -> dict:
+def _replacement_tensors(entries: list[_Entry], new_values: Mapping[str, np.ndarray], layout) -> dict:
     """Checkpoint key -> the new value cast to the stored dtype, as one tensor per saved slice."""
     import tensorflow as tf
 
     replaced = {}
     for entry in entries:
         if entry.key in new_values:
-            value = np.asarray(new_values[entry.key], np.float64).reshape(shapes[entry.key])
+            value = np.asarray(new_values[entry.key], np.float64).reshape(entry.shape)
             cast = tf.cast(tf.constant(value), entry.dtype).numpy()
             parts = layout.get(entry.key)
             replaced[entry.key] = [tf.constant(part.take(cast), entry.dtype) for part in parts] if parts else \
@@ -195,24 +190,26 @@ def _replacement_tensors(entries: list[_Entry], new_values: Mapping[str, np.ndar
     return replaced
 
 
-def _verify(prefix: Path, entries: list[_Entry], parts: list[list[_Entry]], digests: list[list[bytes]]) -> None:
-    """Read the written checkpoint back a part at a time; every tensor must hash to what was written."""
+def _verify(prefix: Path, entries: list[_Entry], parts: list[list[_Entry]], fingerprints: list[list[bytes]]) -> None:
+    """Read the written checkpoint back a part at a time; every tensor must match what was written."""
     import tensorflow as tf
 
     try:
         written = {entry.key: entry.dtype for entry in _entries(prefix, {})}
         wrong = sorted(set(written) ^ {entry.key for entry in entries})
         wrong += [entry.key for entry in entries if written.get(entry.key, entry.dtype) != entry.dtype]
-        for part, expected in zip(parts, digests):
-            if wrong:
-                break
-            read = _restore(prefix, part)
-            keys = [entry.key for entry in part for _ in entry.specs]
-            wrong += [key for key, tensor, digest in zip(keys, read, expected) if _digest(tensor) != digest]
+        for part, expected in zip(parts, fingerprints):
+            wrong += [] if wrong else _mismatched(prefix, part, expected)
     except (CheckpointError, tf.errors.OpError):
         wrong = ["(unreadable)"]
     if wrong:
         raise OutputError(f"the written checkpoint did not read back as expected ({', '.join(wrong[:3])}); nothing was kept.")
+
+
+def _mismatched(prefix: Path, part: list[_Entry], expected: list[bytes]) -> list[str]:
+    """Keys of ``part`` whose tensors under ``prefix`` do not have the ``expected`` fingerprints (one part in memory)."""
+    keys = [entry.key for entry in part for _ in entry.specs]
+    return [key for key, tensor, fingerprint in zip(keys, _restore(prefix, part), expected) if _fingerprint(tensor) != fingerprint]
 
 
 def _write_state_file(folder: Path, basename: str) -> None:
@@ -244,8 +241,7 @@ def write_recalibrated_checkpoint(
     missing = sorted(set(new_values) - {entry.key for entry in entries})
     if missing:
         raise CheckpointError(f"the checkpoint has no tensor {missing[0]}: the .meta does not match the checkpoint.")
-    shapes = tf.train.load_checkpoint(str(source.prefix)).get_variable_to_shape_map()
-    replaced = _replacement_tensors(entries, new_values, layout, shapes)
+    replaced = _replacement_tensors(entries, new_values, layout)
     parts = _split_into_parts(entries, part_bytes)
     basename = source.prefix.name
     try:
@@ -256,7 +252,7 @@ def write_recalibrated_checkpoint(
                 parts_dir = staging / ".parts"
                 parts_dir.mkdir()
                 prefixes = [parts_dir / f"part-{number:05d}" for number in range(len(parts))]
-                digests = [_save_part(source.prefix, prefix, part, replaced) for prefix, part in zip(prefixes, parts)]
+                fingerprints = [_save_part(source.prefix, prefix, part, replaced) for prefix, part in zip(prefixes, parts)]
                 tf.raw_ops.MergeV2Checkpoints(
                     checkpoint_prefixes=[str(prefix) for prefix in prefixes],
                     destination_prefix=str(staging / basename),
@@ -264,7 +260,7 @@ def write_recalibrated_checkpoint(
                 )
                 shutil.copyfile(source.meta, staging / (basename + ".meta"))
                 _write_state_file(staging, basename)
-                _verify(staging / basename, entries, parts, digests)
+                _verify(staging / basename, entries, parts, fingerprints)
                 _move_into_place(staging, output_dir, overwrite)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
