@@ -2,14 +2,16 @@
 
 The new checkpoint is built in a hidden staging folder ``.<name>.tmp-<pid>-<host>-*`` beside the destination,
 in parts, the way TensorFlow's sharded ``Saver`` does it: the tensors are read from the input with ``RestoreV2``
-and written with ``SaveV2`` a part at a time (at most ``part_bytes`` per part, or one larger tensor), then the
-parts are joined with ``MergeV2Checkpoints`` (each part's ``.data`` file becomes one shard, the indexes are
-merged). So memory holds one part, not the checkpoint. The ``.meta`` is copied beside it with a ``checkpoint``
-state file, every tensor is read back part by part and its fingerprint compared with that of what was written
-(for untouched tensors, the input's own bytes), and only then is the folder renamed into place. A checkpoint
-smaller than one part comes out as one shard, byte-identical to what ``tf.train.Saver`` writes.
-Partitioned variables are written slice by slice, with the layout their ``save_slice_info`` in the meta
-graph gives.
+and written with ``SaveV2`` a part at a time (each input shard cut into parts of at most ``part_bytes``, or one
+larger tensor), then the parts are joined with ``MergeV2Checkpoints`` (each part's ``.data`` file becomes one
+shard, the indexes are merged). So memory holds one part, not the checkpoint, and a sharded input keeps its
+shards. Partitioned variables are written slice by slice, with the layout their ``save_slice_info`` in the
+meta graph gives. A checkpoint whose shards are each smaller than one part comes out with the same shards,
+byte-identical to what ``tf.train.Saver`` wrote except the statistics.
+
+The ``.meta`` is copied beside it with a ``checkpoint`` state file, every tensor is read back part by part and
+its fingerprint compared with that of what was written (for untouched tensors, the input's own bytes), and
+only then is the folder renamed into place.
 
 Faults: an exception or Ctrl-C removes the staging folder; a ``kill -9`` can leave it, never a partial
 output, and the next run writing the same output removes staging folders whose process is gone. An exclusive
@@ -37,6 +39,7 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
+from ckptfix.checkpoints.bundle_index import shard_of_each_tensor
 from ckptfix.checkpoints.locate import CheckpointFiles
 from ckptfix.errors import CheckpointError, OutputError
 
@@ -127,16 +130,20 @@ def _entries(prefix: Path, layout: Mapping[str, list[TensorSlice]]) -> list[_Ent
     ]
 
 
-def _split_into_parts(entries: list[_Entry], part_bytes: int) -> list[list[_Entry]]:
-    """Consecutive runs of ``entries`` (in key order) of at most ``part_bytes`` each, or one larger entry."""
-    parts, current, size = [], [], 0
-    for entry in entries:
-        if current and size + entry.nbytes > part_bytes:
-            parts.append(current)
-            current, size = [], 0
-        current.append(entry)
-        size += entry.nbytes
-    return parts + [current] if current else parts
+def _split_into_parts(entries: list[_Entry], part_bytes: int, shards: Mapping[str, int]) -> list[list[_Entry]]:
+    """The input's shards in order (``shards``: key -> shard id), each cut into consecutive runs of entries (in
+    key order) of at most ``part_bytes``, or one larger entry alone."""
+    parts = []
+    for shard in sorted({shards.get(entry.key, 0) for entry in entries}):
+        current, size = [], 0
+        for entry in (entry for entry in entries if shards.get(entry.key, 0) == shard):
+            if current and size + entry.nbytes > part_bytes:
+                parts.append(current)
+                current, size = [], 0
+            current.append(entry)
+            size += entry.nbytes
+        parts += [current] if current else []
+    return parts
 
 
 def _restore(prefix: Path, part: list[_Entry]) -> list:
@@ -242,7 +249,7 @@ def write_recalibrated_checkpoint(
     if missing:
         raise CheckpointError(f"the checkpoint has no tensor {missing[0]}: the .meta does not match the checkpoint.")
     replaced = _replacement_tensors(entries, new_values, layout)
-    parts = _split_into_parts(entries, part_bytes)
+    parts = _split_into_parts(entries, part_bytes, shard_of_each_tensor(source.index) or {})
     basename = source.prefix.name
     try:
         with _exclusive_lock(output_dir):
