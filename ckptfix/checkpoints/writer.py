@@ -13,8 +13,9 @@ The ``.meta`` is copied beside it with a ``checkpoint`` state file, every tensor
 its fingerprint compared with that of what was written (for untouched tensors, the input's own bytes), and
 only then is the folder renamed into place.
 
-Faults: an exception or Ctrl-C removes the staging folder; a ``kill -9`` can leave it, never a partial
-output, and the next run writing the same output removes staging folders whose process is gone. An exclusive
+Faults: an exception or Ctrl-C (taken between steps: parts, merge, verification, rename) removes the staging
+folder; a ``kill -9`` can leave it, never a partial output, and the next run writing the same output removes
+staging folders whose process is gone. An exclusive
 ``flock`` on ``.<name>.lock`` (released by the kernel when its process dies) makes a second run writing the
 same output at the same time fail with :class:`OutputError` instead of interleaving. An existing output
 replaced with ``overwrite`` is swapped with the new one in a single ``renameat2(RENAME_EXCHANGE)`` where the
@@ -31,11 +32,13 @@ import glob
 import os
 import re
 import shutil
+import signal
 import socket
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -252,14 +255,17 @@ def write_recalibrated_checkpoint(
     parts = _split_into_parts(entries, part_bytes, shard_of_each_tensor(source.index) or {})
     basename = source.prefix.name
     try:
-        with _exclusive_lock(output_dir):
+        with _exclusive_lock(output_dir), _interrupts_between_steps() as check_interrupt:
             remove_stale_staging(output_dir)
             staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(output_dir, "tmp"), dir=output_dir.parent))
             try:
                 parts_dir = staging / ".parts"
                 parts_dir.mkdir()
                 prefixes = [parts_dir / f"part-{number:05d}" for number in range(len(parts))]
-                fingerprints = [_save_part(source.prefix, prefix, part, replaced) for prefix, part in zip(prefixes, parts)]
+                fingerprints = []
+                for prefix, part in zip(prefixes, parts):
+                    fingerprints.append(_save_part(source.prefix, prefix, part, replaced))
+                    check_interrupt()
                 tf.raw_ops.MergeV2Checkpoints(
                     checkpoint_prefixes=[str(prefix) for prefix in prefixes],
                     destination_prefix=str(staging / basename),
@@ -267,7 +273,9 @@ def write_recalibrated_checkpoint(
                 )
                 shutil.copyfile(source.meta, staging / (basename + ".meta"))
                 _write_state_file(staging, basename)
+                check_interrupt()
                 _verify(staging / basename, entries, parts, fingerprints)
+                check_interrupt()
                 _move_into_place(staging, output_dir, overwrite)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -276,6 +284,32 @@ def write_recalibrated_checkpoint(
     except tf.errors.OpError as error:
         raise _write_failed(output_dir, _op_error_reason(error)) from None
     return output_dir / basename
+
+
+@contextlib.contextmanager
+def _interrupts_between_steps() -> Iterator[Callable[[], None]]:
+    """Note Ctrl-C while writing and raise it (KeyboardInterrupt) only where the returned check is called.
+
+    Two reasons: a KeyboardInterrupt raised inside a TensorFlow call can apparently be lost (a CLI run
+    interrupted while writing once finished and exited 0; our guess is a conversion fallback inside TF that
+    clears Python errors), and one raised between the renames that put the output in place could lose it. A Ctrl-C after the last check lets the write finish.
+    Only Python's default SIGINT handler in the main thread is replaced; any other is left alone.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield lambda: None
+        return
+    received = []
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+
+    def check() -> None:
+        if received:
+            raise KeyboardInterrupt
+
+    try:
+        yield check
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _write_failed(output_dir: Path, reason: str) -> OutputError:
