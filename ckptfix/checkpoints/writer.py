@@ -143,7 +143,8 @@ def write_recalibrated_checkpoint(
         raise OutputError(f"cannot write {output_dir}: {error.strerror or error}; nothing was written.") from None
     try:
         _save(staging / basename, tensors, dtypes, layout or {})
-        shutil.copyfile(source.meta, staging / (basename + ".meta"))
+        if source.meta is not None:
+            shutil.copyfile(source.meta, staging / (basename + ".meta"))
         _write_state_file(staging, basename)
         _verify(staging / basename, tensors)
         _move_into_place(staging, output_dir, overwrite)
