@@ -203,6 +203,10 @@ def _agreement(meta_graph, layers, feeds, files, output_name, kept, batch_output
     )
 
 
+def _model_label(model) -> str:
+    return f"--model {model}" if isinstance(model, str) else f"model {getattr(model, '__qualname__', model)}"
+
+
 @contextlib.contextmanager
 def _graph_source(checkpoint, meta, model, model_options: dict):
     """``(files, meta_graph, frozen)`` for what the user passed as CHECKPOINT.
@@ -211,6 +215,8 @@ def _graph_source(checkpoint, meta, model, model_options: dict):
     temporary checkpoint removed on exit); with ``model`` the graph is built by that function
     (:mod:`ckptfix.graph.model_fn`); otherwise ``meta_graph`` is None and the ``.meta`` is read by :func:`_measure`.
     """
+    if model is None and any(value for value in model_options.values()):
+        raise CkptfixError("--num-classes, --model-arg, --input-shape and --arg-scope apply only with --model.")
     if is_frozen_graph(checkpoint):
         if meta is not None or model is not None:
             raise CkptfixError(f"{checkpoint} is a frozen graph: --meta and --model apply to checkpoints only.")
@@ -220,8 +226,7 @@ def _graph_source(checkpoint, meta, model, model_options: dict):
         if meta is not None:
             raise CkptfixError("pass either --meta (the saved graph) or --model (the function that builds it), not both.")
         files = locate_checkpoint(checkpoint, need_meta=False)
-        label = f"--model {model}" if isinstance(model, str) else f"model {getattr(model, '__qualname__', model)}"
-        yield files, build_meta_graph(resolve_function(model), files.prefix, label=label, **model_options), None
+        yield files, build_meta_graph(resolve_function(model), files.prefix, label=_model_label(model), **model_options), None
     else:
         yield locate_checkpoint(checkpoint, meta), None, None
 
@@ -513,5 +518,5 @@ def inspect(
         other = None if against is None else locate_checkpoint(against, need_meta=False).prefix
         return inspect_graph(
             meta_graph, files.prefix, checkpoint=str(frozen.path if frozen else files.prefix),
-            meta=str(frozen.path) if frozen else f"built by --model {model}", against=other, against_label=against,
+            meta=str(frozen.path) if frozen else f"built by {_model_label(model)}", against=other, against_label=against,
         )
