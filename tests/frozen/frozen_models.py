@@ -26,16 +26,25 @@ def _run(script: str, *args) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def freeze(model, out: Path, *, fold: bool = False) -> Path:
-    """Freeze the fixture ``model``'s checkpoint into ``out`` (.pbtxt suffix: text) for evaluation."""
-    flags = (["--text"] if out.suffix == ".pbtxt" else []) + (["--fold"] if fold else [])
-    _run("freeze_tool.py", "freeze", model.variant, model.prefix, out, *flags)
-    return out
+def freeze(jobs: list[tuple], folder: Path) -> None:
+    """Freeze fixture checkpoints, one process for all: jobs of ``(model, out path, fold)`` (see freeze_tool.py)."""
+    spec = [{"variant": model.variant, "prefix": model.prefix, "out": str(out), "fold": fold} for model, out, fold in jobs]
+    (folder / "jobs.json").write_text(json.dumps(spec))
+    _run("freeze_tool.py", folder / "jobs.json")
 
 
-def frozen_accuracy(graph: Path, model) -> float:
-    """Top-1 accuracy of a frozen graph's logits on the fixture's eval set."""
-    return _run("freeze_tool.py", "evaluate", graph, model.eval_x, model.eval_y)["accuracy"]
+def frozen_accuracy(graph: Path, model, logits: str = "logits/BiasAdd:0") -> float:
+    """Top-1 accuracy of a frozen graph's logits on the fixture's eval set (in this process: a GraphDef
+    needs neither tf-slim nor TF1 behaviour)."""
+    import tensorflow as tf
+
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.node.extend(graph_nodes(graph))
+    with tf.Graph().as_default() as imported:
+        tf.compat.v1.import_graph_def(graph_def, name="")
+    with tf.compat.v1.Session(graph=imported) as session:
+        values = session.run(logits, {"images:0": np.load(model.eval_x)})
+    return float(np.mean(np.argmax(values, axis=1) == np.load(model.eval_y)))
 
 
 def save_slim_net(net: str, outdir: Path) -> Path:
