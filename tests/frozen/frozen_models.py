@@ -48,14 +48,9 @@ def frozen_accuracy(graph: Path, model, logits: str = "logits/BiasAdd:0") -> flo
 
 
 def save_slim_net(net: str, outdir: Path) -> Path:
-    """A freshly initialised tf-slim ``net`` saved without .meta into ``outdir`` (with calib.npy); its prefix."""
-    return Path(_run("slim_net_tool.py", "save", net, outdir)["prefix"])
-
-
-def slim_net_tensor(net: str, prefix: Path, x: Path, tensor: str, out: Path) -> np.ndarray:
-    """One tensor of ``net`` built for training and restored from ``prefix``, over the samples in ``x``."""
-    _run("slim_net_tool.py", "tensor", net, prefix, x, tensor, out)
-    return np.load(out)
+    """A freshly initialised tf-slim ``net`` saved without .meta into ``outdir``, with calib.npy and
+    first_bn_input.npy (see slim_net_tool.py); returns the checkpoint prefix."""
+    return Path(_run("slim_net_tool.py", net, outdir)["prefix"])
 
 
 def graph_nodes(path: Path) -> list:

@@ -2,13 +2,13 @@
 
 Run as a script in a fresh process (TF1 behaviour is a process-wide switch)::
 
-    slim_net_tool.py save NET OUTDIR
-    slim_net_tool.py tensor NET PREFIX X.npy TENSOR OUT.npy
+    slim_net_tool.py NET OUTDIR
 
-NET is a key of :data:`NETS` (the network function, its arg_scope, keyword arguments, the input shape).
-``save`` writes ``OUTDIR/model.ckpt`` (no ``.meta``) with freshly initialised weights: the moving statistics
-hold their initial values 0 / 1, stale for any data, and ``OUTDIR/calib.npy`` (64 random images in [-1, 1]).
-``tensor``: the value of one tensor of the network (built for training, the checkpoint restored) over X.
+NET is a key of :data:`NETS` (the network function, its arg_scope, keyword arguments, the input shape and the
+input of its first BN layer). Writes ``OUTDIR/model.ckpt`` (no ``.meta``) with freshly initialised weights, so
+the moving statistics hold their initial values 0 / 1, stale for any data; ``OUTDIR/calib.npy`` (64 random
+images in [-1, 1]); and ``OUTDIR/first_bn_input.npy``, the first BN layer's input over them (it depends on
+no BN layer, so it is the same in training and inference mode).
 """
 
 from __future__ import annotations
@@ -21,10 +21,9 @@ from pathlib import Path
 import numpy as np
 
 NUM_CLASSES = 4
-#: name -> (module in tf_slim.nets, function, arg_scope function, keyword arguments, input shape)
+#: name -> (module in tf_slim.nets, function, arg_scope function, keyword arguments, input shape, first BN input)
 NETS = {
-    "resnet_v1_50": ("resnet_v1", "resnet_v1_50", "resnet_arg_scope", {}, (32, 32, 3)),
-    "inception_v2": ("inception_v2", "inception_v2", "inception_v2_arg_scope", {"depth_multiplier": 0.25}, (64, 64, 3)),
+    "resnet_v1_50": ("resnet_v1", "resnet_v1_50", "resnet_arg_scope", {}, (32, 32, 3), "resnet_v1_50/conv1/Conv2D:0"),
 }
 
 
@@ -37,7 +36,7 @@ def _network(name: str):
 
     import tf_slim as slim
 
-    module_name, function, arg_scope, kwargs, shape = NETS[name]
+    module_name, function, arg_scope, kwargs, shape, _ = NETS[name]
     module = importlib.import_module(f"tf_slim.nets.{module_name}")
     tf.compat.v1.disable_v2_behavior()
     graph = tf.Graph()
@@ -51,23 +50,17 @@ def _network(name: str):
 
 
 def main(argv) -> int:
-    tf, graph, images, saver, shape = _network(argv[1])
+    name, out = argv[0], Path(argv[1])
+    tf, graph, images, saver, shape = _network(name)
+    out.mkdir(parents=True, exist_ok=True)
+    calib = np.random.default_rng(0).uniform(-1, 1, (64, *shape)).astype(np.float32)
     with tf.compat.v1.Session(graph=graph) as sess:
-        if argv[0] == "save":
-            out = Path(argv[2])
-            out.mkdir(parents=True, exist_ok=True)
-            sess.run(tf.compat.v1.global_variables_initializer())
-            saver.save(sess, str(out / "model.ckpt"), write_meta_graph=False)
-            rng = np.random.default_rng(0)
-            np.save(out / "calib.npy", rng.uniform(-1, 1, (64, *shape)).astype(np.float32))
-            result = {"prefix": str(out / "model.ckpt")}
-        else:
-            prefix, x, tensor, out = argv[2:6]
-            saver.restore(sess, prefix)
-            value = sess.run(graph.get_tensor_by_name(tensor), {images: np.load(x)})
-            np.save(out, value)
-            result = {"shape": list(value.shape)}
-    print(json.dumps(result), flush=True)
+        sess.run(tf.compat.v1.global_variables_initializer())
+        saver.save(sess, str(out / "model.ckpt"), write_meta_graph=False)
+        first_bn_input = sess.run(graph.get_tensor_by_name(NETS[name][-1]), {images: calib})
+    np.save(out / "calib.npy", calib)
+    np.save(out / "first_bn_input.npy", first_bn_input)
+    print(json.dumps({"prefix": str(out / "model.ckpt")}), flush=True)
     return 0
 
 

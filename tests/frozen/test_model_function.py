@@ -15,7 +15,7 @@ from tf_slim.nets import inception_v3, resnet_v1
 import ckptfix
 from ckptfix.errors import CheckpointError, CkptfixError, GraphError
 from fixtures.runner import evaluate
-from frozen_models import save_slim_net, slim_net_tensor
+from frozen_models import save_slim_net
 
 
 def small_net(images, num_classes=1000, is_training=True):
@@ -74,7 +74,7 @@ def test_user_function_repairs_a_checkpoint_without_meta(without_meta, tmp_path)
 def test_functions_that_do_not_match_the_checkpoint(without_meta, tmp_path):
     model, prefix = without_meta
     calib = np.load(model.calib)
-    with pytest.raises(CheckpointError, match=r"logits/weights \[128, 10\] vs \[128, 4\].*--num-classes"):
+    with pytest.raises(CheckpointError, match=r"logits/weights \[144, 10\] vs \[144, 4\].*--num-classes"):
         ckptfix.recalibrate(prefix, calib, output=tmp_path / "a", model=small_net, model_args={"num_classes": 10},
                             input_shape="12x12x3")
     def scoped_net(images, num_classes, is_training):
@@ -105,7 +105,7 @@ def test_tf_slim_resnet_v1_50_without_meta(tmp_path):
     )
     assert len(report.layers) == 53 and report.layers[0].name == "resnet_v1_50/conv1/BatchNorm"
     # conv1's BN input does not depend on any other BN layer: its statistics are numpy's on the conv output.
-    conv1 = slim_net_tensor("resnet_v1_50", prefix, calib, "resnet_v1_50/conv1/Conv2D:0", tmp_path / "conv1.npy")
+    conv1 = np.load(tmp_path / "train" / "first_bn_input.npy")
     flat = conv1.astype(np.float64).reshape(-1, conv1.shape[-1])
     first = report.layers[0]
     assert first.count == flat.shape[0]
