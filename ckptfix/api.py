@@ -207,6 +207,11 @@ def _model_label(model) -> str:
     return f"--model {model}" if isinstance(model, str) else f"model {getattr(model, '__qualname__', model)}"
 
 
+def _check_model_options(model, model_options: dict) -> None:
+    if model is None and any(value for value in model_options.values()):
+        raise CkptfixError("--num-classes, --model-arg, --input-shape and --arg-scope apply only with --model.")
+
+
 @contextlib.contextmanager
 def _graph_source(checkpoint, meta, model, model_options: dict):
     """``(files, meta_graph, frozen)`` for what the user passed as CHECKPOINT.
@@ -215,8 +220,7 @@ def _graph_source(checkpoint, meta, model, model_options: dict):
     temporary checkpoint removed on exit); with ``model`` the graph is built by that function
     (:mod:`ckptfix.graph.model_fn`); otherwise ``meta_graph`` is None and the ``.meta`` is read by :func:`_measure`.
     """
-    if model is None and any(value for value in model_options.values()):
-        raise CkptfixError("--num-classes, --model-arg, --input-shape and --arg-scope apply only with --model.")
+    _check_model_options(model, model_options)
     if is_frozen_graph(checkpoint):
         if meta is not None or model is not None:
             raise CkptfixError(f"{checkpoint} is a frozen graph: --meta and --model apply to checkpoints only.")
@@ -509,11 +513,12 @@ def inspect(
     frozen graphs). ``checkpoint`` may be a frozen graph; ``model`` & co. as in :func:`recalibrate`.
     """
     _quiet.silence_tensorflow()
+    model_options = dict(model_args=model_args, input_shape=input_shape, arg_scope=arg_scope)
+    _check_model_options(model, model_options)
     if model is None and not is_frozen_graph(checkpoint):
         return inspect_checkpoint(checkpoint, meta=meta, against=against)
     if against is not None and is_frozen_graph(checkpoint):
         raise CkptfixError("--against compares checkpoints; it is not available for a frozen graph.")
-    model_options = dict(model_args=model_args, input_shape=input_shape, arg_scope=arg_scope)
     with _graph_source(checkpoint, meta, model, model_options) as (files, meta_graph, frozen):
         other = None if against is None else locate_checkpoint(against, need_meta=False).prefix
         return inspect_graph(
