@@ -235,6 +235,20 @@ def _graph_source(checkpoint, meta, model, model_options: dict):
         yield locate_checkpoint(checkpoint, meta), None, None
 
 
+def _frozen_report_fields(measured: _Measurement, files, estimator: str, frozen, on_notice) -> dict:
+    """Report fields of a frozen graph's pass: the graph file as the checkpoint, and a notice when its BN
+    layers were frozen in training mode (the repaired constants are then unused where it is deployed)."""
+    fields = {**measured.report_fields(files, estimator), "checkpoint": str(frozen.path)}
+    training = frozen.training_mode_layers if measured.training_flag is None else []
+    if training:
+        message = (f"{len(training)} BN node(s) of {frozen.path.name} were frozen in training mode ({training[0]}...): "
+                   "they normalise with batch statistics and ignore these constants; freeze the model with is_training=False")
+        fields["notices"] = [*fields["notices"], message]
+        if on_notice is not None:
+            on_notice(message)
+    return fields
+
+
 def _measure(
     files: CheckpointFiles,
     data,
@@ -434,7 +448,7 @@ def recalibrate(
         )
         if frozen is not None:
             written = write_recalibrated_graph(frozen, measured.new_values, output_path, overwrite)
-            fields = {**measured.report_fields(files, estimator), "checkpoint": str(frozen.path)}
+            fields = _frozen_report_fields(measured, files, estimator, frozen, on_notice)
             return RecalibrationReport(**fields, output_checkpoint=str(written), output_dir=str(written.parent))
     new_prefix = write_recalibrated_checkpoint(
         files, measured.new_values, output_dir, layout=measured.partition_layout, overwrite=overwrite
@@ -493,7 +507,7 @@ def diagnose(
         )
     fields = measured.report_fields(files, estimator)
     if frozen is not None:
-        fields["checkpoint"] = str(frozen.path)
+        fields = _frozen_report_fields(measured, files, estimator, frozen, on_notice)
     return DiagnosisReport(**fields)
 
 

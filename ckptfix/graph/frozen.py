@@ -43,25 +43,36 @@ def is_frozen_graph(path) -> bool:
     return isinstance(path, (str, os.PathLike)) and Path(path).suffix.lower() in FROZEN_SUFFIXES
 
 
+def _parse(path: Path, text: bool):
+    from google.protobuf import text_format
+    from tensorflow.core.framework import graph_pb2
+
+    graph_def = graph_pb2.GraphDef()
+    if text:
+        text_format.Parse(path.read_text(), graph_def)
+    else:
+        graph_def.ParseFromString(path.read_bytes())
+    return graph_def
+
+
+def _is_text(path: Path) -> bool:
+    return path.suffix.lower() == ".pbtxt"
+
+
 def load_graph_def(path: Path):
     """Parse a binary (``.pb``) or text (``.pbtxt``) GraphDef; GraphError when the file is not one."""
     from google.protobuf import text_format
     from google.protobuf.message import DecodeError
-    from tensorflow.core.framework import graph_pb2
 
     path = Path(path).expanduser()
     if not path.is_file():
         raise GraphError(f"no frozen graph at {path}: pass a .pb or .pbtxt GraphDef file.")
     if path.name == "saved_model.pb" or (path.parent / "variables").is_dir():
         raise GraphError(f"{path} is a SavedModel, not a frozen GraphDef: see docs/which-file.md for what to run.")
-    graph_def = graph_pb2.GraphDef()
     try:
-        if path.suffix.lower() == ".pbtxt":
-            text_format.Parse(path.read_text(), graph_def)
-        else:
-            graph_def.ParseFromString(path.read_bytes())
+        graph_def = _parse(path, _is_text(path))
     except (DecodeError, text_format.ParseError, UnicodeDecodeError, RuntimeError):
-        kind = "text" if path.suffix.lower() == ".pbtxt" else "binary"
+        kind = "text" if _is_text(path) else "binary"
         raise GraphError(f"{path} is not a {kind} TensorFlow GraphDef: pass a frozen .pb (binary) or .pbtxt (text).") from None
     if not graph_def.node:
         raise GraphError(f"{path} holds an empty graph: pass the frozen GraphDef of your model.")
@@ -150,6 +161,15 @@ class FrozenGraph:
     meta_graph: object
     files: CheckpointFiles
     _folder: Path
+
+    @property
+    def training_mode_layers(self) -> list[str]:
+        """Scopes of top-level fused BN nodes frozen with ``is_training=True``: they normalise with batch
+        statistics whatever their constants hold (without a training flag to feed False)."""
+        return [
+            node.name.rpartition("/")[0] or node.name for node in self.graph_def.node
+            if node.op in FUSED_OPS and ("is_training" not in node.attr or node.attr["is_training"].b)
+        ]
 
     def close(self) -> None:
         shutil.rmtree(self._folder, ignore_errors=True)
@@ -244,7 +264,6 @@ def write_recalibrated_graph(frozen: FrozenGraph, new_values: Mapping[str, np.nd
     byte-identical, the replaced constants holding the new values), then renamed into place.
     """
     from tensorflow.core.framework import graph_pb2
-    from tensorflow.python.framework import tensor_util
 
     unknown = sorted(set(new_values) - frozen.constants)
     if unknown:
@@ -259,7 +278,7 @@ def write_recalibrated_graph(frozen: FrozenGraph, new_values: Mapping[str, np.nd
             graph_def.node.append(replaced)
         else:
             graph_def.node.add().CopyFrom(node)
-    text = target.suffix.lower() == ".pbtxt"
+    text = _is_text(target)
     try:
         handle, staging = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
     except OSError as error:
@@ -268,8 +287,7 @@ def write_recalibrated_graph(frozen: FrozenGraph, new_values: Mapping[str, np.nd
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(_serialize(graph_def, text))
-        written = _read_back(staging, text)
-        _verify(frozen.graph_def, written, expected, tensor_util)
+        _verify(frozen.graph_def, _parse(staging, text), expected)
         if target.exists() and not overwrite:
             raise OutputError(f"output {target} appeared while writing: pass --overwrite or choose another -o.")
         os.replace(staging, target)
@@ -280,27 +298,25 @@ def write_recalibrated_graph(frozen: FrozenGraph, new_values: Mapping[str, np.nd
     return target
 
 
-def _read_back(path: Path, text: bool):
-    from google.protobuf import text_format
-    from tensorflow.core.framework import graph_pb2
-
-    graph_def = graph_pb2.GraphDef()
-    if text:
-        text_format.Parse(path.read_text(), graph_def)
-    else:
-        graph_def.ParseFromString(path.read_bytes())
-    return graph_def
+def _without_value(node) -> bytes:
+    stripped = type(node)()
+    stripped.CopyFrom(node)
+    del stripped.attr["value"]
+    return stripped.SerializeToString(deterministic=True)
 
 
-def _verify(original, written, expected: Mapping[str, np.ndarray], tensor_util) -> None:
-    """Every node byte-identical to the input's except the replaced constants, which hold ``expected``."""
+def _verify(original, written, expected: Mapping[str, np.ndarray]) -> None:
+    """Every node byte-identical to the input's except the replaced constants, which differ only in their
+    value and hold ``expected``. Serialization is deterministic (sorted attribute maps) on both sides."""
+    from tensorflow.python.framework import tensor_util
+
     wrong = []
     if len(written.node) != len(original.node) or written.library != original.library or written.versions != original.versions:
         wrong.append("graph structure")
     for before, after in zip(original.node, written.node):
         if before.name in expected:
             value = tensor_util.MakeNdarray(after.attr["value"].tensor)
-            if after.name != before.name or after.op != "Const" or value.dtype != expected[before.name].dtype \
+            if _without_value(after) != _without_value(before) or value.dtype != expected[before.name].dtype \
                     or value.tobytes() != expected[before.name].tobytes():
                 wrong.append(before.name)
         elif after.SerializeToString(deterministic=True) != before.SerializeToString(deterministic=True):

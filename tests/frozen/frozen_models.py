@@ -27,8 +27,10 @@ def _run(script: str, *args) -> dict:
 
 
 def freeze(jobs: list[tuple], folder: Path) -> None:
-    """Freeze fixture checkpoints, one process for all: jobs of ``(model, out path, fold)`` (see freeze_tool.py)."""
-    spec = [{"variant": model.variant, "prefix": model.prefix, "out": str(out), "fold": fold} for model, out, fold in jobs]
+    """Freeze fixture checkpoints, one process for all: jobs of ``(model, out path, fold[, training])``
+    (see freeze_tool.py)."""
+    spec = [{"variant": model.variant, "prefix": model.prefix, "out": str(out), "fold": fold, "training": bool(rest and rest[0])}
+            for model, out, fold, *rest in jobs]
     (folder / "jobs.json").write_text(json.dumps(spec))
     _run("freeze_tool.py", folder / "jobs.json")
 

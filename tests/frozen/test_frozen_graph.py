@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import tensorflow as tf
+
 import ckptfix
 from ckptfix.errors import CkptfixError, GraphError, NoBatchNormError, OutputError
 from fixtures.runner import bn_inputs
@@ -16,18 +18,19 @@ from frozen_models import changed_nodes, const_value, freeze, frozen_accuracy
 @pytest.fixture(scope="module")
 def frozen(slim_model, tmp_path_factory):
     """Stale models frozen as deployment pipelines do: seed (fused BN) as .pb, nonfused_pretrained as .pbtxt,
-    and seed folded by optimize_for_inference."""
+    seed folded by optimize_for_inference, and seed mistakenly frozen in training mode."""
     slim_model.prebuild(["seed", "nonfused_pretrained"])
     folder = tmp_path_factory.mktemp("frozen")
     jobs = {
         "fused": (slim_model("seed"), folder / "fused" / "model.pb", False),
         "nonfused": (slim_model("nonfused_pretrained"), folder / "nonfused" / "model.pbtxt", False),
         "folded": (slim_model("seed"), folder / "folded" / "model.pb", True),
+        "training": (slim_model("seed"), folder / "training" / "model.pb", False, True),
     }
-    for _, path, _ in jobs.values():
+    for _, path, *_ in jobs.values():
         path.parent.mkdir()
     freeze(list(jobs.values()), folder)
-    return {name: (model, path) for name, (model, path, _) in jobs.items()}
+    return {name: (model, path) for name, (model, path, *_) in jobs.items()}
 
 
 def digest(path: Path) -> str:
@@ -139,3 +142,46 @@ def test_files_that_are_not_graph_defs(tmp_path):
         ckptfix.inspect(saved_model)
     with pytest.raises(GraphError, match="no frozen graph"):
         ckptfix.inspect(tmp_path / "missing.pb")
+
+
+def test_statistics_constants_feeding_bn_directly(frozen, tmp_path):
+    """remove_training_nodes (part of optimize_for_inference) drops the Identity reads: Const -> FusedBatchNorm."""
+    model, graph = frozen["fused"]
+    graph_def = tf.compat.v1.GraphDef.FromString(graph.read_bytes())
+    stripped = tf.compat.v1.graph_util.remove_training_nodes(graph_def, ["logits/BiasAdd"])
+    assert not any(node.op == "Identity" for node in stripped.node)
+    (tmp_path / "stripped.pb").write_bytes(stripped.SerializeToString())
+    report = ckptfix.recalibrate(tmp_path / "stripped.pb", np.load(model.calib), output=tmp_path / "fixed.pb")
+    assert [layer.name for layer in report.layers] == model.bn_layers
+    assert set(changed_nodes(tmp_path / "stripped.pb", tmp_path / "fixed.pb")) == {
+        key for layer in report.layers for key in (layer.mean_key, layer.variance_key)}
+    assert frozen_accuracy(tmp_path / "fixed.pb", model) >= model.info["accuracy"]["training"] - 0.02
+
+
+def test_constants_keep_their_dtype(frozen, tmp_path):
+    """A float16 statistics constant read through a Cast stays float16, holding the new values rounded to it."""
+    model, graph = frozen["fused"]
+    graph_def = tf.compat.v1.GraphDef.FromString(graph.read_bytes())
+    nodes = {node.name: node for node in graph_def.node}
+    const = nodes["conv1/BatchNorm/moving_variance"]
+    const.attr["dtype"].type = tf.float16.as_datatype_enum
+    const.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(np.ones(8, np.float16)))
+    cast = graph_def.node.add(name="conv1/BatchNorm/moving_variance/to_float", op="Cast", input=[const.name])
+    cast.attr["SrcT"].type, cast.attr["DstT"].type = tf.float16.as_datatype_enum, tf.float32.as_datatype_enum
+    nodes["conv1/BatchNorm/moving_variance/read"].input[0] = cast.name
+    (tmp_path / "half.pb").write_bytes(graph_def.SerializeToString())
+
+    report = ckptfix.recalibrate(tmp_path / "half.pb", np.load(model.calib), output=tmp_path / "fixed.pb")
+    changed = changed_nodes(tmp_path / "half.pb", tmp_path / "fixed.pb")
+    value = const_value(changed["conv1/BatchNorm/moving_variance"][1])
+    assert value.dtype == np.float16
+    np.testing.assert_array_equal(value, report.layers[0].new_variance.astype(np.float16))
+    assert frozen_accuracy(tmp_path / "fixed.pb", model) >= model.info["accuracy"]["training"] - 0.02
+
+
+def test_graph_frozen_in_training_mode_gets_a_notice(frozen, tmp_path):
+    model, graph = frozen["training"]
+    notices = []
+    report = ckptfix.recalibrate(graph, np.load(model.calib), output=tmp_path / "fixed.pb", on_notice=notices.append)
+    assert any("frozen in training mode (conv1/BatchNorm" in notice for notice in notices)
+    assert notices[-1] in report.notices
