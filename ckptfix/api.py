@@ -490,8 +490,8 @@ def diagnose(
 ) -> DiagnosisReport:
     """Measure how stale the stored statistics are, exactly as :func:`recalibrate` would, writing nothing.
 
-    Takes :func:`recalibrate`'s options (less the output ones), frozen graphs and ``model`` included. ``report.stale`` is the verdict; see
-    :mod:`ckptfix.diagnostics.drift` for the per-layer metrics and thresholds.
+    Takes :func:`recalibrate`'s options (less the output ones), frozen graphs and ``model`` included.
+    ``report.stale`` is the verdict; see :mod:`ckptfix.diagnostics.drift` for the per-layer metrics and thresholds.
     """
     _quiet.silence_tensorflow()
     _validate_options(batch_size, num_samples, estimator, preprocess)
@@ -505,10 +505,9 @@ def diagnose(
             on_notice=on_notice,
             data_options=dict(image_size=image_size, central_crop=central_crop, data_format=data_format, feature=feature, strict=strict),
         )
-    fields = measured.report_fields(files, estimator)
     if frozen is not None:
-        fields = _frozen_report_fields(measured, files, estimator, frozen, on_notice)
-    return DiagnosisReport(**fields)
+        return DiagnosisReport(**_frozen_report_fields(measured, files, estimator, frozen, on_notice))
+    return DiagnosisReport(**measured.report_fields(files, estimator))
 
 
 def inspect(

@@ -39,8 +39,12 @@ _BN_SCOPE = re.compile(r"^(.*?(?:^|/)(?:BatchNorm|batch_normalization(?:_\d+)?|b
 
 
 def is_frozen_graph(path) -> bool:
-    """Whether ``path`` names a GraphDef file (by suffix: ``.pb`` or ``.pbtxt``)."""
-    return isinstance(path, (str, os.PathLike)) and Path(path).suffix.lower() in FROZEN_SUFFIXES
+    """Whether ``path`` names a GraphDef file: suffix ``.pb`` or ``.pbtxt``, and not a checkpoint prefix that
+    happens to end so (``model.pb`` with a ``model.pb.index`` beside it)."""
+    if not isinstance(path, (str, os.PathLike)):
+        return False
+    path = Path(path).expanduser()
+    return path.suffix.lower() in FROZEN_SUFFIXES and not path.with_name(path.name + ".index").is_file()
 
 
 def _parse(path: Path, text: bool):
