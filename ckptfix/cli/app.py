@@ -222,7 +222,8 @@ def diagnose(
             if result.agreement is not None:
                 typer.echo("\n" + result.agreement.summary())
             verdict = (f"STALE: {len(result.stale_layers)} of {len(result.layers)} BN layers; "
-                       f"repair with: ckptfix recalibrate {checkpoint} {data}") if result.stale else \
+                       f"repair with: ckptfix recalibrate {checkpoint} {data}"
+                       + (" and the same --model options" if model else "")) if result.stale else \
                 f"fresh: all {len(result.layers)} BN layers match the calibration data"
             typer.echo(f"\n{verdict} ({result.num_samples} samples)")
         return STALE_EXIT_CODE if result.stale else 0
