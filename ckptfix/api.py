@@ -10,6 +10,7 @@ statistics replaced; diagnose writes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 from dataclasses import dataclass, field
@@ -23,14 +24,16 @@ from ckptfix.checkpoints.locate import CheckpointFiles, locate_checkpoint
 from ckptfix.checkpoints.writer import check_output_dir, default_output_dir, write_recalibrated_checkpoint
 from ckptfix.data import PREPROCESSING, open_calibration_data
 from ckptfix.diagnostics import agreement as output_agreement
-from ckptfix.diagnostics.inspect import inspect_checkpoint
+from ckptfix.diagnostics.inspect import inspect_checkpoint, inspect_graph
 from ckptfix.errors import CheckpointError, CkptfixError, DataError, NoBatchNormError
 from ckptfix.graph.batchnorm import BatchNormLayer, find_batchnorm_layers, layer_tensors
 from ckptfix.graph.feeds import detect_feeds
 from ckptfix.graph.forward import ForwardModel
+from ckptfix.graph.frozen import check_output_path, is_frozen_graph, thaw, write_recalibrated_graph
 from ckptfix.graph.index import GraphIndex
 from ckptfix.graph.inference import InferenceModel, NoInferenceMode
 from ckptfix.graph.meta import checkpoint_keys, load_meta_graph, partition_layout
+from ckptfix.graph.model_fn import build_meta_graph, resolve_function
 from ckptfix.graph.outputs import resolve_output
 from ckptfix.graph.safety import check_forward_ops
 from ckptfix.report import DiagnosisReport, InspectionReport, LayerReport, RecalibrationReport
@@ -200,10 +203,57 @@ def _agreement(meta_graph, layers, feeds, files, output_name, kept, batch_output
     )
 
 
+def _model_label(model) -> str:
+    return f"--model {model}" if isinstance(model, str) else f"model {getattr(model, '__qualname__', model)}"
+
+
+def _check_model_options(model, model_options: dict) -> None:
+    if model is None and any(value for value in model_options.values()):
+        raise CkptfixError("--num-classes, --model-arg, --input-shape and --arg-scope apply only with --model.")
+
+
+@contextlib.contextmanager
+def _graph_source(checkpoint, meta, model, model_options: dict):
+    """``(files, meta_graph, frozen)`` for what the user passed as CHECKPOINT.
+
+    A ``.pb`` / ``.pbtxt`` is thawed (``frozen`` is the :class:`~ckptfix.graph.frozen.FrozenGraph`, its
+    temporary checkpoint removed on exit); with ``model`` the graph is built by that function
+    (:mod:`ckptfix.graph.model_fn`); otherwise ``meta_graph`` is None and the ``.meta`` is read by :func:`_measure`.
+    """
+    _check_model_options(model, model_options)
+    if is_frozen_graph(checkpoint):
+        if meta is not None or model is not None:
+            raise CkptfixError(f"{checkpoint} is a frozen graph: --meta and --model apply to checkpoints only.")
+        with thaw(checkpoint) as frozen:
+            yield frozen.files, frozen.meta_graph, frozen
+    elif model is not None:
+        if meta is not None:
+            raise CkptfixError("pass either --meta (the saved graph) or --model (the function that builds it), not both.")
+        files = locate_checkpoint(checkpoint, need_meta=False)
+        yield files, build_meta_graph(resolve_function(model), files.prefix, label=_model_label(model), **model_options), None
+    else:
+        yield locate_checkpoint(checkpoint, meta), None, None
+
+
+def _frozen_report_fields(measured: _Measurement, files, estimator: str, frozen, on_notice) -> dict:
+    """Report fields of a frozen graph's pass: the graph file as the checkpoint, and a notice when its BN
+    layers were frozen in training mode (the repaired constants are then unused where it is deployed)."""
+    fields = {**measured.report_fields(files, estimator), "checkpoint": str(frozen.path)}
+    training = frozen.training_mode_layers if measured.training_flag is None else []
+    if training:
+        message = (f"{len(training)} BN node(s) of {frozen.path.name} were frozen in training mode ({training[0]}...): "
+                   "they normalise with batch statistics and ignore these constants; freeze the model with is_training=False")
+        fields["notices"] = [*fields["notices"], message]
+        if on_notice is not None:
+            on_notice(message)
+    return fields
+
+
 def _measure(
     files: CheckpointFiles,
     data,
     *,
+    meta_graph=None,
     batch_size: int,
     num_samples: int | None,
     shuffle: bool,
@@ -221,12 +271,18 @@ def _measure(
     on_notice: Callable[[str], None] | None,
     data_options: dict | None = None,
 ) -> _Measurement:
-    """One pass over the calibration data: new statistics per layer, and output agreement before/after."""
-    meta_graph = load_meta_graph(files.meta)
+    """One pass over the calibration data: new statistics per layer, and output agreement before/after.
+
+    ``meta_graph``: the graph already loaded (built by ``--model``, thawed from a frozen graph); default: the
+    ``.meta`` of ``files``. The checkpoint is always restored from ``files.prefix``.
+    """
+    if meta_graph is None:
+        meta_graph = load_meta_graph(files.meta)
     index = GraphIndex(meta_graph.graph_def)
     found = find_batchnorm_layers(index)
     if not found:
-        raise NoBatchNormError(f"no BatchNorm layers in {files.meta.name}: nothing to recalibrate.")
+        where = files.meta.name if files.meta is not None else "the graph --model built"
+        raise NoBatchNormError(f"no BatchNorm layers in {where}: nothing to recalibrate.")
     layers = select_layers(found, include, exclude)
     feeds = detect_feeds(index, layers, input_name, training_flag)
     check_forward_ops(index, layer_tensors(index, layers), allow_unsafe_ops)
@@ -331,15 +387,22 @@ def recalibrate(
     overwrite: bool = False,
     progress: bool = False,
     on_notice: Callable[[str], None] | None = None,
+    model: str | Callable | None = None,
+    model_args: dict | None = None,
+    input_shape: str | tuple | None = None,
+    arg_scope: str | Callable | None = None,
 ) -> RecalibrationReport:
     """Recompute the moving statistics of every (selected) BN layer and write a corrected checkpoint.
 
     Args:
-        checkpoint: a checkpoint prefix, a folder with a ``checkpoint`` state file, or one file of the prefix.
+        checkpoint: a checkpoint prefix, a folder with a ``checkpoint`` state file, or one file of the prefix;
+            or a frozen GraphDef (``.pb`` binary, ``.pbtxt`` text), repaired into a new GraphDef file.
         data: a folder or file of calibration samples (images, ``.npy``, ``.npz``), a numpy array ``(N, ...)``
             already preprocessed, or an iterable of batches (arrays, ``(inputs, labels)`` pairs, or dicts
             mapping the input name to an array).
         output: the folder to write; default ``<checkpoint folder>-recalibrated`` beside the input's folder.
+            For a frozen graph: the file to write (a folder: the input's name inside it), default
+            ``<name>-recalibrated.pb`` (or ``.pbtxt``) beside it; its suffix chooses binary or text.
         meta: the ``.meta`` graph, when it does not sit beside the prefix.
         batch_size, num_samples, shuffle, seed: how calibration batches are drawn.
         input_name, training_flag: tensor names overriding detection.
@@ -357,6 +420,11 @@ def recalibrate(
         overwrite: replace a non-empty ``output`` folder.
         progress: show a tqdm bar on stderr.
         on_notice: called with one-line notices (preprocessing used, training-mode ops active...).
+        model: for a checkpoint without a ``.meta``: the function that builds its graph (a callable or
+            ``"package.module:function"``), called like slim's nets_factory; see :mod:`ckptfix.graph.model_fn`.
+        model_args, input_shape, arg_scope: with ``model``: keyword arguments for it (``num_classes`` among
+            them), the per-sample input shape (``"HxWxC"``; default: its ``default_image_size``), and a slim
+            arg_scope function to build it under.
 
     Returns:
         A :class:`RecalibrationReport`. Raises a :class:`CkptfixError` subclass on any user error, before
@@ -364,16 +432,24 @@ def recalibrate(
     """
     _quiet.silence_tensorflow()
     _validate_options(batch_size, num_samples, estimator, preprocess)
-    files = locate_checkpoint(checkpoint, meta)
-    output_dir = check_output_dir(files, Path(output) if output is not None else default_output_dir(files), overwrite)
-    measured = _measure(
-        files, data, batch_size=batch_size, num_samples=num_samples, shuffle=shuffle, seed=seed,
-        input_name=input_name, training_flag=training_flag, include=include, exclude=exclude,
-        estimator=estimator, preprocess=preprocess, output_tensor=output_tensor,
-        agreement_samples=agreement_samples, allow_unsafe_ops=allow_unsafe_ops, progress=progress,
-        on_notice=on_notice,
-        data_options=dict(image_size=image_size, central_crop=central_crop, data_format=data_format, feature=feature, strict=strict),
-    )
+    model_options = dict(model_args=model_args, input_shape=input_shape, arg_scope=arg_scope)
+    with _graph_source(checkpoint, meta, model, model_options) as (files, meta_graph, frozen):
+        if frozen is not None:
+            output_path = check_output_path(frozen.path, output, overwrite)
+        else:
+            output_dir = check_output_dir(files, Path(output) if output is not None else default_output_dir(files), overwrite)
+        measured = _measure(
+            files, data, meta_graph=meta_graph, batch_size=batch_size, num_samples=num_samples, shuffle=shuffle, seed=seed,
+            input_name=input_name, training_flag=training_flag, include=include, exclude=exclude,
+            estimator=estimator, preprocess=preprocess, output_tensor=output_tensor,
+            agreement_samples=agreement_samples, allow_unsafe_ops=allow_unsafe_ops, progress=progress,
+            on_notice=on_notice,
+            data_options=dict(image_size=image_size, central_crop=central_crop, data_format=data_format, feature=feature, strict=strict),
+        )
+        if frozen is not None:
+            written = write_recalibrated_graph(frozen, measured.new_values, output_path, overwrite)
+            fields = _frozen_report_fields(measured, files, estimator, frozen, on_notice)
+            return RecalibrationReport(**fields, output_checkpoint=str(written), output_dir=str(written.parent))
     new_prefix = write_recalibrated_checkpoint(
         files, measured.new_values, output_dir, layout=measured.partition_layout, overwrite=overwrite
     )
@@ -407,30 +483,58 @@ def diagnose(
     allow_unsafe_ops: bool = False,
     progress: bool = False,
     on_notice: Callable[[str], None] | None = None,
+    model: str | Callable | None = None,
+    model_args: dict | None = None,
+    input_shape: str | tuple | None = None,
+    arg_scope: str | Callable | None = None,
 ) -> DiagnosisReport:
     """Measure how stale the stored statistics are, exactly as :func:`recalibrate` would, writing nothing.
 
-    Takes :func:`recalibrate`'s options (less the output ones). ``report.stale`` is the verdict; see
-    :mod:`ckptfix.diagnostics.drift` for the per-layer metrics and thresholds.
+    Takes :func:`recalibrate`'s options (less the output ones), frozen graphs and ``model`` included.
+    ``report.stale`` is the verdict; see :mod:`ckptfix.diagnostics.drift` for the per-layer metrics and thresholds.
     """
     _quiet.silence_tensorflow()
     _validate_options(batch_size, num_samples, estimator, preprocess)
-    files = locate_checkpoint(checkpoint, meta)
-    measured = _measure(
-        files, data, batch_size=batch_size, num_samples=num_samples, shuffle=shuffle, seed=seed,
-        input_name=input_name, training_flag=training_flag, include=include, exclude=exclude,
-        estimator=estimator, preprocess=preprocess, output_tensor=output_tensor,
-        agreement_samples=agreement_samples, allow_unsafe_ops=allow_unsafe_ops, progress=progress,
-        on_notice=on_notice,
-        data_options=dict(image_size=image_size, central_crop=central_crop, data_format=data_format, feature=feature, strict=strict),
-    )
+    model_options = dict(model_args=model_args, input_shape=input_shape, arg_scope=arg_scope)
+    with _graph_source(checkpoint, meta, model, model_options) as (files, meta_graph, frozen):
+        measured = _measure(
+            files, data, meta_graph=meta_graph, batch_size=batch_size, num_samples=num_samples, shuffle=shuffle, seed=seed,
+            input_name=input_name, training_flag=training_flag, include=include, exclude=exclude,
+            estimator=estimator, preprocess=preprocess, output_tensor=output_tensor,
+            agreement_samples=agreement_samples, allow_unsafe_ops=allow_unsafe_ops, progress=progress,
+            on_notice=on_notice,
+            data_options=dict(image_size=image_size, central_crop=central_crop, data_format=data_format, feature=feature, strict=strict),
+        )
+    if frozen is not None:
+        return DiagnosisReport(**_frozen_report_fields(measured, files, estimator, frozen, on_notice))
     return DiagnosisReport(**measured.report_fields(files, estimator))
 
 
-def inspect(checkpoint: str | Path, *, meta: str | Path | None = None, against: str | Path | None = None) -> InspectionReport:
+def inspect(
+    checkpoint: str | Path,
+    *,
+    meta: str | Path | None = None,
+    against: str | Path | None = None,
+    model: str | Callable | None = None,
+    model_args: dict | None = None,
+    input_shape: str | tuple | None = None,
+    arg_scope: str | Callable | None = None,
+) -> InspectionReport:
     """List every BN layer of ``checkpoint`` with its stored statistics and staleness flags; needs no data.
 
-    ``against``: another checkpoint (e.g. the pretrained one) whose identical statistics are flagged.
+    ``against``: another checkpoint (e.g. the pretrained one) whose identical statistics are flagged (not for
+    frozen graphs). ``checkpoint`` may be a frozen graph; ``model`` & co. as in :func:`recalibrate`.
     """
     _quiet.silence_tensorflow()
-    return inspect_checkpoint(checkpoint, meta=meta, against=against)
+    model_options = dict(model_args=model_args, input_shape=input_shape, arg_scope=arg_scope)
+    _check_model_options(model, model_options)
+    if model is None and not is_frozen_graph(checkpoint):
+        return inspect_checkpoint(checkpoint, meta=meta, against=against)
+    if against is not None and is_frozen_graph(checkpoint):
+        raise CkptfixError("--against compares checkpoints; it is not available for a frozen graph.")
+    with _graph_source(checkpoint, meta, model, model_options) as (files, meta_graph, frozen):
+        other = None if against is None else locate_checkpoint(against, need_meta=False).prefix
+        return inspect_graph(
+            meta_graph, files.prefix, checkpoint=str(frozen.path if frozen else files.prefix),
+            meta=str(frozen.path) if frozen else f"built by {_model_label(model)}", against=other, against_label=against,
+        )

@@ -17,10 +17,11 @@ _SUFFIX = re.compile(r"\.(index|meta|data-\d+-of-\d+)$")
 
 @dataclass(frozen=True)
 class CheckpointFiles:
-    """A checkpoint prefix, its files on disk and the graph it was saved from."""
+    """A checkpoint prefix, its files on disk and the graph it was saved from (None: the graph is built by
+    ``--model``, or thawed from a frozen GraphDef)."""
 
     prefix: Path
-    meta: Path
+    meta: Path | None
 
     @property
     def files(self) -> list[Path]:
@@ -59,8 +60,11 @@ def _latest_in_directory(directory: Path) -> Path:
     return prefix
 
 
-def locate_checkpoint(checkpoint: str | Path, meta: str | Path | None = None) -> CheckpointFiles:
-    """Find the prefix and ``.meta`` for ``checkpoint``; raise :class:`CheckpointError` naming the fix."""
+def locate_checkpoint(checkpoint: str | Path, meta: str | Path | None = None, *, need_meta: bool = True) -> CheckpointFiles:
+    """Find the prefix and ``.meta`` for ``checkpoint``; raise :class:`CheckpointError` naming the fix.
+
+    ``need_meta=False`` (the graph comes from ``--model``): the ``.meta`` is not looked for (``meta`` None).
+    """
     path = Path(checkpoint).expanduser()
     if path.is_dir():
         prefix = _latest_in_directory(path)
@@ -73,11 +77,14 @@ def locate_checkpoint(checkpoint: str | Path, meta: str | Path | None = None) ->
         raise CheckpointError(f"{index} is missing: pass the prefix of a complete TensorFlow checkpoint.")
     if not any(prefix.parent.glob(prefix.name + ".data-*")):
         raise CheckpointError(f"no .data shard beside {index}: the checkpoint is incomplete; copy all its files.")
+    if not need_meta:
+        return CheckpointFiles(prefix=prefix.absolute(), meta=None)
     meta_path = Path(meta).expanduser() if meta is not None else prefix.with_name(prefix.name + ".meta")
     if not meta_path.is_file():
         if meta is not None:
             raise GraphError(f"--meta {meta}: no such file.")
         raise GraphError(
-            f"no .meta graph beside {prefix.name}: pass --meta PATH (the graph the checkpoint was saved from)."
+            f"no .meta graph beside {prefix.name}: pass --meta PATH (the graph the checkpoint was saved from), "
+            "or --model package.module:function (the function that builds it)."
         )
     return CheckpointFiles(prefix=prefix.absolute(), meta=meta_path.absolute())

@@ -185,6 +185,17 @@ def _save_part(source: Path, target: Path, part: list[_Entry], replaced: Mapping
     return [_fingerprint(tensor) for tensor in tensors]
 
 
+def save_tensors(prefix: Path, values: Mapping[str, np.ndarray]) -> None:
+    """Write ``values`` (name -> array, kept in its own dtype) as a new checkpoint at ``prefix`` (one SaveV2)."""
+    import tensorflow as tf
+
+    names = sorted(values)
+    tf.raw_ops.SaveV2(
+        prefix=str(prefix), tensor_names=names, shape_and_slices=[""] * len(names),
+        tensors=[tf.constant(values[name]) for name in names],
+    )
+
+
 def _replacement_tensors(entries: list[_Entry], new_values: Mapping[str, np.ndarray], layout) -> dict:
     """Checkpoint key -> the new value cast to the stored dtype, as one tensor per saved slice."""
     import tensorflow as tf
@@ -271,7 +282,8 @@ def write_recalibrated_checkpoint(
                     destination_prefix=str(staging / basename),
                     delete_old_dirs=True,
                 )
-                shutil.copyfile(source.meta, staging / (basename + ".meta"))
+                if source.meta is not None:
+                    shutil.copyfile(source.meta, staging / (basename + ".meta"))
                 _write_state_file(staging, basename)
                 check_interrupt()
                 _verify(staging / basename, entries, parts, fingerprints)

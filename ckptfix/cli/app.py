@@ -28,7 +28,7 @@ app = typer.Typer(
 )
 
 # Options shared by several commands, declared once.
-Checkpoint = Annotated[str, typer.Argument(help="Checkpoint prefix, folder with a 'checkpoint' file, or one of its files.")]
+Checkpoint = Annotated[str, typer.Argument(help="Checkpoint prefix, folder with a 'checkpoint' file, or one of its files; or a frozen graph (.pb, .pbtxt).")]
 Data = Annotated[Path, typer.Argument(help="Folder or file of calibration samples: images, .npy/.npz, or TFRecords.")]
 Meta = Annotated[Optional[Path], typer.Option(help="The .meta graph, if not beside the checkpoint.")]
 BatchSize = Annotated[int, typer.Option(help="Samples per forward pass.")]
@@ -53,6 +53,21 @@ JsonOutput = Annotated[bool, typer.Option("--json", help="Print the report as JS
 ShowAll = Annotated[bool, typer.Option("--all", help="Show every layer (long lists are truncated otherwise).")]
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar on stderr.")]
 Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="Show TensorFlow's own log output.")]
+Model = Annotated[Optional[str], typer.Option(help="Checkpoint without .meta: package.module:function that builds its graph (runs your code), called like slim's nets_factory.")]
+NumClasses = Annotated[Optional[int], typer.Option(help="With --model: num_classes passed to the function.")]
+ModelArg = Annotated[Optional[list[str]], typer.Option(help="With --model: key=value keyword argument (value a Python literal); repeat for more.")]
+ModelInputShape = Annotated[Optional[str], typer.Option(help="With --model: per-sample input shape HxWxC (default: the function's default_image_size, 3 channels).")]
+ArgScope = Annotated[Optional[str], typer.Option(help="With --model: package.module:function returning the slim arg_scope to build under (e.g. tf_slim.nets.resnet_v1:resnet_arg_scope).")]
+
+
+def _model_options(model, num_classes, model_arg, input_shape, arg_scope) -> dict:
+    """The API's model keyword arguments from the --model options."""
+    from ckptfix.graph.model_fn import parse_model_args
+
+    model_args = parse_model_args(model_arg)
+    if num_classes is not None:
+        model_args["num_classes"] = num_classes
+    return dict(model=model, model_args=model_args, input_shape=input_shape, arg_scope=arg_scope)
 
 
 def _notice(message: str) -> None:
@@ -90,7 +105,7 @@ def _write_json(path: Path, content: dict) -> None:
 def recalibrate(
     checkpoint: Checkpoint,
     data: Data,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output folder (default: <checkpoint folder>-recalibrated).")] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output folder (default: <checkpoint folder>-recalibrated); for a .pb/.pbtxt, the output file (default: <name>-recalibrated.pb beside it).")] = None,
     meta: Meta = None,
     batch_size: BatchSize = 32,
     num_samples: NumSamples = None,
@@ -116,6 +131,11 @@ def recalibrate(
     show_all: ShowAll = True,
     progress: Progress = True,
     verbose: Verbose = False,
+    model: Model = None,
+    num_classes: NumClasses = None,
+    model_arg: ModelArg = None,
+    input_shape: ModelInputShape = None,
+    arg_scope: ArgScope = None,
 ) -> None:
     """Recompute every BN layer's moving mean/variance from calibration data and write a new checkpoint."""
 
@@ -128,6 +148,7 @@ def recalibrate(
             exclude=exclude, estimator=estimator, preprocess=preprocess, output_tensor=output_tensor,
             agreement_samples=agreement_samples, allow_unsafe_ops=allow_unsafe_ops, overwrite=overwrite, progress=progress, on_notice=_notice,
             image_size=image_size, central_crop=central_crop, data_format=data_format, feature=feature, strict=strict,
+            **_model_options(model, num_classes, model_arg, input_shape, arg_scope),
         )
         if report is not None:
             _write_json(report, result.to_dict())
@@ -175,6 +196,11 @@ def diagnose(
     show_all: ShowAll = False,
     progress: Progress = True,
     verbose: Verbose = False,
+    model: Model = None,
+    num_classes: NumClasses = None,
+    model_arg: ModelArg = None,
+    input_shape: ModelInputShape = None,
+    arg_scope: ArgScope = None,
 ) -> None:
     """Measure how stale the stored statistics are (writes nothing). Exit 0 fresh, 3 stale, 1 error."""
 
@@ -187,6 +213,7 @@ def diagnose(
             estimator=estimator, preprocess=preprocess, output_tensor=output_tensor,
             agreement_samples=agreement_samples, allow_unsafe_ops=allow_unsafe_ops, progress=progress, on_notice=_notice,
             image_size=image_size, central_crop=central_crop, data_format=data_format, feature=feature, strict=strict,
+            **_model_options(model, num_classes, model_arg, input_shape, arg_scope),
         )
         if json_output:
             _print_json(result.to_dict())
@@ -195,7 +222,8 @@ def diagnose(
             if result.agreement is not None:
                 typer.echo("\n" + result.agreement.summary())
             verdict = (f"STALE: {len(result.stale_layers)} of {len(result.layers)} BN layers; "
-                       f"repair with: ckptfix recalibrate {checkpoint} {data}") if result.stale else \
+                       f"repair with: ckptfix recalibrate {checkpoint} {data}"
+                       + (" and the same --model options" if model else "")) if result.stale else \
                 f"fresh: all {len(result.layers)} BN layers match the calibration data"
             typer.echo(f"\n{verdict} ({result.num_samples} samples)")
         return STALE_EXIT_CODE if result.stale else 0
@@ -211,13 +239,18 @@ def inspect(
     json_output: JsonOutput = False,
     show_all: ShowAll = False,
     verbose: Verbose = False,
+    model: Model = None,
+    num_classes: NumClasses = None,
+    model_arg: ModelArg = None,
+    input_shape: ModelInputShape = None,
+    arg_scope: ArgScope = None,
 ) -> None:
     """List every BN layer and its stored statistics; flag never-updated ones. Needs no data; exit 0."""
 
     def action() -> None:
         from ckptfix.api import inspect as run
 
-        result = run(checkpoint, meta=meta, against=against)
+        result = run(checkpoint, meta=meta, against=against, **_model_options(model, num_classes, model_arg, input_shape, arg_scope))
         if json_output:
             _print_json(result.to_dict())
             return

@@ -37,17 +37,24 @@ def _reader(prefix: Path):
 def inspect_checkpoint(checkpoint, *, meta=None, against=None) -> InspectionReport:
     """List the BN layers of ``checkpoint`` with their stored statistics and staleness flags."""
     files = locate_checkpoint(checkpoint, meta)
-    meta_graph = load_meta_graph(files.meta)
+    other = None if against is None else locate_checkpoint(against, meta=files.meta).prefix
+    return inspect_graph(
+        load_meta_graph(files.meta), files.prefix, checkpoint=str(files.prefix), meta=str(files.meta),
+        against=other, against_label=against,
+    )
+
+
+def inspect_graph(meta_graph, prefix: Path, *, checkpoint: str, meta: str, against: Path | None = None,
+                  against_label=None) -> InspectionReport:
+    """:func:`inspect_checkpoint` on a graph already loaded (``--model``, a thawed frozen graph); the statistics
+    are read from ``prefix``. ``checkpoint`` / ``meta`` label the report."""
     layers = find_batchnorm_layers(GraphIndex(meta_graph.graph_def))
     if not layers:
-        raise NoBatchNormError(f"no BatchNorm layers in {files.meta.name}: nothing to inspect.")
+        raise NoBatchNormError(f"no BatchNorm layers in {Path(meta).name}: nothing to inspect.")
     keys = checkpoint_keys(meta_graph)
-    reader = _reader(files.prefix)
+    reader = _reader(prefix)
     dtypes = reader.get_variable_to_dtype_map()
-    other = None
-    if against is not None:
-        other_files = locate_checkpoint(against, meta=files.meta)
-        other = _reader(other_files.prefix)
+    other = None if against is None else _reader(against)
     inspected = []
     for layer in layers:
         mean_key = keys.get(layer.mean_variable, layer.mean_variable)
@@ -75,4 +82,4 @@ def inspect_checkpoint(checkpoint, *, meta=None, against=None) -> InspectionRepo
                 flags=flags,
             )
         )
-    return InspectionReport(str(files.prefix), str(files.meta), None if against is None else str(against), inspected)
+    return InspectionReport(checkpoint, meta, None if against_label is None else str(against_label), inspected)
