@@ -112,6 +112,21 @@ def check_batch_moments(layer: str, moments, describe_batch: Callable[[], str]) 
         )
 
 
+def _keras_format(checkpoint, meta, model_format: str | None, tf1_only: dict) -> str | None:
+    """The Keras / TF2 format to dispatch to (docs/keras.md), or None for the TF1 path."""
+    from ckptfix.keras.formats import MODEL_FORMATS, detect_model_format
+
+    if model_format is not None and model_format not in MODEL_FORMATS:
+        raise CkptfixError(f"--model-format must be one of {', '.join(MODEL_FORMATS)} (got {model_format}).")
+    chosen = detect_model_format(checkpoint, meta) if model_format is None else model_format
+    if chosen in (None, "tf1"):
+        return None
+    given = [option for option, value in tf1_only.items() if value]
+    if given:
+        raise CkptfixError(f"{given[0]} applies to TF1 graphs only; a {chosen} model is called with training=False.")
+    return chosen
+
+
 def _progress_bar(enabled: bool, total: int | None):
     from tqdm import tqdm
 
@@ -331,6 +346,10 @@ def recalibrate(
     overwrite: bool = False,
     progress: bool = False,
     on_notice: Callable[[str], None] | None = None,
+    model_format: str | None = None,
+    model: str | Callable | None = None,
+    architecture: str | Path | None = None,
+    unsafe: bool = False,
 ) -> RecalibrationReport:
     """Recompute the moving statistics of every (selected) BN layer and write a corrected checkpoint.
 
@@ -357,6 +376,10 @@ def recalibrate(
         overwrite: replace a non-empty ``output`` folder.
         progress: show a tqdm bar on stderr.
         on_notice: called with one-line notices (preprocessing used, training-mode ops active...).
+        model_format, model, architecture, unsafe: Keras / TF2 models (docs/keras.md): the file format
+            (default: detected from ``checkpoint``), ``package.module:function`` or a callable returning the
+            built model, or a ``.keras`` / config ``.json`` architecture, for files without one; ``unsafe``
+            turns Keras' safe mode off (Lambda layers run Python stored in the file).
 
     Returns:
         A :class:`RecalibrationReport`. Raises a :class:`CkptfixError` subclass on any user error, before
@@ -364,6 +387,18 @@ def recalibrate(
     """
     _quiet.silence_tensorflow()
     _validate_options(batch_size, num_samples, estimator, preprocess)
+    keras_format = _keras_format(checkpoint, meta, model_format, {
+        "--training-flag": training_flag, "--output-tensor": output_tensor, "--allow-unsafe-ops": allow_unsafe_ops})
+    if keras_format is not None:
+        from ckptfix.keras import commands as keras_commands
+
+        return keras_commands.recalibrate(
+            checkpoint, data, output=output, overwrite=overwrite, model_format=keras_format, model=model, architecture=architecture, unsafe=unsafe,
+            batch_size=batch_size, num_samples=num_samples, shuffle=shuffle, seed=seed, input_name=input_name,
+            include=include, exclude=exclude, estimator=estimator, preprocess=preprocess,
+            agreement_samples=agreement_samples, progress=progress, on_notice=on_notice,
+            data_options=dict(image_size=image_size, central_crop=central_crop, data_format=data_format, feature=feature, strict=strict),
+        )
     files = locate_checkpoint(checkpoint, meta)
     output_dir = check_output_dir(files, Path(output) if output is not None else default_output_dir(files), overwrite)
     measured = _measure(
@@ -407,6 +442,10 @@ def diagnose(
     allow_unsafe_ops: bool = False,
     progress: bool = False,
     on_notice: Callable[[str], None] | None = None,
+    model_format: str | None = None,
+    model: str | Callable | None = None,
+    architecture: str | Path | None = None,
+    unsafe: bool = False,
 ) -> DiagnosisReport:
     """Measure how stale the stored statistics are, exactly as :func:`recalibrate` would, writing nothing.
 
@@ -415,6 +454,18 @@ def diagnose(
     """
     _quiet.silence_tensorflow()
     _validate_options(batch_size, num_samples, estimator, preprocess)
+    keras_format = _keras_format(checkpoint, meta, model_format, {
+        "--training-flag": training_flag, "--output-tensor": output_tensor, "--allow-unsafe-ops": allow_unsafe_ops})
+    if keras_format is not None:
+        from ckptfix.keras import commands as keras_commands
+
+        return keras_commands.diagnose(
+            checkpoint, data, model_format=keras_format, model=model, architecture=architecture, unsafe=unsafe,
+            batch_size=batch_size, num_samples=num_samples, shuffle=shuffle, seed=seed, input_name=input_name,
+            include=include, exclude=exclude, estimator=estimator, preprocess=preprocess,
+            agreement_samples=agreement_samples, progress=progress, on_notice=on_notice,
+            data_options=dict(image_size=image_size, central_crop=central_crop, data_format=data_format, feature=feature, strict=strict),
+        )
     files = locate_checkpoint(checkpoint, meta)
     measured = _measure(
         files, data, batch_size=batch_size, num_samples=num_samples, shuffle=shuffle, seed=seed,
@@ -427,10 +478,27 @@ def diagnose(
     return DiagnosisReport(**measured.report_fields(files, estimator))
 
 
-def inspect(checkpoint: str | Path, *, meta: str | Path | None = None, against: str | Path | None = None) -> InspectionReport:
+def inspect(
+    checkpoint: str | Path,
+    *,
+    meta: str | Path | None = None,
+    against: str | Path | None = None,
+    model_format: str | None = None,
+    model: str | Callable | None = None,
+    architecture: str | Path | None = None,
+    unsafe: bool = False,
+) -> InspectionReport:
     """List every BN layer of ``checkpoint`` with its stored statistics and staleness flags; needs no data.
 
     ``against``: another checkpoint (e.g. the pretrained one) whose identical statistics are flagged.
+    ``model_format``, ``model``, ``architecture``, ``unsafe``: Keras / TF2 files, as for :func:`recalibrate`.
     """
     _quiet.silence_tensorflow()
+    keras_format = _keras_format(checkpoint, meta, model_format, {})
+    if keras_format is not None:
+        from ckptfix.keras import commands as keras_commands
+
+        return keras_commands.inspect(
+            checkpoint, model_format=keras_format, against=against, model=model, architecture=architecture, unsafe=unsafe
+        )
     return inspect_checkpoint(checkpoint, meta=meta, against=against)
