@@ -173,7 +173,7 @@ def _verifier(measured: _KerasMeasurement, unsafe: bool) -> Callable[[Path], Non
         fmt = source.model_format
         if fmt == "keras" or (fmt == "h5" and source.loader == "keras.models.load_model"):
             reloaded = keras.saving.load_model(str(staged), compile=False, safe_mode=not unsafe).weights
-        elif fmt == "savedmodel" and source.loader == "tf_keras.models.load_model":
+        elif source.loader == "tf_keras.models.load_model":
             import tf_keras
 
             reloaded = tf_keras.models.load_model(str(staged), compile=False, safe_mode=not unsafe).weights

@@ -59,8 +59,9 @@ def _checkpoint_prefix(path: Path) -> Path | None:
 
     if path.is_dir():
         state = path / "checkpoint"
-        if not state.is_file():
-            return None
+        if not state.is_file():  # tf.train.Checkpoint.write() leaves no state file: a lone prefix is meant
+            indexes = sorted(path.glob("*.index"))
+            return indexes[0].with_suffix("") if len(indexes) == 1 else None
         match = re.search(r'^model_checkpoint_path:\s*"(.*)"\s*$', state.read_text(), re.MULTILINE)
         if not match:
             return None
@@ -115,6 +116,23 @@ def _keras_load(path: Path, unsafe: bool):
     except (ValueError, TypeError, KeyError, OSError) as error:
         _check_safe(error, str(path))
         raise CheckpointError(f"Keras cannot load {path}: {str(error).strip().splitlines()[0]}") from None
+
+
+def _has_tf_keras() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tf_keras") is not None
+
+
+def _tf_keras_load(path: Path, unsafe: bool):
+    """A Keras 2-era file with the Keras 2 code (tf_keras): its layers keep their own semantics (fused BN)."""
+    import tf_keras
+
+    try:
+        return tf_keras.models.load_model(str(path), compile=False, safe_mode=not unsafe)
+    except (ValueError, TypeError, KeyError, OSError) as error:
+        _check_safe(error, str(path))
+        raise CheckpointError(f"tf_keras cannot load {path}: {str(error).strip().splitlines()[0]}") from None
 
 
 def _from_function(model) -> object:
@@ -243,10 +261,12 @@ def load_source(checkpoint, model_format: str, *, model=None, architecture=None,
             except (ValueError, KeyError, OSError) as error:
                 raise CheckpointError(f"{path} does not fit the model from --model/--architecture: {str(error).splitlines()[0]}") from None
             loaded, loader = built, "model.load_weights"
+        elif version and version.startswith(("1.", "2.")) and _has_tf_keras():
+            loaded, loader = _tf_keras_load(path, unsafe), "tf_keras.models.load_model"
         else:
             loaded, loader = _keras_load(path, unsafe), "keras.models.load_model"
         conventions = {}
-        if version and version.startswith(("1.", "2.")) and config_text is not None:
+        if loader == "keras.models.load_model" and version and version.startswith(("1.", "2.")):
             conventions = _legacy_conventions(json.loads(config_text), loaded)
         return KerasSource("h5", path, loaded, legacy_bessel=conventions, keras_version=version, loader=loader)
     if model_format == "tf-checkpoint":
@@ -289,13 +309,7 @@ def _load_savedmodel(path: Path, model, architecture, unsafe: bool) -> KerasSour
             "writes only the serving functions): pass the .keras or .weights.h5 file you exported it from, or "
             "--model package.module:function building the same model."
         )
-    try:
-        import tf_keras
-    except ImportError:
-        raise CkptfixError(f"SavedModel {path} was written by tf_keras: install tf_keras to load it.") from None
-    try:
-        loaded = tf_keras.models.load_model(str(path), compile=False, safe_mode=not unsafe)
-    except (ValueError, TypeError, KeyError, OSError) as error:
-        _check_safe(error, str(path))
-        raise CheckpointError(f"tf_keras cannot load {path}: {str(error).strip().splitlines()[0]}") from None
+    if not _has_tf_keras():
+        raise CkptfixError(f"SavedModel {path} was written by tf_keras: install tf_keras to load it.")
+    loaded = _tf_keras_load(path, unsafe)
     return KerasSource("savedmodel", path, loaded, prefix=prefix, loader="tf_keras.models.load_model")

@@ -182,9 +182,10 @@ def check_keys(source: KerasSource, keys: Mapping[int, str], variables: list) ->
         for variable in variables:
             key = keys.get(id(variable))
             if key is None or not stored.has(key):
+                name = getattr(variable, "path", None) or variable.name
                 raise CheckpointError(
-                    f"cannot find where {source.path} stores {variable.path if hasattr(variable, 'path') else variable.name}: "
-                    "this file layout is not supported; nothing was written."
+                    f"{source.path} holds no value for the model's weight {name}: pass the model it was saved from "
+                    "(a Keras 3 model nested in another is not tracked by tf.train.Checkpoint: save .weights.h5 instead)."
                 )
             value = np.asarray(variable.numpy())
             saved = stored.get(key)

@@ -107,3 +107,29 @@ def _all_layers(model):
     from ckptfix.keras.batchnorm import walk_layers
 
     return [layer for _, layer in walk_layers(model)]
+
+
+def mini_xception(tf_keras, seed: int = 0):
+    """A Keras 2-era mini-Xception (tf_keras): conv stem, a residual block of separable convolutions,
+    global pooling and a softmax-free head."""
+    tf_keras.utils.set_random_seed(seed)
+    layers = tf_keras.layers
+    inputs = tf_keras.Input((SIZE, SIZE, 3), name="images")
+    x = layers.Conv2D(8, 3, padding="same", use_bias=False, name="stem_conv")(inputs)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.Activation("relu")(x)
+    residual = layers.Conv2D(16, 1, strides=2, padding="same", use_bias=False, name="shortcut_conv")(x)
+    residual = layers.BatchNormalization(name="shortcut_bn")(residual)
+    x = layers.SeparableConv2D(16, 3, padding="same", use_bias=False, name="sep1")(x)
+    x = layers.BatchNormalization(name="sep1_bn")(x)
+    x = layers.Activation("relu")(x)
+    x = layers.SeparableConv2D(16, 3, padding="same", use_bias=False, name="sep2")(x)
+    x = layers.BatchNormalization(name="sep2_bn")(x)
+    x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
+    x = layers.Add()([x, residual])
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dense(16, name="fc")(x)
+    x = layers.BatchNormalization(name="fc_bn")(x)  # 2-D input: tf_keras runs it non-fused (biased variance)
+    x = layers.Activation("relu")(x)
+    outputs = layers.Dense(CLASSES, name="logits")(x)
+    return tf_keras.Model(inputs, outputs, name="mini_xception")
