@@ -27,9 +27,8 @@ class KerasBatchNorm:
 
     @property
     def kind(self) -> str:
-        library = "tf_keras" if is_tf_keras(self.layer) else "keras"
-        fused = " (fused)" if self.bessel else ""
-        return f"{library}.{type(self.layer).__name__}{fused}"
+        """``fused`` (tf_keras' fused kernel, Bessel-corrected moving variance) or ``non-fused``, as for TF1."""
+        return "fused" if self.bessel else "non-fused"
 
     @property
     def channel_axes(self) -> list[int]:

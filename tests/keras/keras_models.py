@@ -91,16 +91,21 @@ def train_skipping_updates(keras, model, x, y, steps: int, lr: float = 0.01, bat
 
     optimizer = keras.optimizers.Adam(lr)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    rng = np.random.default_rng(0)
-    for _ in range(steps):
-        index = rng.choice(len(x), batch, replace=False)
+    optimizer.build(model.trainable_variables)
+
+    @tf.function
+    def step(images, labels):
         with tf.GradientTape() as tape:
             trainable = [v.value for v in model.trainable_variables]
             non_trainable = [v.value for v in model.non_trainable_variables]
-            logits, _updated_state = model.stateless_call(trainable, non_trainable, x[index], training=True)
-            loss = loss_fn(y[index], logits)
-        gradients = tape.gradient(loss, trainable)
-        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+            logits, _updated_state = model.stateless_call(trainable, non_trainable, images, training=True)
+            loss = loss_fn(labels, logits)
+        optimizer.apply_gradients(zip(tape.gradient(loss, trainable), model.trainable_variables))
+
+    rng = np.random.default_rng(0)
+    for _ in range(steps):
+        index = rng.choice(len(x), batch, replace=False)
+        step(x[index], y[index])
 
 
 def _all_layers(model):
@@ -133,3 +138,22 @@ def mini_xception(tf_keras, seed: int = 0):
     x = layers.Activation("relu")(x)
     outputs = layers.Dense(CLASSES, name="logits")(x)
     return tf_keras.Model(inputs, outputs, name="mini_xception")
+
+
+def functional_keras3():
+    """``--model keras_models:functional_keras3``: the nested Keras 3 model, freshly built."""
+    import keras
+
+    return functional_model(keras)
+
+
+def flat_keras3():
+    import keras
+
+    return functional_model(keras, nested=False)
+
+
+def xception_tf_keras():
+    import tf_keras
+
+    return mini_xception(tf_keras)
