@@ -28,7 +28,7 @@ app = typer.Typer(
 )
 
 # Options shared by several commands, declared once.
-Checkpoint = Annotated[str, typer.Argument(help="Checkpoint prefix, folder with a 'checkpoint' file, or one of its files.")]
+Checkpoint = Annotated[str, typer.Argument(help="Checkpoint prefix, folder with a 'checkpoint' file, or one of its files; or a Keras .keras/.h5/.weights.h5 file, TF2 checkpoint or SavedModel.")]
 Data = Annotated[Path, typer.Argument(help="Folder or file of calibration samples: images, .npy/.npz, or TFRecords.")]
 Meta = Annotated[Optional[Path], typer.Option(help="The .meta graph, if not beside the checkpoint.")]
 BatchSize = Annotated[int, typer.Option(help="Samples per forward pass.")]
@@ -53,6 +53,11 @@ JsonOutput = Annotated[bool, typer.Option("--json", help="Print the report as JS
 ShowAll = Annotated[bool, typer.Option("--all", help="Show every layer (long lists are truncated otherwise).")]
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar on stderr.")]
 Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="Show TensorFlow's own log output.")]
+# Keras / TF2 models (docs/keras.md). --model-format, not --format: --format picks the calibration data kind.
+ModelFormat = Annotated[Optional[str], typer.Option(help="keras, h5, weights-h5, tf-checkpoint, savedmodel or tf1 (default: detected from CKPT).")]
+ModelBuilder = Annotated[Optional[str], typer.Option("--model", help="package.module:function returning the built Keras model (runs your code), for files without an architecture.")]
+Architecture = Annotated[Optional[Path], typer.Option(help="A .keras file or model config .json giving the architecture, for files without one.")]
+Unsafe = Annotated[bool, typer.Option("--unsafe", help="Turn Keras' safe mode off: load Lambda layers holding Python code (trust the file).")]
 
 
 def _notice(message: str) -> None:
@@ -90,7 +95,7 @@ def _write_json(path: Path, content: dict) -> None:
 def recalibrate(
     checkpoint: Checkpoint,
     data: Data,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output folder (default: <checkpoint folder>-recalibrated).")] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output folder (default: <checkpoint folder>-recalibrated); a file for .keras/.h5/.weights.h5 (default: <name>-recalibrated.<ext>).")] = None,
     meta: Meta = None,
     batch_size: BatchSize = 32,
     num_samples: NumSamples = None,
@@ -111,6 +116,10 @@ def recalibrate(
     agreement_samples: AgreementSamples = 256,
     allow_unsafe_ops: AllowUnsafeOps = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
+    model_format: ModelFormat = None,
+    model: ModelBuilder = None,
+    architecture: Architecture = None,
+    unsafe: Unsafe = False,
     report: Annotated[Optional[Path], typer.Option(help="Also write the report as JSON to this file.")] = None,
     json_output: JsonOutput = False,
     show_all: ShowAll = True,
@@ -128,6 +137,7 @@ def recalibrate(
             exclude=exclude, estimator=estimator, preprocess=preprocess, output_tensor=output_tensor,
             agreement_samples=agreement_samples, allow_unsafe_ops=allow_unsafe_ops, overwrite=overwrite, progress=progress, on_notice=_notice,
             image_size=image_size, central_crop=central_crop, data_format=data_format, feature=feature, strict=strict,
+            model_format=model_format, model=model, architecture=architecture, unsafe=unsafe,
         )
         if report is not None:
             _write_json(report, result.to_dict())
@@ -171,6 +181,10 @@ def diagnose(
     output_tensor: OutputTensor = None,
     agreement_samples: AgreementSamples = 256,
     allow_unsafe_ops: AllowUnsafeOps = False,
+    model_format: ModelFormat = None,
+    model: ModelBuilder = None,
+    architecture: Architecture = None,
+    unsafe: Unsafe = False,
     json_output: JsonOutput = False,
     show_all: ShowAll = False,
     progress: Progress = True,
@@ -187,6 +201,7 @@ def diagnose(
             estimator=estimator, preprocess=preprocess, output_tensor=output_tensor,
             agreement_samples=agreement_samples, allow_unsafe_ops=allow_unsafe_ops, progress=progress, on_notice=_notice,
             image_size=image_size, central_crop=central_crop, data_format=data_format, feature=feature, strict=strict,
+            model_format=model_format, model=model, architecture=architecture, unsafe=unsafe,
         )
         if json_output:
             _print_json(result.to_dict())
@@ -208,6 +223,10 @@ def inspect(
     checkpoint: Checkpoint,
     meta: Meta = None,
     against: Annotated[Optional[str], typer.Option(help="Another checkpoint (e.g. the pretrained one): flag statistics identical to it.")] = None,
+    model_format: ModelFormat = None,
+    model: ModelBuilder = None,
+    architecture: Architecture = None,
+    unsafe: Unsafe = False,
     json_output: JsonOutput = False,
     show_all: ShowAll = False,
     verbose: Verbose = False,
@@ -217,7 +236,8 @@ def inspect(
     def action() -> None:
         from ckptfix.api import inspect as run
 
-        result = run(checkpoint, meta=meta, against=against)
+        result = run(checkpoint, meta=meta, against=against, model_format=model_format, model=model,
+                     architecture=architecture, unsafe=unsafe)
         if json_output:
             _print_json(result.to_dict())
             return

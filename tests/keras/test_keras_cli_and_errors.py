@@ -1,0 +1,124 @@
+"""Keras formats through real `ckptfix` subprocesses, and the errors a user can meet: safe mode and Lambda
+layers, a Keras 3 export without the Keras model, files without an architecture, bad outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ckptfix
+import keras_models as km
+from ckptfix.errors import CheckpointError, CkptfixError, OutputError
+from diagnostics.schema import validate_report
+
+HERE = Path(__file__).parent
+
+
+def run_cli(*args) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.environ.get("PYTHONPATH", ""), str(HERE)])}
+    return subprocess.run([sys.executable, "-m", "ckptfix", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def _digest(path: Path) -> str:
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()
+
+
+def test_cli_recalibrate_and_diagnose_keras_archive(keras_frozen, tmp_path):
+    source = keras_frozen.files["keras"]
+    before = _digest(source)
+    diagnosed = run_cli("diagnose", source, keras_frozen.calibration, "--json", "--no-progress")
+    assert diagnosed.returncode == 3, diagnosed.stderr
+    assert json.loads(diagnosed.stdout)["model_format"] == "keras"
+
+    output = tmp_path / "fixed.keras"
+    result = run_cli("recalibrate", source, keras_frozen.calibration, "-o", output, "--report", tmp_path / "r.json")
+    assert result.returncode == 0, result.stderr
+    assert "bn1" in result.stdout and "block/bn2" in result.stdout and f"wrote {output}" in result.stdout
+    assert "Traceback" not in result.stderr and "I0000" not in result.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    validate_report(report)
+    assert report["layers"][0]["mean_key"] == "layers/batch_normalization/vars/2"
+    assert _digest(source) == before  # the input is untouched
+    again = run_cli("recalibrate", source, keras_frozen.calibration, "-o", output)
+    assert again.returncode == 1 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_cli_weights_only_file_takes_model_or_architecture(keras_skipped, keras_frozen, tmp_path):
+    source = keras_skipped.files["tf-checkpoint"]
+    missing = run_cli("recalibrate", source, keras_skipped.calibration, "-o", tmp_path / "a")
+    assert missing.returncode == 1 and "--model package.module:function" in missing.stderr
+    assert not (tmp_path / "a").exists()
+    result = run_cli("recalibrate", source.parent, keras_skipped.calibration, "-o", tmp_path / "b",
+                     "--model", "keras_models:flat_keras3", "--model-format", "tf-checkpoint", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "b" / "ckpt-1.index").is_file()
+    # --architecture: the frozen model's .keras file describes the same nested architecture
+    weights = keras_frozen.files["weights-h5"]
+    report = ckptfix.recalibrate(weights, keras_frozen.calibration, output=tmp_path / "c.weights.h5",
+                                 architecture=keras_frozen.files["keras"])
+    assert report.model_format == "weights-h5" and (tmp_path / "c.weights.h5").is_file()
+
+
+@pytest.fixture(scope="module")
+def lambda_model(tmp_path_factory):
+    import keras
+
+    folder = tmp_path_factory.mktemp("lambda")
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((km.SIZE, km.SIZE, 3))
+    x = keras.layers.Lambda(lambda t: t * 2.0 - 1.0)(inputs)
+    x = keras.layers.Conv2D(4, 3)(x)
+    x = keras.layers.BatchNormalization()(x)
+    outputs = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x))
+    path = folder / "lambda.keras"
+    keras.Model(inputs, outputs).save(path)
+    data = folder / "data.npy"
+    np.save(data, km.images(64)[0])
+    return path, data
+
+
+def test_safe_mode_refuses_lambda_without_unsafe(lambda_model, tmp_path):
+    path, data = lambda_model
+    with pytest.raises(CkptfixError, match="--unsafe"):
+        ckptfix.recalibrate(path, data, output=tmp_path / "x.keras")
+    assert not (tmp_path / "x.keras").exists()
+    refused = run_cli("recalibrate", path, data, "-o", tmp_path / "y.keras")
+    assert refused.returncode == 1 and "--unsafe" in refused.stderr and "Traceback" not in refused.stderr
+    report = ckptfix.recalibrate(path, data, output=tmp_path / "z.keras", unsafe=True)
+    assert Path(report.output_checkpoint).is_file()
+
+
+def test_keras3_export_without_keras_model_names_the_file_to_pass(keras_frozen, tmp_path):
+    import keras
+
+    model = keras.saving.load_model(keras_frozen.files["keras"])
+    model.export(str(tmp_path / "exported"))
+    with pytest.raises(CheckpointError, match=r"\.keras or \.weights\.h5"):
+        ckptfix.recalibrate(tmp_path / "exported", keras_frozen.calibration, output=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_must_not_be_the_input(keras_frozen, keras2_xception, tmp_path):
+    source = keras_frozen.files["keras"]
+    before = _digest(source)
+    with pytest.raises(OutputError, match="input"):
+        ckptfix.recalibrate(source, keras_frozen.calibration, output=source, overwrite=True)
+    with pytest.raises(OutputError, match="input"):
+        ckptfix.recalibrate(keras2_xception.files["savedmodel"], keras2_xception.calibration,
+                            output=keras2_xception.files["savedmodel"] / "inner", overwrite=True)
+    with pytest.raises(OutputError, match=r"\*\.keras"):
+        ckptfix.recalibrate(source, keras_frozen.calibration, output=tmp_path / "fixed.h5")
+    assert _digest(source) == before
+    with pytest.raises(CkptfixError, match="--training-flag"):
+        ckptfix.recalibrate(source, keras_frozen.calibration, training_flag="is_training")
+    with pytest.raises(CkptfixError, match="--model-format must be one of"):
+        ckptfix.recalibrate(source, keras_frozen.calibration, model_format="onnx")
