@@ -1,0 +1,49 @@
+"""A subclassed Keras 3 model whose BN layer is synchronized and frozen (trainable=False): found through
+its attributes, measured on batch statistics anyway, checked against numpy on the BN input."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import ckptfix
+import keras_models as km
+
+
+def _subclassed():
+    import keras
+
+    class Net(keras.Model):
+        def __init__(self) -> None:
+            super().__init__(name="net")
+            self.conv = keras.layers.Conv2D(8, 3, padding="same", name="conv")
+            self.bn = keras.layers.BatchNormalization(synchronized=True, name="bn")
+            self.bn.trainable = False
+            self.head = keras.layers.Dense(km.CLASSES, name="head")
+
+        def call(self, x, training=None):
+            x = keras.ops.relu(self.bn(self.conv(x), training=training))
+            return self.head(keras.ops.mean(x, axis=(1, 2)))
+
+    keras.utils.set_random_seed(0)
+    model = Net()
+    model(np.zeros((1, km.SIZE, km.SIZE, 3), np.float32))
+    return model
+
+
+def test_subclassed_synchronized_frozen_bn(tmp_path):
+    model = _subclassed()
+    model.save_weights(tmp_path / "net.weights.h5")
+    x = km.images(200, km.DOMAIN_B, 4)[0]
+    report = ckptfix.recalibrate(tmp_path / "net.weights.h5", x, model=_subclassed, batch_size=64, shuffle=False,
+                                 output=tmp_path / "fixed.weights.h5")
+    assert [layer.name for layer in report.layers] == ["bn"] and report.num_samples == 200
+    conv_output = np.asarray(model.conv(x), np.float64).reshape(-1, 8)
+    np.testing.assert_allclose(report.layers[0].new_mean, conv_output.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(report.layers[0].new_variance, conv_output.var(0), rtol=1e-5)
+    assert report.agreement.top1_after == 1.0
+    repaired = _subclassed()
+    repaired.load_weights(tmp_path / "fixed.weights.h5")
+    np.testing.assert_array_equal(repaired.bn.moving_variance.numpy(), report.layers[0].new_variance.astype(np.float32))
+    assert repaired.bn.trainable is False
+    km.batch_statistics_accuracy(model, x, np.zeros(len(x), np.int64))  # patches and restores bn.call
+    assert "call" not in model.bn.__dict__ and np.all(model.bn.moving_mean.numpy() == 0)  # nothing left behind
