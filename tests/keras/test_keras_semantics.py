@@ -47,3 +47,31 @@ def test_subclassed_synchronized_frozen_bn(tmp_path):
     assert repaired.bn.trainable is False
     km.batch_statistics_accuracy(model, x, np.zeros(len(x), np.int64))  # patches and restores bn.call
     assert "call" not in model.bn.__dict__ and np.all(model.bn.moving_mean.numpy() == 0)  # nothing left behind
+
+
+def test_keras2_h5_loaded_into_keras3_keeps_keras2_conventions(tmp_path, monkeypatch):
+    """Without tf_keras, a Keras 2-era .h5 is loaded by Keras 3's legacy loader; the variance convention
+    still follows what tf.keras 2 ran: fused (Bessel) for the conv BN, biased for the dense BN."""
+    import keras
+    import tf_keras
+
+    from ckptfix.keras import formats
+
+    tf_keras.utils.set_random_seed(0)
+    inputs = tf_keras.Input((km.SIZE, km.SIZE, 3))
+    x = tf_keras.layers.Conv2D(8, 3, use_bias=False, name="conv")(inputs)
+    x = tf_keras.layers.BatchNormalization(name="conv_bn")(x)
+    x = tf_keras.layers.GlobalAveragePooling2D()(x)
+    x = tf_keras.layers.BatchNormalization(name="dense_bn")(tf_keras.layers.Dense(6, name="fc")(x))
+    tf_keras.Model(inputs, tf_keras.layers.Dense(2, name="logits")(x)).save(tmp_path / "keras2.h5")
+
+    monkeypatch.setattr(formats, "_has_tf_keras", lambda: False)
+    x = km.images(128, km.DOMAIN_B, 5)[0]
+    report = ckptfix.recalibrate(tmp_path / "keras2.h5", x, batch_size=128, output=tmp_path / "fixed.h5")
+    conventions = {layer.name: (layer.kind, layer.variance_convention) for layer in report.layers}
+    assert conventions == {"conv_bn": ("fused", "bessel"), "dense_bn": ("non-fused", "biased")}
+    model = keras.saving.load_model(tmp_path / "fixed.h5")
+    conv = np.asarray(model.get_layer("conv")(x), np.float64).reshape(-1, 8)
+    np.testing.assert_allclose(report.layers[0].new_variance, conv.var(0, ddof=1), rtol=1e-5)
+    np.testing.assert_array_equal(model.get_layer("conv_bn").moving_variance.numpy(),
+                                  report.layers[0].new_variance.astype(np.float32))
