@@ -306,8 +306,8 @@ def _load_savedmodel(path: Path, model, architecture, unsafe: bool) -> KerasSour
     if not (path / "keras_metadata.pb").is_file():
         raise CheckpointError(
             f"SavedModel {path} does not keep the Keras model (no keras_metadata.pb; Keras 3 model.export() "
-            "writes only the serving functions): pass the .keras or .weights.h5 file you exported it from, or "
-            "--model package.module:function building the same model."
+            "writes only the serving functions): pass the .keras or .weights.h5 file you exported it from "
+            "(or, for tf.saved_model.save(model), --model package.module:function building the same model)."
         )
     if not _has_tf_keras():
         raise CkptfixError(f"SavedModel {path} was written by tf_keras: install tf_keras to load it.")

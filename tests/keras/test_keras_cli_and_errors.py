@@ -97,14 +97,26 @@ def test_safe_mode_refuses_lambda_without_unsafe(lambda_model, tmp_path):
     assert Path(report.output_checkpoint).is_file()
 
 
-def test_keras3_export_without_keras_model_names_the_file_to_pass(keras_frozen, tmp_path):
+def test_keras3_savedmodels(keras_skipped, tmp_path):
+    """model.export() keeps no Keras model: refused, naming the file to pass. tf.saved_model.save(model)
+    keeps the model's object graph: repaired with --model, only the statistics tensors changed."""
     import keras
+    import tensorflow as tf
 
-    model = keras.saving.load_model(keras_frozen.files["keras"])
+    model = km.flat_keras3()
+    model.load_weights(keras_skipped.files["weights-h5"])
     model.export(str(tmp_path / "exported"))
     with pytest.raises(CheckpointError, match=r"\.keras or \.weights\.h5"):
-        ckptfix.recalibrate(tmp_path / "exported", keras_frozen.calibration, output=tmp_path / "out")
+        ckptfix.recalibrate(tmp_path / "exported", keras_skipped.calibration, output=tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+    tf.saved_model.save(model, str(tmp_path / "saved"))
+    report = ckptfix.recalibrate(tmp_path / "saved", keras_skipped.calibration, model=km.flat_keras3,
+                                 output=tmp_path / "fixed")
+    reader = tf.train.load_checkpoint(str(tmp_path / "fixed" / "variables" / "variables"))
+    for layer in report.layers:
+        np.testing.assert_array_equal(reader.get_tensor(layer.variance_key), layer.new_variance.astype(np.float32))
+    assert isinstance(model, keras.Model) and tf.saved_model.load(str(tmp_path / "fixed")) is not None
 
 
 def test_output_must_not_be_the_input(keras_frozen, keras2_xception, tmp_path):
