@@ -61,7 +61,8 @@ def _load(checkpoint, model_format, model, architecture, unsafe, include, exclud
     return source, found, layers, keys
 
 
-def _stored(layers: list[KerasBatchNorm]) -> dict[str, np.ndarray]:
+def _stored(layers: list[KerasBatchNorm]) -> dict[int, np.ndarray]:
+    """Each statistics variable's loaded value (float64, flat), by id(variable)."""
     values = {}
     for bn in layers:
         for variable in (bn.mean_variable, bn.variance_variable):
