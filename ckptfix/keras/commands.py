@@ -102,7 +102,7 @@ def _measure(
                     pooled[name].add(moment)
             if num_seen < agreement_samples:
                 kept.append(batch[: agreement_samples - num_seen])
-                batch_outputs.append(outputs[: agreement_samples - num_seen])
+                batch_outputs.append(outputs.numpy()[: agreement_samples - num_seen])
             num_seen += len(batch)
             num_batches += 1
             bar.update(len(batch))

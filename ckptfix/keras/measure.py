@@ -79,7 +79,10 @@ def first_output(outputs):
 
 
 class BatchStatisticsForward:
-    """``run(batch)`` -> ``{layer name: [BatchMoments, ...]}`` and the model's (first) output, in one call."""
+    """``run(batch)`` -> ``{layer name: [BatchMoments, ...]}`` and the model's (first) output, in one call.
+
+    Only the per-channel vectors are copied to the host for every batch; the output stays on the device
+    unless the caller keeps it (the agreement check's first batches)."""
 
     def __init__(self, model, layers: list[KerasBatchNorm]) -> None:
         import tensorflow as tf
@@ -95,7 +98,8 @@ class BatchStatisticsForward:
 
         self._forward = tf.function(forward, reduce_retracing=True)
 
-    def run(self, batch: np.ndarray) -> tuple[dict[str, list[BatchMoments]], np.ndarray]:
+    def run(self, batch: np.ndarray) -> tuple[dict[str, list[BatchMoments]], object]:
+        """Per-layer moments (host) and the output tensor (left on the device; ``.numpy()`` it if needed)."""
         with batch_statistics(self._layers, self._recorded):
             outputs, moments = self._forward(batch)
         unused = [name for name in self._names if not moments[name]]
@@ -105,7 +109,7 @@ class BatchStatisticsForward:
             name: [BatchMoments(int(count), mean.numpy(), m2.numpy()) for count, mean, m2 in calls]
             for name, calls in moments.items()
         }
-        return per_layer, outputs.numpy()
+        return per_layer, outputs
 
 
 class InferenceForward:

@@ -48,14 +48,14 @@ def test_cli_recalibrate_and_diagnose_keras_archive(keras_frozen, tmp_path):
     validate_report(report)
     assert report["layers"][0]["mean_key"] == "layers/batch_normalization/vars/2"
     assert _digest(source) == before  # the input is untouched
-    again = run_cli("recalibrate", source, keras_frozen.calibration, "-o", output)
-    assert again.returncode == 1 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
+    with pytest.raises(OutputError, match="--overwrite"):
+        ckptfix.recalibrate(source, keras_frozen.calibration, output=output)
 
 
 def test_cli_weights_only_file_takes_model_or_architecture(keras_skipped, keras_frozen, tmp_path):
     source = keras_skipped.files["tf-checkpoint"]
-    missing = run_cli("recalibrate", source, keras_skipped.calibration, "-o", tmp_path / "a")
-    assert missing.returncode == 1 and "--model package.module:function" in missing.stderr
+    with pytest.raises(CkptfixError, match="--model package.module:function"):
+        ckptfix.recalibrate(source, keras_skipped.calibration, output=tmp_path / "a")
     assert not (tmp_path / "a").exists()
     result = run_cli("recalibrate", source.parent, keras_skipped.calibration, "-o", tmp_path / "b",
                      "--model", "keras_models:flat_keras3", "--model-format", "tf-checkpoint", "--no-progress")
