@@ -198,3 +198,11 @@ def test_diagnose_and_inspect_keras_archive(keras_frozen, tmp_path):
     assert against.flagged == []
     same = ckptfix.inspect(keras_frozen.files["keras"], against=keras_frozen.files["keras"])
     assert all("same-as-against" in layer.flags for layer in same.layers)
+
+
+def test_exclude_leaves_a_layer_untouched(keras_frozen, tmp_path):
+    source = keras_frozen.files["keras"]
+    report = _recalibrate(source, keras_frozen.calibration, tmp_path, "partial.keras", exclude="axis1|plain")
+    assert [layer.name for layer in report.layers] == ["bn1", "block/bn2"]
+    assert report.untouched_layers == ["bn_axis1", "bn_plain"]
+    _assert_only_statistics_changed(report, source, tmp_path / "partial.keras", "keras")
