@@ -108,6 +108,53 @@ def _check_safe(error: Exception, what: str) -> None:
         ) from None
 
 
+def _python_lambdas(config) -> list[str]:
+    """Names of the Lambda layers in a (Keras 2 style) config whose function is stored as Python bytecode."""
+    found = []
+    if isinstance(config, dict):
+        inner = config.get("config")
+        if config.get("class_name") == "Lambda" and isinstance(inner, dict):
+            function = inner.get("function")
+            kind = function.get("class_name") if isinstance(function, dict) else None
+            if kind in ("__lambda__", "function"):  # Keras 3: bytecode, or a function named by module + name
+                bytecode = kind == "__lambda__"
+            else:  # Keras 2: "function_type" "lambda" (marshalled bytecode) or "function" (module + name)
+                bytecode = inner.get("function_type", "lambda") == "lambda"
+            if bytecode:
+                found.append(str(inner.get("name", "lambda")))
+        for value in config.values():
+            found += _python_lambdas(value)
+    elif isinstance(config, list):
+        for value in config:
+            found += _python_lambdas(value)
+    return found
+
+
+def _refuse_python_lambdas(configs: list, what: str, unsafe: bool) -> None:
+    """tf_keras' legacy .h5 and SavedModel loaders unmarshal Lambda bytecode even in safe mode: check first."""
+    names = [name for config in configs for name in _python_lambdas(config)]
+    if names and not unsafe:
+        raise UnsafeModelError(
+            f"{what} has a Lambda layer holding Python code ({names[0]}), which safe mode does not load: "
+            "pass --unsafe (unsafe=True) if you trust the file."
+        )
+
+
+def _savedmodel_configs(path: Path) -> list:
+    """The layer configs a tf_keras SavedModel's keras_metadata.pb records (JSON per saved object)."""
+    from tf_keras.protobuf import saved_metadata_pb2
+
+    metadata = saved_metadata_pb2.SavedMetadata()
+    metadata.ParseFromString((path / "keras_metadata.pb").read_bytes())
+    configs = []
+    for node in metadata.nodes:
+        try:
+            configs.append(json.loads(node.metadata))
+        except ValueError:
+            continue
+    return configs
+
+
 def _keras_load(path: Path, unsafe: bool):
     import keras
 
@@ -254,6 +301,8 @@ def load_source(checkpoint, model_format: str, *, model=None, architecture=None,
         with _h5_file(path) as h5:
             config_text = _attribute(h5, "model_config")
             version = _attribute(h5, "keras_version") or (_attribute(h5["model_weights"], "keras_version") if "model_weights" in h5 else None)
+        if config_text is not None:
+            _refuse_python_lambdas([json.loads(config_text)], str(path), unsafe)
         if config_text is None:
             built = _weights_only_model(model, architecture, unsafe, path, "a legacy weights-only .h5 file")
             try:
@@ -311,5 +360,6 @@ def _load_savedmodel(path: Path, model, architecture, unsafe: bool) -> KerasSour
         )
     if not _has_tf_keras():
         raise CkptfixError(f"SavedModel {path} was written by tf_keras: install tf_keras to load it.")
+    _refuse_python_lambdas(_savedmodel_configs(path), f"SavedModel {path}", unsafe)
     loaded = _tf_keras_load(path, unsafe)
     return KerasSource("savedmodel", path, loaded, prefix=prefix, loader="tf_keras.models.load_model")

@@ -134,3 +134,23 @@ def test_output_must_not_be_the_input(keras_frozen, keras2_xception, tmp_path):
         ckptfix.recalibrate(source, keras_frozen.calibration, training_flag="is_training")
     with pytest.raises(CkptfixError, match="--model-format must be one of"):
         ckptfix.recalibrate(source, keras_frozen.calibration, model_format="onnx")
+
+
+def test_safe_mode_checks_keras2_files_itself(tmp_path):
+    """tf_keras' .h5 and SavedModel loaders unmarshal a Lambda's bytecode even with safe_mode=True: ckptfix
+    refuses such files itself, before loading, unless unsafe."""
+    import tf_keras
+
+    inputs = tf_keras.Input((km.SIZE, km.SIZE, 3))
+    x = tf_keras.layers.Lambda(lambda t: t * 2.0)(inputs)
+    x = tf_keras.layers.BatchNormalization()(tf_keras.layers.Conv2D(4, 3)(x))
+    model = tf_keras.Model(inputs, tf_keras.layers.Dense(2)(tf_keras.layers.GlobalAveragePooling2D()(x)))
+    model.save(tmp_path / "lambda.h5")
+    model.save(tmp_path / "lambda_savedmodel", save_format="tf")
+    data = km.images(64)[0]
+    for path in (tmp_path / "lambda.h5", tmp_path / "lambda_savedmodel"):
+        with pytest.raises(CkptfixError, match="--unsafe"):
+            ckptfix.recalibrate(path, data, output=tmp_path / f"refused-{path.name}")
+        assert not (tmp_path / f"refused-{path.name}").exists()
+    report = ckptfix.recalibrate(tmp_path / "lambda.h5", data, output=tmp_path / "fixed.h5", unsafe=True)
+    assert report.model_format == "h5" and (tmp_path / "fixed.h5").is_file()
