@@ -215,6 +215,7 @@ def _from_architecture(architecture: Path, unsafe: bool):
         from keras.src.saving import serialization_lib
 
         config = json.loads(architecture.read_text())
+        _refuse_python_lambdas([config], f"--architecture {architecture}", unsafe)
         with serialization_lib.SafeModeScope(not unsafe):
             return keras.models.model_from_json(json.dumps(config))
     except (ValueError, TypeError, KeyError) as error:
