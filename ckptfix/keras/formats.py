@@ -100,6 +100,11 @@ def detect_model_format(checkpoint, meta=None) -> str | None:
     return "tf-checkpoint" if _is_object_checkpoint(prefix) else None
 
 
+def _first_line(error: Exception, limit: int = 200) -> str:
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return line if len(line) <= limit else line[:limit] + " ..."
+
+
 def _check_safe(error: Exception, what: str) -> None:
     if "Lambda" in str(error) and "safe_mode" in str(error):
         raise UnsafeModelError(
@@ -162,7 +167,7 @@ def _keras_load(path: Path, unsafe: bool):
         return keras.saving.load_model(str(path), compile=False, safe_mode=not unsafe)
     except (ValueError, TypeError, KeyError, OSError) as error:
         _check_safe(error, str(path))
-        raise CheckpointError(f"Keras cannot load {path}: {str(error).strip().splitlines()[0]}") from None
+        raise CheckpointError(f"Keras cannot load {path}: {_first_line(error)}") from None
 
 
 def _has_tf_keras() -> bool:
@@ -179,7 +184,7 @@ def _tf_keras_load(path: Path, unsafe: bool):
         return tf_keras.models.load_model(str(path), compile=False, safe_mode=not unsafe)
     except (ValueError, TypeError, KeyError, OSError) as error:
         _check_safe(error, str(path))
-        raise CheckpointError(f"tf_keras cannot load {path}: {str(error).strip().splitlines()[0]}") from None
+        raise CheckpointError(f"tf_keras cannot load {path}: {_first_line(error)}") from None
 
 
 def _from_function(model) -> object:
@@ -290,7 +295,13 @@ def load_source(checkpoint, model_format: str, *, model=None, architecture=None,
     if model_format == "keras":
         if model is not None or architecture is not None:
             raise CkptfixError("a .keras archive holds its own architecture: leave out --model/--architecture.")
-        return KerasSource("keras", path, _keras_load(path, unsafe), keras_version=_archive_version(path), loader="keras.saving.load_model")
+        version = _archive_version(path)
+        if version and version.startswith("2."):
+            raise CheckpointError(
+                f"{path} is a tf_keras (Keras {version}) .keras archive, which Keras 3 does not read: re-save it "
+                "with tf_keras as .h5 (model.save('model.h5')) or as a SavedModel and pass that."
+            )
+        return KerasSource("keras", path, _keras_load(path, unsafe), keras_version=version, loader="keras.saving.load_model")
     if model_format == "weights-h5":
         built = _weights_only_model(model, architecture, unsafe, path, "a Keras 3 .weights.h5 file")
         try:

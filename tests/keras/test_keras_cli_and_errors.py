@@ -154,3 +154,12 @@ def test_safe_mode_checks_keras2_files_itself(tmp_path):
         assert not (tmp_path / f"refused-{path.name}").exists()
     report = ckptfix.recalibrate(tmp_path / "lambda.h5", data, output=tmp_path / "fixed.h5", unsafe=True)
     assert report.model_format == "h5" and (tmp_path / "fixed.h5").is_file()
+
+
+def test_tf_keras_archive_refused_with_the_fix(keras2_xception, tmp_path):
+    import tf_keras
+
+    tf_keras.models.load_model(keras2_xception.files["h5"]).save(tmp_path / "keras2.keras")
+    with pytest.raises(CheckpointError, match=r"re-save it with tf_keras as \.h5"):
+        ckptfix.recalibrate(tmp_path / "keras2.keras", keras2_xception.calibration, output=tmp_path / "out.keras")
+    assert not (tmp_path / "out.keras").exists()
