@@ -358,7 +358,8 @@ def recalibrate(
         data: a folder or file of calibration samples (images, ``.npy``, ``.npz``), a numpy array ``(N, ...)``
             already preprocessed, or an iterable of batches (arrays, ``(inputs, labels)`` pairs, or dicts
             mapping the input name to an array).
-        output: the folder to write; default ``<checkpoint folder>-recalibrated`` beside the input's folder.
+        output: the folder to write; default ``<checkpoint folder>-recalibrated`` beside the input's folder
+            (Keras ``.keras`` / ``.h5`` / ``.weights.h5``: the file to write, default ``<name>-recalibrated.<ext>``).
         meta: the ``.meta`` graph, when it does not sit beside the prefix.
         batch_size, num_samples, shuffle, seed: how calibration batches are drawn.
         input_name, training_flag: tensor names overriding detection.
