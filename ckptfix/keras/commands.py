@@ -37,17 +37,33 @@ class _KerasMeasurement:
     keys: dict[int, str] = field(default_factory=dict)
 
 
-def _input_spec(model, input_name: str | None):
+def _input_specs(model, input_name: str | None) -> list:
+    """One :class:`InputSpec` per model input (named as the Keras inputs: the keys of ``.npz`` data / dicts)."""
     from ckptfix.data import InputSpec
 
     inputs = list(getattr(model, "inputs", None) or [])
-    if len(inputs) > 1:
-        raise CkptfixError(f"the model has {len(inputs)} inputs: Keras models with one input are supported.")
     if not inputs:  # a subclassed model: the shape comes from the data
-        return InputSpec(input_name or "input", None, np.dtype(np.float32))
-    tensor = inputs[0]
-    name = input_name or getattr(tensor, "name", None) or "input"
-    return InputSpec(name, tuple(tensor.shape), np.dtype(getattr(tensor.dtype, "name", tensor.dtype)))
+        return [InputSpec(input_name or "input", None, np.dtype(np.float32))]
+    if input_name is not None and len(inputs) > 1:
+        raise CkptfixError(f"--input names one input, but the model has {len(inputs)}: leave it out.")
+    return [
+        InputSpec((input_name if len(inputs) == 1 else None) or getattr(tensor, "name", None) or f"input_{k}",
+                  tuple(tensor.shape), np.dtype(getattr(tensor.dtype, "name", tensor.dtype)))
+        for k, tensor in enumerate(inputs)
+    ]
+
+
+def _model_inputs(batch, specs: list):
+    """What the model is called with: the array, or the arrays in the model's input order."""
+    return batch if len(specs) == 1 else [batch[spec.name] for spec in specs]
+
+
+def _head(batch, count: int):
+    return {name: values[:count] for name, values in batch.items()} if isinstance(batch, dict) else batch[:count]
+
+
+def _size(batch) -> int:
+    return len(next(iter(batch.values()))) if isinstance(batch, dict) else len(batch)
 
 
 def _load(checkpoint, model_format, model, architecture, unsafe, include, exclude):
@@ -85,9 +101,9 @@ def _measure(
     if on_loaded is not None:
         on_loaded(source)
     stored = _stored(layers)
-    spec = _input_spec(source.model, input_name)
+    specs = _input_specs(source.model, input_name)
     batches = open_calibration_data(
-        data, inputs=[spec], batch_size=batch_size, num_samples=num_samples, shuffle=shuffle, seed=seed,
+        data, inputs=specs, batch_size=batch_size, num_samples=num_samples, shuffle=shuffle, seed=seed,
         preprocess=preprocess, on_warning=notice, **data_options,
     )
     forward = BatchStatisticsForward(source.model, layers)
@@ -95,17 +111,17 @@ def _measure(
     kept, batch_outputs, num_seen, num_batches = [], [], 0, 0
     with _progress_bar(progress, batches.num_samples) as bar:
         for batch in batches:
-            moments, outputs = forward.run(batch)
+            moments, outputs = forward.run(_model_inputs(batch, specs))
             for name, calls in moments.items():
                 for moment in calls:
                     check_batch_moments(name, moment, batches.describe_last)
                     pooled[name].add(moment)
             if num_seen < agreement_samples:
-                kept.append(batch[: agreement_samples - num_seen])
+                kept.append(_model_inputs(_head(batch, agreement_samples - num_seen), specs))
                 batch_outputs.append(outputs.numpy()[: agreement_samples - num_seen])
-            num_seen += len(batch)
+            num_seen += _size(batch)
             num_batches += 1
-            bar.update(len(batch))
+            bar.update(_size(batch))
     if batches.images:
         notice(f"images preprocessed with --preprocess {getattr(preprocess, '__qualname__', preprocess)}: {batches.preprocessing}")
     if batches.merged_last:
@@ -134,7 +150,7 @@ def _measure(
         num_samples=num_seen,
         num_batches=num_batches,
         estimator=estimator,
-        input_tensor=spec.name,
+        input_tensor=", ".join(spec.name for spec in specs),
         training_flag=None,
         layers=reports,
         untouched_layers=[bn.name for bn in found if bn not in layers],

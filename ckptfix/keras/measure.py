@@ -98,8 +98,11 @@ class BatchStatisticsForward:
 
         self._forward = tf.function(forward, reduce_retracing=True)
 
-    def run(self, batch: np.ndarray) -> tuple[dict[str, list[BatchMoments]], object]:
-        """Per-layer moments (host) and the output tensor (left on the device; ``.numpy()`` it if needed)."""
+    def run(self, batch) -> tuple[dict[str, list[BatchMoments]], object]:
+        """Per-layer moments (host) and the output tensor (left on the device; ``.numpy()`` it if needed).
+
+        ``batch``: an array, or a list of arrays in the model's input order.
+        """
         with batch_statistics(self._layers, self._recorded):
             outputs, moments = self._forward(batch)
         unused = [name for name in self._names if not moments[name]]
@@ -120,7 +123,7 @@ class InferenceForward:
 
         self._forward = tf.function(lambda x: first_output(model(x, training=False)), reduce_retracing=True)
 
-    def outputs(self, batch: np.ndarray) -> np.ndarray:
+    def outputs(self, batch) -> np.ndarray:
         return self._forward(batch).numpy()
 
     @staticmethod

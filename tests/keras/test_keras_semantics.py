@@ -75,3 +75,29 @@ def test_keras2_h5_loaded_into_keras3_keeps_keras2_conventions(tmp_path, monkeyp
     np.testing.assert_allclose(report.layers[0].new_variance, conv.var(0, ddof=1), rtol=1e-5)
     np.testing.assert_array_equal(model.get_layer("conv_bn").moving_variance.numpy(),
                                   report.layers[0].new_variance.astype(np.float32))
+
+
+def test_two_input_model_takes_npz_keyed_by_input_names(tmp_path):
+    """Several inputs: ``.npz`` arrays named as the Keras inputs; each branch's BN measured on its own input."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    image = keras.Input((km.SIZE, km.SIZE, 3), name="image")
+    extra = keras.Input((5,), name="extra")
+    a = keras.layers.GlobalAveragePooling2D()(keras.layers.BatchNormalization(name="image_bn")(image))
+    b = keras.layers.BatchNormalization(name="extra_bn")(extra)
+    model = keras.Model([image, extra], keras.layers.Dense(2)(keras.layers.Concatenate()([a, b])))
+    model.save(tmp_path / "two.keras")
+    images = km.images(96, km.DOMAIN_B, 6)[0]
+    extras = np.random.default_rng(0).normal(3.0, 2.0, (96, 5)).astype(np.float32)
+    np.savez(tmp_path / "calibration.npz", image=images, extra=extras)
+
+    report = ckptfix.recalibrate(tmp_path / "two.keras", tmp_path / "calibration.npz", batch_size=32,
+                                 output=tmp_path / "fixed.keras")
+    assert report.input_tensor == "image, extra" and report.num_samples == 96
+    by_name = {layer.name: layer for layer in report.layers}
+    np.testing.assert_allclose(by_name["extra_bn"].new_mean, extras.astype(np.float64).mean(0), rtol=1e-5)
+    np.testing.assert_allclose(by_name["extra_bn"].new_variance, extras.astype(np.float64).var(0), rtol=1e-5)
+    pixels = images.astype(np.float64).reshape(-1, 3)
+    np.testing.assert_allclose(by_name["image_bn"].new_variance, pixels.var(0), rtol=1e-5)
+    assert report.agreement.top1_after == 1.0
