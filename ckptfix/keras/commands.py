@@ -188,12 +188,12 @@ def _verifier(measured: _KerasMeasurement, unsafe: bool) -> Callable[[Path], Non
         import keras
 
         fmt = source.model_format
-        if fmt == "keras" or (fmt == "h5" and source.loader == "keras.models.load_model"):
-            reloaded = keras.saving.load_model(str(staged), compile=False, safe_mode=not unsafe).weights
-        elif source.loader == "tf_keras.models.load_model":
+        if source.loader == "tf_keras.models.load_model":
             import tf_keras
 
             reloaded = tf_keras.models.load_model(str(staged), compile=False, safe_mode=not unsafe).weights
+        elif source.loader in ("keras.saving.load_model", "keras.models.load_model"):
+            reloaded = keras.saving.load_model(str(staged), compile=False, safe_mode=not unsafe).weights
         elif fmt in ("weights-h5", "h5"):
             source.model.load_weights(str(staged))
             reloaded = source.model.weights

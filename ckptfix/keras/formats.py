@@ -5,7 +5,7 @@ Formats (``--model-format``; detected from the path otherwise):
 ============  =====================================================  =====================================
 name          what it is                                             the model comes from
 ============  =====================================================  =====================================
-keras         Keras 3 ``.keras`` archive (config + model.weights.h5)  the archive
+keras         ``.keras`` archive (config + model.weights.h5)          the archive (tf_keras' archives: with tf_keras)
 h5            legacy Keras ``.h5`` / ``.hdf5`` (Keras 2 / tf.keras)   the file (full model); ``--model`` /
                                                                       ``--architecture`` for weights-only files
 weights-h5    Keras 3 ``.weights.h5``                                 ``--model`` or ``--architecture``
@@ -296,11 +296,11 @@ def load_source(checkpoint, model_format: str, *, model=None, architecture=None,
         if model is not None or architecture is not None:
             raise CkptfixError("a .keras archive holds its own architecture: leave out --model/--architecture.")
         version = _archive_version(path)
-        if version and version.startswith("2."):
-            raise CheckpointError(
-                f"{path} is a tf_keras (Keras {version}) .keras archive, which Keras 3 does not read: re-save it "
-                "with tf_keras as .h5 (model.save('model.h5')) or as a SavedModel and pass that."
-            )
+        if version and version.startswith("2."):  # tf_keras' own .keras archive: Keras 3 cannot read its config
+            if not _has_tf_keras():
+                raise CkptfixError(f"{path} was written by tf_keras (Keras {version}): install tf_keras to load it.")
+            _refuse_python_lambdas([_archive_config(path)], str(path), unsafe)
+            return KerasSource("keras", path, _tf_keras_load(path, unsafe), keras_version=version, loader="tf_keras.models.load_model")
         return KerasSource("keras", path, _keras_load(path, unsafe), keras_version=version, loader="keras.saving.load_model")
     if model_format == "weights-h5":
         built = _weights_only_model(model, architecture, unsafe, path, "a Keras 3 .weights.h5 file")
@@ -352,6 +352,16 @@ def _archive_version(path: Path) -> str | None:
             return json.loads(archive.read("metadata.json")).get("keras_version")
     except (zipfile.BadZipFile, KeyError, ValueError, OSError):
         return None
+
+
+def _archive_config(path: Path) -> dict:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return json.loads(archive.read("config.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as error:
+        raise CheckpointError(f"cannot read the config of {path}: {_first_line(error)}") from None
 
 
 def _load_savedmodel(path: Path, model, architecture, unsafe: bool) -> KerasSource:

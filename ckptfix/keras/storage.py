@@ -2,9 +2,9 @@
 
 Keys (reported as ``mean_key`` / ``variance_key``):
 
-* ``.keras`` / ``.weights.h5``: the HDF5 dataset path Keras 3's saver gives the variable
+* ``.keras`` / ``.weights.h5``: the HDF5 dataset path Keras' saver gives the variable
   (``layers/<layer>/vars/<i>``; inside the archive's ``model.weights.h5``), found by running Keras' own
-  save traversal on the model without writing anything;
+  save traversal (Keras 3's, or tf_keras' for a tf_keras ``.keras`` archive) without writing anything;
 * legacy ``.h5``: ``model_weights/<layer>/<weight name>`` (or ``<layer>/<weight name>`` in a weights-only
   file), in the order Keras' legacy loader assigns them (each top-level layer's trainable then
   non-trainable weights);
@@ -41,28 +41,75 @@ _VARIABLE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 # ---------------------------------------------------------------------------------------------------- keys
 
 
-def _keras3_paths(model) -> dict[int, str]:
-    """``id(variable)`` -> dataset path, by Keras 3's own save traversal into a recording store."""
+def _saver_paths(model) -> dict[int, str]:
+    """``id(variable)`` -> dataset path, by the Keras saver's own traversal (Keras 3, or tf_keras for a tf_keras
+    model) into a store that records paths instead of writing."""
+    from ckptfix.keras.batchnorm import is_tf_keras
+
+    paths: dict[int, str] = {}
+
+    class _Entry:
+        def __init__(self, path: str) -> None:
+            self._prefix = f"{path}/vars" if path else "vars"
+
+        def __setitem__(self, key, value) -> None:
+            paths[id(value)] = f"{self._prefix}/{key}"
+
+    if is_tf_keras(model):
+        _tf_keras_saver_paths(model, _Entry)
+        return paths
+
     from keras.src.saving import saving_lib
 
-    class _Recorder(saving_lib.H5IOStore):
+    class _Recorder(saving_lib.H5IOStore):  # Keras 3 checks the store's type
         def __init__(self) -> None:  # no file: only the paths are recorded
-            self.paths: dict[int, str] = {}
-            self._entry = ""
-
-        def make(self, path, metadata=None):
-            self._entry = path
-            return self
+            self._entry = _Entry("")
 
         def __bool__(self) -> bool:
             return True
 
-        def __setitem__(self, key, value) -> None:
-            self.paths[id(value)] = f"{self._entry}/vars/{key}" if self._entry else f"vars/{key}"
+        def make(self, path, metadata=None):
+            self._entry = _Entry(path)
+            return self
 
-    recorder = _Recorder()
-    saving_lib._save_state(model, weights_store=recorder, assets_store=None, inner_path="", visited_saveables=set())
-    return recorder.paths
+        def __setitem__(self, key, value) -> None:
+            self._entry[key] = value
+
+    saving_lib._save_state(model, weights_store=_Recorder(), assets_store=None, inner_path="", visited_saveables=set())
+    return paths
+
+
+def _tf_keras_saver_paths(model, entry) -> None:
+    """tf_keras' saver stores ``v.numpy()`` copies: while its traversal runs, each layer using the base
+    ``save_own_variables`` records its variables themselves, in that method's order (trainable then
+    non-trainable). Restored afterwards; other layers' weights stay unmapped (an error in check_keys)."""
+    from tf_keras.src.engine.base_layer import Layer
+    from tf_keras.src.saving import saving_lib as tf_keras_saving
+
+    from ckptfix.keras.batchnorm import walk_layers
+
+    def recording(layer):
+        def save_own_variables(store):
+            for index, variable in enumerate(layer._trainable_weights + layer._non_trainable_weights):
+                store[str(index)] = variable
+        return save_own_variables
+
+    class _Recorder:
+        def __bool__(self) -> bool:
+            return True
+
+        def make(self, path):
+            return entry(path)
+
+    layers = [model] + [layer for _, layer in walk_layers(model)]
+    patched = [layer for layer in layers if type(layer).save_own_variables is Layer.save_own_variables]
+    try:
+        for layer in patched:
+            object.__setattr__(layer, "save_own_variables", recording(layer))
+        tf_keras_saving._save_state(model, _Recorder(), None, "", set())
+    finally:
+        for layer in patched:
+            layer.__dict__.pop("save_own_variables", None)
 
 
 def _legacy_h5_paths(model, h5) -> dict[int, str]:
@@ -124,7 +171,7 @@ def _object_paths(model, prefix: Path) -> dict[int, str]:
 def variable_keys(source: KerasSource) -> dict[int, str]:
     """``id(variable)`` -> where the variable is stored in ``source``'s file (see the module docstring)."""
     if source.model_format in ("keras", "weights-h5"):
-        return _keras3_paths(source.model)
+        return _saver_paths(source.model)
     if source.model_format == "h5":
         import h5py
 

@@ -156,10 +156,15 @@ def test_safe_mode_checks_keras2_files_itself(tmp_path):
     assert report.model_format == "h5" and (tmp_path / "fixed.h5").is_file()
 
 
-def test_tf_keras_archive_refused_with_the_fix(keras2_xception, tmp_path):
+def test_tf_keras_archive(keras2_xception, tmp_path):
+    """tf_keras' own .keras archive: loaded with tf_keras, paths from tf_keras' saver, only statistics changed."""
     import tf_keras
 
+    from test_keras_formats import _assert_only_statistics_changed
+
     tf_keras.models.load_model(keras2_xception.files["h5"]).save(tmp_path / "keras2.keras")
-    with pytest.raises(CheckpointError, match=r"re-save it with tf_keras as \.h5"):
-        ckptfix.recalibrate(tmp_path / "keras2.keras", keras2_xception.calibration, output=tmp_path / "out.keras")
-    assert not (tmp_path / "out.keras").exists()
+    report = ckptfix.recalibrate(tmp_path / "keras2.keras", keras2_xception.calibration, output=tmp_path / "out.keras")
+    assert report.model_format == "keras" and report.layers[0].variance_convention == "bessel"
+    _assert_only_statistics_changed(report, tmp_path / "keras2.keras", tmp_path / "out.keras", "keras")
+    repaired = tf_keras.models.load_model(tmp_path / "out.keras")
+    assert km.accuracy(repaired, *keras2_xception.held_out, training=False) >= keras2_xception.batch_accuracy - 0.02
