@@ -115,6 +115,21 @@ def check_batch_moments(layer: str, moments, describe_batch: Callable[[], str]) 
         )
 
 
+def _keras_format(checkpoint, meta, model_format: str | None, tf1_only: dict) -> str | None:
+    """The Keras / TF2 format to dispatch to (docs/keras.md), or None for the TF1 path."""
+    from ckptfix.keras.formats import MODEL_FORMATS, detect_model_format
+
+    if model_format is not None and model_format not in MODEL_FORMATS:
+        raise CkptfixError(f"--model-format must be one of {', '.join(MODEL_FORMATS)} (got {model_format}).")
+    chosen = detect_model_format(checkpoint, meta) if model_format is None else model_format
+    if chosen in (None, "tf1"):
+        return None
+    given = [option for option, value in tf1_only.items() if value]
+    if given:
+        raise CkptfixError(f"{given[0]} applies to TF1 graphs only; a {chosen} model is called with training=False.")
+    return chosen
+
+
 def _progress_bar(enabled: bool, total: int | None):
     from tqdm import tqdm
 
@@ -391,18 +406,23 @@ def recalibrate(
     model_args: dict | None = None,
     input_shape: str | tuple | None = None,
     arg_scope: str | Callable | None = None,
+    model_format: str | None = None,
+    architecture: str | Path | None = None,
+    unsafe: bool = False,
 ) -> RecalibrationReport:
     """Recompute the moving statistics of every (selected) BN layer and write a corrected checkpoint.
 
     Args:
         checkpoint: a checkpoint prefix, a folder with a ``checkpoint`` state file, or one file of the prefix;
-            or a frozen GraphDef (``.pb`` binary, ``.pbtxt`` text), repaired into a new GraphDef file.
+            or a frozen GraphDef (``.pb`` binary, ``.pbtxt`` text), repaired into a new GraphDef file; or a Keras /
+            TF2 file (``.keras``, ``.h5``, ``.weights.h5``, object-based checkpoint, SavedModel; docs/keras.md).
         data: a folder or file of calibration samples (images, ``.npy``, ``.npz``), a numpy array ``(N, ...)``
             already preprocessed, or an iterable of batches (arrays, ``(inputs, labels)`` pairs, or dicts
             mapping the input name to an array).
         output: the folder to write; default ``<checkpoint folder>-recalibrated`` beside the input's folder.
             For a frozen graph: the file to write (a folder: the input's name inside it), default
             ``<name>-recalibrated.pb`` (or ``.pbtxt``) beside it; its suffix chooses binary or text.
+            Keras ``.keras`` / ``.h5`` / ``.weights.h5``: the file to write, default ``<name>-recalibrated.<ext>``.
         meta: the ``.meta`` graph, when it does not sit beside the prefix.
         batch_size, num_samples, shuffle, seed: how calibration batches are drawn.
         input_name, training_flag: tensor names overriding detection.
@@ -420,11 +440,15 @@ def recalibrate(
         overwrite: replace a non-empty ``output`` folder.
         progress: show a tqdm bar on stderr.
         on_notice: called with one-line notices (preprocessing used, training-mode ops active...).
-        model: for a checkpoint without a ``.meta``: the function that builds its graph (a callable or
-            ``"package.module:function"``), called like slim's nets_factory; see :mod:`ckptfix.graph.model_fn`.
-        model_args, input_shape, arg_scope: with ``model``: keyword arguments for it (``num_classes`` among
-            them), the per-sample input shape (``"HxWxC"``; default: its ``default_image_size``), and a slim
-            arg_scope function to build it under.
+        model: ``"package.module:function"`` or a callable (runs your code). For a TF1 checkpoint without a
+            ``.meta``: the function that builds its graph, called like slim's nets_factory (see
+            :mod:`ckptfix.graph.model_fn`); for a Keras / TF2 file without an architecture: returns the built model.
+        model_args, input_shape, arg_scope: with a graph-building ``model``: keyword arguments for it
+            (``num_classes`` among them), the per-sample input shape (``"HxWxC"``; default: its
+            ``default_image_size``), and a slim arg_scope function to build it under.
+        model_format, architecture, unsafe: Keras / TF2 models (docs/keras.md): the file format (default:
+            detected from ``checkpoint``), a ``.keras`` / config ``.json`` architecture for files without one;
+            ``unsafe`` turns Keras' safe mode off (Lambda layers run Python stored in the file).
 
     Returns:
         A :class:`RecalibrationReport`. Raises a :class:`CkptfixError` subclass on any user error, before
@@ -432,6 +456,19 @@ def recalibrate(
     """
     _quiet.silence_tensorflow()
     _validate_options(batch_size, num_samples, estimator, preprocess)
+    keras_format = _keras_format(checkpoint, meta, model_format, {
+        "--training-flag": training_flag, "--output-tensor": output_tensor, "--allow-unsafe-ops": allow_unsafe_ops,
+        "--model-arg/--num-classes": model_args, "--input-shape": input_shape, "--arg-scope": arg_scope})
+    if keras_format is not None:
+        from ckptfix.keras import commands as keras_commands
+
+        return keras_commands.recalibrate(
+            checkpoint, data, output=output, overwrite=overwrite, model_format=keras_format, model=model, architecture=architecture, unsafe=unsafe,
+            batch_size=batch_size, num_samples=num_samples, shuffle=shuffle, seed=seed, input_name=input_name,
+            include=include, exclude=exclude, estimator=estimator, preprocess=preprocess,
+            agreement_samples=agreement_samples, progress=progress, on_notice=on_notice,
+            data_options=dict(image_size=image_size, central_crop=central_crop, data_format=data_format, feature=feature, strict=strict),
+        )
     model_options = dict(model_args=model_args, input_shape=input_shape, arg_scope=arg_scope)
     with _graph_source(checkpoint, meta, model, model_options) as (files, meta_graph, frozen):
         if frozen is not None:
@@ -487,6 +524,9 @@ def diagnose(
     model_args: dict | None = None,
     input_shape: str | tuple | None = None,
     arg_scope: str | Callable | None = None,
+    model_format: str | None = None,
+    architecture: str | Path | None = None,
+    unsafe: bool = False,
 ) -> DiagnosisReport:
     """Measure how stale the stored statistics are, exactly as :func:`recalibrate` would, writing nothing.
 
@@ -495,6 +535,19 @@ def diagnose(
     """
     _quiet.silence_tensorflow()
     _validate_options(batch_size, num_samples, estimator, preprocess)
+    keras_format = _keras_format(checkpoint, meta, model_format, {
+        "--training-flag": training_flag, "--output-tensor": output_tensor, "--allow-unsafe-ops": allow_unsafe_ops,
+        "--model-arg/--num-classes": model_args, "--input-shape": input_shape, "--arg-scope": arg_scope})
+    if keras_format is not None:
+        from ckptfix.keras import commands as keras_commands
+
+        return keras_commands.diagnose(
+            checkpoint, data, model_format=keras_format, model=model, architecture=architecture, unsafe=unsafe,
+            batch_size=batch_size, num_samples=num_samples, shuffle=shuffle, seed=seed, input_name=input_name,
+            include=include, exclude=exclude, estimator=estimator, preprocess=preprocess,
+            agreement_samples=agreement_samples, progress=progress, on_notice=on_notice,
+            data_options=dict(image_size=image_size, central_crop=central_crop, data_format=data_format, feature=feature, strict=strict),
+        )
     model_options = dict(model_args=model_args, input_shape=input_shape, arg_scope=arg_scope)
     with _graph_source(checkpoint, meta, model, model_options) as (files, meta_graph, frozen):
         measured = _measure(
@@ -519,13 +572,25 @@ def inspect(
     model_args: dict | None = None,
     input_shape: str | tuple | None = None,
     arg_scope: str | Callable | None = None,
+    model_format: str | None = None,
+    architecture: str | Path | None = None,
+    unsafe: bool = False,
 ) -> InspectionReport:
     """List every BN layer of ``checkpoint`` with its stored statistics and staleness flags; needs no data.
 
     ``against``: another checkpoint (e.g. the pretrained one) whose identical statistics are flagged (not for
-    frozen graphs). ``checkpoint`` may be a frozen graph; ``model`` & co. as in :func:`recalibrate`.
+    frozen graphs). ``checkpoint`` may be a frozen graph or a Keras / TF2 file; ``model`` & co. as in
+    :func:`recalibrate`.
     """
     _quiet.silence_tensorflow()
+    keras_format = _keras_format(checkpoint, meta, model_format, {
+        "--model-arg/--num-classes": model_args, "--input-shape": input_shape, "--arg-scope": arg_scope})
+    if keras_format is not None:
+        from ckptfix.keras import commands as keras_commands
+
+        return keras_commands.inspect(
+            checkpoint, model_format=keras_format, against=against, model=model, architecture=architecture, unsafe=unsafe
+        )
     model_options = dict(model_args=model_args, input_shape=input_shape, arg_scope=arg_scope)
     _check_model_options(model, model_options)
     if model is None and not is_frozen_graph(checkpoint):

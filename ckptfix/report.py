@@ -41,6 +41,10 @@ def _truncate(rows: list, show_all: bool, what: str) -> tuple[list, str]:
     return rows[:DEFAULT_ROWS], f"... and {len(rows) - DEFAULT_ROWS} more {what} (--all shows every one)"
 
 
+def _with_model_format(model_format: str | None, content: dict) -> dict:
+    return content if model_format is None else {**content, "model_format": model_format}
+
+
 @dataclass(frozen=True)
 class LayerReport:
     """One BN layer: where its statistics live and how they compare with freshly computed ones.
@@ -115,9 +119,11 @@ class _Measured:
     data_source: str = ""
     samples_skipped: int = 0
     skipped_files: list[str] = field(default_factory=list)
+    #: the Keras / TF2 file format (docs/keras.md); None for TF1 checkpoints, and then left out of to_dict()
+    model_format: str | None = None
 
     def _common_dict(self, kind: str) -> dict:
-        return {
+        return _with_model_format(self.model_format, {
             "schema_version": SCHEMA_VERSION,
             "kind": kind,
             "checkpoint": self.checkpoint,
@@ -133,7 +139,7 @@ class _Measured:
             "data_source": self.data_source,
             "samples_skipped": self.samples_skipped,
             "skipped_files": list(self.skipped_files),
-        }
+        })
 
 
 @dataclass(frozen=True)
@@ -237,13 +243,14 @@ class InspectionReport:
     meta: str
     against: str | None
     layers: list[InspectedLayer]
+    model_format: str | None = None
 
     @property
     def flagged(self) -> list[str]:
         return [layer.name for layer in self.layers if layer.flags]
 
     def to_dict(self) -> dict:
-        return {
+        return _with_model_format(self.model_format, {
             "schema_version": SCHEMA_VERSION,
             "kind": "inspection",
             "checkpoint": self.checkpoint,
@@ -251,7 +258,7 @@ class InspectionReport:
             "against": self.against,
             "flagged": self.flagged,
             "layers": [layer.to_dict() for layer in self.layers],
-        }
+        })
 
     def format_table(self, show_all: bool = False) -> str:
         """Layers with flags first, then in graph order."""

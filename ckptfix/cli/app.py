@@ -28,7 +28,7 @@ app = typer.Typer(
 )
 
 # Options shared by several commands, declared once.
-Checkpoint = Annotated[str, typer.Argument(help="Checkpoint prefix, folder with a 'checkpoint' file, or one of its files; or a frozen graph (.pb, .pbtxt).")]
+Checkpoint = Annotated[str, typer.Argument(help="Checkpoint prefix, folder with a 'checkpoint' file, or one of its files; a frozen graph (.pb, .pbtxt); a Keras .keras/.h5/.weights.h5 file, TF2 checkpoint or SavedModel.")]
 Data = Annotated[Path, typer.Argument(help="Folder or file of calibration samples: images, .npy/.npz, or TFRecords.")]
 Meta = Annotated[Optional[Path], typer.Option(help="The .meta graph, if not beside the checkpoint.")]
 BatchSize = Annotated[int, typer.Option(help="Samples per forward pass.")]
@@ -53,11 +53,16 @@ JsonOutput = Annotated[bool, typer.Option("--json", help="Print the report as JS
 ShowAll = Annotated[bool, typer.Option("--all", help="Show every layer (long lists are truncated otherwise).")]
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar on stderr.")]
 Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="Show TensorFlow's own log output.")]
-Model = Annotated[Optional[str], typer.Option(help="Checkpoint without .meta: package.module:function that builds its graph (runs your code), called like slim's nets_factory.")]
+Model = Annotated[Optional[str], typer.Option(help="package.module:function (runs your code): for a TF1 checkpoint without .meta, builds its graph (called like slim's nets_factory); for Keras/TF2 files without an architecture, returns the built Keras model.")]
 NumClasses = Annotated[Optional[int], typer.Option(help="With --model: num_classes passed to the function.")]
 ModelArg = Annotated[Optional[list[str]], typer.Option(help="With --model: key=value keyword argument (value a Python literal); repeat for more.")]
 ModelInputShape = Annotated[Optional[str], typer.Option(help="With --model: per-sample input shape HxWxC (default: the function's default_image_size, 3 channels).")]
 ArgScope = Annotated[Optional[str], typer.Option(help="With --model: package.module:function returning the slim arg_scope to build under (e.g. tf_slim.nets.resnet_v1:resnet_arg_scope).")]
+
+# Keras / TF2 models (docs/keras.md). --model-format, not --format: --format picks the calibration data kind.
+ModelFormat = Annotated[Optional[str], typer.Option(help="keras, h5, weights-h5, tf-checkpoint, savedmodel or tf1 (default: detected from CKPT).")]
+Architecture = Annotated[Optional[Path], typer.Option(help="A .keras file or model config .json giving the architecture, for files without one.")]
+Unsafe = Annotated[bool, typer.Option("--unsafe", help="Turn Keras' safe mode off: load Lambda layers holding Python code (trust the file).")]
 
 
 def _model_options(model, num_classes, model_arg, input_shape, arg_scope) -> dict:
@@ -105,7 +110,7 @@ def _write_json(path: Path, content: dict) -> None:
 def recalibrate(
     checkpoint: Checkpoint,
     data: Data,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output folder (default: <checkpoint folder>-recalibrated); for a .pb/.pbtxt, the output file (default: <name>-recalibrated.pb beside it).")] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output folder (default: <checkpoint folder>-recalibrated); an output file for .pb/.pbtxt and .keras/.h5/.weights.h5 (default: <name>-recalibrated.<ext> beside it).")] = None,
     meta: Meta = None,
     batch_size: BatchSize = 32,
     num_samples: NumSamples = None,
@@ -126,6 +131,9 @@ def recalibrate(
     agreement_samples: AgreementSamples = 256,
     allow_unsafe_ops: AllowUnsafeOps = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
+    model_format: ModelFormat = None,
+    architecture: Architecture = None,
+    unsafe: Unsafe = False,
     report: Annotated[Optional[Path], typer.Option(help="Also write the report as JSON to this file.")] = None,
     json_output: JsonOutput = False,
     show_all: ShowAll = True,
@@ -149,6 +157,7 @@ def recalibrate(
             agreement_samples=agreement_samples, allow_unsafe_ops=allow_unsafe_ops, overwrite=overwrite, progress=progress, on_notice=_notice,
             image_size=image_size, central_crop=central_crop, data_format=data_format, feature=feature, strict=strict,
             **_model_options(model, num_classes, model_arg, input_shape, arg_scope),
+            model_format=model_format, architecture=architecture, unsafe=unsafe,
         )
         if report is not None:
             _write_json(report, result.to_dict())
@@ -192,6 +201,9 @@ def diagnose(
     output_tensor: OutputTensor = None,
     agreement_samples: AgreementSamples = 256,
     allow_unsafe_ops: AllowUnsafeOps = False,
+    model_format: ModelFormat = None,
+    architecture: Architecture = None,
+    unsafe: Unsafe = False,
     json_output: JsonOutput = False,
     show_all: ShowAll = False,
     progress: Progress = True,
@@ -214,6 +226,7 @@ def diagnose(
             agreement_samples=agreement_samples, allow_unsafe_ops=allow_unsafe_ops, progress=progress, on_notice=_notice,
             image_size=image_size, central_crop=central_crop, data_format=data_format, feature=feature, strict=strict,
             **_model_options(model, num_classes, model_arg, input_shape, arg_scope),
+            model_format=model_format, architecture=architecture, unsafe=unsafe,
         )
         if json_output:
             _print_json(result.to_dict())
@@ -236,6 +249,9 @@ def inspect(
     checkpoint: Checkpoint,
     meta: Meta = None,
     against: Annotated[Optional[str], typer.Option(help="Another checkpoint (e.g. the pretrained one): flag statistics identical to it.")] = None,
+    model_format: ModelFormat = None,
+    architecture: Architecture = None,
+    unsafe: Unsafe = False,
     json_output: JsonOutput = False,
     show_all: ShowAll = False,
     verbose: Verbose = False,
@@ -250,7 +266,8 @@ def inspect(
     def action() -> None:
         from ckptfix.api import inspect as run
 
-        result = run(checkpoint, meta=meta, against=against, **_model_options(model, num_classes, model_arg, input_shape, arg_scope))
+        result = run(checkpoint, meta=meta, against=against, model_format=model_format, architecture=architecture,
+                     unsafe=unsafe, **_model_options(model, num_classes, model_arg, input_shape, arg_scope))
         if json_output:
             _print_json(result.to_dict())
             return

@@ -1,0 +1,387 @@
+"""Which Keras / TF2 format CKPT is, and how to get the Keras model whose BN layers it stores.
+
+Formats (``--model-format``; detected from the path otherwise):
+
+============  =====================================================  =====================================
+name          what it is                                             the model comes from
+============  =====================================================  =====================================
+keras         ``.keras`` archive (config + model.weights.h5)          the archive (tf_keras' archives: with tf_keras)
+h5            legacy Keras ``.h5`` / ``.hdf5`` (Keras 2 / tf.keras)   the file (full model); ``--model`` /
+                                                                      ``--architecture`` for weights-only files
+weights-h5    Keras 3 ``.weights.h5``                                 ``--model`` or ``--architecture``
+tf-checkpoint TF2 object-based checkpoint (``tf.train.Checkpoint``,   ``--model`` or ``--architecture``
+              tf_keras ``save_weights``): index with
+              ``_CHECKPOINTABLE_OBJECT_GRAPH``, no ``.meta``
+savedmodel    SavedModel folder (``saved_model.pb``) written by        the folder when it keeps the Keras
+              tf_keras                                                model (``keras_metadata.pb``), else
+                                                                      ``--model`` / ``--architecture``
+tf1           a TF1 checkpoint with its ``.meta`` (the graph path)    --
+============  =====================================================  =====================================
+
+Loading runs in Keras' safe mode unless ``unsafe`` is set: a ``Lambda`` layer holding Python bytecode is
+refused (``--unsafe`` allows it). ``--model package.module:function`` always runs the named function.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from ckptfix.errors import CheckpointError, CkptfixError, GraphError
+
+MODEL_FORMATS = ("keras", "h5", "weights-h5", "tf-checkpoint", "savedmodel", "tf1")
+_OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+
+
+class UnsafeModelError(GraphError):
+    """Loading the model would run Python code stored in the file (a Lambda layer) and --unsafe was not given."""
+
+
+@dataclass
+class KerasSource:
+    """A CKPT in a Keras / TF2 format: where its statistics live (``path``, ``prefix``) and its model."""
+
+    model_format: str
+    path: Path
+    model: object = None
+    #: the TF2 checkpoint prefix (tf-checkpoint) or ``variables/variables`` of a SavedModel
+    prefix: Path | None = None
+    #: layer name -> Bessel-corrected convention, from a Keras 2-era file's saved config
+    legacy_bessel: dict[str, bool] = field(default_factory=dict)
+    keras_version: str | None = None
+    loader: str = ""
+
+
+def _checkpoint_prefix(path: Path) -> Path | None:
+    """The prefix a TF checkpoint path names (a folder with a ``checkpoint`` file, a prefix or one of its files)."""
+    import re
+
+    if path.is_dir():
+        state = path / "checkpoint"
+        if not state.is_file():  # tf.train.Checkpoint.write() leaves no state file: a lone prefix is meant
+            indexes = sorted(path.glob("*.index"))
+            return indexes[0].with_suffix("") if len(indexes) == 1 else None
+        match = re.search(r'^model_checkpoint_path:\s*"(.*)"\s*$', state.read_text(), re.MULTILINE)
+        if not match:
+            return None
+        prefix = Path(match.group(1))
+        return prefix if prefix.is_absolute() else path / prefix
+    prefix = Path(re.sub(r"\.(index|data-\d+-of-\d+)$", "", str(path)))
+    return prefix if prefix.with_name(prefix.name + ".index").is_file() else None
+
+
+def _is_object_checkpoint(prefix: Path) -> bool:
+    import tensorflow as tf
+
+    try:
+        return tf.train.load_checkpoint(str(prefix)).has_tensor(_OBJECT_GRAPH_KEY)
+    except (tf.errors.OpError, ValueError):
+        return False
+
+
+def detect_model_format(checkpoint, meta=None) -> str | None:
+    """The Keras / TF2 format of ``checkpoint``, or None for a TF1 checkpoint (or anything else)."""
+    if meta is not None:
+        return None
+    path = Path(checkpoint).expanduser()
+    name = path.name.lower()
+    if name.endswith(".weights.h5"):
+        return "weights-h5"
+    if name.endswith(".keras"):
+        return "keras"
+    if name.endswith((".h5", ".hdf5")):
+        return "h5"
+    if path.is_dir() and (path / "saved_model.pb").is_file():
+        return "savedmodel"
+    prefix = _checkpoint_prefix(path)
+    if prefix is None or prefix.with_name(prefix.name + ".meta").is_file():
+        return None
+    return "tf-checkpoint" if _is_object_checkpoint(prefix) else None
+
+
+def _first_line(error: Exception, limit: int = 200) -> str:
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return line if len(line) <= limit else line[:limit] + " ..."
+
+
+def _check_safe(error: Exception, what: str) -> None:
+    if "Lambda" in str(error) and "safe_mode" in str(error):
+        raise UnsafeModelError(
+            f"{what} has a Lambda layer holding Python code, which safe mode does not load: "
+            "pass --unsafe (unsafe=True) if you trust the file."
+        ) from None
+
+
+def _python_lambdas(config) -> list[str]:
+    """Names of the Lambda layers in a (Keras 2 style) config whose function is stored as Python bytecode."""
+    found = []
+    if isinstance(config, dict):
+        inner = config.get("config")
+        if config.get("class_name") == "Lambda" and isinstance(inner, dict):
+            function = inner.get("function")
+            kind = function.get("class_name") if isinstance(function, dict) else None
+            if kind in ("__lambda__", "function"):  # Keras 3: bytecode, or a function named by module + name
+                bytecode = kind == "__lambda__"
+            else:  # Keras 2: "function_type" "lambda" (marshalled bytecode) or "function" (module + name)
+                bytecode = inner.get("function_type", "lambda") == "lambda"
+            if bytecode:
+                found.append(str(inner.get("name", "lambda")))
+        for value in config.values():
+            found += _python_lambdas(value)
+    elif isinstance(config, list):
+        for value in config:
+            found += _python_lambdas(value)
+    return found
+
+
+def _refuse_python_lambdas(configs: list, what: str, unsafe: bool) -> None:
+    """tf_keras' legacy .h5 and SavedModel loaders unmarshal Lambda bytecode even in safe mode: check first."""
+    names = [name for config in configs for name in _python_lambdas(config)]
+    if names and not unsafe:
+        raise UnsafeModelError(
+            f"{what} has a Lambda layer holding Python code ({names[0]}), which safe mode does not load: "
+            "pass --unsafe (unsafe=True) if you trust the file."
+        )
+
+
+def _savedmodel_configs(path: Path) -> list:
+    """The layer configs a tf_keras SavedModel's keras_metadata.pb records (JSON per saved object)."""
+    from tf_keras.protobuf import saved_metadata_pb2
+
+    metadata = saved_metadata_pb2.SavedMetadata()
+    metadata.ParseFromString((path / "keras_metadata.pb").read_bytes())
+    configs = []
+    for node in metadata.nodes:
+        try:
+            configs.append(json.loads(node.metadata))
+        except ValueError:
+            continue
+    return configs
+
+
+def _keras_load(path: Path, unsafe: bool):
+    import keras
+
+    try:
+        return keras.saving.load_model(str(path), compile=False, safe_mode=not unsafe)
+    except (ValueError, TypeError, KeyError, OSError) as error:
+        _check_safe(error, str(path))
+        raise CheckpointError(f"Keras cannot load {path}: {_first_line(error)}") from None
+
+
+def _has_tf_keras() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tf_keras") is not None
+
+
+def _tf_keras_load(path: Path, unsafe: bool):
+    """A Keras 2-era file with the Keras 2 code (tf_keras): its layers keep their own semantics (fused BN)."""
+    import tf_keras
+
+    try:
+        return tf_keras.models.load_model(str(path), compile=False, safe_mode=not unsafe)
+    except (ValueError, TypeError, KeyError, OSError) as error:
+        _check_safe(error, str(path))
+        raise CheckpointError(f"tf_keras cannot load {path}: {_first_line(error)}") from None
+
+
+def _from_function(model) -> object:
+    """``model``: a callable, or ``package.module:function`` naming one; either returns the built model."""
+    if isinstance(model, str):
+        module_name, _, attribute = model.partition(":")
+        if not module_name or not attribute:
+            raise CkptfixError(f"--model takes package.module:function (got {model!r}).")
+        try:
+            function = getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError) as error:
+            raise CkptfixError(f"--model {model}: cannot import it ({error}).") from None
+    else:
+        function = model
+    built = function()
+    if not hasattr(built, "layers") or not hasattr(built, "weights"):
+        raise CkptfixError(f"--model {model} returned {type(built).__name__}, not a Keras model.")
+    if not built.weights:
+        raise CkptfixError(f"--model {model} returned a model without weights: build it (call it on an input) first.")
+    return built
+
+
+def _from_architecture(architecture: Path, unsafe: bool):
+    """A model from a ``.keras`` file (its weights are then replaced) or a model config ``.json``."""
+    import keras
+
+    architecture = Path(architecture).expanduser()
+    if not architecture.is_file():
+        raise CkptfixError(f"--architecture {architecture} does not exist: pass a .keras file or a model config .json.")
+    if architecture.name.lower().endswith(".keras"):
+        return _keras_load(architecture, unsafe)
+    try:
+        from keras.src.saving import serialization_lib
+
+        config = json.loads(architecture.read_text())
+        _refuse_python_lambdas([config], f"--architecture {architecture}", unsafe)
+        with serialization_lib.SafeModeScope(not unsafe):
+            return keras.models.model_from_json(json.dumps(config))
+    except (ValueError, TypeError, KeyError) as error:
+        _check_safe(error, str(architecture))
+        raise CkptfixError(f"--architecture {architecture}: not a Keras model config ({str(error).splitlines()[0]}).") from None
+
+
+def _weights_only_model(model, architecture, unsafe: bool, path: Path, what: str):
+    if model is not None:
+        return _from_function(model)
+    if architecture is not None:
+        return _from_architecture(architecture, unsafe)
+    raise CkptfixError(
+        f"{path} is {what}, which holds no architecture: pass --model package.module:function (returning the "
+        "built Keras model) or --architecture model.keras|config.json."
+    )
+
+
+def _h5_file(path: Path):
+    import h5py
+
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        raise CheckpointError(f"cannot read {path} as HDF5: {error}") from None
+
+
+def _legacy_conventions(config: dict, model) -> dict[str, bool]:
+    """Layer name -> fused (Bessel) for the BN layers of a Keras 2-era model config."""
+    from ckptfix.keras.batchnorm import is_batchnorm, legacy_fused, walk_layers
+
+    configs = {}
+
+    def collect(node) -> None:
+        if isinstance(node, dict):
+            if node.get("class_name") in ("BatchNormalization", "SyncBatchNormalization") and "config" in node:
+                configs[node["config"].get("name")] = node["config"]
+            for value in node.values():
+                collect(value)
+        elif isinstance(node, list):
+            for value in node:
+                collect(value)
+
+    collect(config)
+    conventions = {}
+    for _, layer in walk_layers(model):
+        if is_batchnorm(layer) and layer.name in configs:
+            rank = len(layer.input.shape) if _has_input(layer) else None
+            conventions[layer.name] = legacy_fused(configs[layer.name], rank)
+    return conventions
+
+
+def _has_input(layer) -> bool:
+    try:
+        return layer.input is not None
+    except (AttributeError, ValueError):
+        return False
+
+
+def _attribute(h5, name: str) -> str | None:
+    value = h5.attrs.get(name)
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def load_source(checkpoint, model_format: str, *, model=None, architecture=None, unsafe: bool = False) -> KerasSource:
+    """Resolve ``checkpoint`` in ``model_format`` and load its model with the stored weights."""
+    path = Path(checkpoint).expanduser()
+    if model_format not in MODEL_FORMATS:
+        raise CkptfixError(f"--model-format must be one of {', '.join(MODEL_FORMATS)} (got {model_format}).")
+    if model_format in ("keras", "h5", "weights-h5") and not path.is_file():
+        raise CheckpointError(f"{path} does not exist: pass the {model_format} file to repair.")
+    if model_format == "keras":
+        if model is not None or architecture is not None:
+            raise CkptfixError("a .keras archive holds its own architecture: leave out --model/--architecture.")
+        version = _archive_version(path)
+        if version and version.startswith("2."):  # tf_keras' own .keras archive: Keras 3 cannot read its config
+            if not _has_tf_keras():
+                raise CkptfixError(f"{path} was written by tf_keras (Keras {version}): install tf_keras to load it.")
+            _refuse_python_lambdas([_archive_config(path)], str(path), unsafe)
+            return KerasSource("keras", path, _tf_keras_load(path, unsafe), keras_version=version, loader="tf_keras.models.load_model")
+        return KerasSource("keras", path, _keras_load(path, unsafe), keras_version=version, loader="keras.saving.load_model")
+    if model_format == "weights-h5":
+        built = _weights_only_model(model, architecture, unsafe, path, "a Keras 3 .weights.h5 file")
+        try:
+            built.load_weights(str(path))
+        except (ValueError, KeyError, OSError) as error:
+            raise CheckpointError(f"{path} does not fit the model from --model/--architecture: {str(error).splitlines()[0]}") from None
+        return KerasSource("weights-h5", path, built, loader="model.load_weights")
+    if model_format == "h5":
+        with _h5_file(path) as h5:
+            config_text = _attribute(h5, "model_config")
+            version = _attribute(h5, "keras_version") or (_attribute(h5["model_weights"], "keras_version") if "model_weights" in h5 else None)
+        if config_text is not None:
+            _refuse_python_lambdas([json.loads(config_text)], str(path), unsafe)
+        if config_text is None:
+            built = _weights_only_model(model, architecture, unsafe, path, "a legacy weights-only .h5 file")
+            try:
+                built.load_weights(str(path))
+            except (ValueError, KeyError, OSError) as error:
+                raise CheckpointError(f"{path} does not fit the model from --model/--architecture: {str(error).splitlines()[0]}") from None
+            loaded, loader = built, "model.load_weights"
+        elif version and version.startswith(("1.", "2.")) and _has_tf_keras():
+            loaded, loader = _tf_keras_load(path, unsafe), "tf_keras.models.load_model"
+        else:
+            loaded, loader = _keras_load(path, unsafe), "keras.models.load_model"
+        conventions = {}
+        if loader == "keras.models.load_model" and version and version.startswith(("1.", "2.")):
+            conventions = _legacy_conventions(json.loads(config_text), loaded)
+        return KerasSource("h5", path, loaded, legacy_bessel=conventions, keras_version=version, loader=loader)
+    if model_format == "tf-checkpoint":
+        prefix = _checkpoint_prefix(path)
+        if prefix is None or not _is_object_checkpoint(prefix):
+            raise CheckpointError(f"{path} is not a TF2 object-based checkpoint (no index with {_OBJECT_GRAPH_KEY}).")
+        built = _weights_only_model(model, architecture, unsafe, path, "a TF2 object-based checkpoint")
+        from ckptfix.keras.storage import restore_object_checkpoint
+
+        restore_object_checkpoint(built, prefix)
+        return KerasSource("tf-checkpoint", path, built, prefix=prefix, loader="tf.train.Checkpoint.read")
+    if model_format == "savedmodel":
+        return _load_savedmodel(path, model, architecture, unsafe)
+    raise CkptfixError("--model-format tf1 is a TF1 checkpoint: it takes the TF1 path.")
+
+
+def _archive_version(path: Path) -> str | None:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return json.loads(archive.read("metadata.json")).get("keras_version")
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError):
+        return None
+
+
+def _archive_config(path: Path) -> dict:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return json.loads(archive.read("config.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as error:
+        raise CheckpointError(f"cannot read the config of {path}: {_first_line(error)}") from None
+
+
+def _load_savedmodel(path: Path, model, architecture, unsafe: bool) -> KerasSource:
+    from ckptfix.keras.storage import restore_object_checkpoint
+
+    prefix = path / "variables" / "variables"
+    if not prefix.with_name("variables.index").is_file():
+        raise CheckpointError(f"SavedModel {path} has no variables/variables.index: nothing to repair.")
+    if model is not None or architecture is not None:
+        built = _weights_only_model(model, architecture, unsafe, path, "a SavedModel")
+        restore_object_checkpoint(built, prefix)
+        return KerasSource("savedmodel", path, built, prefix=prefix, loader="tf.train.Checkpoint.read")
+    if not (path / "keras_metadata.pb").is_file():
+        raise CheckpointError(
+            f"SavedModel {path} does not keep the Keras model (no keras_metadata.pb; Keras 3 model.export() "
+            "writes only the serving functions): pass the .keras or .weights.h5 file you exported it from "
+            "(or, for tf.saved_model.save(model), --model package.module:function building the same model)."
+        )
+    if not _has_tf_keras():
+        raise CkptfixError(f"SavedModel {path} was written by tf_keras: install tf_keras to load it.")
+    _refuse_python_lambdas(_savedmodel_configs(path), f"SavedModel {path}", unsafe)
+    loaded = _tf_keras_load(path, unsafe)
+    return KerasSource("savedmodel", path, loaded, prefix=prefix, loader="tf_keras.models.load_model")

@@ -1,0 +1,140 @@
+"""The measuring pass on a Keras model: BN layers on batch statistics, every other layer in inference mode.
+
+The model is called with ``training=False`` (dropout off, every other layer in inference mode) while each
+BN layer's ``call`` is replaced, on the instance and only for the pass, by one that normalises with its
+input's batch moments -- what ``training=True`` computes -- without updating any variable. (Calling the
+model with ``training=True`` would move the moving statistics, and a Keras 3 BN layer with
+``trainable=False`` stays in inference mode even then.) Per channel the replacement computes, inside the
+``tf.function``::
+
+    count = values per channel,  mean = reduce_mean(x),  M2 = reduce_sum((x - mean)**2)
+    y = gamma * (x - mean) / sqrt(M2 / count + epsilon) + beta     (gamma = 1, beta = 0 when absent)
+
+in float32 on the device; only the per-channel vectors reach the host, where they are merged in float64 by
+:class:`ckptfix.stats.PooledMoments` exactly as for TF1 graphs. A layer called several times (shared
+weights) contributes every call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import numpy as np
+
+from ckptfix.errors import GraphError
+from ckptfix.keras.batchnorm import KerasBatchNorm
+from ckptfix.stats.pooled import BatchMoments
+
+_MISSING = object()
+
+
+def _batch_statistics_call(bn: KerasBatchNorm, recorded: dict[str, list]):
+    import tensorflow as tf
+
+    layer = bn.layer
+
+    def call(inputs, training=None, mask=None, **kwargs):
+        if mask is not None:
+            raise GraphError(f"BN layer {bn.name} receives a mask: masked batch statistics are not supported.")
+        x = tf.cast(tf.convert_to_tensor(inputs), tf.float32)
+        rank = x.shape.rank
+        if rank is None:
+            raise GraphError(f"BN layer {bn.name} has an input of unknown rank: build the model with a known input rank.")
+        channel_axes = {axis % rank for axis in bn.channel_axes}
+        reduce_axes = [axis for axis in range(rank) if axis not in channel_axes]
+        mean = tf.reduce_mean(x, axis=reduce_axes, keepdims=True)
+        m2 = tf.reduce_sum(tf.square(x - mean), axis=reduce_axes, keepdims=True)
+        count = tf.size(x, out_type=tf.int64) // tf.size(mean, out_type=tf.int64)
+        recorded.setdefault(bn.name, []).append((count, tf.reshape(mean, [-1]), tf.reshape(m2, [-1])))
+        variance = m2 / tf.cast(count, tf.float32)
+        gamma = None if getattr(layer, "gamma", None) is None else tf.reshape(tf.cast(layer.gamma, tf.float32), tf.shape(mean))
+        beta = None if getattr(layer, "beta", None) is None else tf.reshape(tf.cast(layer.beta, tf.float32), tf.shape(mean))
+        outputs = tf.nn.batch_normalization(x, mean, variance, beta, gamma, layer.epsilon)
+        return tf.cast(outputs, layer.compute_dtype)
+
+    return call
+
+
+@contextlib.contextmanager
+def batch_statistics(layers: list[KerasBatchNorm], recorded: dict[str, list]) -> Iterator[None]:
+    """Within the block, each layer's ``call`` normalises with batch moments and records them; restored after."""
+    saved = [(bn.layer, bn.layer.__dict__.get("call", _MISSING)) for bn in layers]
+    try:
+        for bn in layers:
+            object.__setattr__(bn.layer, "call", _batch_statistics_call(bn, recorded))
+        yield
+    finally:
+        for layer, original in saved:
+            if original is _MISSING:
+                object.__delattr__(layer, "call")
+            else:
+                object.__setattr__(layer, "call", original)
+
+
+def first_output(outputs):
+    import tensorflow as tf
+
+    return tf.nest.flatten(outputs)[0]
+
+
+class BatchStatisticsForward:
+    """``run(batch)`` -> ``{layer name: [BatchMoments, ...]}`` and the model's (first) output, in one call.
+
+    Only the per-channel vectors are copied to the host for every batch; the output stays on the device
+    unless the caller keeps it (the agreement check's first batches)."""
+
+    def __init__(self, model, layers: list[KerasBatchNorm]) -> None:
+        import tensorflow as tf
+
+        self._model, self._layers, self._recorded = model, layers, {}
+        self._names = [bn.name for bn in layers]
+
+        def forward(x):
+            self._recorded.clear()
+            outputs = first_output(model(x, training=False))
+            moments = {name: self._recorded.get(name, []) for name in self._names}
+            return outputs, moments
+
+        self._forward = tf.function(forward, reduce_retracing=True)
+
+    def run(self, batch) -> tuple[dict[str, list[BatchMoments]], object]:
+        """Per-layer moments (host) and the output tensor (left on the device; ``.numpy()`` it if needed).
+
+        ``batch``: an array, or a list of arrays in the model's input order.
+        """
+        with batch_statistics(self._layers, self._recorded):
+            outputs, moments = self._forward(batch)
+        unused = [name for name in self._names if not moments[name]]
+        if unused:
+            raise GraphError(f"BN layer {unused[0]} is not called by the model's forward pass: nothing to measure it on.")
+        per_layer = {
+            name: [BatchMoments(int(count), mean.numpy(), m2.numpy()) for count, mean, m2 in calls]
+            for name, calls in moments.items()
+        }
+        return per_layer, outputs
+
+
+class InferenceForward:
+    """The model's (first) output in inference mode; :meth:`using` swaps in other moving statistics."""
+
+    def __init__(self, model) -> None:
+        import tensorflow as tf
+
+        self._forward = tf.function(lambda x: first_output(model(x, training=False)), reduce_retracing=True)
+
+    def outputs(self, batch) -> np.ndarray:
+        return self._forward(batch).numpy()
+
+    @staticmethod
+    @contextlib.contextmanager
+    def using(values: dict[int, tuple[object, np.ndarray]]) -> Iterator[None]:
+        """Assign ``{id: (variable, value)}`` for the block; the previous values are restored after."""
+        saved = [(variable, np.array(variable.numpy())) for variable, _ in values.values()]
+        try:
+            for variable, value in values.values():
+                variable.assign(np.asarray(value).astype(variable.numpy().dtype).reshape(variable.shape))
+            yield
+        finally:
+            for variable, value in saved:
+                variable.assign(value)

@@ -1,0 +1,396 @@
+"""Where each BN variable lives in a Keras / TF2 file, and the atomic write-back of new statistics.
+
+Keys (reported as ``mean_key`` / ``variance_key``):
+
+* ``.keras`` / ``.weights.h5``: the HDF5 dataset path Keras' saver gives the variable
+  (``layers/<layer>/vars/<i>``; inside the archive's ``model.weights.h5``), found by running Keras' own
+  save traversal (Keras 3's, or tf_keras' for a tf_keras ``.keras`` archive) without writing anything;
+* legacy ``.h5``: ``model_weights/<layer>/<weight name>`` (or ``<layer>/<weight name>`` in a weights-only
+  file), in the order Keras' legacy loader assigns them (each top-level layer's trainable then
+  non-trainable weights);
+* TF2 checkpoints and SavedModel variables: ``<object path>/.ATTRIBUTES/VARIABLE_VALUE``, the object
+  path being TensorFlow's own traversal of the model.
+
+Before anything is written, the value stored under every key must equal, byte for byte, the variable the
+model loaded from it (a wrong mapping is an error, never a silent write). Writing copies the input bit for
+bit and overwrites only the statistics datasets / tensors (cast to their stored dtype); a ``.keras``
+archive is re-zipped member by member with each member's own compression, only ``model.weights.h5``
+changed. The result is written into a temporary folder beside the destination, loaded back with the
+ordinary Keras / TF call, compared (every other weight identical, statistics equal to the new values) and
+only then renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+
+from ckptfix.errors import CheckpointError, OutputError
+from ckptfix.keras.formats import KerasSource
+
+_ARCHIVE_WEIGHTS = "model.weights.h5"
+_VARIABLE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+# ---------------------------------------------------------------------------------------------------- keys
+
+
+def _saver_paths(model) -> dict[int, str]:
+    """``id(variable)`` -> dataset path, by the Keras saver's own traversal (Keras 3, or tf_keras for a tf_keras
+    model) into a store that records paths instead of writing."""
+    from ckptfix.keras.batchnorm import is_tf_keras
+
+    paths: dict[int, str] = {}
+
+    class _Entry:
+        def __init__(self, path: str) -> None:
+            self._prefix = f"{path}/vars" if path else "vars"
+
+        def __setitem__(self, key, value) -> None:
+            paths[id(value)] = f"{self._prefix}/{key}"
+
+    if is_tf_keras(model):
+        _tf_keras_saver_paths(model, _Entry)
+        return paths
+
+    from keras.src.saving import saving_lib
+
+    class _Recorder(saving_lib.H5IOStore):  # Keras 3 checks the store's type
+        def __init__(self) -> None:  # no file: only the paths are recorded
+            self._entry = _Entry("")
+
+        def __bool__(self) -> bool:
+            return True
+
+        def make(self, path, metadata=None):
+            self._entry = _Entry(path)
+            return self
+
+        def __setitem__(self, key, value) -> None:
+            self._entry[key] = value
+
+    saving_lib._save_state(model, weights_store=_Recorder(), assets_store=None, inner_path="", visited_saveables=set())
+    return paths
+
+
+def _tf_keras_saver_paths(model, entry) -> None:
+    """tf_keras' saver stores ``v.numpy()`` copies: while its traversal runs, each layer using the base
+    ``save_own_variables`` records its variables themselves, in that method's order (trainable then
+    non-trainable). Restored afterwards; other layers' weights stay unmapped (an error in check_keys)."""
+    from tf_keras.src.engine.base_layer import Layer
+    from tf_keras.src.saving import saving_lib as tf_keras_saving
+
+    from ckptfix.keras.batchnorm import walk_layers
+
+    def recording(layer):
+        def save_own_variables(store):
+            for index, variable in enumerate(layer._trainable_weights + layer._non_trainable_weights):
+                store[str(index)] = variable
+        return save_own_variables
+
+    class _Recorder:
+        def __bool__(self) -> bool:
+            return True
+
+        def make(self, path):
+            return entry(path)
+
+    layers = [model] + [layer for _, layer in walk_layers(model)]
+    patched = [layer for layer in layers if type(layer).save_own_variables is Layer.save_own_variables]
+    try:
+        for layer in patched:
+            object.__setattr__(layer, "save_own_variables", recording(layer))
+        tf_keras_saving._save_state(model, _Recorder(), None, "", set())
+    finally:
+        for layer in patched:
+            layer.__dict__.pop("save_own_variables", None)
+
+
+def _legacy_h5_paths(model, h5) -> dict[int, str]:
+    """``id(variable)`` -> dataset path in a legacy ``.h5``, mirroring Keras' order-based legacy loader."""
+    group = h5["model_weights"] if "model_weights" in h5 else h5
+    root = "model_weights/" if "model_weights" in h5 else ""
+
+    def names(node, attribute):
+        values = node.attrs.get(attribute, [])
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+
+    saved = [name for name in names(group, "layer_names") if names(group[name], "weight_names")]
+    layers = [layer for layer in model.layers if layer.trainable_weights + layer.non_trainable_weights]
+    if len(saved) != len(layers):
+        raise CheckpointError(f"{h5.filename} has {len(saved)} layers with weights, the model {len(layers)}.")
+    paths = {}
+    for layer_name, layer in zip(saved, layers):
+        weight_names = names(group[layer_name], "weight_names")
+        for variable, weight_name in zip(layer.trainable_weights + layer.non_trainable_weights, weight_names):
+            paths[id(variable)] = f"{root}{layer_name}/{weight_name}"
+    return paths
+
+
+def _checkpoint_root(model, prefix: Path):
+    """The object the TF2 checkpoint was written from: the model itself, or ``tf.train.Checkpoint(model=...)``."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(tf.train.load_checkpoint(str(prefix)).get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    children = {child.local_name for child in graph.nodes[0].children}
+    if "model" in children and not hasattr(model, "model"):
+        wrapper = tf.train.Checkpoint(model=model)
+        return wrapper, wrapper
+    return tf.train.Checkpoint(root=model), model
+
+
+def restore_object_checkpoint(model, prefix: Path) -> None:
+    """Read a TF2 object-based checkpoint into ``model``; every model variable must be matched."""
+    import tensorflow as tf
+
+    try:
+        status = _checkpoint_root(model, prefix)[0].read(str(prefix))
+        status.assert_existing_objects_matched()
+    except (AssertionError, tf.errors.OpError, ValueError) as error:
+        raise CheckpointError(
+            f"checkpoint {prefix} does not fit the model from --model/--architecture: {str(error).strip().splitlines()[0][:200]}"
+        ) from None
+
+
+def _object_paths(model, prefix: Path) -> dict[int, str]:
+    from tensorflow.python.checkpoint import graph_view, util
+
+    root = _checkpoint_root(model, prefix)[1]
+    names = util.objects_ids_and_slot_variables_and_paths(graph_view.ObjectGraphView(root))[4]
+    return {id(obj): name + _VARIABLE_SUFFIX for obj, name in names.items()}
+
+
+def variable_keys(source: KerasSource) -> dict[int, str]:
+    """``id(variable)`` -> where the variable is stored in ``source``'s file (see the module docstring)."""
+    if source.model_format in ("keras", "weights-h5"):
+        return _saver_paths(source.model)
+    if source.model_format == "h5":
+        import h5py
+
+        with h5py.File(source.path, "r") as h5:
+            return _legacy_h5_paths(source.model, h5)
+    return _object_paths(source.model, source.prefix)
+
+
+# ---------------------------------------------------------------------------------------------------- reading
+
+
+class StoredValues:
+    """Read the stored arrays by key, from whichever file ``source`` is (context manager)."""
+
+    def __init__(self, source: KerasSource) -> None:
+        self._source = source
+        self._close: list[Callable[[], None]] = []
+
+    def __enter__(self) -> "StoredValues":
+        import h5py
+
+        fmt = self._source.model_format
+        if fmt == "keras":
+            archive = zipfile.ZipFile(self._source.path)
+            handle = archive.open(_ARCHIVE_WEIGHTS)
+            self._h5 = h5py.File(handle, "r")
+            self._close += [self._h5.close, handle.close, archive.close]
+        elif fmt in ("weights-h5", "h5"):
+            self._h5 = h5py.File(self._source.path, "r")
+            self._close.append(self._h5.close)
+        else:
+            import tensorflow as tf
+
+            self._reader = tf.train.load_checkpoint(str(self._source.prefix))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for close in self._close:
+            close()
+
+    def has(self, key: str) -> bool:
+        if hasattr(self, "_h5"):
+            return key in self._h5
+        return self._reader.has_tensor(key)
+
+    def get(self, key: str) -> np.ndarray:
+        if hasattr(self, "_h5"):
+            return np.asarray(self._h5[key][()])
+        return np.asarray(self._reader.get_tensor(key))
+
+
+def check_keys(source: KerasSource, keys: Mapping[int, str], variables: list) -> None:
+    """Every variable's stored value must equal what the model loaded (guards the key mapping)."""
+    with StoredValues(source) as stored:
+        for variable in variables:
+            key = keys.get(id(variable))
+            if key is None or not stored.has(key):
+                name = getattr(variable, "path", None) or variable.name
+                raise CheckpointError(
+                    f"{source.path} holds no value for the model's weight {name}: pass the model it was saved from "
+                    "(a Keras 3 model nested in another is not tracked by tf.train.Checkpoint: save .weights.h5 instead)."
+                )
+            value = np.asarray(variable.numpy())
+            saved = stored.get(key)
+            if saved.shape != value.shape or saved.astype(value.dtype).tobytes() != value.tobytes():
+                raise CheckpointError(f"{source.path}: {key} does not hold the loaded value of its variable; nothing was written.")
+
+
+# ---------------------------------------------------------------------------------------------------- output
+
+
+def default_output(source: KerasSource) -> Path:
+    """``model-recalibrated.keras`` beside a file; ``<folder>-recalibrated`` for checkpoint and SavedModel folders."""
+    path = source.path.absolute()
+    if source.model_format in ("keras", "h5", "weights-h5"):
+        name = path.name
+        for suffix in (".weights.h5", ".keras", ".hdf5", ".h5"):
+            if name.lower().endswith(suffix):
+                return path.with_name(name[: -len(suffix)] + "-recalibrated" + name[-len(suffix):])
+    folder = path if source.model_format == "savedmodel" else source.prefix.parent.absolute()
+    return folder.with_name(folder.name + "-recalibrated")
+
+
+def check_output(source: KerasSource, output: Path, overwrite: bool) -> Path:
+    """Refuse an output that is, contains or sits inside the input, or exists without ``overwrite``."""
+    output = Path(output).expanduser().absolute()
+    inputs = [source.path.resolve()]
+    if source.prefix is not None:
+        inputs.append(source.prefix.parent.resolve())
+    resolved = output.resolve()
+    for item in inputs:
+        if resolved == item or item in resolved.parents or (item.is_dir() and resolved in item.parents) or resolved in item.parents:
+            raise OutputError(f"output {output} is the input {source.path} or overlaps it: choose another -o/--output.")
+    is_file_format = source.model_format in ("keras", "h5", "weights-h5")
+    if is_file_format and source.model_format == "keras" and not output.name.endswith(".keras"):
+        raise OutputError(f"output {output}: Keras only loads archives named *.keras; choose such a -o/--output.")
+    if is_file_format and source.model_format == "weights-h5" and not output.name.endswith(".weights.h5"):
+        raise OutputError(f"output {output}: Keras 3 only loads weights named *.weights.h5; choose such a -o/--output.")
+    if output.exists():
+        if is_file_format and output.is_dir():
+            raise OutputError(f"output {output} is a folder: pass a file name with -o/--output.")
+        if not is_file_format and not output.is_dir():
+            raise OutputError(f"output {output} exists and is not a folder: choose another -o/--output.")
+        if not overwrite and (output.is_file() or any(output.iterdir())):
+            raise OutputError(f"output {output} exists: pass --overwrite or choose another -o/--output.")
+    parent = output.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"cannot create {parent}: {error.strerror}; choose another -o/--output.") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write to {parent}: choose a writable -o/--output.")
+    return output
+
+
+def _patch_h5(path: Path, new_values: Mapping[str, np.ndarray]) -> None:
+    """Overwrite the datasets at ``new_values``' keys in place, each in its stored dtype and shape."""
+    import h5py
+
+    with h5py.File(path, "r+") as h5:
+        for key, value in new_values.items():
+            dataset = h5[key]
+            dataset[...] = np.asarray(value, np.float64).astype(dataset.dtype).reshape(dataset.shape)
+
+
+def _write_archive(source: Path, destination: Path, new_values: Mapping[str, np.ndarray], staging: Path) -> None:
+    weights = staging / "patched-model.weights.h5"
+    with zipfile.ZipFile(source) as archive:
+        if _ARCHIVE_WEIGHTS not in archive.namelist():
+            raise CheckpointError(f"{source} has no {_ARCHIVE_WEIGHTS} (sharded or .npz weights are not supported).")
+        with archive.open(_ARCHIVE_WEIGHTS) as member, open(weights, "wb") as out:
+            shutil.copyfileobj(member, out)
+        _patch_h5(weights, new_values)
+        with zipfile.ZipFile(destination, "w") as rewritten:
+            for info in archive.infolist():
+                data = weights.read_bytes() if info.filename == _ARCHIVE_WEIGHTS else archive.read(info)
+                rewritten.writestr(info, data, compress_type=info.compress_type)
+    weights.unlink()
+
+
+def _write_object_checkpoint(source_prefix: Path, destination_prefix: Path, new_values: Mapping[str, np.ndarray]) -> None:
+    """Every tensor of ``source_prefix`` (object graph included) to ``destination_prefix``, statistics replaced."""
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(str(source_prefix))
+    dtypes = reader.get_variable_to_dtype_map()
+    names, values = [], []
+    for key in sorted(dtypes):
+        value = reader.get_tensor(key)
+        if key in new_values:
+            value = np.asarray(new_values[key], np.float64).astype(dtypes[key].as_numpy_dtype).reshape(np.shape(value))
+        names.append(key)
+        values.append(tf.constant(value, dtype=dtypes[key]))
+    tf.raw_ops.SaveV2(prefix=str(destination_prefix), tensor_names=names, shape_and_slices=[""] * len(names), tensors=values)
+
+
+def write_output(
+    source: KerasSource,
+    new_values: Mapping[str, np.ndarray],
+    output: Path,
+    overwrite: bool,
+    verify: Callable[[Path], None],
+) -> Path:
+    """Write ``source`` with ``new_values`` (key -> array) replaced at ``output``, atomically.
+
+    ``verify(staged_path)`` loads the staged result back with the ordinary Keras / TF call and raises if it
+    differs from what was meant; only then is the result renamed into place. Returns the written path (the
+    checkpoint prefix for TF2 checkpoints).
+    """
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+    except OSError as error:
+        raise OutputError(f"cannot write {output}: {error.strerror or error}; nothing was written.") from None
+    try:
+        fmt = source.model_format
+        if fmt == "keras":
+            staged = staging / output.name
+            _write_archive(source.path, staged, new_values, staging)
+        elif fmt in ("h5", "weights-h5"):
+            staged = staging / output.name
+            shutil.copyfile(source.path, staged)
+            _patch_h5(staged, new_values)
+        elif fmt == "savedmodel":
+            staged = staging / output.name
+            shutil.copytree(source.path, staged)
+            for stale in (staged / "variables").glob("variables.*"):
+                stale.unlink()
+            _write_object_checkpoint(source.prefix, staged / "variables" / "variables", new_values)
+        else:
+            staged = staging / output.name
+            staged.mkdir()
+            _write_object_checkpoint(source.prefix, staged / source.prefix.name, new_values)
+            (staged / "checkpoint").write_text(
+                f'model_checkpoint_path: "{source.prefix.name}"\nall_model_checkpoint_paths: "{source.prefix.name}"\n'
+            )
+        verify(staged if fmt != "tf-checkpoint" else staged / source.prefix.name)
+        _move_into_place(staged, output, overwrite)
+    except OSError as error:
+        raise OutputError(f"cannot write {output}: {error.strerror or error}; nothing was written.") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output / source.prefix.name if source.model_format == "tf-checkpoint" else output
+
+
+def _move_into_place(staged: Path, output: Path, overwrite: bool) -> None:
+    if staged.is_file():
+        os.replace(staged, output)  # atomic for a file, replacing an existing one (only with --overwrite)
+        return
+    if output.exists():
+        if any(output.iterdir()) and not overwrite:
+            raise OutputError(f"output {output} appeared while writing: pass --overwrite or choose another -o.")
+        retired = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
+        os.rename(output, retired / "previous")
+        try:
+            os.rename(staged, output)
+        except OSError:
+            os.rename(retired / "previous", output)
+            raise
+        finally:
+            shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.rename(staged, output)
