@@ -259,7 +259,8 @@ def write_recalibrated_checkpoint(
     if missing:
         raise CheckpointError(f"the checkpoint has no tensor {missing[0]}: the .meta does not match the checkpoint.")
     replaced = _replacement_tensors(entries, new_values, layout)
-    parts = _split_into_parts(entries, part_bytes, shard_of_each_tensor(source.index) or {})
+    shards = shard_of_each_tensor(source.index) or {}
+    parts = _split_into_parts(entries, part_bytes, shards if set(shards) == {e.key for e in entries} else {})
     basename = source.prefix.name
     try:
         with _exclusive_lock(output_dir), _interrupts_between_steps() as check_interrupt:
