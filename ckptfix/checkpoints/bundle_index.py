@@ -11,7 +11,8 @@ value of a data block is a ``BundleEntryProto`` with the tensor's ``shard_id``; 
 its shard; the variable's own entry lists them.
 
 Only what the writer needs: the shard of every tensor key. Anything unexpected (a compressed block, a bad
-magic) returns ``None``, and the caller falls back to not keeping the shards.
+magic, nothing found) returns ``None``; block checksums are not verified, so the caller also checks that the
+keys found are exactly the checkpoint's, and otherwise does not keep the shards.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def _sliced_name(key: bytes) -> str:
 def shard_of_each_tensor(index_path: Path) -> dict[str, int] | None:
     """Tensor key -> the shard id its bytes live in; ``None`` if the index cannot be parsed (or a partitioned
     variable's slices are spread over several shards)."""
+    from google.protobuf.message import DecodeError
     from tensorflow.core.protobuf import tensor_bundle_pb2
 
     try:
@@ -90,10 +92,10 @@ def shard_of_each_tensor(index_path: Path) -> dict[str, int] | None:
                     slice_shards.setdefault(_sliced_name(key), set()).add(entry.shard_id)
                 elif not entry.slices:
                     shards[key.decode()] = entry.shard_id
-    except (IndexError, ValueError, struct.error, OSError):
+    except (IndexError, ValueError, struct.error, OSError, DecodeError, UnicodeDecodeError):
         return None
     for name, own in slice_shards.items():
         if len(own) != 1:
             return None
         shards[name] = own.pop()
-    return shards
+    return shards or None

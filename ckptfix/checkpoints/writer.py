@@ -119,13 +119,17 @@ def _op_error_reason(error) -> str:
     return reason if separator and path.startswith("/") else first
 
 
+def _unreadable(prefix: Path, error) -> CheckpointError:
+    return CheckpointError(f"cannot read checkpoint {prefix}: {_op_error_reason(error)}. Is it complete and uncorrupted?")
+
+
 def _entries(prefix: Path, layout: Mapping[str, list[TensorSlice]]) -> list[_Entry]:
     import tensorflow as tf
 
     try:
         reader = tf.train.load_checkpoint(str(prefix))
     except (tf.errors.OpError, ValueError) as error:
-        raise CheckpointError(f"cannot read checkpoint {prefix}: {_op_error_reason(error)}. Is it complete and uncorrupted?") from None
+        raise _unreadable(prefix, error) from None
     dtypes, shapes = reader.get_variable_to_dtype_map(), reader.get_variable_to_shape_map()
     return [
         _Entry(key, dtypes[key], tuple(shapes[key]), tuple(part.spec for part in layout.get(key, ())) or ("",))
@@ -176,7 +180,7 @@ def _save_part(source: Path, target: Path, part: list[_Entry], replaced: Mapping
     try:
         restored = iter(_restore(source, untouched) if untouched else [])
     except tf.errors.OpError as error:
-        raise CheckpointError(f"cannot read checkpoint {source}: {_op_error_reason(error)}. Is it complete and uncorrupted?") from None
+        raise _unreadable(source, error) from None
     tensors = [tensor for entry in part for tensor in (replaced[entry.key] if entry.key in replaced else
                                                        [next(restored) for _ in entry.specs])]
     names = [entry.key for entry in part for _ in entry.specs]
@@ -224,13 +228,16 @@ def _verify(prefix: Path, entries: list[_Entry], parts: list[list[_Entry]], fing
     except (CheckpointError, tf.errors.OpError):
         wrong = ["(unreadable)"]
     if wrong:
-        raise OutputError(f"the written checkpoint did not read back as expected ({', '.join(wrong[:3])}); nothing was kept.")
+        raise OutputError(
+            f"the written checkpoint did not read back as expected ({', '.join(wrong[:3])}); nothing was kept."
+        )
 
 
 def _mismatched(prefix: Path, part: list[_Entry], expected: list[bytes]) -> list[str]:
-    """Keys of ``part`` whose tensors under ``prefix`` do not have the ``expected`` fingerprints (one part in memory)."""
+    """Keys of ``part`` whose tensors under ``prefix`` lack the ``expected`` fingerprints (one part in memory)."""
     keys = [entry.key for entry in part for _ in entry.specs]
-    return [key for key, tensor, fingerprint in zip(keys, _restore(prefix, part), expected) if _fingerprint(tensor) != fingerprint]
+    read = _restore(prefix, part)
+    return [key for key, tensor, fingerprint in zip(keys, read, expected) if _fingerprint(tensor) != fingerprint]
 
 
 def _write_state_file(folder: Path, basename: str) -> None:
@@ -263,7 +270,8 @@ def write_recalibrated_checkpoint(
     if missing:
         raise CheckpointError(f"the checkpoint has no tensor {missing[0]}: the .meta does not match the checkpoint.")
     replaced = _replacement_tensors(entries, new_values, layout)
-    parts = _split_into_parts(entries, part_bytes, shard_of_each_tensor(source.index) or {})
+    shards = shard_of_each_tensor(source.index) or {}
+    parts = _split_into_parts(entries, part_bytes, shards if set(shards) == {e.key for e in entries} else {})
     basename = source.prefix.name
     try:
         with _exclusive_lock(output_dir), _interrupts_between_steps() as check_interrupt:
@@ -304,7 +312,8 @@ def _interrupts_between_steps() -> Iterator[Callable[[], None]]:
 
     Two reasons: a KeyboardInterrupt raised inside a TensorFlow call can apparently be lost (a CLI run
     interrupted while writing once finished and exited 0; our guess is a conversion fallback inside TF that
-    clears Python errors), and one raised between the renames that put the output in place could lose it. A Ctrl-C after the last check lets the write finish.
+    clears Python errors), and one raised between the renames that put the output in place could lose it.
+    A Ctrl-C after the last check lets the write finish.
     Only Python's default SIGINT handler in the main thread is replaced; any other is left alone.
     """
     if (threading.current_thread() is not threading.main_thread()
@@ -326,7 +335,8 @@ def _interrupts_between_steps() -> Iterator[Callable[[], None]]:
 
 def _write_failed(output_dir: Path, reason: str) -> OutputError:
     return OutputError(
-        f"cannot write {output_dir}: {reason}. Nothing was written; free disk space, check permissions or choose another -o."
+        f"cannot write {output_dir}: {reason}. "
+        "Nothing was written; free disk space, check permissions or choose another -o."
     )
 
 

@@ -137,3 +137,26 @@ def test_shard_index_is_parsed(sharded, single):
     assert read == {key: int(key == "other/table") for key in tf.train.load_checkpoint(str(sharded)).get_variable_to_dtype_map()}
     assert set(shard_of_each_tensor(Path(str(single) + ".index")).values()) == {0}
     assert "dense/kernel" in read  # a partitioned variable: its shard comes from its slices' entries
+
+
+def test_unparsable_index_falls_back_to_one_shard_grouping(tmp_path):
+    """A damaged .index gives no shard map (the writer then cuts parts by size only), never an exception."""
+    from ckptfix.checkpoints.bundle_index import shard_of_each_tensor
+
+    damaged = tmp_path / "model.ckpt.index"
+    damaged.write_bytes(b"\x00garbage" * 10)
+    assert shard_of_each_tensor(damaged) is None
+    assert shard_of_each_tensor(tmp_path / "missing.index") is None
+
+
+def test_index_with_damaged_blocks_gives_no_usable_shard_map(single, tmp_path):
+    """Scrambled blocks parse to nothing or to keys that are not the checkpoint's: the writer ignores both."""
+    from ckptfix.checkpoints.bundle_index import shard_of_each_tensor
+
+    data = bytearray(Path(str(single) + ".index").read_bytes())
+    for position in range(0, len(data) - 48, 7):  # scramble the blocks, keep the footer (and its magic)
+        data[position] ^= 0xA5
+    damaged = tmp_path / "model.ckpt.index"
+    damaged.write_bytes(bytes(data))
+    found = shard_of_each_tensor(damaged)
+    assert found is None or set(found) != set(tf.train.load_checkpoint(str(single)).get_variable_to_dtype_map())
