@@ -85,14 +85,19 @@ def check_output_dir(source: CheckpointFiles, output_dir: Path, overwrite: bool)
     parent = output_dir.parent
     if parent.exists() and not parent.is_dir():
         raise OutputError(f"cannot write to {output_dir}: {parent} is not a folder; choose another -o/--output.")
-    if not parent.exists():
-        try:
-            parent.mkdir(parents=True)
-        except OSError as error:
-            raise OutputError(f"cannot create {parent}: {error.strerror}; choose another -o/--output.") from None
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write to {parent}: choose a writable -o/--output.")
+    ensure_writable_folder(parent)
     return output_dir
+
+
+def ensure_writable_folder(folder: Path) -> None:
+    """Create ``folder`` if needed and check it is writable, or raise an OutputError naming -o/--output."""
+    if not folder.exists():
+        try:
+            folder.mkdir(parents=True)
+        except OSError as error:
+            raise OutputError(f"cannot create {folder}: {error.strerror}; choose another -o/--output.") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write to {folder}: choose a writable -o/--output.")
 
 
 @dataclass(frozen=True)
@@ -296,7 +301,7 @@ def write_recalibrated_checkpoint(
                 check_interrupt()
                 _verify(staging / basename, entries, parts, fingerprints)
                 check_interrupt()
-                _move_into_place(staging, output_dir, overwrite)
+                move_into_place(staging, output_dir, overwrite)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
     except OSError as error:
@@ -420,7 +425,7 @@ def _exchange(first: Path, second: Path) -> bool:
     raise OSError(code, os.strerror(code), str(second))
 
 
-def _move_into_place(staging: Path, output_dir: Path, overwrite: bool) -> None:
+def move_into_place(staging: Path, output_dir: Path, overwrite: bool) -> None:
     """Rename ``staging`` to ``output_dir``; an existing one ends up in ``staging`` (removed by the caller)."""
     if output_dir.exists():
         if any(output_dir.iterdir()) and not overwrite:

@@ -28,6 +28,7 @@ from typing import Mapping
 import numpy as np
 
 from ckptfix.checkpoints.locate import CheckpointFiles
+from ckptfix.checkpoints.writer import ensure_writable_folder
 from ckptfix.errors import GraphError, NoBatchNormError, OutputError
 from ckptfix.graph.batchnorm import FUSED_OPS, find_batchnorm_layers
 from ckptfix.graph.index import GraphIndex
@@ -229,14 +230,7 @@ def check_output_path(source: Path, output: str | Path | None, overwrite: bool) 
         raise OutputError(f"output {target} exists: pass --overwrite or choose another -o/--output.")
     if target.suffix.lower() not in FROZEN_SUFFIXES:
         raise OutputError(f"output {target} must end in .pb (binary) or .pbtxt (text): choose another -o/--output.")
-    parent = target.parent
-    if not parent.exists():
-        try:
-            parent.mkdir(parents=True)
-        except OSError as error:
-            raise OutputError(f"cannot create {parent}: {error.strerror}; choose another -o/--output.") from None
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write to {parent}: choose a writable -o/--output.")
+    ensure_writable_folder(target.parent)
     return target
 
 

@@ -31,6 +31,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from ckptfix.checkpoints.writer import ensure_writable_folder, move_into_place
 from ckptfix.errors import CheckpointError, OutputError
 from ckptfix.keras.formats import KerasSource
 
@@ -277,13 +278,7 @@ def check_output(source: KerasSource, output: Path, overwrite: bool) -> Path:
             raise OutputError(f"output {output} exists and is not a folder: choose another -o/--output.")
         if not overwrite and (output.is_file() or any(output.iterdir())):
             raise OutputError(f"output {output} exists: pass --overwrite or choose another -o/--output.")
-    parent = output.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise OutputError(f"cannot create {parent}: {error.strerror}; choose another -o/--output.") from None
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write to {parent}: choose a writable -o/--output.")
+    ensure_writable_folder(output.parent)
     return output
 
 
@@ -377,20 +372,8 @@ def write_output(
 
 
 def _move_into_place(staged: Path, output: Path, overwrite: bool) -> None:
+    """A staged file replaces ``output`` atomically (os.replace); a staged folder moves as the writer's do."""
     if staged.is_file():
         os.replace(staged, output)  # atomic for a file, replacing an existing one (only with --overwrite)
-        return
-    if output.exists():
-        if any(output.iterdir()) and not overwrite:
-            raise OutputError(f"output {output} appeared while writing: pass --overwrite or choose another -o.")
-        retired = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
-        os.rename(output, retired / "previous")
-        try:
-            os.rename(staged, output)
-        except OSError:
-            os.rename(retired / "previous", output)
-            raise
-        finally:
-            shutil.rmtree(retired, ignore_errors=True)
     else:
-        os.rename(staged, output)
+        move_into_place(staged, output, overwrite)
