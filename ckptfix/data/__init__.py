@@ -10,7 +10,7 @@
 """
 
 from ckptfix.data.preprocessing import PREPROCESSING, PRESETS
-from ckptfix.data.sources import FORMATS, CalibrationBatches, open_calibration_data
+from ckptfix.data.sources import FORMATS, CalibrationBatches, DataKeys, open_calibration_data
 from ckptfix.data.spec import InputSpec
 
-__all__ = ["FORMATS", "PREPROCESSING", "PRESETS", "CalibrationBatches", "InputSpec", "open_calibration_data"]
+__all__ = ["FORMATS", "PREPROCESSING", "PRESETS", "CalibrationBatches", "DataKeys", "InputSpec", "open_calibration_data"]

@@ -20,7 +20,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ckptfix.data.batching import Chunk
-from ckptfix.data.spec import InputSpec, check_sample_shape, key_for_input
+from ckptfix.data.spec import InputSpec, check_sample_shape, key_for_input, keys_for_inputs
 from ckptfix.errors import DataError
 
 
@@ -98,15 +98,13 @@ def read_npz(path: Path) -> dict[str, StoredArray]:
     return members
 
 
-def _pick(members: dict[str, StoredArray], spec: InputSpec, several_inputs: bool, path: Path) -> StoredArray:
+def _pick(members: dict[str, StoredArray], spec: InputSpec, path: Path) -> StoredArray:
+    """The array for a one-input model: the one named after the input, or the only one."""
     key = key_for_input(list(members), spec.name)
-    if key is None and len(members) == 1 and not several_inputs:
+    if key is None and len(members) == 1:
         key = next(iter(members))
     if key is None:
-        raise DataError(
-            f"{path} holds arrays {', '.join(members)}: name one after the input {spec.name}"
-            + (" (one array per model input)." if several_inputs else ", or keep only one.")
-        )
+        raise DataError(f"{path} holds arrays {', '.join(members)}: name one after the input {spec.name}, or keep only one.")
     return members[key]
 
 
@@ -154,7 +152,10 @@ def open_array_files(files: Sequence[Path], inputs: Sequence[InputSpec]) -> Arra
             found = {inputs[0].name: read_npy(path)}
         else:
             members = read_npz(path)
-            found = {spec.name: _pick(members, spec, several, path) for spec in inputs}
+            if several:
+                found = {name: members[key] for name, key in keys_for_inputs(members, inputs, str(path)).items()}
+            else:
+                found = {inputs[0].name: _pick(members, inputs[0], path)}
         lengths = set()
         for spec in inputs:
             stored = found[spec.name]
