@@ -3,7 +3,7 @@
 * :mod:`~ckptfix.data.sources` -- :func:`open_calibration_data`, the one entry point, and file discovery
 * :mod:`~ckptfix.data.images` -- image files decoded in a ``tf.data`` pipeline, bad files skipped by name
 * :mod:`~ckptfix.data.tfrecord` -- ``tf.train.Example`` records (encoded image or raw float feature)
-* :mod:`~ckptfix.data.arrays` -- ``.npy`` / ``.npz`` through memory maps, and in-memory arrays
+* :mod:`~ckptfix.data.arrays` -- ``.npy`` / ``.npz`` rows read at their offsets, and in-memory arrays
 * :mod:`~ckptfix.data.python` -- ``tf.data.Dataset`` and iterables of batches
 * :mod:`~ckptfix.data.preprocessing` -- image presets (with formulas) and ``module:function``
 * :mod:`~ckptfix.data.batching` -- batch sizes, the too-small last batch, skipped files, finite checks

@@ -7,7 +7,7 @@ of data -- images (``.jpg .jpeg .png .bmp .gif``), numpy (``.npy .npz``) or TFRe
 
 Order: without shuffling, files in sorted path order and array rows in order. With shuffling (seeded by
 ``seed``, the same seed giving the same batches): arrays are read in a permutation of all rows (random
-access through memory maps), image files in a permutation of the file list, TFRecord files in a permutation
+access by positioned reads), image files in a permutation of the file list, TFRecord files in a permutation
 of the file list with records mixed in a bounded buffer (:data:`~ckptfix.data.tfrecord.SHUFFLE_BUFFER`).
 ``num_samples`` stops reading once that many samples were batched.
 """
