@@ -22,7 +22,8 @@ import numpy as np
 from ckptfix import _quiet
 from ckptfix.checkpoints.locate import CheckpointFiles, locate_checkpoint
 from ckptfix.checkpoints.writer import check_output_dir, default_output_dir, write_recalibrated_checkpoint
-from ckptfix.data import PREPROCESSING, open_calibration_data
+from ckptfix.data import PREPROCESSING, DataKeys, open_calibration_data
+from ckptfix.data.batching import first_samples, samples_in
 from ckptfix.diagnostics import agreement as output_agreement
 from ckptfix.diagnostics.inspect import inspect_checkpoint, inspect_graph
 from ckptfix.errors import CheckpointError, CkptfixError, DataError, NoBatchNormError
@@ -149,6 +150,7 @@ class _Measurement:
     untouched_layers: list[str]
     notices: list[str]
     agreement: output_agreement.Agreement | None
+    input_tensors: list[str] = field(default_factory=list)
     partition_layout: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)  # data_source, samples_skipped, skipped_files
 
@@ -159,6 +161,7 @@ class _Measurement:
             num_batches=self.num_batches,
             estimator=estimator,
             input_tensor=self.input_tensor,
+            input_tensors=self.input_tensors,
             training_flag=self.training_flag,
             layers=self.layers,
             untouched_layers=self.untouched_layers,
@@ -169,7 +172,8 @@ class _Measurement:
 
 
 def _stream(model: ForwardModel, batches, layers, stored, output_name, agreement_samples: int, progress: bool):
-    """Run every batch once; pool each layer's moments. Keeps the first ``agreement_samples`` samples."""
+    """Run every batch once (an array, or a dict keyed by input for several inputs); pool each layer's moments.
+    Keeps the first ``agreement_samples`` samples."""
     pooled = {layer.name: PooledMoments(stored[layer.mean_variable].size) for layer in layers}
     kept: list[np.ndarray] = []
     num_seen = num_batches = 0
@@ -180,10 +184,10 @@ def _stream(model: ForwardModel, batches, layers, stored, output_name, agreement
                     check_batch_moments(name, moment, batches.describe_last)
                     pooled[name].add(moment)
             if output_name and num_seen < agreement_samples:
-                kept.append(batch[: agreement_samples - num_seen])
-            num_seen += len(batch)
+                kept.append(first_samples(batch, agreement_samples - num_seen))
+            num_seen += samples_in(batch)
             num_batches += 1
-            bar.update(len(batch))
+            bar.update(samples_in(batch))
     return pooled, kept, num_seen, num_batches
 
 
@@ -273,7 +277,7 @@ def _measure(
     num_samples: int | None,
     shuffle: bool,
     seed: int,
-    input_name: str | None,
+    input_name: str | list[str] | None,
     training_flag: str | None,
     include: str | None,
     exclude: str | None,
@@ -299,7 +303,9 @@ def _measure(
         where = files.meta.name if files.meta is not None else "the graph --model built"
         raise NoBatchNormError(f"no BatchNorm layers in {where}: nothing to recalibrate.")
     layers = select_layers(found, include, exclude)
-    feeds = detect_feeds(index, layers, input_name, training_flag)
+    named = DataKeys(data, (data_options or {}).get("data_format"))
+    # inputs and flag of every BN layer: unselected ones run as saved in the agreement check's forward pass
+    feeds = detect_feeds(index, found, input_name, training_flag, data_keys=named.keys)
     check_forward_ops(index, layer_tensors(index, layers), allow_unsafe_ops)
     keys = checkpoint_keys(meta_graph)
     stored = _stored_statistics(files, keys, layers)
@@ -321,10 +327,8 @@ def _measure(
 
     with ForwardModel(meta_graph, layers, feeds, str(files.prefix)) as model:
         batches = open_calibration_data(
-            data,
-            input_name=feeds.input,
-            input_shape=model.input_shape,
-            dtype=model.input_dtype,
+            named.data,
+            inputs=model.input_specs,
             batch_size=batch_size,
             num_samples=num_samples,
             shuffle=shuffle,
@@ -335,7 +339,7 @@ def _measure(
         )
         if batches.images:
             notice(f"images preprocessed with --preprocess {getattr(preprocess, '__qualname__', preprocess)}: {batches.preprocessing}")
-        output_name, output_notice = resolve_output(model.graph, model.input, output_tensor)
+        output_name, output_notice = resolve_output(model.graph, model.inputs, output_tensor)
         if output_notice:
             notice(output_notice)
         pooled, kept, num_seen, num_batches = _stream(model, batches, layers, stored, output_name, agreement_samples, progress)
@@ -364,6 +368,7 @@ def _measure(
         num_samples=num_seen,
         num_batches=num_batches,
         input_tensor=feeds.input,
+        input_tensors=list(feeds.inputs),
         training_flag=feeds.training_flag,
         untouched_layers=[layer.name for layer in found if layer not in layers],
         notices=notices,
@@ -385,7 +390,7 @@ def recalibrate(
     num_samples: int | None = None,
     shuffle: bool = True,
     seed: int = 0,
-    input_name: str | None = None,
+    input_name: str | list[str] | None = None,
     training_flag: str | None = None,
     include: str | None = None,
     exclude: str | None = None,
@@ -418,14 +423,17 @@ def recalibrate(
             TF2 file (``.keras``, ``.h5``, ``.weights.h5``, object-based checkpoint, SavedModel; docs/keras.md).
         data: a folder or file of calibration samples (images, ``.npy``, ``.npz``), a numpy array ``(N, ...)``
             already preprocessed, or an iterable of batches (arrays, ``(inputs, labels)`` pairs, or dicts
-            mapping the input name to an array).
+            mapping the input name to an array; a model with several inputs takes dicts, or ``.npz`` files,
+            with one array per input).
         output: the folder to write; default ``<checkpoint folder>-recalibrated`` beside the input's folder.
             For a frozen graph: the file to write (a folder: the input's name inside it), default
             ``<name>-recalibrated.pb`` (or ``.pbtxt``) beside it; its suffix chooses binary or text.
             Keras ``.keras`` / ``.h5`` / ``.weights.h5``: the file to write, default ``<name>-recalibrated.<ext>``.
         meta: the ``.meta`` graph, when it does not sit beside the prefix.
         batch_size, num_samples, shuffle, seed: how calibration batches are drawn.
-        input_name, training_flag: tensor names overriding detection.
+        input_name, training_flag: tensor names overriding detection. Several inputs: a list of names, or
+            one string of comma-separated names (``"images,side"``); without it, every input candidate is fed
+            when the data keys an array by each one's name (``.npz`` members, dict keys).
         include, exclude: regexes over BN layer scope names; unselected layers keep their bytes and run as saved.
         estimator: ``"pooled"`` (exact statistics of all values) or ``"batch-mean"`` (mean of per-batch ones).
         preprocess: image preprocessing: a preset name (see :mod:`ckptfix.data.preprocessing`),
@@ -504,7 +512,7 @@ def diagnose(
     num_samples: int | None = None,
     shuffle: bool = True,
     seed: int = 0,
-    input_name: str | None = None,
+    input_name: str | list[str] | None = None,
     training_flag: str | None = None,
     include: str | None = None,
     exclude: str | None = None,

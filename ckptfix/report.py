@@ -109,9 +109,10 @@ class _Measured:
     num_samples: int
     num_batches: int
     estimator: str
-    input_tensor: str
+    input_tensor: str  # several inputs: their names joined by commas (the --input form)
     training_flag: str | None
     layers: list[LayerReport]
+    input_tensors: list[str] = field(default_factory=list)  # every fed input tensor, in feed order
     untouched_layers: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     agreement: Agreement | None = None
@@ -131,6 +132,7 @@ class _Measured:
             "num_batches": self.num_batches,
             "estimator": self.estimator,
             "input_tensor": self.input_tensor,
+            "input_tensors": list(self.input_tensors) or [self.input_tensor],
             "training_flag": self.training_flag,
             "layers": [layer.to_dict() for layer in self.layers],
             "untouched_layers": list(self.untouched_layers),

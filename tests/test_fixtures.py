@@ -16,6 +16,7 @@ from fixtures.runner import (
     VARIANTS,
     SlimModel,
 )
+from fixtures.slim_models import SIDE_FEATURES, load_inputs
 
 CONV = {"conv1/BatchNorm": ("fused", "NHWC", 4, 8), "conv2/BatchNorm": ("fused", "NHWC", 4, 16)}
 # variant -> (input tensor, training flag tensor, {scope: (kind, data_format, rank, channels)})
@@ -30,6 +31,7 @@ EXPECTED = {
     "nchw": ("images:0", None, {**CONV, "conv2/BatchNorm": ("fused", "NCHW", 4, 16)}),
     "dense": ("images:0", None, {**CONV, "fc1/BatchNorm": ("fused", "NHWC", 2, 32)}),
     "queue_input": ("IteratorGetNext:0", None, CONV),
+    "two_inputs": ("images:0", None, {**CONV, "side_fc/BatchNorm": ("fused", "NHWC", 2, 8)}),
 }
 
 
@@ -55,10 +57,14 @@ def test_build_writes_checkpoint_data_and_info(slim_model, variant):
     # Saver writes the path it was given, absolute here, as most training scripts do.
     assert f'model_checkpoint_path: "{model.prefix}"' in (model.train_dir / "checkpoint").read_text()
 
-    calib = np.load(model.calib)
+    calib, eval_x, eval_y = load_inputs(model.calib), load_inputs(model.eval_x), np.load(model.eval_y)
+    if variant == "two_inputs":  # .npz files: images and side features
+        assert model.info["inputs"] == ["images:0", "side:0"]
+        for inputs in (calib, eval_x):
+            assert inputs["side"].shape == (256, SIDE_FEATURES) and inputs["side"].dtype == np.float32
+        calib, eval_x = calib["images"], eval_x["images"]
     assert calib.shape == (256, 12, 12, 3) and calib.dtype == np.float32
     assert -1.0 <= calib.min() and calib.max() <= 1.0
-    eval_x, eval_y = np.load(model.eval_x), np.load(model.eval_y)
     assert eval_x.shape == (256, 12, 12, 3) and eval_x.dtype == np.float32
     assert np.bincount(eval_y).tolist() == [64, 64, 64, 64]
     pngs = sorted(model.images_dir.glob("*.png"))

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Callable, List, Optional
 
 import typer
 
@@ -35,7 +35,7 @@ BatchSize = Annotated[int, typer.Option(help="Samples per forward pass.")]
 NumSamples = Annotated[Optional[int], typer.Option(help="Stop after this many samples (default: all).")]
 Shuffle = Annotated[bool, typer.Option("--shuffle/--no-shuffle", help="Shuffle sample order (--no-shuffle: sorted files, array order).")]
 Seed = Annotated[int, typer.Option(help="Seed of the shuffle.")]
-InputName = Annotated[Optional[str], typer.Option("--input", help="Tensor to feed calibration batches to (default: detected).")]
+InputName = Annotated[Optional[List[str]], typer.Option("--input", help="Tensor to feed calibration batches to (default: detected). Several inputs: --input a,b or --input a --input b.")]
 TrainingFlag = Annotated[Optional[str], typer.Option(help="Boolean training-flag tensor, fed False (default: detected).")]
 Include = Annotated[Optional[str], typer.Option(help="Only BN layers whose scope matches this regex.")]
 Exclude = Annotated[Optional[str], typer.Option(help="Skip BN layers whose scope matches this regex.")]

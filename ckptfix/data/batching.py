@@ -66,6 +66,16 @@ class SkipLog:
         self.warn(f"skipped {name}: {reason}")
 
 
+def samples_in(batch) -> int:
+    """How many samples a forward batch holds: an array, or a dict of arrays (one per input)."""
+    return len(next(iter(batch.values()))) if isinstance(batch, dict) else len(batch)
+
+
+def first_samples(batch, count: int):
+    """The first ``count`` samples of a forward batch (an array, or a dict of arrays, one per input)."""
+    return {name: values[:count] for name, values in batch.items()} if isinstance(batch, dict) else batch[:count]
+
+
 def _finite(batch: Batch) -> Batch:
     for name, values in batch.values.items():
         if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():

@@ -18,12 +18,14 @@ import numpy as np
 
 from ckptfix.data.arrays import InMemory
 from ckptfix.data.batching import Chunk
-from ckptfix.data.spec import InputSpec, check_sample_shape, key_for_input
+from ckptfix.data.spec import InputSpec, check_sample_shape, key_for_input, keys_for_inputs
 from ckptfix.errors import DataError
 
 
 def _inputs_of(item, inputs: Sequence[InputSpec], where: str) -> dict:
     """The part of one element that feeds each input (labels dropped)."""
+    if isinstance(item, dict) and len(inputs) > 1:
+        return {name: item[key] for name, key in keys_for_inputs(item.keys(), inputs, where).items()}
     if isinstance(item, dict):
         picked = {}
         for spec in inputs:

@@ -7,19 +7,20 @@ of data -- images (``.jpg .jpeg .png .bmp .gif``), numpy (``.npy .npz``) or TFRe
 
 Order: without shuffling, files in sorted path order and array rows in order. With shuffling (seeded by
 ``seed``, the same seed giving the same batches): arrays are read in a permutation of all rows (random
-access through memory maps), image files in a permutation of the file list, TFRecord files in a permutation
+access by positioned reads), image files in a permutation of the file list, TFRecord files in a permutation
 of the file list with records mixed in a bounded buffer (:data:`~ckptfix.data.tfrecord.SHUFFLE_BUFFER`).
 ``num_samples`` stops reading once that many samples were batched.
 """
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from ckptfix.data.arrays import indexed_chunks, open_array_files
+from ckptfix.data.arrays import indexed_chunks, open_array_files, read_npz
 from ckptfix.data.batching import Batch, Chunk, Rebatcher, SkipLog
 from ckptfix.data.images import image_chunks
 from ckptfix.data.preprocessing import resolve_preprocessing
@@ -157,6 +158,48 @@ class CalibrationBatches:
         single = len(self.inputs) == 1
         for batch in self.batches():
             yield batch.values[self.inputs[0].name] if single else batch.values
+
+
+class DataKeys:
+    """The names ``data`` keys its arrays by (``.npz`` members, dict keys), read only when asked for.
+
+    :meth:`keys` looks at the first ``.npz`` file of a path, a dict, a ``tf.data.Dataset``'s element spec, or
+    the first element of an iterable (``(inputs, labels)`` pairs included); None when the data names nothing
+    (arrays, ``.npy``, images). Read the batches from :attr:`data` afterwards: a one-shot iterator gets its
+    peeked element put back in front.
+    """
+
+    def __init__(self, data, data_format: str | None = None) -> None:
+        self.data = data
+        self._format = data_format
+
+    @staticmethod
+    def _of(element) -> list[str] | None:
+        if isinstance(element, (tuple, list)) and len(element) == 2:  # (inputs, labels)
+            element = element[0]
+        return [str(key) for key in element] if isinstance(element, dict) else None
+
+    def keys(self) -> list[str] | None:
+        data = self.data
+        if isinstance(data, np.ndarray):
+            return None
+        if isinstance(data, dict):
+            return self._of(data)
+        if isinstance(data, (str, Path)):
+            kind, files = collect_files(Path(data).expanduser(), self._format)
+            npz = [f for f in files if f.suffix.lower() == ".npz"] if kind == "numpy" else []
+            return list(read_npz(npz[0])) if npz else None
+        import tensorflow as tf
+
+        if isinstance(data, tf.data.Dataset):
+            return self._of(data.element_spec)
+        if not hasattr(data, "__iter__"):
+            return None
+        iterator = iter(data)
+        first = next(iterator, None)
+        if iterator is data and first is not None:  # one-shot: put the element back
+            self.data = itertools.chain([first], iterator)
+        return None if first is None else self._of(first)
 
 
 def _order(count: int, shuffle: bool, seed: int, num_samples: int | None) -> np.ndarray:

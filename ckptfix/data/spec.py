@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -54,3 +54,26 @@ def key_for_input(keys: Iterable, name: str) -> str | None:
     aliases = input_aliases(name)
     matches = [k for k in keys if k in aliases]
     return matches[0] if len(matches) == 1 else None
+
+
+def keys_for_inputs(keys: Iterable, inputs: Sequence[InputSpec], where: str) -> dict[str, str]:
+    """Input name -> its key among ``keys``, for a model with several inputs; keys naming no input (labels)
+    are ignored. DataError naming the fix for a missing input or a key that names two inputs."""
+    keys = list(keys)
+    found = {spec.name: key_for_input(keys, spec.name) for spec in inputs}
+    missing = [name for name, key in found.items() if key is None]
+    if missing:
+        unused = [str(k) for k in keys if not any(k in input_aliases(spec.name) for spec in inputs)]
+        hint = f"; {', '.join(unused)} name no input" if unused else ""
+        raise DataError(
+            f"{where} has no array for input {', '.join(missing)} (keys: {', '.join(map(str, keys))}{hint}): "
+            f"key one array by each input's name ({', '.join(spec.name for spec in inputs)})."
+        )
+    shared = {key for key in found.values() if list(found.values()).count(key) > 1}
+    if shared:
+        names = [name for name, key in found.items() if key in shared]
+        raise DataError(
+            f"{where}: key {', '.join(sorted(map(str, shared)))} names several inputs ({', '.join(names)}): "
+            "key each by its full tensor name."
+        )
+    return found

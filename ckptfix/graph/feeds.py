@@ -1,16 +1,22 @@
-"""Detect what to feed: the model's input tensor and its training flag.
+"""Detect what to feed: the model's input tensor(s) and its training flag.
 
-Any tensor can be fed in a TF1 session, so the input may be a placeholder or the output of an input
+Any tensor can be fed in a TF1 session, so an input may be a placeholder or the output of an input
 pipeline (``IteratorGetNext``, a queue's dequeue) that a training script saved into its ``.meta``. Input
 candidates are the float, non-scalar outputs of such ops that the BN layers depend on; a candidate upstream of
 another is dropped (feeding the downstream one cuts it off). Training-flag candidates are scalar bool
 placeholders the BN layers depend on (the ``tf.cond`` predicate).
+
+One candidate is the input. Several (a multi-input model) are all fed when the calibration data names each
+of them (``.npz`` keys or dict keys: ``side``, ``side:0`` or the full scope, see
+:func:`ckptfix.data.spec.input_aliases`), or the ones the user lists (``--input a,b``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Collection, Sequence
 
+from ckptfix.data.spec import key_for_input
 from ckptfix.errors import GraphError
 from ckptfix.graph.batchnorm import BatchNormLayer, layer_tensors
 from ckptfix.graph.index import GraphIndex, Tensor, parse_input
@@ -26,10 +32,16 @@ _BOOL = 10
 
 @dataclass(frozen=True)
 class Feeds:
-    """Names of the tensor fed with calibration batches and of the training flag fed False (or None)."""
+    """Names of the tensors fed with calibration batches (one per model input) and of the training flag fed
+    False (or None)."""
 
-    input: str
+    inputs: tuple[str, ...]
     training_flag: str | None
+
+    @property
+    def input(self) -> str:
+        """The input's name; for several inputs, their names joined by commas (the ``--input`` form)."""
+        return ",".join(self.inputs)
 
 
 def _output_type_and_rank(node, k: int) -> tuple[int | None, int | None]:
@@ -93,19 +105,74 @@ def _flag_candidates(index: GraphIndex, layers: list[BatchNormLayer]) -> list[st
     return found
 
 
+def input_names(input_name: str | Sequence[str] | None) -> list[str] | None:
+    """``--input`` as a list of names: one name, comma-separated names, or a sequence of either."""
+    given = [input_name] if isinstance(input_name, str) else list(input_name or [])
+    if not given:  # not given (the CLI passes an empty list)
+        return None
+    names = [name.strip() for text in given for name in text.split(",") if name.strip()]
+    if not names:
+        raise GraphError("--input is empty: pass a tensor name, or several as --input a,b (or --input a --input b).")
+    return names
+
+
+def _chosen_inputs(index: GraphIndex, names: list[str], candidates: list[str]) -> tuple[str, ...]:
+    """The user's ``--input`` names as tensor names, each once."""
+    chosen = tuple(dict.fromkeys(_normalise(index, name, "--input", candidates) for name in names))
+    if len(chosen) < len(names):
+        raise GraphError(f"--input names a tensor twice ({', '.join(names)}): list each input once.")
+    return chosen
+
+
+def _inputs_named_by_data(candidates: list[str], keys: Collection[str] | None) -> tuple[str, ...]:
+    """All candidates when the data has a key for each; else GraphError saying what is missing."""
+    named = [name for name in candidates if keys and key_for_input(keys, name) is not None]
+    if keys and len(named) == len(candidates):
+        return tuple(candidates)
+    listed = ", ".join(candidates)
+    if not named:
+        raise GraphError(
+            f"several possible inputs ({listed}): pass --input NAME to choose one, or --input {','.join(candidates)} "
+            "with data keyed by input name (.npz arrays or dict keys) to feed them all."
+        )
+    missing = [name for name in candidates if name not in named]
+    raise GraphError(
+        f"several possible inputs ({listed}) and the data has keys {', '.join(map(str, keys))}, none for "
+        f"{', '.join(missing)}: add an array named after each input, or pass --input to choose."
+    )
+
+
 def detect_feeds(
-    index: GraphIndex, layers: list[BatchNormLayer], input_name: str | None = None, training_flag: str | None = None
+    index: GraphIndex,
+    layers: list[BatchNormLayer],
+    input_name: str | Sequence[str] | None = None,
+    training_flag: str | None = None,
+    data_keys: Callable[[], Collection[str] | None] | None = None,
 ) -> Feeds:
-    """The input and training flag to feed; raises GraphError listing candidates when ambiguous."""
+    """The input(s) and training flag to feed; raises GraphError listing candidates when ambiguous.
+
+    ``input_name``: one name, comma-separated names or a list (see :func:`input_names`). ``data_keys``:
+    called only when several candidates remain undecided, returns the names the calibration data keys its
+    arrays by (or None); every candidate named there is fed.
+    """
     inputs = _input_candidates(index, layers)
-    if input_name is not None:
-        chosen_input = _normalise(index, input_name, "--input", inputs)
+    names = input_names(input_name)
+    if names is not None:
+        chosen_inputs = _chosen_inputs(index, names, inputs)
+        left_out = [name for name in inputs if name not in chosen_inputs]
+        keys = data_keys() if data_keys and left_out else None
+        named = [name for name in left_out if keys and key_for_input(keys, name) is not None]
+        if named:
+            raise GraphError(
+                f"the data has arrays for input {', '.join(named)}, which --input leaves out: "
+                f"feed it too (--input {','.join(chosen_inputs + tuple(named))}) or remove those arrays."
+            )
     elif len(inputs) == 1:
-        chosen_input = inputs[0]
+        chosen_inputs = (inputs[0],)
     elif not inputs:
         raise GraphError("found no float input placeholder or pipeline tensor feeding the BN layers: pass --input NAME.")
     else:
-        raise GraphError(f"several possible inputs ({', '.join(inputs)}): pass --input NAME to choose one.")
+        chosen_inputs = _inputs_named_by_data(inputs, data_keys() if data_keys else None)
     flags = _flag_candidates(index, layers)
     if training_flag is not None:
         chosen_flag = _normalise(index, training_flag, "--training-flag", flags)
@@ -113,4 +180,4 @@ def detect_feeds(
         chosen_flag = flags[0] if flags else None
     else:
         raise GraphError(f"several possible training flags ({', '.join(flags)}): pass --training-flag NAME.")
-    return Feeds(chosen_input, chosen_flag)
+    return Feeds(chosen_inputs, chosen_flag)

@@ -37,6 +37,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ckptfix.data.spec import InputSpec
 from ckptfix.errors import DataError, GraphError
 from ckptfix.graph.batchnorm import BatchNormLayer
 from ckptfix.graph.feeds import Feeds
@@ -174,7 +175,7 @@ class ForwardModel(SessionModel):
         self._functions = {function.signature.name: function for function in graph_def.library.function}
         self.graph = import_graph(graph_def)
         with self.graph.as_default():
-            self.input = self.graph.get_tensor_by_name(feeds.input)
+            self.inputs = [self.graph.get_tensor_by_name(name) for name in feeds.inputs]
             self.training_flag = None if feeds.training_flag is None else self.graph.get_tensor_by_name(feeds.training_flag)
             self._else_callers: dict[str, list] = {}
             for op in self.graph.get_operations():
@@ -186,7 +187,7 @@ class ForwardModel(SessionModel):
         restore(self.session, meta_graph.saver_def, checkpoint_prefix)
         self._names = list(self._fetches)
         self._fused = [[m.fused for m in self._fetches[name]] for name in self._names]
-        feed_list = [self.input] + ([self.training_flag] if self.training_flag is not None else [])
+        feed_list = self.inputs + ([self.training_flag] if self.training_flag is not None else [])
         # One callable, one run per batch: every layer's (count, mean, M2) fetched together, flat.
         self._run = self.session.make_callable(
             [tensor for name in self._names for moments in self._fetches[name] for tensor in moments[:3]],
@@ -273,15 +274,27 @@ class ForwardModel(SessionModel):
     def input_dtype(self) -> np.dtype:
         return np.dtype(self.input.dtype.as_numpy_dtype)
 
-    def run(self, batch: np.ndarray) -> dict[str, list[BatchMoments]]:
-        """Forward one batch; per layer, the moments of each of its BN inputs."""
+    @property
+    def input_specs(self) -> list[InputSpec]:
+        """What each input takes (tensor name, static shape, dtype), in the order of ``inputs``."""
+        return [
+            InputSpec(t.name, None if t.shape.rank is None else tuple(t.shape.as_list()), np.dtype(t.dtype.as_numpy_dtype))
+            for t in self.inputs
+        ]
+
+    def run(self, batch) -> dict[str, list[BatchMoments]]:
+        """Forward one batch (an array, or a dict keyed by input tensor name); per layer, the moments of each
+        of its BN inputs."""
         import tensorflow as tf
 
-        feeds = (batch,) if self.training_flag is None else (batch, False)
+        arrays = self.input_values(batch)
+        feeds = arrays if self.training_flag is None else [*arrays, False]
         try:
             values = self._run(*feeds)
         except tf.errors.InvalidArgumentError as error:
-            raise DataError(f"the model rejected a calibration batch of shape {batch.shape}: {first_line(error)}") from None
+            shapes = ", ".join(f"{t.name} {tuple(a.shape)}" for t, a in zip(self.inputs, arrays))
+            what = f"of shape {arrays[0].shape}" if len(arrays) == 1 else f"({shapes})"
+            raise DataError(f"the model rejected a calibration batch {what}: {first_line(error)}") from None
         result, k = {}, 0
         for name, fused in zip(self._names, self._fused):
             moments = []
@@ -295,6 +308,11 @@ class ForwardModel(SessionModel):
             result[name] = moments
         return result
 
-    def outputs(self, batch: np.ndarray, tensor_name: str) -> np.ndarray:
+    def outputs(self, batch, tensor_name: str) -> np.ndarray:
         """The value of ``tensor_name`` for one batch, with the selected BN layers on batch statistics."""
-        return self.session.run(self.graph.get_tensor_by_name(tensor_name), self.feed(batch))
+        import tensorflow as tf
+
+        try:
+            return self.session.run(self.graph.get_tensor_by_name(tensor_name), self.feed(batch))
+        except tf.errors.InvalidArgumentError as error:
+            raise DataError(f"cannot compute the output {tensor_name} for the agreement check: {first_line(error)}") from None

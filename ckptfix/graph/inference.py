@@ -85,7 +85,7 @@ class InferenceModel(SessionModel):
                             value = tf.reshape(tf.cast(reads[variable], used.dtype), tf.shape(used))
                             self.graph.get_operation_by_name(node)._update_input(position, value)
             self.session = tf.compat.v1.Session(graph=self.graph)
-        self.input = self.graph.get_tensor_by_name(feeds.input)
+        self.inputs = [self.graph.get_tensor_by_name(name) for name in feeds.inputs]
         self.training_flag = None if baked_in else self.graph.get_tensor_by_name(feeds.training_flag)
         self.output = self.graph.get_tensor_by_name(output)
         restore(self.session, meta_graph.saver_def, prefix)
@@ -117,5 +117,5 @@ class InferenceModel(SessionModel):
             assigns.append(assign)
         self.session.run(assigns, feed)
 
-    def outputs(self, batch: np.ndarray) -> np.ndarray:
+    def outputs(self, batch) -> np.ndarray:
         return self.session.run(self.output, self.feed(batch))

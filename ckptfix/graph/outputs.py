@@ -16,8 +16,8 @@ _HEAD_OPS = frozenset({"BiasAdd", "MatMul", "Softmax", "Sigmoid", "Squeeze", "Re
 
 
 def _forward_ops(graph, input_tensor) -> list:
-    """Ops reachable from the input through data edges, backprop and ckptfix's own ops left out, in graph order."""
-    seen, stack = set(), [input_tensor.op]
+    """Ops reachable from the input(s) through data edges, backprop and ckptfix's own ops left out, in graph order."""
+    seen, stack = set(), [t.op for t in (input_tensor if isinstance(input_tensor, (list, tuple)) else [input_tensor])]
     while stack:
         op = stack.pop()
         if op.name in seen or is_gradient(op.name) or op.name.startswith("ckptfix/"):
@@ -33,7 +33,8 @@ def _is_loss(op) -> bool:
 
 
 def detect_output(graph, input_tensor) -> list[str]:
-    """Names of the final output candidates (one element when the output is clear)."""
+    """Names of the final output candidates (one element when the output is clear). ``input_tensor``: the
+    input, or a list of the model's inputs."""
     ops = _forward_ops(graph, input_tensor)
     after_loss: set[str] = set()
     for op in ops:

@@ -52,18 +52,32 @@ def restore(session, saver_def, prefix: str) -> None:
 class SessionModel:
     """A graph in its own session, fed calibration batches with the training flag (if any) fed False.
 
-    Subclasses set ``graph``, ``session``, ``input`` and ``training_flag``. Use as a context manager (the
-    session is closed on exit).
+    A batch is an array for a one-input model, else a dict mapping each input's tensor name to an array.
+    Subclasses set ``graph``, ``session``, ``inputs`` (the fed tensors) and ``training_flag``. Use as a
+    context manager (the session is closed on exit).
     """
 
     graph: object
     session: object
-    input: object
+    inputs: list
     training_flag: object | None
+
+    @property
+    def input(self):
+        """The first (for most models the only) input tensor."""
+        return self.inputs[0]
+
+    def input_values(self, batch) -> list:
+        """One array per input tensor, in the order of ``inputs``."""
+        if isinstance(batch, dict):
+            return [batch[tensor.name] for tensor in self.inputs]
+        if len(self.inputs) != 1:
+            raise TypeError(f"a model with {len(self.inputs)} inputs takes dict batches keyed by tensor name")
+        return [batch]
 
     def feed(self, batch) -> dict:
         """The feed dict for one batch."""
-        feed = {self.input: batch}
+        feed = dict(zip(self.inputs, self.input_values(batch)))
         if self.training_flag is not None:
             feed[self.training_flag] = False
         return feed

@@ -42,6 +42,26 @@ def test_npy_is_memory_mapped_not_loaded(tmp_path, array):
     np.testing.assert_array_equal(np.concatenate(batches(tmp_path / "x.npy")), array)
 
 
+def test_shuffled_rows_are_read_from_the_file_exactly(tmp_path, array):
+    """Rows come from positioned reads (runs of consecutive rows in one read), any order, any stored dtype."""
+    np.save(tmp_path / "x.npy", array.astype(">f8"))  # big-endian float64: cast per batch
+    np.savez(tmp_path / "y.npz", images=array)
+    for path in (tmp_path / "x.npy", tmp_path / "y.npz"):
+        opened = open_batches(path, shuffle=True, seed=2)
+        got = np.concatenate(list(opened))
+        order = [int(name.rsplit("[", 1)[1].rstrip("]")) for name in opened.last.names]
+        np.testing.assert_array_equal(got[-len(order):], array[order])
+        assert sorted(row.tobytes() for row in got) == sorted(row.tobytes() for row in array)
+
+
+def test_truncated_npy_is_an_error_naming_the_file(tmp_path, array):
+    np.save(tmp_path / "x.npy", array)
+    data = (tmp_path / "x.npy").read_bytes()
+    (tmp_path / "x.npy").write_bytes(data[: len(data) - array[0].nbytes // 2])
+    with pytest.raises(DataError, match=r"x\.npy ends before its array does"):
+        batches(tmp_path / "x.npy")
+
+
 def test_npz_picks_the_array_named_after_the_input(tmp_path, array):
     np.savez(tmp_path / "x.npz", images=array, labels=np.zeros(10))
     np.testing.assert_array_equal(np.concatenate(batches(tmp_path / "x.npz")), array)

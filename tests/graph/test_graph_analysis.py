@@ -91,6 +91,17 @@ def test_ambiguous_input_lists_the_candidates():
     assert detect_feeds(index, layers, input_name="noise").input == "noise:0"
 
 
+def test_several_inputs_are_all_fed_when_the_data_names_each():
+    index, layers = _two_layer_graph(extra_input=True)
+    assert detect_feeds(index, layers, data_keys=lambda: ["noise", "images:0", "labels"]).inputs == ("images:0", "noise:0")
+    assert detect_feeds(index, layers, input_name="noise:0,images").inputs == ("noise:0", "images:0")
+    assert detect_feeds(index, layers, input_name=["images", "noise"]).input == "images:0,noise:0"
+    with pytest.raises(GraphError, match=r"keys images, nosie, none for noise:0"):
+        detect_feeds(index, layers, data_keys=lambda: ["images", "nosie"])
+    with pytest.raises(GraphError, match=r"arrays for input noise:0, which --input leaves out"):
+        detect_feeds(index, layers, input_name="images", data_keys=lambda: ["images", "noise"])
+
+
 def test_ambiguous_training_flag_lists_the_candidates():
     index, layers = _two_layer_graph(extra_flag=True)
     with pytest.raises(GraphError, match=r"is_training:0, other_flag:0.*--training-flag"):
