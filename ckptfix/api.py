@@ -1,18 +1,21 @@
 """The public API: :func:`recalibrate`, :func:`diagnose` and :func:`inspect`. The CLI is a thin layer on it.
 
-Data flow of a measuring pass (shared by recalibrate and diagnose): locate the checkpoint and its ``.meta``
--> find the BN layers in the graph and their checkpoint keys -> detect the input and training flag -> rewrite
-and import the graph, restore the checkpoint -> stream calibration batches, pooling each layer's per-channel
-moments in float64 -> compare inference-mode outputs with batch-statistics outputs on the first batches,
-with the stored and the recomputed statistics. recalibrate then writes a new checkpoint with only the moving
-statistics replaced; diagnose writes nothing.
+Where the model comes from: Keras / TF2 files (``.keras``, ``.h5``, ``.weights.h5``, object-based
+checkpoints, SavedModels) are handed to :mod:`ckptfix.keras.commands`; everything else is a TF1 graph: the
+checkpoint's ``.meta``, the graph a ``--model`` function builds (:mod:`ckptfix.graph.model_fn`), or a frozen
+GraphDef whose statistics constants are thawed into variables (:mod:`ckptfix.graph.frozen`).
+
+Data flow of a measuring pass on a TF1 graph (shared by recalibrate and diagnose): find the BN layers in the
+graph and their checkpoint keys -> detect the inputs and training flag -> rewrite and import the graph,
+restore the checkpoint -> stream calibration batches, pooling each layer's per-channel moments in float64
+(:mod:`ckptfix.measuring`) -> compare inference-mode outputs with batch-statistics outputs on the first
+batches, with the stored and the recomputed statistics. recalibrate then writes a new checkpoint (or frozen
+graph) with only the moving statistics replaced; diagnose writes nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -26,7 +29,7 @@ from ckptfix.data import PREPROCESSING, DataKeys, open_calibration_data
 from ckptfix.data.batching import first_samples, samples_in
 from ckptfix.diagnostics import agreement as output_agreement
 from ckptfix.diagnostics.inspect import inspect_checkpoint, inspect_graph
-from ckptfix.errors import CheckpointError, CkptfixError, DataError, NoBatchNormError
+from ckptfix.errors import CheckpointError, CkptfixError, NoBatchNormError
 from ckptfix.graph.batchnorm import BatchNormLayer, find_batchnorm_layers, layer_tensors
 from ckptfix.graph.feeds import detect_feeds
 from ckptfix.graph.forward import ForwardModel
@@ -37,30 +40,9 @@ from ckptfix.graph.meta import checkpoint_keys, load_meta_graph, partition_layou
 from ckptfix.graph.model_fn import build_meta_graph, resolve_function
 from ckptfix.graph.outputs import resolve_output
 from ckptfix.graph.safety import check_forward_ops
+from ckptfix.measuring import check_batch_moments, layer_report, progress_bar, select_layers
 from ckptfix.report import DiagnosisReport, InspectionReport, LayerReport, RecalibrationReport
 from ckptfix.stats import Estimator, PooledMoments
-
-
-def _compile(pattern: str | None, option: str) -> re.Pattern | None:
-    if pattern is None:
-        return None
-    try:
-        return re.compile(pattern)
-    except re.error as error:
-        raise CkptfixError(f"{option} {pattern!r} is not a valid regular expression ({error}).") from None
-
-
-def select_layers(layers: list[BatchNormLayer], include: str | None, exclude: str | None) -> list[BatchNormLayer]:
-    """Layers whose scope name matches ``include`` (re.search) and not ``exclude``."""
-    included, excluded = _compile(include, "--include"), _compile(exclude, "--exclude")
-    chosen = [
-        layer for layer in layers
-        if (included is None or included.search(layer.name)) and not (excluded and excluded.search(layer.name))
-    ]
-    if not chosen:
-        names = ", ".join(layer.name for layer in layers[:6]) + (" ..." if len(layers) > 6 else "")
-        raise NoBatchNormError(f"--include/--exclude select none of the {len(layers)} BN layers ({names}).")
-    return chosen
 
 
 def _validate_options(batch_size: int, num_samples: int | None, estimator: str, preprocess: str) -> None:
@@ -98,24 +80,6 @@ def _dropout_scopes(index: GraphIndex, layers: list[BatchNormLayer]) -> list[str
     return sorted({n.split("/dropout")[0] for n in upstream if "dropout" in n and index.nodes[n].op == "RandomUniform"})
 
 
-def check_batch_moments(layer: str, moments, describe_batch: Callable[[], str]) -> None:
-    """Refuse a batch whose moments would corrupt ``layer``'s statistics: non-finite, or one value per channel.
-
-    With one value per channel (a single sample through a dense BN layer) the batch variance is 0 and BN
-    outputs zeros, so this layer and every later one would be calibrated on garbage.
-    """
-    if not (np.isfinite(moments.mean).all() and np.isfinite(moments.m2).all()):
-        raise DataError(
-            f"BN layer {layer} got NaN or Inf statistics from {describe_batch()}: check those inputs "
-            "(the inputs themselves are finite, so the model overflows on them)."
-        )
-    if moments.count == 1:
-        raise DataError(
-            f"BN layer {layer} sees a single value per channel in {describe_batch()}, so its batch variance "
-            "would be 0: use --batch-size 2 or more and at least 2 samples."
-        )
-
-
 def _keras_format(checkpoint, meta, model_format: str | None, tf1_only: dict) -> str | None:
     """The Keras / TF2 format to dispatch to (docs/keras.md), or None for the TF1 path."""
     from ckptfix.keras.formats import MODEL_FORMATS, detect_model_format
@@ -129,12 +93,6 @@ def _keras_format(checkpoint, meta, model_format: str | None, tf1_only: dict) ->
     if given:
         raise CkptfixError(f"{given[0]} applies to TF1 graphs only; a {chosen} model is called with training=False.")
     return chosen
-
-
-def _progress_bar(enabled: bool, total: int | None):
-    from tqdm import tqdm
-
-    return tqdm(total=total, disable=not enabled, unit="sample", desc="calibrating", file=sys.stderr, leave=False)
 
 
 @dataclass
@@ -177,7 +135,7 @@ def _stream(model: ForwardModel, batches, layers, stored, output_name, agreement
     pooled = {layer.name: PooledMoments(stored[layer.mean_variable].size) for layer in layers}
     kept: list[np.ndarray] = []
     num_seen = num_batches = 0
-    with _progress_bar(progress, batches.num_samples) as bar:
+    with progress_bar(progress, batches.num_samples) as bar:
         for batch in batches:
             for name, moments in model.run(batch).items():
                 for moment in moments:
@@ -189,26 +147,6 @@ def _stream(model: ForwardModel, batches, layers, stored, output_name, agreement
             num_batches += 1
             bar.update(samples_in(batch))
     return pooled, kept, num_seen, num_batches
-
-
-def _layer_report(layer: BatchNormLayer, pooled: PooledMoments, stored, keys, estimator: str) -> LayerReport:
-    """The layer's new statistics in its own variance convention, next to the stored ones."""
-    mean, variance = pooled.mean_and_variance(Estimator(estimator), bessel=layer.bessel)
-    if not (np.isfinite(mean).all() and np.isfinite(variance).all()):  # never write non-finite statistics
-        raise DataError(f"BN layer {layer.name}: the pooled statistics are not finite (overflow?): nothing was written.")
-    return LayerReport(
-        name=layer.name,
-        kind=layer.kind,
-        channels=mean.size,
-        mean_key=keys.get(layer.mean_variable, layer.mean_variable),
-        variance_key=keys.get(layer.variance_variable, layer.variance_variable),
-        variance_convention="bessel" if layer.bessel else "biased",
-        count=pooled.count,
-        old_mean=stored[layer.mean_variable],
-        new_mean=mean,
-        old_variance=stored[layer.variance_variable],
-        new_variance=variance,
-    )
 
 
 def _agreement(meta_graph, layers, feeds, files, output_name, kept, batch_outputs, new_by_variable):
@@ -349,7 +287,7 @@ def _measure(
             raise CkptfixError("the calibration data yielded no samples: pass a folder or array with at least one sample.")
         batch_outputs = [model.outputs(batch, output_name) for batch in kept] if output_name else []
 
-    reports = [_layer_report(layer, pooled[layer.name], stored, keys, estimator) for layer in layers]
+    reports = [layer_report(layer, pooled[layer.name], stored, keys, estimator) for layer in layers]
     new_values = {key: value for r in reports for key, value in ((r.mean_key, r.new_mean), (r.variance_key, r.new_variance))}
     new_by_variable = {
         variable: value

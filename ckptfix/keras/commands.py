@@ -1,6 +1,6 @@
 """recalibrate / diagnose / inspect for Keras and TF2 formats; :mod:`ckptfix.api` dispatches here.
 
-The pass mirrors the TF1 one (``ckptfix.api._measure``): load the model from CKPT (see
+The pass mirrors the TF1 one (``ckptfix.api._measure``; both use :mod:`ckptfix.measuring`): load the model from CKPT (see
 :mod:`~ckptfix.keras.formats`) -> find its BN layers -> stream calibration batches through the model with
 BN on batch statistics (:mod:`~ckptfix.keras.measure`), pooling each layer's moments in float64 -> compare
 inference-mode outputs with the stored and the new statistics against the batch-statistics outputs on the
@@ -16,7 +16,6 @@ from typing import Callable
 
 import numpy as np
 
-from ckptfix.api import _layer_report, _progress_bar, check_batch_moments, select_layers
 from ckptfix.data import open_calibration_data
 from ckptfix.diagnostics import agreement as output_agreement
 from ckptfix.errors import CkptfixError, NoBatchNormError, OutputError
@@ -24,6 +23,7 @@ from ckptfix.keras.batchnorm import KerasBatchNorm, find_batchnorm_layers
 from ckptfix.keras.formats import KerasSource, load_source
 from ckptfix.keras.measure import BatchStatisticsForward, InferenceForward
 from ckptfix.keras.storage import check_keys, check_output, default_output, variable_keys, write_output, StoredValues
+from ckptfix.measuring import check_batch_moments, layer_report, progress_bar, select_layers
 from ckptfix.report import DiagnosisReport, InspectedLayer, InspectionReport, RecalibrationReport
 from ckptfix.stats import PooledMoments
 
@@ -109,7 +109,7 @@ def _measure(
     forward = BatchStatisticsForward(source.model, layers)
     pooled = {bn.name: PooledMoments(stored[id(bn.mean_variable)].size) for bn in layers}
     kept, batch_outputs, num_seen, num_batches = [], [], 0, 0
-    with _progress_bar(progress, batches.num_samples) as bar:
+    with progress_bar(progress, batches.num_samples) as bar:
         for batch in batches:
             moments, outputs = forward.run(_model_inputs(batch, specs))
             for name, calls in moments.items():
@@ -130,7 +130,7 @@ def _measure(
     # The layer report reads stored statistics and keys by "variable"; here a variable is named by its id.
     key_by_id = {id(v): keys[id(v)] for bn in layers for v in (bn.mean_variable, bn.variance_variable)}
     reports = [
-        _layer_report(_AsGraphLayer(bn), pooled[bn.name], stored, key_by_id, estimator) for bn in layers
+        layer_report(_AsGraphLayer(bn), pooled[bn.name], stored, key_by_id, estimator) for bn in layers
     ]
     new_values = {key: value for r in reports for key, value in ((r.mean_key, r.new_mean), (r.variance_key, r.new_variance))}
     new_by_id = {
@@ -165,7 +165,7 @@ def _measure(
 
 
 class _AsGraphLayer:
-    """A :class:`KerasBatchNorm` seen through the attributes :func:`ckptfix.api._layer_report` reads."""
+    """A :class:`KerasBatchNorm` seen through the attributes :func:`ckptfix.measuring.layer_report` reads."""
 
     def __init__(self, bn: KerasBatchNorm) -> None:
         self.name, self.kind, self.bessel = bn.name, bn.kind, bn.bessel
