@@ -13,7 +13,6 @@ from cli.test_errors import assert_clean_error
 from fixtures.runner import evaluate
 from frozen.frozen_models import changed_nodes, freeze, frozen_accuracy
 
-TESTS = Path(__file__).resolve().parent.parent
 
 
 def run_cli(*args, pythonpath: Path | None = None) -> subprocess.CompletedProcess:
@@ -57,11 +56,8 @@ def test_frozen_graph_errors_exit_codes(graphs, tmp_path):
 
 
 USER_MODULE = '''
-    """The user's own model code: the function their training script built the graph with."""
-    import sys
-
-    sys.path.insert(0, {tests!r})
-    import slim_compat  # tf-slim under TF 2.21
+    """The user's own model code: the function their training script built the graph with (tf-slim as it is:
+    ckptfix bridges what TensorFlow 2.21 removed)."""
     import tf_slim as slim
     from tf_slim.nets import inception_v3
 
@@ -87,7 +83,7 @@ def test_model_option_repairs_a_checkpoint_without_meta(slim_model, tmp_path):
             shutil.copy(file, train / file.name)
     code = tmp_path / "code"
     code.mkdir()
-    (code / "my_nets.py").write_text(textwrap.dedent(USER_MODULE.format(tests=str(TESTS))))
+    (code / "my_nets.py").write_text(textwrap.dedent(USER_MODULE))
     prefix = train / Path(model.prefix).name
 
     result = run_cli("recalibrate", prefix, model.calib, "-o", tmp_path / "out", "--model", "my_nets:small_net",
