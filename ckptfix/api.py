@@ -402,6 +402,12 @@ def recalibrate(
     """
     _quiet.silence_tensorflow()
     _validate_options(batch_size, num_samples, estimator, preprocess)
+    options = dict(
+        batch_size=batch_size, num_samples=num_samples, shuffle=shuffle, seed=seed, input_name=input_name,
+        include=include, exclude=exclude, estimator=estimator, preprocess=preprocess,
+        agreement_samples=agreement_samples, progress=progress, on_notice=on_notice,
+        data_options=dict(image_size=image_size, central_crop=central_crop, data_format=data_format, feature=feature, strict=strict),
+    )
     keras_format = _keras_format(checkpoint, meta, model_format, {
         "--training-flag": training_flag, "--output-tensor": output_tensor, "--allow-unsafe-ops": allow_unsafe_ops,
         "--model-arg/--num-classes": model_args, "--input-shape": input_shape, "--arg-scope": arg_scope})
@@ -409,11 +415,8 @@ def recalibrate(
         from ckptfix.keras import commands as keras_commands
 
         return keras_commands.recalibrate(
-            checkpoint, data, output=output, overwrite=overwrite, model_format=keras_format, model=model, architecture=architecture, unsafe=unsafe,
-            batch_size=batch_size, num_samples=num_samples, shuffle=shuffle, seed=seed, input_name=input_name,
-            include=include, exclude=exclude, estimator=estimator, preprocess=preprocess,
-            agreement_samples=agreement_samples, progress=progress, on_notice=on_notice,
-            data_options=dict(image_size=image_size, central_crop=central_crop, data_format=data_format, feature=feature, strict=strict),
+            checkpoint, data, output=output, overwrite=overwrite, model_format=keras_format, model=model,
+            architecture=architecture, unsafe=unsafe, **options,
         )
     model_options = dict(model_args=model_args, input_shape=input_shape, arg_scope=arg_scope)
     with _graph_source(checkpoint, meta, model, model_options) as (files, meta_graph, frozen):
@@ -422,12 +425,8 @@ def recalibrate(
         else:
             output_dir = check_output_dir(files, Path(output) if output is not None else default_output_dir(files), overwrite)
         measured = _measure(
-            files, data, meta_graph=meta_graph, batch_size=batch_size, num_samples=num_samples, shuffle=shuffle, seed=seed,
-            input_name=input_name, training_flag=training_flag, include=include, exclude=exclude,
-            estimator=estimator, preprocess=preprocess, output_tensor=output_tensor,
-            agreement_samples=agreement_samples, allow_unsafe_ops=allow_unsafe_ops, progress=progress,
-            on_notice=on_notice,
-            data_options=dict(image_size=image_size, central_crop=central_crop, data_format=data_format, feature=feature, strict=strict),
+            files, data, meta_graph=meta_graph, training_flag=training_flag, output_tensor=output_tensor,
+            allow_unsafe_ops=allow_unsafe_ops, **options,
         )
         if frozen is not None:
             written = write_recalibrated_graph(frozen, measured.new_values, output_path, overwrite)
@@ -481,6 +480,12 @@ def diagnose(
     """
     _quiet.silence_tensorflow()
     _validate_options(batch_size, num_samples, estimator, preprocess)
+    options = dict(
+        batch_size=batch_size, num_samples=num_samples, shuffle=shuffle, seed=seed, input_name=input_name,
+        include=include, exclude=exclude, estimator=estimator, preprocess=preprocess,
+        agreement_samples=agreement_samples, progress=progress, on_notice=on_notice,
+        data_options=dict(image_size=image_size, central_crop=central_crop, data_format=data_format, feature=feature, strict=strict),
+    )
     keras_format = _keras_format(checkpoint, meta, model_format, {
         "--training-flag": training_flag, "--output-tensor": output_tensor, "--allow-unsafe-ops": allow_unsafe_ops,
         "--model-arg/--num-classes": model_args, "--input-shape": input_shape, "--arg-scope": arg_scope})
@@ -488,21 +493,13 @@ def diagnose(
         from ckptfix.keras import commands as keras_commands
 
         return keras_commands.diagnose(
-            checkpoint, data, model_format=keras_format, model=model, architecture=architecture, unsafe=unsafe,
-            batch_size=batch_size, num_samples=num_samples, shuffle=shuffle, seed=seed, input_name=input_name,
-            include=include, exclude=exclude, estimator=estimator, preprocess=preprocess,
-            agreement_samples=agreement_samples, progress=progress, on_notice=on_notice,
-            data_options=dict(image_size=image_size, central_crop=central_crop, data_format=data_format, feature=feature, strict=strict),
+            checkpoint, data, model_format=keras_format, model=model, architecture=architecture, unsafe=unsafe, **options
         )
     model_options = dict(model_args=model_args, input_shape=input_shape, arg_scope=arg_scope)
     with _graph_source(checkpoint, meta, model, model_options) as (files, meta_graph, frozen):
         measured = _measure(
-            files, data, meta_graph=meta_graph, batch_size=batch_size, num_samples=num_samples, shuffle=shuffle, seed=seed,
-            input_name=input_name, training_flag=training_flag, include=include, exclude=exclude,
-            estimator=estimator, preprocess=preprocess, output_tensor=output_tensor,
-            agreement_samples=agreement_samples, allow_unsafe_ops=allow_unsafe_ops, progress=progress,
-            on_notice=on_notice,
-            data_options=dict(image_size=image_size, central_crop=central_crop, data_format=data_format, feature=feature, strict=strict),
+            files, data, meta_graph=meta_graph, training_flag=training_flag, output_tensor=output_tensor,
+            allow_unsafe_ops=allow_unsafe_ops, **options,
         )
     if frozen is not None:
         return DiagnosisReport(**_frozen_report_fields(measured, files, estimator, frozen, on_notice))
