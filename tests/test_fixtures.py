@@ -32,6 +32,9 @@ EXPECTED = {
     "dense": ("images:0", None, {**CONV, "fc1/BatchNorm": ("fused", "NHWC", 2, 32)}),
     "queue_input": ("IteratorGetNext:0", None, CONV),
     "two_inputs": ("images:0", None, {**CONV, "side_fc/BatchNorm": ("fused", "NHWC", 2, 8)}),
+    "layers_api": ("images:0", None, {
+        "conv1/batch_normalization": ("fused", "NHWC", 4, 8), "conv2/batch_normalization": ("fused", "NHWC", 4, 16),
+    }),
 }
 
 

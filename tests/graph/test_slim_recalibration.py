@@ -14,7 +14,7 @@ from ckptfix.errors import NoBatchNormError
 from fixtures.runner import accuracies, bn_inputs, evaluate
 
 VARIANTS = ["seed", "nonfused_pretrained", "placeholder_cond", "tf2_control_flow", "inference_only", "nchw",
-            "dense", "queue_input"]
+            "dense", "queue_input", "layers_api"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -67,7 +67,7 @@ def _numpy_statistics(values: np.ndarray, channel_axis: int, bessel: bool) -> tu
     return moved.mean(axis=0), moved.var(axis=0, ddof=1 if bessel else 0)
 
 
-@pytest.mark.parametrize("variant", ["seed", "nonfused_pretrained", "nchw", "dense", "tf2_control_flow"])
+@pytest.mark.parametrize("variant", ["seed", "nonfused_pretrained", "nchw", "dense", "tf2_control_flow", "layers_api"])
 def test_statistics_equal_numpy_on_the_bn_inputs(slim_model, variant, tmp_path):
     model = slim_model(variant)
     report = ckptfix.recalibrate(model.prefix, np.load(model.calib), output=tmp_path / "out",
