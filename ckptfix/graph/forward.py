@@ -42,7 +42,7 @@ from ckptfix.errors import DataError, GraphError
 from ckptfix.graph.batchnorm import BatchNormLayer
 from ckptfix.graph.feeds import Feeds
 from ckptfix.graph.index import IF_OPS, is_gradient
-from ckptfix.graph.session import SessionModel, clear_devices, first_line, import_graph, restore
+from ckptfix.graph.session import SessionModel, clear_devices, editable_nodes, first_line, import_graph, restore
 from ckptfix.stats import BatchMoments
 
 _IDENTITY_OPS = frozenset({"Identity", "RefIdentity", "Snapshot"})
@@ -105,9 +105,7 @@ def _rewrite_graph_def(meta_graph, layers: list[BatchNormLayer]):
     switched to training mode."""
     graph_def = _without_backprop(meta_graph.graph_def)
     clear_devices(graph_def)
-    scopes = {None: {node.name: node for node in graph_def.node}}
-    for function in graph_def.library.function:
-        scopes[function.signature.name] = {node.name: node for node in function.node_def}
+    scopes = editable_nodes(graph_def)
     for layer in layers:
         for fused in layer.fused_nodes:
             if not fused.is_training:

@@ -16,7 +16,7 @@ import numpy as np
 
 from ckptfix.graph.batchnorm import BatchNormLayer
 from ckptfix.graph.feeds import Feeds
-from ckptfix.graph.session import SessionModel, clear_devices, import_graph, restore
+from ckptfix.graph.session import SessionModel, clear_devices, editable_nodes, import_graph, restore
 
 
 class NoInferenceMode(Exception):
@@ -28,9 +28,7 @@ def _inference_graph_def(meta_graph, layers: list[BatchNormLayer], baked_in_trai
     clear_devices(graph_def)
     if not baked_in_training:
         return graph_def
-    scopes = {None: {node.name: node for node in graph_def.node}}
-    for function in graph_def.library.function:
-        scopes[function.signature.name] = {node.name: node for node in function.node_def}
+    scopes = editable_nodes(graph_def)
     for layer in layers:
         for fused in layer.fused_nodes:
             if not fused.is_training:

@@ -20,6 +20,15 @@ def clear_devices(graph_def) -> None:
             node.device = ""
 
 
+def editable_nodes(graph_def) -> dict:
+    """``{scope: {node name: NodeDef}}`` to edit ``graph_def`` in place; scope None is the top-level graph,
+    otherwise a function's name (the ``function`` of a fused BN node found inside an ``If`` branch)."""
+    scopes = {None: {node.name: node for node in graph_def.node}}
+    for function in graph_def.library.function:
+        scopes[function.signature.name] = {node.name: node for node in function.node_def}
+    return scopes
+
+
 def import_graph(graph_def):
     """A new ``tf.Graph`` holding ``graph_def`` (names unchanged)."""
     import tensorflow as tf
