@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from ckptfix.data import open_calibration_data
+from ckptfix.data.batching import first_samples, samples_in
 from ckptfix.diagnostics import agreement as output_agreement
 from ckptfix.errors import CkptfixError, NoBatchNormError, OutputError
 from ckptfix.keras.batchnorm import KerasBatchNorm, find_batchnorm_layers
@@ -56,14 +57,6 @@ def _input_specs(model, input_name: str | None) -> list:
 def _model_inputs(batch, specs: list):
     """What the model is called with: the array, or the arrays in the model's input order."""
     return batch if len(specs) == 1 else [batch[spec.name] for spec in specs]
-
-
-def _head(batch, count: int):
-    return {name: values[:count] for name, values in batch.items()} if isinstance(batch, dict) else batch[:count]
-
-
-def _size(batch) -> int:
-    return len(next(iter(batch.values()))) if isinstance(batch, dict) else len(batch)
 
 
 def _load(checkpoint, model_format, model, architecture, unsafe, include, exclude):
@@ -117,11 +110,11 @@ def _measure(
                     check_batch_moments(name, moment, batches.describe_last)
                     pooled[name].add(moment)
             if num_seen < agreement_samples:
-                kept.append(_model_inputs(_head(batch, agreement_samples - num_seen), specs))
+                kept.append(_model_inputs(first_samples(batch, agreement_samples - num_seen), specs))
                 batch_outputs.append(outputs.numpy()[: agreement_samples - num_seen])
-            num_seen += _size(batch)
+            num_seen += samples_in(batch)
             num_batches += 1
-            bar.update(_size(batch))
+            bar.update(samples_in(batch))
     if batches.images:
         notice(f"images preprocessed with --preprocess {getattr(preprocess, '__qualname__', preprocess)}: {batches.preprocessing}")
     if batches.merged_last:
@@ -150,7 +143,8 @@ def _measure(
         num_samples=num_seen,
         num_batches=num_batches,
         estimator=estimator,
-        input_tensor=", ".join(spec.name for spec in specs),
+        input_tensor=",".join(spec.name for spec in specs),
+        input_tensors=[spec.name for spec in specs],
         training_flag=None,
         layers=reports,
         untouched_layers=[bn.name for bn in found if bn not in layers],

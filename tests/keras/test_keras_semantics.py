@@ -94,7 +94,7 @@ def test_two_input_model_takes_npz_keyed_by_input_names(tmp_path):
 
     report = ckptfix.recalibrate(tmp_path / "two.keras", tmp_path / "calibration.npz", batch_size=32,
                                  output=tmp_path / "fixed.keras")
-    assert report.input_tensor == "image, extra" and report.num_samples == 96
+    assert report.input_tensor == "image,extra" and report.input_tensors == ["image", "extra"] and report.num_samples == 96
     by_name = {layer.name: layer for layer in report.layers}
     np.testing.assert_allclose(by_name["extra_bn"].new_mean, extras.astype(np.float64).mean(0), rtol=1e-5)
     np.testing.assert_allclose(by_name["extra_bn"].new_variance, extras.astype(np.float64).var(0), rtol=1e-5)
