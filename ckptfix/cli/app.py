@@ -297,8 +297,16 @@ def demo(
 
 
 def main() -> None:
-    """Console entry point: quiet TensorFlow (unless -v) before anything imports it, then run the app."""
+    """Console entry point: quiet TensorFlow (unless -v) and pick its CPU allocator before anything imports
+    it, then run the app.
+
+    CPU tensors go to TensorFlow's BFC allocator (``TF_CPU_ALLOCATOR_USE_BFC``, unless the environment sets
+    it): it keeps one pool sized by the largest batch, so peak memory stays flat however many batches stream
+    through, where glibc's heap fragments and its peak creeps up with the stream's length
+    (docs/performance.md). The CLI owns its process; the Python API leaves its host's allocators alone.
+    """
     verbose = bool({"-v", "--verbose"} & set(sys.argv[1:]))
+    os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
     _quiet.silence_tensorflow(verbose=verbose)
     with _quiet.native_stderr_silenced(enabled=not verbose):
         app()

@@ -1,10 +1,12 @@
 """`ckptfix recalibrate` through real subprocesses on a real stale slim checkpoint."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -54,3 +56,41 @@ def test_ambiguous_or_unknown_names_list_candidates(slim_model, tmp_path):
     assert result.returncode == 1
     assert "--input nope: no such tensor" in result.stderr and "images:0" in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+ALLOCATOR_PROBE = """
+import atexit, sys
+
+def probe():
+    import tensorflow as tf
+    try:  # only an allocator that keeps statistics answers: the BFC one
+        print("CPU allocator peak bytes:", tf.config.experimental.get_memory_info("CPU:0")["peak"])
+    except ValueError:
+        print("CPU allocator: TensorFlow's default")
+
+atexit.register(probe)
+from ckptfix.cli.app import main
+sys.argv[0] = "ckptfix"
+main()
+"""
+
+
+@pytest.mark.parametrize("setting", [None, "false"])
+def test_the_cli_puts_tensorflow_on_its_bfc_cpu_allocator_unless_the_environment_says_otherwise(
+    slim_model, tmp_path, setting
+):
+    model = slim_model("seed")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPU_ALLOCATOR_USE_BFC"}
+    if setting is not None:
+        env["TF_CPU_ALLOCATOR_USE_BFC"] = setting
+    args = ["recalibrate", model.prefix, model.calib, "-o", tmp_path / "out", "--no-progress"]
+    result = subprocess.run(
+        [sys.executable, "-c", ALLOCATOR_PROBE, *map(str, args)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    if setting is None:
+        batch_bytes = 4 * np.prod(np.load(model.calib).shape[1:])  # at least one sample went through
+        assert last.startswith("CPU allocator peak bytes:") and int(last.split(":")[1]) > batch_bytes
+    else:
+        assert last == "CPU allocator: TensorFlow's default"
