@@ -36,6 +36,15 @@ def _calibration(folder: Path, domain, seed: int) -> Path:
     return path
 
 
+def _stale(folder: Path, files: dict[str, Path], model, domain, builder: str) -> Stale:
+    """The saved ``model`` as a :class:`Stale`: calibration data and held-out samples from ``domain``, and the
+    model's accuracy on them in inference mode and on batch statistics."""
+    held_out = km.images(256, domain, 9)
+    return Stale(folder, files, _calibration(folder, domain, 3), held_out,
+                 km.accuracy(model, *held_out, training=False), km.batch_statistics_accuracy(model, *held_out),
+                 builder=builder)
+
+
 @pytest.fixture(scope="session")
 def keras_frozen(tmp_path_factory) -> Stale:
     """Keras 3: trained on domain A, then fine-tuned on domain B with every BN frozen (trainable=False)."""
@@ -48,10 +57,7 @@ def keras_frozen(tmp_path_factory) -> Stale:
     files = {"keras": folder / "model.keras", "weights-h5": folder / "model.weights.h5"}
     model.save(files["keras"])
     model.save_weights(files["weights-h5"])
-    held_out = km.images(256, km.DOMAIN_B, 9)
-    return Stale(folder, files, _calibration(folder, km.DOMAIN_B, 3), held_out,
-                 km.accuracy(model, *held_out, training=False), km.batch_statistics_accuracy(model, *held_out),
-                 builder="keras_models:functional_keras3")
+    return _stale(folder, files, model, km.DOMAIN_B, builder="keras_models:functional_keras3")
 
 
 @pytest.fixture(scope="session")
@@ -66,10 +72,7 @@ def keras_skipped(tmp_path_factory) -> Stale:
     files = {"weights-h5": folder / "model.weights.h5", "tf-checkpoint": folder / "ckpt" / "ckpt-1"}
     model.save_weights(files["weights-h5"])
     tf.train.Checkpoint(model=model).write(str(files["tf-checkpoint"]))
-    held_out = km.images(256, km.DOMAIN_A, 9)
-    return Stale(folder, files, _calibration(folder, km.DOMAIN_A, 3), held_out,
-                 km.accuracy(model, *held_out, training=False), km.batch_statistics_accuracy(model, *held_out),
-                 builder="keras_models:flat_keras3")
+    return _stale(folder, files, model, km.DOMAIN_A, builder="keras_models:flat_keras3")
 
 
 @pytest.fixture(scope="session")
@@ -86,7 +89,4 @@ def keras2_xception(tmp_path_factory) -> Stale:
     model.save(files["h5"])
     model.save_weights(str(files["tf-checkpoint"]))
     model.save(files["savedmodel"], save_format="tf")
-    held_out = km.images(256, km.DOMAIN_B, 9)
-    return Stale(folder, files, _calibration(folder, km.DOMAIN_B, 3), held_out,
-                 km.accuracy(model, *held_out, training=False), km.batch_statistics_accuracy(model, *held_out),
-                 builder="keras_models:xception_tf_keras")
+    return _stale(folder, files, model, km.DOMAIN_B, builder="keras_models:xception_tf_keras")
