@@ -1,2 +1,2 @@
-"""Diagnostics: how stale stored statistics are (drift), what that does at the model's output (agreement),
-and what a checkpoint's BN layers look like without any data (inspection)."""
+"""Diagnostics, pure metrics on statistics and outputs: how stale stored statistics are (drift) and what that
+does at the model's output (agreement)."""

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 from data_helpers import batches, example, open_batches, pixels, write_images, write_records
 
-from ckptfix.measuring import check_batch_moments
+from ckptfix.pipeline import check_batch_moments
 from ckptfix.errors import DataError
 from ckptfix.stats import BatchMoments
 

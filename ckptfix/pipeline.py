@@ -1,0 +1,255 @@
+"""The one measuring pipeline every model source runs through.
+
+    locate + open the source  ->  choose BN layers  ->  one session (one import, one restore)
+      ->  stream batches: per-batch per-channel moments, pooled in float64  ->  new statistics per layer
+      ->  output agreement (inference mode with the stored, then the new statistics, vs batch statistics)
+      ->  write atomically (recalibrate only)  ->  typed report
+
+Sources (:mod:`ckptfix.sources`) differ only in how they load a model, measure a batch and write a file; the
+batch loop, the checks on each batch, the estimator, the agreement check, the notices and the report fields
+are here, once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ckptfix.data import DataKeys, open_calibration_data
+from ckptfix.data.batching import first_samples, samples_in
+from ckptfix.diagnostics import agreement as output_agreement
+from ckptfix.errors import CkptfixError, DataError, NoBatchNormError
+from ckptfix.options import Options
+from ckptfix.report import DiagnosisReport, InspectedLayer, InspectionReport, LayerReport, RecalibrationReport
+from ckptfix.sources import open_source
+from ckptfix.sources.base import Layer, Session, Source
+from ckptfix.stats import Estimator, PooledMoments
+
+
+class Notices:
+    """One-line notices of a run: kept for the report, and passed on as they come (the CLI prints them)."""
+
+    def __init__(self, on_notice: Callable[[str], None] | None) -> None:
+        self.messages: list[str] = []
+        self._forward = on_notice
+
+    def __call__(self, message: str) -> None:
+        self.messages.append(message)
+        if self._forward is not None:
+            self._forward(message)
+
+
+def select_layers(layers: Sequence[Layer], include: str | None, exclude: str | None) -> list[Layer]:
+    """Layers whose scope name matches ``include`` (re.search) and not ``exclude``."""
+    included = None if include is None else re.compile(include)
+    excluded = None if exclude is None else re.compile(exclude)
+    chosen = [
+        layer for layer in layers
+        if (included is None or included.search(layer.name)) and not (excluded and excluded.search(layer.name))
+    ]
+    if not chosen:
+        names = ", ".join(layer.name for layer in layers[:6]) + (" ..." if len(layers) > 6 else "")
+        raise NoBatchNormError(f"--include/--exclude select none of the {len(layers)} BN layers ({names}).")
+    return chosen
+
+
+def check_batch_moments(layer: str, moments, describe_batch: Callable[[], str]) -> None:
+    """Refuse a batch whose moments would corrupt ``layer``'s statistics: non-finite, or one value per channel.
+
+    With one value per channel (a single sample through a dense BN layer) the batch variance is 0 and BN
+    outputs zeros, so this layer and every later one would be calibrated on garbage.
+    """
+    if not (np.isfinite(moments.mean).all() and np.isfinite(moments.m2).all()):
+        raise DataError(
+            f"BN layer {layer} got NaN or Inf statistics from {describe_batch()}: check those inputs "
+            "(the inputs themselves are finite, so the model overflows on them)."
+        )
+    if moments.count == 1:
+        raise DataError(
+            f"BN layer {layer} sees a single value per channel in {describe_batch()}, so its batch variance "
+            "would be 0: use --batch-size 2 or more and at least 2 samples."
+        )
+
+
+def _progress_bar(enabled: bool, total: int | None):
+    from tqdm import tqdm
+
+    return tqdm(total=total, disable=not enabled, unit="sample", desc="calibrating", file=sys.stderr, leave=False)
+
+
+def _layer_report(layer: Layer, pooled: PooledMoments, estimator: Estimator) -> LayerReport:
+    """The layer's new statistics in its own variance convention, next to the stored ones."""
+    mean, variance = pooled.mean_and_variance(estimator, bessel=layer.bessel)
+    if not (np.isfinite(mean).all() and np.isfinite(variance).all()):  # never write non-finite statistics
+        raise DataError(f"BN layer {layer.name}: the pooled statistics are not finite (overflow?): nothing was written.")
+    return LayerReport(
+        name=layer.name,
+        kind=layer.kind,
+        channels=mean.size,
+        mean_key=layer.mean_key,
+        variance_key=layer.variance_key,
+        variance_convention="bessel" if layer.bessel else "biased",
+        count=pooled.count,
+        old_mean=layer.stored_mean,
+        new_mean=mean,
+        old_variance=layer.stored_variance,
+        new_variance=variance,
+    )
+
+
+@dataclass
+class _Stream:
+    """What one pass over the calibration data gathered."""
+
+    pooled: dict[str, PooledMoments]
+    kept: list = field(default_factory=list)  # the first samples' batches, for the agreement check
+    kept_outputs: list = field(default_factory=list)  # their outputs with BN on batch statistics
+    num_samples: int = 0
+    num_batches: int = 0
+
+
+def _stream(session: Session, batches, layers: list[Layer], keep: int, progress: bool) -> _Stream:
+    """Run every batch once; pool each layer's moments; keep the first ``keep`` samples and their outputs."""
+    seen = _Stream({layer.name: PooledMoments(layer.channels) for layer in layers})
+    with _progress_bar(progress, batches.num_samples) as bar:
+        for batch in batches:
+            wanted = keep - seen.num_samples
+            moments, output = session.moments(batch, keep_output=wanted > 0)
+            for name, calls in moments.items():
+                for moment in calls:
+                    check_batch_moments(name, moment, batches.describe_last)
+                    seen.pooled[name].add(moment)
+            if wanted > 0:
+                seen.kept.append(first_samples(batch, wanted))
+                seen.kept_outputs.append(np.asarray(output)[:wanted])
+            seen.num_samples += samples_in(batch)
+            seen.num_batches += 1
+            bar.update(samples_in(batch))
+    return seen
+
+
+def _agreement(session: Session, stream: _Stream, reports: list[LayerReport]):
+    """Inference-mode outputs on the kept batches with the stored, then the new statistics, vs batch mode."""
+    before = np.concatenate([session.inference_outputs(batch) for batch in stream.kept])
+    session.assign_statistics({r.name: (r.new_mean, r.new_variance) for r in reports})
+    after = np.concatenate([session.inference_outputs(batch) for batch in stream.kept])
+    return output_agreement.compare(session.output_name, np.concatenate(stream.kept_outputs), before, after)
+
+
+@dataclass
+class Measurement:
+    """A measuring pass's results: the report fields, and the new values by checkpoint key."""
+
+    fields: dict
+    new_values: dict[str, np.ndarray]
+
+
+def measure(source: Source, data, options: Options) -> Measurement:
+    """One pass over the calibration data: new statistics per chosen layer, and the output agreement."""
+    notice = Notices(options.on_notice)
+    layers = select_layers(source.layers, options.include, options.exclude)
+    named = DataKeys(data, options.data_format)
+    with source.session(layers, named.keys, options, notice) as session:
+        batches = open_calibration_data(
+            named.data,
+            inputs=session.input_specs,
+            batch_size=options.batch_size,
+            num_samples=options.num_samples,
+            shuffle=options.shuffle,
+            seed=options.seed,
+            preprocess=options.preprocess,
+            on_warning=notice,
+            **options.data_options,
+        )
+        if batches.images:
+            preset = getattr(options.preprocess, "__qualname__", options.preprocess)
+            notice(f"images preprocessed with --preprocess {preset}: {batches.preprocessing}")
+        keep = options.agreement_samples if session.output_name else 0
+        stream = _stream(session, batches, layers, keep, options.progress)
+        if batches.merged_last:
+            notice("the last batch had {} samples, fewer than half a batch: merged into the one before ({} samples)"
+                   .format(*batches.merged_last))
+        if stream.num_samples == 0:
+            raise CkptfixError("the calibration data yielded no samples: pass a folder or array with at least one sample.")
+        reports = [_layer_report(layer, stream.pooled[layer.name], options.estimator) for layer in layers]
+        agreement = None
+        if stream.kept:
+            if session.inference_unavailable:
+                notice(f"no output agreement: {session.inference_unavailable} (training mode is baked into the graph)")
+            else:
+                agreement = _agreement(session, stream, reports)
+        fields = dict(
+            checkpoint=source.label,
+            num_samples=stream.num_samples,
+            num_batches=stream.num_batches,
+            estimator=Estimator(options.estimator).value,
+            input_tensor=",".join(session.input_names),
+            input_tensors=list(session.input_names),
+            training_flag=session.training_flag,
+            layers=reports,
+            untouched_layers=[layer.name for layer in source.layers if layer not in layers],
+            notices=notice.messages,
+            agreement=agreement,
+            data_source=batches.source,
+            samples_skipped=batches.samples_skipped,
+            skipped_files=batches.skipped_files,
+            model_format=source.model_format,
+        )
+    new_values = {key: value for r in reports for key, value in ((r.mean_key, r.new_mean), (r.variance_key, r.new_variance))}
+    return Measurement(fields, new_values)
+
+
+def recalibrate(checkpoint, data, options: Options) -> RecalibrationReport:
+    """Measure, then write a copy of CKPT with only the chosen layers' moving statistics replaced."""
+    with open_source(checkpoint, options) as source:
+        destination = source.check_output(options.output, options.overwrite)  # a bad -o fails before the pass
+        measured = measure(source, data, options)
+        written = source.write(measured.new_values, destination, options.overwrite)
+    output_dir = destination if destination.is_dir() else destination.parent
+    return RecalibrationReport(**measured.fields, output_checkpoint=str(written), output_dir=str(output_dir))
+
+
+def diagnose(checkpoint, data, options: Options) -> DiagnosisReport:
+    """Measure only: how far the stored statistics are from the recomputed ones; nothing is written."""
+    with open_source(checkpoint, options) as source:
+        return DiagnosisReport(**measure(source, data, options).fields)
+
+
+def _summary(values: np.ndarray) -> tuple[float, float, float]:
+    return float(values.min()), float(values.mean()), float(values.max())
+
+
+def inspect(checkpoint, options: Options) -> InspectionReport:
+    """Every BN layer with its stored statistics and flags, no data needed.
+
+    Flags: ``initial`` when every moving mean is exactly 0 and every moving variance exactly 1 (the update ops
+    never ran); ``same-as-against`` when both tensors equal, byte for byte, those of ``options.against`` (e.g.
+    the pretrained checkpoint the fine-tuning started from).
+    """
+    with open_source(checkpoint, options) as source, contextlib.ExitStack() as stack:
+        other = None if options.against is None else stack.enter_context(source.stored_values(options.against))
+        inspected = []
+        for layer in source.layers:
+            flags = []
+            if np.all(layer.stored_mean == 0) and np.all(layer.stored_variance == 1):
+                flags.append("initial")
+            if other is not None:
+                mean, variance = other(layer.mean_key), other(layer.variance_key)
+                if mean is not None and variance is not None and \
+                        np.array_equal(mean.astype(np.float64).reshape(-1), layer.stored_mean) and \
+                        np.array_equal(variance.astype(np.float64).reshape(-1), layer.stored_variance) and \
+                        str(mean.dtype) == layer.dtype:
+                    flags.append("same-as-against")
+            inspected.append(InspectedLayer(
+                name=layer.name, kind=layer.kind, channels=layer.channels, dtype=layer.dtype,
+                mean_key=layer.mean_key, variance_key=layer.variance_key,
+                mean_summary=_summary(layer.stored_mean), variance_summary=_summary(layer.stored_variance),
+                flags=flags,
+            ))
+        against = None if options.against is None else str(options.against)
+        return InspectionReport(source.label, source.graph_label, against, inspected, model_format=source.model_format)

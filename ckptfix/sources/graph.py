@@ -1,0 +1,179 @@
+"""TF1 graphs as a model source: a checkpoint with its ``.meta``, a checkpoint whose graph a ``--model``
+function builds, or a frozen GraphDef whose statistics constants are thawed into a temporary checkpoint.
+
+The graph is analysed on its MetaGraphDef proto (:mod:`ckptfix.graph`): BN layers and their variables'
+checkpoint keys, then the inputs and training flag. A session is one :class:`~ckptfix.graph.model.GraphModel`:
+one import of the rewritten graph, one restore, serving both the batch-statistics pass and the inference-mode
+outputs of the agreement check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import numpy as np
+
+from ckptfix.errors import CheckpointError, NoBatchNormError
+from ckptfix.graph.batchnorm import find_batchnorm_layers, layer_tensors
+from ckptfix.graph.feeds import detect_feeds
+from ckptfix.graph.frozen import check_output_path, write_recalibrated_graph
+from ckptfix.graph.index import GraphIndex
+from ckptfix.graph.meta import checkpoint_keys, partition_layout
+from ckptfix.graph.model import GraphModel
+from ckptfix.graph.outputs import resolve_output
+from ckptfix.graph.safety import check_forward_ops
+from ckptfix.io.checkpoint_writer import check_output_dir, default_output_dir, write_recalibrated_checkpoint
+from ckptfix.io.locate import CheckpointFiles, locate_checkpoint
+from ckptfix.sources.base import Layer, Notice
+
+
+def _reader(prefix: Path):
+    import tensorflow as tf
+
+    try:
+        return tf.train.load_checkpoint(str(prefix))
+    except (tf.errors.OpError, ValueError) as error:
+        raise CheckpointError(f"cannot read checkpoint {prefix}: {str(error).strip().splitlines()[0]}") from None
+
+
+def _epsilon(index: GraphIndex, found) -> float | None:
+    """The epsilon of the layer's first fused node (its ``epsilon`` attribute); None for non-fused arithmetic."""
+    for fused in found.fused_nodes:
+        node = index.node(fused.node, fused.function)
+        if node is not None and "epsilon" in node.attr:
+            return float(node.attr["epsilon"].f)
+    return None
+
+
+class _GraphSession:
+    """A :class:`~ckptfix.sources.base.Session` over a :class:`GraphModel`, speaking in layer names."""
+
+    def __init__(self, model: GraphModel, layers: list[Layer], feeds, output_name: str | None) -> None:
+        self._model = model
+        self._variables = {layer.name: (layer.found.mean_variable, layer.found.variance_variable) for layer in layers}
+        self.input_specs = model.input_specs
+        self.input_names = list(feeds.inputs)
+        self.training_flag = feeds.training_flag
+        self.output_name = output_name
+        self.inference_unavailable = model.inference_unavailable
+
+    def moments(self, batch, keep_output: bool):
+        return self._model.moments(batch, self.output_name if keep_output else None)
+
+    def inference_outputs(self, batch) -> np.ndarray:
+        return self._model.inference_outputs(batch, self.output_name)
+
+    def assign_statistics(self, values: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        by_variable = {}
+        for name, (mean, variance) in values.items():
+            mean_variable, variance_variable = self._variables[name]
+            by_variable[mean_variable], by_variable[variance_variable] = mean, variance
+        self._model.assign_statistics(by_variable)
+
+
+class GraphSource:
+    """A TF1 graph (``meta_graph``) and the checkpoint its variables are restored from (``files.prefix``)."""
+
+    model_format = None
+
+    def __init__(self, files: CheckpointFiles, meta_graph, *, label: str, graph_label: str) -> None:
+        self.files, self.meta_graph = files, meta_graph
+        self.label, self.graph_label = label, graph_label
+        self.index = GraphIndex(meta_graph.graph_def)
+        found = find_batchnorm_layers(self.index)
+        if not found:
+            where = "the graph --model built" if graph_label.startswith("built by") else Path(graph_label).name
+            raise NoBatchNormError(f"no BatchNorm layers in {where}: nothing to recalibrate.")
+        keys = checkpoint_keys(meta_graph)
+        reader = _reader(files.prefix)
+        dtypes = reader.get_variable_to_dtype_map()
+        self.layers = []
+        for bn in found:
+            mean_key = keys.get(bn.mean_variable, bn.mean_variable)
+            variance_key = keys.get(bn.variance_variable, bn.variance_variable)
+            stored = []
+            for key in (mean_key, variance_key):
+                if not reader.has_tensor(key):
+                    raise CheckpointError(
+                        f"the checkpoint has no {key} (BN layer {bn.name}): pass --meta with the graph it was saved from."
+                    )
+                try:
+                    stored.append(np.asarray(reader.get_tensor(key), np.float64).reshape(-1))
+                except Exception as error:  # a damaged shard: TensorFlow raises several kinds here
+                    raise CheckpointError(
+                        f"cannot read {key} from checkpoint {files.prefix} ({str(error).strip().splitlines()[0]}): "
+                        "restore the checkpoint from a good copy."
+                    ) from None
+            self.layers.append(Layer(
+                name=bn.name, kind=bn.kind, mean_key=mean_key, variance_key=variance_key,
+                stored_mean=stored[0], stored_variance=stored[1], dtype=dtypes[mean_key].name,
+                bessel=bn.bessel, epsilon=_epsilon(self.index, bn), found=bn,
+            ))
+
+    def _training_notices(self, chosen, feeds, notice: Notice) -> None:
+        if feeds.training_flag is not None:
+            return
+        upstream = self.index.ancestors([t for bn in chosen for t in bn.inputs])
+        dropout = sorted({n.split("/dropout")[0] for n in upstream
+                          if "dropout" in n and self.index.nodes[n].op == "RandomUniform"})
+        if dropout:
+            notice(f"training mode is baked into the graph: dropout was active upstream of BN in {', '.join(dropout)}")
+        switched = sum(not node.is_training for bn in chosen for node in bn.fused_nodes)
+        if switched:
+            notice(f"{switched} inference-mode fused BN node(s) switched to batch statistics")
+
+    @contextlib.contextmanager
+    def session(self, layers: list[Layer], data_keys, options, notice: Notice) -> Iterator[_GraphSession]:
+        found = [layer.found for layer in self.layers]
+        chosen = [layer.found for layer in layers]
+        # inputs and flag of every BN layer: unselected ones run as saved in the agreement check's forward pass
+        feeds = detect_feeds(self.index, found, options.input_name, options.training_flag, data_keys=data_keys)
+        check_forward_ops(self.index, layer_tensors(self.index, chosen), options.allow_unsafe_ops)
+        self._training_notices(chosen, feeds, notice)
+        with GraphModel(self.meta_graph, chosen, feeds, str(self.files.prefix)) as model:
+            output_name, output_notice = resolve_output(model.graph, model.inputs, options.output_tensor)
+            if output_notice:
+                notice(output_notice)
+            yield _GraphSession(model, layers, feeds, output_name)
+
+    def check_output(self, output: Path | None, overwrite: bool) -> Path:
+        return check_output_dir(self.files, Path(output) if output is not None else default_output_dir(self.files), overwrite)
+
+    def write(self, new_values: Mapping[str, np.ndarray], destination: Path, overwrite: bool) -> Path:
+        layout = partition_layout(self.meta_graph)
+        return write_recalibrated_checkpoint(self.files, new_values, destination, layout=layout, overwrite=overwrite)
+
+    def stored_values(self, other):
+        reader = _reader(locate_checkpoint(other, meta=self.files.meta, need_meta=False).prefix)
+        return contextlib.nullcontext(lambda key: reader.get_tensor(key) if reader.has_tensor(key) else None)
+
+
+class FrozenGraphSource(GraphSource):
+    """A frozen GraphDef (``.pb`` / ``.pbtxt``), thawed (see :mod:`ckptfix.graph.frozen`); written back as one."""
+
+    def __init__(self, frozen) -> None:
+        self.frozen = frozen
+        super().__init__(frozen.files, frozen.meta_graph, label=str(frozen.path), graph_label=str(frozen.path))
+
+    @contextlib.contextmanager
+    def session(self, layers, data_keys, options, notice: Notice):
+        with super().session(layers, data_keys, options, notice) as session:
+            training = self.frozen.training_mode_layers if session.training_flag is None else []
+            if training:
+                notice(f"{len(training)} BN node(s) of {self.frozen.path.name} were frozen in training mode "
+                       f"({training[0]}...): they normalise with batch statistics and ignore these constants; "
+                       "freeze the model with is_training=False")
+            yield session
+
+    def check_output(self, output: Path | None, overwrite: bool) -> Path:
+        return check_output_path(self.frozen.path, output, overwrite)
+
+    def write(self, new_values, destination: Path, overwrite: bool) -> Path:
+        return write_recalibrated_graph(self.frozen, new_values, destination, overwrite)
+
+    def stored_values(self, other):
+        from ckptfix.errors import CkptfixError
+
+        raise CkptfixError("--against compares checkpoints; it is not available for a frozen graph.")
