@@ -7,11 +7,25 @@ keyword arguments, or takes one ready-made, and runs :mod:`ckptfix.pipeline` on 
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Iterator
 
 from ckptfix import _quiet
 from ckptfix.options import Options
 from ckptfix.report import DiagnosisReport, InspectionReport, RecalibrationReport
+
+
+@contextlib.contextmanager
+def _eager() -> Iterator[None]:
+    """Quiet TensorFlow, and run eagerly for the call even in a TF1-style process (``disable_v2_behavior()`` /
+    ``disable_eager_execution()``): the graphs ckptfix runs are its own, in their own sessions, and the rest
+    (writers, Keras) needs eager mode. The caller's mode is back as it was on return."""
+    _quiet.silence_tensorflow()
+    from tensorflow.python.eager import context
+
+    with context.eager_mode():
+        yield
 
 
 def recalibrate(checkpoint: str | Path, data, options: Options | None = None, **keywords) -> RecalibrationReport:
@@ -33,8 +47,8 @@ def recalibrate(checkpoint: str | Path, data, options: Options | None = None, **
     """
     from ckptfix import pipeline
 
-    _quiet.silence_tensorflow()
-    return pipeline.recalibrate(checkpoint, data, Options.build(options, keywords, "recalibrate"))
+    with _eager():
+        return pipeline.recalibrate(checkpoint, data, Options.build(options, keywords, "recalibrate"))
 
 
 def diagnose(checkpoint: str | Path, data, options: Options | None = None, **keywords) -> DiagnosisReport:
@@ -45,8 +59,8 @@ def diagnose(checkpoint: str | Path, data, options: Options | None = None, **key
     """
     from ckptfix import pipeline
 
-    _quiet.silence_tensorflow()
-    return pipeline.diagnose(checkpoint, data, Options.build(options, keywords, "diagnose"))
+    with _eager():
+        return pipeline.diagnose(checkpoint, data, Options.build(options, keywords, "diagnose"))
 
 
 def inspect(checkpoint: str | Path, options: Options | None = None, **keywords) -> InspectionReport:
@@ -57,5 +71,5 @@ def inspect(checkpoint: str | Path, options: Options | None = None, **keywords) 
     """
     from ckptfix import pipeline
 
-    _quiet.silence_tensorflow()
-    return pipeline.inspect(checkpoint, Options.build(options, keywords, "inspect"))
+    with _eager():
+        return pipeline.inspect(checkpoint, Options.build(options, keywords, "inspect"))
