@@ -23,8 +23,8 @@ from typing import Callable
 import numpy as np
 
 from ckptfix import _quiet
-from ckptfix.checkpoints.locate import CheckpointFiles, locate_checkpoint
-from ckptfix.checkpoints.writer import check_output_dir, default_output_dir, write_recalibrated_checkpoint
+from ckptfix.io.locate import CheckpointFiles, locate_checkpoint
+from ckptfix.io.checkpoint_writer import check_output_dir, default_output_dir, write_recalibrated_checkpoint
 from ckptfix.data import PREPROCESSING, DataKeys, open_calibration_data
 from ckptfix.data.batching import first_samples, samples_in
 from ckptfix.diagnostics import agreement as output_agreement
@@ -37,12 +37,13 @@ from ckptfix.graph.frozen import check_output_path, is_frozen_graph, thaw, write
 from ckptfix.graph.index import GraphIndex
 from ckptfix.graph.inference import InferenceModel, NoInferenceMode
 from ckptfix.graph.meta import checkpoint_keys, load_meta_graph, partition_layout
-from ckptfix.graph.model_fn import build_meta_graph, resolve_function
+from ckptfix.graph.model_fn import build_meta_graph
 from ckptfix.graph.outputs import resolve_output
 from ckptfix.graph.safety import check_forward_ops
 from ckptfix.measuring import check_batch_moments, layer_report, progress_bar, select_layers
 from ckptfix.report import DiagnosisReport, InspectionReport, LayerReport, RecalibrationReport
 from ckptfix.stats import Estimator, PooledMoments
+from ckptfix.user_code import resolve_function
 
 
 def _validate_options(batch_size: int, num_samples: int | None, estimator: str, preprocess: str) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ckptfix.checkpoints.locate import locate_checkpoint
+from ckptfix.io.locate import locate_checkpoint
 from ckptfix.errors import CheckpointError, NoBatchNormError
 from ckptfix.graph.batchnorm import find_batchnorm_layers
 from ckptfix.graph.index import GraphIndex

@@ -192,7 +192,7 @@ def _verifier(measured: _KerasMeasurement, unsafe: bool) -> Callable[[Path], Non
             source.model.load_weights(str(staged))
             reloaded = source.model.weights
         else:
-            from ckptfix.keras.storage import restore_object_checkpoint
+            from ckptfix.keras.formats import restore_object_checkpoint
 
             restore_object_checkpoint(source.model, staged / "variables" / "variables" if fmt == "savedmodel" else staged)
             reloaded = source.model.weights
