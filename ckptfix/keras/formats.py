@@ -54,16 +54,13 @@ class KerasSource:
 
 def _checkpoint_prefix(path: Path) -> Path | None:
     """The prefix a TF2 checkpoint path names: a folder (its ``checkpoint`` state file, read with the one trust
-    rule of :func:`ckptfix.io.locate.read_state_file`; without one, its only prefix), a prefix or one of its
-    files. None when it names none (the TF1 locator then reports why)."""
+    rule of :func:`ckptfix.io.locate.read_state_file`, whose CheckpointError propagates; without one, its only
+    prefix), a prefix or one of its files. None when it names none."""
     if path.is_dir():
         if not (path / STATE_FILE).is_file():  # tf.train.Checkpoint.write() leaves no state file: a lone prefix is meant
             indexes = sorted(path.glob("*.index"))
             return indexes[0].with_suffix("") if len(indexes) == 1 else None
-        try:
-            return read_state_file(path)
-        except CheckpointError:
-            return None
+        return read_state_file(path)
     prefix = Path(re.sub(r"\.(index|data-\d+-of-\d+)$", "", str(path)))
     return prefix if prefix.with_name(prefix.name + ".index").is_file() else None
 
@@ -118,7 +115,10 @@ def detect_model_format(checkpoint, meta=None) -> str | None:
         return "h5"
     if path.is_dir() and (path / "saved_model.pb").is_file():
         return "savedmodel"
-    prefix = _checkpoint_prefix(path)
+    try:
+        prefix = _checkpoint_prefix(path)
+    except CheckpointError:  # the TF1 locator reads the same state file and reports why
+        return None
     if prefix is None or prefix.with_name(prefix.name + ".meta").is_file():
         return None
     return "tf-checkpoint" if _is_object_checkpoint(prefix) else None
