@@ -122,11 +122,11 @@ def atomic_output(destination: Path, *, overwrite: bool, is_folder: bool) -> Ite
                 shutil.rmtree(staging, ignore_errors=True)
     except Exception as error:
         if isinstance(error, OSError) or _is_op_error(error):
-            raise write_failed(destination, error_reason(error)) from None
+            raise _write_failed(destination, error_reason(error)) from None
         raise
 
 
-def write_failed(destination: Path, reason: str) -> OutputError:
+def _write_failed(destination: Path, reason: str) -> OutputError:
     """The one-line error for a write that failed (disk full, permission...): nothing was left behind."""
     return OutputError(
         f"cannot write {destination}: {reason}. "
