@@ -72,7 +72,7 @@ def test_an_output_that_appears_while_measuring_is_not_replaced(keras_frozen, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fixed.keras"]  # no staging folder, no lock file
 
 
-def test_a_keras_write_waits_for_no_one_holding_the_output_lock(keras_frozen, tmp_path):
+def test_a_keras_write_fails_at_once_while_another_run_holds_the_output_lock(keras_frozen, tmp_path):
     """While this process holds the output's lock (as a running writer does), the Keras write gives up."""
     output = tmp_path / "fixed.keras"
     with _exclusive_lock(output):
