@@ -46,7 +46,7 @@ _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
 # ---------------------------------------------------------------------------------------- output checks
 
 
-def ensure_writable_folder(folder: Path) -> None:
+def _ensure_writable_folder(folder: Path) -> None:
     """Create ``folder`` if needed and check it is writable, or raise an OutputError naming -o/--output."""
     if not folder.exists():
         try:
@@ -82,7 +82,7 @@ def check_destination(output: Path, inputs: Sequence[Path], *, is_folder: bool, 
     parent = output.parent
     if parent.exists() and not parent.is_dir():
         raise OutputError(f"cannot write to {output}: {parent} is not a folder; choose another -o/--output.")
-    ensure_writable_folder(parent)
+    _ensure_writable_folder(parent)
     return output
 
 

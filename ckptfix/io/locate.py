@@ -72,6 +72,12 @@ def write_state_file(folder: Path, basename: str) -> None:
     )
 
 
+def prefix_named_by(path: Path) -> Path:
+    """The checkpoint prefix ``path`` names: ``path`` itself, or the prefix of one of its files (``.index``,
+    ``.meta``, ``.data-*``)."""
+    return path.with_name(_SUFFIX.sub("", path.name))
+
+
 def locate_checkpoint(checkpoint: str | Path, meta: str | Path | None = None, *, need_meta: bool = True) -> CheckpointFiles:
     """Find the prefix and ``.meta`` for ``checkpoint``; raise :class:`CheckpointError` naming the fix.
 
@@ -81,7 +87,7 @@ def locate_checkpoint(checkpoint: str | Path, meta: str | Path | None = None, *,
     if path.is_dir():
         prefix = read_state_file(path)
     else:
-        prefix = path.with_name(_SUFFIX.sub("", path.name))
+        prefix = prefix_named_by(path)
     index = prefix.with_name(prefix.name + ".index")
     if not index.is_file():
         if not prefix.parent.exists() or not any(prefix.parent.glob(prefix.name + "*")):

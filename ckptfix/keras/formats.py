@@ -25,12 +25,11 @@ refused (``--unsafe`` allows it). ``--model package.module:function`` always run
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ckptfix.errors import CheckpointError, CkptfixError, UnsafeModelError
-from ckptfix.io.locate import STATE_FILE, read_state_file
+from ckptfix.io.locate import STATE_FILE, prefix_named_by, read_state_file
 from ckptfix.user_code import resolve_function
 
 MODEL_FORMATS = ("keras", "h5", "weights-h5", "tf-checkpoint", "savedmodel", "tf1")
@@ -61,7 +60,7 @@ def _checkpoint_prefix(path: Path) -> Path | None:
             indexes = sorted(path.glob("*.index"))
             return indexes[0].with_suffix("") if len(indexes) == 1 else None
         return read_state_file(path)
-    prefix = Path(re.sub(r"\.(index|data-\d+-of-\d+)$", "", str(path)))
+    prefix = prefix_named_by(path)
     return prefix if prefix.with_name(prefix.name + ".index").is_file() else None
 
 
