@@ -56,7 +56,7 @@ def _build(folder: Path, tensors: int, tensor_mb: int) -> str:
 
 def _old_writer(ref: str, folder: Path) -> Path:
     path = folder / "old_writer.py"
-    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:ckptfix/checkpoints/writer.py"],
+    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:ckptfix/io/checkpoint_writer.py"],
                             check=True, capture_output=True, text=True).stdout
     path.write_text(source)
     return path
@@ -68,8 +68,8 @@ def _child(prefix: str, output: str, writer_path: str | None) -> dict:
     _quiet.silence_tensorflow()
     import tensorflow as tf  # noqa: F401  (counted in the baseline, as in a real run)
 
-    from ckptfix.checkpoints import locate_checkpoint
-    from ckptfix.checkpoints import writer as current_writer
+    from ckptfix.io import locate_checkpoint
+    from ckptfix.io import checkpoint_writer as current_writer
 
     writer = current_writer
     if writer_path:

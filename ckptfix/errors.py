@@ -5,6 +5,8 @@ a subclass of :class:`CkptfixError` whose message names the fix. The CLI prints 
 exits with code 1; anything else is an internal bug and keeps its traceback.
 """
 
+import re
+
 
 class CkptfixError(Exception):
     """Root of the errors a user can cause and fix."""
@@ -32,3 +34,22 @@ class DataError(CkptfixError):
 
 class OutputError(CkptfixError):
     """The output location is unusable (exists, is the input, is not writable)."""
+
+
+class UnsafeModelError(GraphError):
+    """Loading the model would run Python code stored in the file (a Lambda layer) and --unsafe was not given."""
+
+
+def error_reason(error: BaseException) -> str:
+    """The readable first line of an OS or TensorFlow op error, for a one-line message.
+
+    OSError: its ``strerror`` (no path). TensorFlow op errors: no ``{{function_node ...}}`` prefix, no
+    ``[Op:...]`` suffix, and for file errors (``<path>; No space left on device``) the reason without the path.
+    """
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    message = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\].*$", "", str(getattr(error, "message", error)))
+    lines = message.strip().splitlines()
+    first = lines[0] if lines else type(error).__name__
+    path, separator, reason = first.rpartition("; ")
+    return reason if separator and path.startswith("/") else first

@@ -35,11 +35,11 @@ Channel conversion (before any preset): grey -> RGB repeats the grey value; RGB(
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Callable
 
 from ckptfix.errors import DataError
+from ckptfix.user_code import resolve_function
 
 _VGG_MEANS = (123.68, 116.78, 103.94)
 _CAFFE_BGR_MEANS = (103.939, 116.779, 123.68)
@@ -121,7 +121,8 @@ def resolve_preprocessing(
         name = getattr(preprocess, "__qualname__", repr(preprocess))
         return ImagePreprocessing(None, preprocess, f"the function {name}", height, width, channels)
     if isinstance(preprocess, str) and ":" in preprocess:
-        return ImagePreprocessing(None, load_function(preprocess), f"{preprocess} (your code)", height, width, channels)
+        function = resolve_function(preprocess, "--preprocess", DataError)
+        return ImagePreprocessing(None, function, f"{preprocess} (your code)", height, width, channels)
     preset = PRESETS.get(preprocess)
     if preset is None:
         raise DataError(
@@ -133,21 +134,6 @@ def resolve_preprocessing(
         raise DataError("--preprocess vgg crops to the input size by construction: drop --central-crop.")
     description = preset.formula + (f", central crop {central_crop}" if central_crop is not None else "")
     return ImagePreprocessing(preset.name, None, description, height, width, channels, central_crop)
-
-
-def load_function(spec: str) -> Callable:
-    """Import ``package.module:function`` (this runs the module's code)."""
-    module_name, _, attribute = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise DataError(f"--preprocess {spec}: cannot import {module_name} ({error}); is it on PYTHONPATH?") from None
-    function = module
-    for part in attribute.split("."):
-        function = getattr(function, part, None)
-    if not callable(function):
-        raise DataError(f"--preprocess {spec}: {module_name} has no function {attribute}.")
-    return function
 
 
 def _shape(shape) -> str:

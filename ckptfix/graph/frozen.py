@@ -27,8 +27,8 @@ from typing import Mapping
 
 import numpy as np
 
-from ckptfix.checkpoints.locate import CheckpointFiles
-from ckptfix.checkpoints.writer import ensure_writable_folder
+from ckptfix.io.locate import CheckpointFiles
+from ckptfix.io.atomic import atomic_output, check_destination
 from ckptfix.errors import GraphError, NoBatchNormError, OutputError
 from ckptfix.graph.batchnorm import FUSED_OPS, find_batchnorm_layers
 from ckptfix.graph.index import GraphIndex
@@ -190,7 +190,7 @@ def thaw(path: str | Path) -> FrozenGraph:
     """Load the frozen graph at ``path`` and thaw its BN statistics constants (see the module docstring)."""
     import tensorflow as tf
 
-    from ckptfix.checkpoints.writer import save_tensors
+    from ckptfix.io.checkpoint_writer import save_tensors
     from ckptfix.graph.session import import_graph
 
     path = Path(path).expanduser().absolute()
@@ -224,14 +224,9 @@ def check_output_path(source: Path, output: str | Path | None, overwrite: bool) 
     target = default_output_path(source) if output is None else Path(output).expanduser().absolute()
     if target.is_dir():
         target = target / source.name
-    if target.resolve() == source.resolve():
-        raise OutputError(f"output {target} is the input graph: choose another -o/--output (the input is never changed).")
-    if target.exists() and not overwrite:
-        raise OutputError(f"output {target} exists: pass --overwrite or choose another -o/--output.")
     if target.suffix.lower() not in FROZEN_SUFFIXES:
         raise OutputError(f"output {target} must end in .pb (binary) or .pbtxt (text): choose another -o/--output.")
-    ensure_writable_folder(target.parent)
-    return target
+    return check_destination(target, [source], is_folder=False, overwrite=overwrite, what="the input graph")
 
 
 def _serialize(graph_def, text: bool) -> bytes:
@@ -257,9 +252,10 @@ def _replaced_constant(node, value: np.ndarray):
 def write_recalibrated_graph(frozen: FrozenGraph, new_values: Mapping[str, np.ndarray], target: Path, overwrite: bool) -> Path:
     """Write the frozen graph with only the statistics constants in ``new_values`` replaced, atomically.
 
-    The format follows ``target``'s suffix (``.pbtxt`` text, else binary). The file is written beside the
-    destination, parsed back and compared node by node with the input (every other node's serialization
-    byte-identical, the replaced constants holding the new values), then renamed into place.
+    The format follows ``target``'s suffix (``.pbtxt`` text, else binary). The file is staged beside the
+    destination (:func:`ckptfix.io.atomic.atomic_output`), parsed back and compared node by node with the
+    input (every other node's serialization byte-identical, the replaced constants holding the new values),
+    then renamed into place.
     """
     from tensorflow.core.framework import graph_pb2
 
@@ -277,22 +273,10 @@ def write_recalibrated_graph(frozen: FrozenGraph, new_values: Mapping[str, np.nd
         else:
             graph_def.node.add().CopyFrom(node)
     text = _is_text(target)
-    try:
-        handle, staging = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
-    except OSError as error:
-        raise OutputError(f"cannot write {target}: {error.strerror or error}; nothing was written.") from None
-    staging = Path(staging)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(_serialize(graph_def, text))
-        _verify(frozen.graph_def, _parse(staging, text), expected)
-        if target.exists() and not overwrite:
-            raise OutputError(f"output {target} appeared while writing: pass --overwrite or choose another -o.")
-        os.replace(staging, target)
-    except OSError as error:
-        raise OutputError(f"cannot write {target}: {error.strerror or error}; nothing was written.") from None
-    finally:
-        staging.unlink(missing_ok=True)
+    with atomic_output(target, overwrite=overwrite, is_folder=False) as staged:
+        staged.path.write_bytes(_serialize(graph_def, text))
+        staged.check_interrupt()
+        _verify(frozen.graph_def, _parse(staged.path, text), expected)
     return target
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ckptfix.checkpoints.writer import TensorSlice
+from ckptfix.io.checkpoint_reader import TensorSlice
 from ckptfix.errors import GraphError
 
 _VARIABLE_COLLECTIONS = ("variables", "local_variables", "model_variables", "trainable_variables")

@@ -21,34 +21,14 @@ checkpoint with the same shape (extra checkpoint tensors, such as optimizer slot
 from __future__ import annotations
 
 import ast
-import importlib
 import inspect
 from pathlib import Path
 from typing import Callable, Mapping
 
 from ckptfix.errors import CheckpointError, CkptfixError, GraphError
+from ckptfix.user_code import resolve_function
 
 INPUT_NAME = "input"
-
-
-def resolve_function(spec: str | Callable, option: str = "--model") -> Callable:
-    """A callable from ``package.module:function`` (runs that module's code), or the callable itself."""
-    if callable(spec):
-        return spec
-    module_name, _, attribute = str(spec).partition(":")
-    if not module_name or not attribute:
-        raise CkptfixError(f"{option} {spec!r}: expected package.module:function.")
-    try:
-        target = importlib.import_module(module_name)
-    except ImportError as error:
-        raise CkptfixError(f"{option} {spec}: cannot import {module_name} ({error}); is it on PYTHONPATH?") from None
-    for part in attribute.split("."):
-        target = getattr(target, part, None)
-        if target is None:
-            raise CkptfixError(f"{option} {spec}: {module_name} has no {attribute}.")
-    if not callable(target):
-        raise CkptfixError(f"{option} {spec}: {attribute} is not a function.")
-    return target
 
 
 def parse_model_args(pairs: list[str] | None) -> dict:

@@ -24,18 +24,16 @@ refused (``--unsafe`` allows it). ``--model package.module:function`` always run
 
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from ckptfix.errors import CheckpointError, CkptfixError, GraphError
+
+from ckptfix.errors import CheckpointError, CkptfixError, UnsafeModelError
+from ckptfix.io.locate import STATE_FILE, prefix_named_by, read_state_file
+from ckptfix.user_code import resolve_function
 
 MODEL_FORMATS = ("keras", "h5", "weights-h5", "tf-checkpoint", "savedmodel", "tf1")
 _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
-
-
-class UnsafeModelError(GraphError):
-    """Loading the model would run Python code stored in the file (a Lambda layer) and --unsafe was not given."""
 
 
 @dataclass
@@ -54,20 +52,15 @@ class KerasSource:
 
 
 def _checkpoint_prefix(path: Path) -> Path | None:
-    """The prefix a TF checkpoint path names (a folder with a ``checkpoint`` file, a prefix or one of its files)."""
-    import re
-
+    """The prefix a TF2 checkpoint path names: a folder (its ``checkpoint`` state file, read with the one trust
+    rule of :func:`ckptfix.io.locate.read_state_file`, whose CheckpointError propagates; without one, its only
+    prefix), a prefix or one of its files. None when it names none."""
     if path.is_dir():
-        state = path / "checkpoint"
-        if not state.is_file():  # tf.train.Checkpoint.write() leaves no state file: a lone prefix is meant
+        if not (path / STATE_FILE).is_file():  # tf.train.Checkpoint.write() leaves no state file: a lone prefix is meant
             indexes = sorted(path.glob("*.index"))
             return indexes[0].with_suffix("") if len(indexes) == 1 else None
-        match = re.search(r'^model_checkpoint_path:\s*"(.*)"\s*$', state.read_text(), re.MULTILINE)
-        if not match:
-            return None
-        prefix = Path(match.group(1))
-        return prefix if prefix.is_absolute() else path / prefix
-    prefix = Path(re.sub(r"\.(index|data-\d+-of-\d+)$", "", str(path)))
+        return read_state_file(path)
+    prefix = prefix_named_by(path)
     return prefix if prefix.with_name(prefix.name + ".index").is_file() else None
 
 
@@ -78,6 +71,33 @@ def _is_object_checkpoint(prefix: Path) -> bool:
         return tf.train.load_checkpoint(str(prefix)).has_tensor(_OBJECT_GRAPH_KEY)
     except (tf.errors.OpError, ValueError):
         return False
+
+
+def checkpoint_root(model, prefix: Path):
+    """The object the TF2 checkpoint was written from: the model itself, or ``tf.train.Checkpoint(model=...)``."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(tf.train.load_checkpoint(str(prefix)).get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    children = {child.local_name for child in graph.nodes[0].children}
+    if "model" in children and not hasattr(model, "model"):
+        wrapper = tf.train.Checkpoint(model=model)
+        return wrapper, wrapper
+    return tf.train.Checkpoint(root=model), model
+
+
+def restore_object_checkpoint(model, prefix: Path) -> None:
+    """Read a TF2 object-based checkpoint into ``model``; every model variable must be matched."""
+    import tensorflow as tf
+
+    try:
+        status = checkpoint_root(model, prefix)[0].read(str(prefix))
+        status.assert_existing_objects_matched()
+    except (AssertionError, tf.errors.OpError, ValueError) as error:
+        raise CheckpointError(
+            f"checkpoint {prefix} does not fit the model from --model/--architecture: {str(error).strip().splitlines()[0][:200]}"
+        ) from None
 
 
 def detect_model_format(checkpoint, meta=None) -> str | None:
@@ -94,7 +114,10 @@ def detect_model_format(checkpoint, meta=None) -> str | None:
         return "h5"
     if path.is_dir() and (path / "saved_model.pb").is_file():
         return "savedmodel"
-    prefix = _checkpoint_prefix(path)
+    try:
+        prefix = _checkpoint_prefix(path)
+    except CheckpointError:  # the TF1 locator reads the same state file and reports why
+        return None
     if prefix is None or prefix.with_name(prefix.name + ".meta").is_file():
         return None
     return "tf-checkpoint" if _is_object_checkpoint(prefix) else None
@@ -189,17 +212,7 @@ def _tf_keras_load(path: Path, unsafe: bool):
 
 def _from_function(model) -> object:
     """``model``: a callable, or ``package.module:function`` naming one; either returns the built model."""
-    if isinstance(model, str):
-        module_name, _, attribute = model.partition(":")
-        if not module_name or not attribute:
-            raise CkptfixError(f"--model takes package.module:function (got {model!r}).")
-        try:
-            function = getattr(importlib.import_module(module_name), attribute)
-        except (ImportError, AttributeError) as error:
-            raise CkptfixError(f"--model {model}: cannot import it ({error}).") from None
-    else:
-        function = model
-    built = function()
+    built = resolve_function(model, "--model")()
     if not hasattr(built, "layers") or not hasattr(built, "weights"):
         raise CkptfixError(f"--model {model} returned {type(built).__name__}, not a Keras model.")
     if not built.weights:
@@ -335,8 +348,6 @@ def load_source(checkpoint, model_format: str, *, model=None, architecture=None,
         if prefix is None or not _is_object_checkpoint(prefix):
             raise CheckpointError(f"{path} is not a TF2 object-based checkpoint (no index with {_OBJECT_GRAPH_KEY}).")
         built = _weights_only_model(model, architecture, unsafe, path, "a TF2 object-based checkpoint")
-        from ckptfix.keras.storage import restore_object_checkpoint
-
         restore_object_checkpoint(built, prefix)
         return KerasSource("tf-checkpoint", path, built, prefix=prefix, loader="tf.train.Checkpoint.read")
     if model_format == "savedmodel":
@@ -365,8 +376,6 @@ def _archive_config(path: Path) -> dict:
 
 
 def _load_savedmodel(path: Path, model, architecture, unsafe: bool) -> KerasSource:
-    from ckptfix.keras.storage import restore_object_checkpoint
-
     prefix = path / "variables" / "variables"
     if not prefix.with_name("variables.index").is_file():
         raise CheckpointError(f"SavedModel {path} has no variables/variables.index: nothing to repair.")

@@ -22,18 +22,18 @@ only then renamed into place.
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
 
-from ckptfix.checkpoints.writer import ensure_writable_folder, move_into_place
 from ckptfix.errors import CheckpointError, OutputError
-from ckptfix.keras.formats import KerasSource
+from ckptfix.io.atomic import atomic_output, check_destination
+from ckptfix.io.checkpoint_writer import copy_checkpoint
+from ckptfix.io.locate import write_state_file
+from ckptfix.keras.formats import KerasSource, checkpoint_root
 
 _ARCHIVE_WEIGHTS = "model.weights.h5"
 _VARIABLE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
@@ -134,37 +134,10 @@ def _legacy_h5_paths(model, h5) -> dict[int, str]:
     return paths
 
 
-def _checkpoint_root(model, prefix: Path):
-    """The object the TF2 checkpoint was written from: the model itself, or ``tf.train.Checkpoint(model=...)``."""
-    import tensorflow as tf
-    from tensorflow.core.protobuf import trackable_object_graph_pb2
-
-    graph = trackable_object_graph_pb2.TrackableObjectGraph()
-    graph.ParseFromString(tf.train.load_checkpoint(str(prefix)).get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
-    children = {child.local_name for child in graph.nodes[0].children}
-    if "model" in children and not hasattr(model, "model"):
-        wrapper = tf.train.Checkpoint(model=model)
-        return wrapper, wrapper
-    return tf.train.Checkpoint(root=model), model
-
-
-def restore_object_checkpoint(model, prefix: Path) -> None:
-    """Read a TF2 object-based checkpoint into ``model``; every model variable must be matched."""
-    import tensorflow as tf
-
-    try:
-        status = _checkpoint_root(model, prefix)[0].read(str(prefix))
-        status.assert_existing_objects_matched()
-    except (AssertionError, tf.errors.OpError, ValueError) as error:
-        raise CheckpointError(
-            f"checkpoint {prefix} does not fit the model from --model/--architecture: {str(error).strip().splitlines()[0][:200]}"
-        ) from None
-
-
 def _object_paths(model, prefix: Path) -> dict[int, str]:
     from tensorflow.python.checkpoint import graph_view, util
 
-    root = _checkpoint_root(model, prefix)[1]
+    root = checkpoint_root(model, prefix)[1]
     names = util.objects_ids_and_slot_variables_and_paths(graph_view.ObjectGraphView(root))[4]
     return {id(obj): name + _VARIABLE_SUFFIX for obj, name in names.items()}
 
@@ -256,30 +229,20 @@ def default_output(source: KerasSource) -> Path:
     return folder.with_name(folder.name + "-recalibrated")
 
 
+def _is_file_format(source: KerasSource) -> bool:
+    return source.model_format in ("keras", "h5", "weights-h5")
+
+
 def check_output(source: KerasSource, output: Path, overwrite: bool) -> Path:
     """Refuse an output that is, contains or sits inside the input, or exists without ``overwrite``."""
     output = Path(output).expanduser().absolute()
-    inputs = [source.path.resolve()]
-    if source.prefix is not None:
-        inputs.append(source.prefix.parent.resolve())
-    resolved = output.resolve()
-    for item in inputs:
-        if resolved == item or item in resolved.parents or (item.is_dir() and resolved in item.parents) or resolved in item.parents:
-            raise OutputError(f"output {output} is the input {source.path} or overlaps it: choose another -o/--output.")
-    is_file_format = source.model_format in ("keras", "h5", "weights-h5")
-    if is_file_format and source.model_format == "keras" and not output.name.endswith(".keras"):
+    if source.model_format == "keras" and not output.name.endswith(".keras"):
         raise OutputError(f"output {output}: Keras only loads archives named *.keras; choose such a -o/--output.")
-    if is_file_format and source.model_format == "weights-h5" and not output.name.endswith(".weights.h5"):
+    if source.model_format == "weights-h5" and not output.name.endswith(".weights.h5"):
         raise OutputError(f"output {output}: Keras 3 only loads weights named *.weights.h5; choose such a -o/--output.")
-    if output.exists():
-        if is_file_format and output.is_dir():
-            raise OutputError(f"output {output} is a folder: pass a file name with -o/--output.")
-        if not is_file_format and not output.is_dir():
-            raise OutputError(f"output {output} exists and is not a folder: choose another -o/--output.")
-        if not overwrite and (output.is_file() or any(output.iterdir())):
-            raise OutputError(f"output {output} exists: pass --overwrite or choose another -o/--output.")
-    ensure_writable_folder(output.parent)
-    return output
+    inputs = [source.path] + ([source.prefix.parent] if source.prefix is not None else [])
+    return check_destination(output, inputs, is_folder=not _is_file_format(source), overwrite=overwrite,
+                             what=f"the input {source.path}")
 
 
 def _patch_h5(path: Path, new_values: Mapping[str, np.ndarray]) -> None:
@@ -292,8 +255,8 @@ def _patch_h5(path: Path, new_values: Mapping[str, np.ndarray]) -> None:
             dataset[...] = np.asarray(value, np.float64).astype(dataset.dtype).reshape(dataset.shape)
 
 
-def _write_archive(source: Path, destination: Path, new_values: Mapping[str, np.ndarray], staging: Path) -> None:
-    weights = staging / "patched-model.weights.h5"
+def _write_archive(source: Path, destination: Path, new_values: Mapping[str, np.ndarray], scratch: Path) -> None:
+    weights = scratch / "patched-model.weights.h5"
     with zipfile.ZipFile(source) as archive:
         if _ARCHIVE_WEIGHTS not in archive.namelist():
             raise CheckpointError(f"{source} has no {_ARCHIVE_WEIGHTS} (sharded or .npz weights are not supported).")
@@ -307,22 +270,6 @@ def _write_archive(source: Path, destination: Path, new_values: Mapping[str, np.
     weights.unlink()
 
 
-def _write_object_checkpoint(source_prefix: Path, destination_prefix: Path, new_values: Mapping[str, np.ndarray]) -> None:
-    """Every tensor of ``source_prefix`` (object graph included) to ``destination_prefix``, statistics replaced."""
-    import tensorflow as tf
-
-    reader = tf.train.load_checkpoint(str(source_prefix))
-    dtypes = reader.get_variable_to_dtype_map()
-    names, values = [], []
-    for key in sorted(dtypes):
-        value = reader.get_tensor(key)
-        if key in new_values:
-            value = np.asarray(new_values[key], np.float64).astype(dtypes[key].as_numpy_dtype).reshape(np.shape(value))
-        names.append(key)
-        values.append(tf.constant(value, dtype=dtypes[key]))
-    tf.raw_ops.SaveV2(prefix=str(destination_prefix), tensor_names=names, shape_and_slices=[""] * len(names), tensors=values)
-
-
 def write_output(
     source: KerasSource,
     new_values: Mapping[str, np.ndarray],
@@ -330,50 +277,31 @@ def write_output(
     overwrite: bool,
     verify: Callable[[Path], None],
 ) -> Path:
-    """Write ``source`` with ``new_values`` (key -> array) replaced at ``output``, atomically.
+    """Write ``source`` with ``new_values`` (key -> array) replaced at ``output``, atomically
+    (:func:`ckptfix.io.atomic.atomic_output`: staged, locked, re-checked, swapped).
 
     ``verify(staged_path)`` loads the staged result back with the ordinary Keras / TF call and raises if it
-    differs from what was meant; only then is the result renamed into place. Returns the written path (the
+    differs from what was meant; only then is the result put in place. Returns the written path (the
     checkpoint prefix for TF2 checkpoints).
     """
-    try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-    except OSError as error:
-        raise OutputError(f"cannot write {output}: {error.strerror or error}; nothing was written.") from None
-    try:
-        fmt = source.model_format
+    fmt = source.model_format
+    with atomic_output(output, overwrite=overwrite, is_folder=not _is_file_format(source)) as staged:
+        loaded = staged.path
         if fmt == "keras":
-            staged = staging / output.name
-            _write_archive(source.path, staged, new_values, staging)
+            _write_archive(source.path, staged.path, new_values, staged.folder)
         elif fmt in ("h5", "weights-h5"):
-            staged = staging / output.name
-            shutil.copyfile(source.path, staged)
-            _patch_h5(staged, new_values)
+            shutil.copyfile(source.path, staged.path)
+            _patch_h5(staged.path, new_values)
         elif fmt == "savedmodel":
-            staged = staging / output.name
-            shutil.copytree(source.path, staged)
-            for stale in (staged / "variables").glob("variables.*"):
+            shutil.copytree(source.path, staged.path, dirs_exist_ok=True)
+            for stale in (staged.path / "variables").glob("variables.*"):
                 stale.unlink()
-            _write_object_checkpoint(source.prefix, staged / "variables" / "variables", new_values)
+            copy_checkpoint(source.prefix, staged.path / "variables" / "variables", new_values,
+                            check_interrupt=staged.check_interrupt)
         else:
-            staged = staging / output.name
-            staged.mkdir()
-            _write_object_checkpoint(source.prefix, staged / source.prefix.name, new_values)
-            (staged / "checkpoint").write_text(
-                f'model_checkpoint_path: "{source.prefix.name}"\nall_model_checkpoint_paths: "{source.prefix.name}"\n'
-            )
-        verify(staged if fmt != "tf-checkpoint" else staged / source.prefix.name)
-        _move_into_place(staged, output, overwrite)
-    except OSError as error:
-        raise OutputError(f"cannot write {output}: {error.strerror or error}; nothing was written.") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return output / source.prefix.name if source.model_format == "tf-checkpoint" else output
-
-
-def _move_into_place(staged: Path, output: Path, overwrite: bool) -> None:
-    """A staged file replaces ``output`` atomically (os.replace); a staged folder moves as the writer's do."""
-    if staged.is_file():
-        os.replace(staged, output)  # atomic for a file, replacing an existing one (only with --overwrite)
-    else:
-        move_into_place(staged, output, overwrite)
+            loaded = staged.path / source.prefix.name
+            copy_checkpoint(source.prefix, loaded, new_values, check_interrupt=staged.check_interrupt)
+            write_state_file(staged.path, source.prefix.name)
+        staged.check_interrupt()
+        verify(loaded)
+    return output / source.prefix.name if fmt == "tf-checkpoint" else output

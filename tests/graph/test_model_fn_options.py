@@ -3,7 +3,8 @@
 import pytest
 
 from ckptfix.errors import CkptfixError
-from ckptfix.graph.model_fn import parse_input_shape, parse_model_args, resolve_function
+from ckptfix.graph.model_fn import parse_input_shape, parse_model_args
+from ckptfix.user_code import resolve_function
 
 
 def test_model_args_are_python_literals_else_strings():

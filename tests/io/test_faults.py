@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ckptfix.checkpoints import locate_checkpoint
-from ckptfix.checkpoints.writer import _exclusive_lock, remove_stale_staging, write_recalibrated_checkpoint
+from ckptfix.io import locate_checkpoint
+from ckptfix.io.atomic import _exclusive_lock, remove_stale_staging
+from ckptfix.io.checkpoint_writer import write_recalibrated_checkpoint
 
 CHANNELS = 8
 BIG_TENSORS = 4
@@ -34,8 +35,8 @@ import sys
 import numpy as np
 from ckptfix import _quiet
 _quiet.silence_tensorflow()
-from ckptfix.checkpoints import locate_checkpoint
-from ckptfix.checkpoints.writer import write_recalibrated_checkpoint
+from ckptfix.io import locate_checkpoint
+from ckptfix.io.checkpoint_writer import write_recalibrated_checkpoint
 from ckptfix.errors import CkptfixError
 prefix, output, value, overwrite = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4] == "1"
 new = {{"bn/moving_mean": np.full({CHANNELS}, value), "bn/moving_variance": np.full({CHANNELS}, value)}}

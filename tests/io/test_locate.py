@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
-from ckptfix.checkpoints import locate_checkpoint
+from ckptfix.io import locate_checkpoint
 from ckptfix.errors import CheckpointError, GraphError
 
 

@@ -34,30 +34,48 @@ class CheckpointFiles:
 
 
 _STATE_LINE = re.compile(r'^model_checkpoint_path:\s*"(.*)"\s*$', re.MULTILINE)
+STATE_FILE = "checkpoint"
 
 
-def _latest_in_directory(directory: Path) -> Path:
-    """The prefix the folder's ``checkpoint`` state file names, looked up inside that folder only.
+def read_state_file(folder: Path) -> Path:
+    """The prefix ``folder``'s ``checkpoint`` state file names, looked up inside that folder only.
 
-    Saver writes absolute paths into the state file; they go stale when a folder is copied, and a crafted state
-    file could point anywhere. So only the basename of the named prefix is used, inside ``directory``.
+    The one trust rule for state files (TF1 folders and TF2 object-based checkpoint folders alike): Saver and
+    ``tf.train.CheckpointManager`` write absolute paths into the state file; they go stale when a folder is
+    copied, and a crafted state file could point anywhere. So only the basename of the named prefix is used,
+    inside ``folder``. Raises :class:`CheckpointError` naming the fix when there is no state file, it names
+    nothing, or the named prefix has no ``.index`` in ``folder``.
     """
-    state = directory / "checkpoint"
+    folder = Path(folder)
+    state = folder / STATE_FILE
     if not state.is_file():
         raise CheckpointError(
-            f"{directory} has no 'checkpoint' state file: pass the checkpoint prefix instead "
-            f"(e.g. {directory}/model.ckpt-1000)."
+            f"{folder} has no 'checkpoint' state file: pass the checkpoint prefix instead "
+            f"(e.g. {folder}/model.ckpt-1000)."
         )
     found = _STATE_LINE.search(state.read_text(errors="replace"))
     if found is None:
-        raise CheckpointError(f"the 'checkpoint' state file in {directory} names no checkpoint: pass the prefix explicitly.")
-    prefix = directory / Path(found.group(1).replace("\\", "/")).name
+        raise CheckpointError(f"the 'checkpoint' state file in {folder} names no checkpoint: pass the prefix explicitly.")
+    prefix = folder / Path(found.group(1).replace("\\", "/")).name
     if not prefix.with_name(prefix.name + ".index").is_file():
         raise CheckpointError(
-            f"the 'checkpoint' state file in {directory} names {found.group(1)}, which is not in that folder: "
+            f"the 'checkpoint' state file in {folder} names {found.group(1)}, which is not in that folder: "
             "pass the prefix explicitly."
         )
     return prefix
+
+
+def write_state_file(folder: Path, basename: str) -> None:
+    """A ``checkpoint`` state file in ``folder`` naming the prefix ``basename`` (relative: the folder can move)."""
+    (Path(folder) / STATE_FILE).write_text(
+        f'model_checkpoint_path: "{basename}"\nall_model_checkpoint_paths: "{basename}"\n'
+    )
+
+
+def prefix_named_by(path: Path) -> Path:
+    """The checkpoint prefix ``path`` names: ``path`` itself, or the prefix of one of its files (``.index``,
+    ``.meta``, ``.data-*``)."""
+    return path.with_name(_SUFFIX.sub("", path.name))
 
 
 def locate_checkpoint(checkpoint: str | Path, meta: str | Path | None = None, *, need_meta: bool = True) -> CheckpointFiles:
@@ -67,9 +85,9 @@ def locate_checkpoint(checkpoint: str | Path, meta: str | Path | None = None, *,
     """
     path = Path(checkpoint).expanduser()
     if path.is_dir():
-        prefix = _latest_in_directory(path)
+        prefix = read_state_file(path)
     else:
-        prefix = path.with_name(_SUFFIX.sub("", path.name))
+        prefix = prefix_named_by(path)
     index = prefix.with_name(prefix.name + ".index")
     if not index.is_file():
         if not prefix.parent.exists() or not any(prefix.parent.glob(prefix.name + "*")):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ckptfix.checkpoints import locate_checkpoint
-from ckptfix.checkpoints.writer import write_recalibrated_checkpoint
+from ckptfix.io import locate_checkpoint
+from ckptfix.io.checkpoint_writer import write_recalibrated_checkpoint
 from ckptfix.graph.meta import load_meta_graph, partition_layout
 
 NEW = {"bn/moving_mean": np.array([3.25, 4.5]), "bn/moving_variance": np.array([0.1, 0.2]),
@@ -131,7 +131,7 @@ def test_sharded_input_keeps_its_shards_byte_identical(sharded, tmp_path):
 
 
 def test_shard_index_is_parsed(sharded, single):
-    from ckptfix.checkpoints.bundle_index import shard_of_each_tensor
+    from ckptfix.io.bundle_index import shard_of_each_tensor
 
     read = shard_of_each_tensor(Path(str(sharded) + ".index"))
     assert read == {key: int(key == "other/table") for key in tf.train.load_checkpoint(str(sharded)).get_variable_to_dtype_map()}
@@ -141,7 +141,7 @@ def test_shard_index_is_parsed(sharded, single):
 
 def test_unparsable_index_falls_back_to_one_shard_grouping(tmp_path):
     """A damaged .index gives no shard map (the writer then cuts parts by size only), never an exception."""
-    from ckptfix.checkpoints.bundle_index import shard_of_each_tensor
+    from ckptfix.io.bundle_index import shard_of_each_tensor
 
     damaged = tmp_path / "model.ckpt.index"
     damaged.write_bytes(b"\x00garbage" * 10)
@@ -151,7 +151,7 @@ def test_unparsable_index_falls_back_to_one_shard_grouping(tmp_path):
 
 def test_index_with_damaged_blocks_gives_no_usable_shard_map(single, tmp_path):
     """Scrambled blocks parse to nothing or to keys that are not the checkpoint's: the writer ignores both."""
-    from ckptfix.checkpoints.bundle_index import shard_of_each_tensor
+    from ckptfix.io.bundle_index import shard_of_each_tensor
 
     data = bytearray(Path(str(single) + ".index").read_bytes())
     for position in range(0, len(data) - 48, 7):  # scramble the blocks, keep the footer (and its magic)

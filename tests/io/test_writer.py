@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ckptfix.checkpoints import locate_checkpoint
-from ckptfix.checkpoints.writer import check_output_dir, write_recalibrated_checkpoint
+from ckptfix.io import locate_checkpoint
+from ckptfix.io.checkpoint_writer import check_output_dir, write_recalibrated_checkpoint
 from ckptfix.errors import OutputError
 from ckptfix.graph.meta import load_meta_graph, partition_layout
 

@@ -1,0 +1,193 @@
+"""Write the recalibrated checkpoint: every tensor as it was except the new statistics, atomically.
+
+The new checkpoint is built in a hidden staging folder ``.<name>.tmp-<pid>-<host>-*`` beside the destination,
+in parts, the way TensorFlow's sharded ``Saver`` does it: the tensors are read from the input with ``RestoreV2``
+and written with ``SaveV2`` a part at a time (each input shard cut into parts of at most ``part_bytes``, or one
+larger tensor), then the parts are joined with ``MergeV2Checkpoints`` (each part's ``.data`` file becomes one
+shard, the indexes are merged). So memory holds one part, not the checkpoint, and a sharded input keeps its
+shards. Partitioned variables are written slice by slice, with the layout their ``save_slice_info`` in the
+meta graph gives. A checkpoint whose shards are each smaller than one part comes out with the same shards,
+byte-identical to what ``tf.train.Saver`` wrote except the statistics.
+
+The ``.meta`` is copied beside it with a ``checkpoint`` state file, every tensor is read back part by part and
+its fingerprint compared with that of what was written (for untouched tensors, the input's own bytes), and
+only then is the folder renamed into place.
+
+Staging, the lock, Ctrl-C between steps (parts, merge, verification, rename), the swap and clean errors for a
+full disk are :mod:`ckptfix.io.atomic`'s. :func:`copy_checkpoint` (parts, merge, read-back) also writes the
+TF2 object-based checkpoints and SavedModel variables of Keras models.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+
+from ckptfix.errors import CheckpointError, OutputError
+from ckptfix.io.atomic import atomic_output, check_destination
+from ckptfix.io.checkpoint_reader import (
+    CheckpointEntry, TensorSlice, fingerprint, mismatched, read_entries, restore, shard_of_each_key, unreadable,
+)
+from ckptfix.io.locate import CheckpointFiles, write_state_file
+
+PART_BYTES = 256 << 20
+"""Default upper bound on the tensor bytes one ``SaveV2`` call holds (a larger tensor gets a part of its own)."""
+
+
+def default_output_dir(source: CheckpointFiles) -> Path:
+    """``<checkpoint dir>-recalibrated``, a sibling of the checkpoint's folder."""
+    folder = source.prefix.parent
+    return folder.with_name(folder.name + "-recalibrated")
+
+
+def check_output_dir(source: CheckpointFiles, output_dir: Path, overwrite: bool) -> Path:
+    """Refuse outputs that would touch the input or clobber data; return the absolute output folder."""
+    return check_destination(output_dir, [source.prefix.parent], is_folder=True, overwrite=overwrite,
+                             what="the checkpoint's folder")
+
+
+def _split_into_parts(entries: list[CheckpointEntry], part_bytes: int, shards: Mapping[str, int]) -> list[list[CheckpointEntry]]:
+    """The input's shards in order (``shards``: key -> shard id), each cut into consecutive runs of entries (in
+    key order) of at most ``part_bytes``, or one larger entry alone."""
+    parts = []
+    for shard in sorted({shards.get(entry.key, 0) for entry in entries}):
+        current, size = [], 0
+        for entry in (entry for entry in entries if shards.get(entry.key, 0) == shard):
+            if current and size + entry.nbytes > part_bytes:
+                parts.append(current)
+                current, size = [], 0
+            current.append(entry)
+            size += entry.nbytes
+        parts += [current] if current else []
+    return parts
+
+
+def _save_part(source: Path, target: Path, part: list[CheckpointEntry], replaced: Mapping[str, list]) -> list[bytes]:
+    """Write one part with SaveV2: untouched tensors as RestoreV2 read them, replaced ones from ``replaced``."""
+    import tensorflow as tf
+
+    untouched = [entry for entry in part if entry.key not in replaced]
+    try:
+        restored = iter(restore(source, untouched) if untouched else [])
+    except tf.errors.OpError as error:
+        raise unreadable(source, error) from None
+    tensors = [tensor for entry in part for tensor in (replaced[entry.key] if entry.key in replaced else
+                                                       [next(restored) for _ in entry.specs])]
+    names = [entry.key for entry in part for _ in entry.specs]
+    specs = [spec for entry in part for spec in entry.specs]
+    tf.raw_ops.SaveV2(prefix=str(target), tensor_names=names, shape_and_slices=specs, tensors=tensors)
+    return [fingerprint(tensor) for tensor in tensors]
+
+
+def save_tensors(prefix: Path, values: Mapping[str, np.ndarray]) -> None:
+    """Write ``values`` (name -> array, kept in its own dtype) as a new checkpoint at ``prefix`` (one SaveV2)."""
+    import tensorflow as tf
+
+    names = sorted(values)
+    tf.raw_ops.SaveV2(
+        prefix=str(prefix), tensor_names=names, shape_and_slices=[""] * len(names),
+        tensors=[tf.constant(values[name]) for name in names],
+    )
+
+
+def _replacement_tensors(entries: list[CheckpointEntry], new_values: Mapping[str, np.ndarray], layout) -> dict:
+    """Checkpoint key -> the new value cast to the stored dtype, as one tensor per saved slice."""
+    import tensorflow as tf
+
+    replaced = {}
+    for entry in entries:
+        if entry.key in new_values:
+            value = np.asarray(new_values[entry.key], np.float64).reshape(entry.shape)
+            cast = tf.cast(tf.constant(value), entry.dtype).numpy()
+            parts = layout.get(entry.key)
+            replaced[entry.key] = [tf.constant(part.take(cast), entry.dtype) for part in parts] if parts else \
+                [tf.constant(cast, entry.dtype)]
+    return replaced
+
+
+def _verify(prefix: Path, entries: list[CheckpointEntry], parts: list[list[CheckpointEntry]],
+            fingerprints: list[list[bytes]]) -> None:
+    """Read the written checkpoint back a part at a time; every tensor must match what was written."""
+    import tensorflow as tf
+
+    try:
+        written = {entry.key: entry.dtype for entry in read_entries(prefix)}
+        wrong = sorted(set(written) ^ {entry.key for entry in entries})
+        wrong += [entry.key for entry in entries if written.get(entry.key, entry.dtype) != entry.dtype]
+        for part, expected in zip(parts, fingerprints):
+            wrong += [] if wrong else mismatched(prefix, part, expected)
+    except (CheckpointError, tf.errors.OpError):
+        wrong = ["(unreadable)"]
+    if wrong:
+        raise OutputError(
+            f"the written checkpoint did not read back as expected ({', '.join(wrong[:3])}); nothing was kept."
+        )
+
+
+def copy_checkpoint(
+    source_prefix: Path,
+    destination_prefix: Path,
+    new_values: Mapping[str, np.ndarray],
+    *,
+    layout: Mapping[str, list[TensorSlice]] | None = None,
+    part_bytes: int = PART_BYTES,
+    check_interrupt: Callable[[], None] = lambda: None,
+) -> None:
+    """Copy the checkpoint at ``source_prefix`` to ``destination_prefix`` (a new prefix in a staging folder),
+    ``new_values`` (key -> float64 array) replacing stored tensors, cast to each one's dtype.
+
+    Written in parts of at most ``part_bytes`` (see the module docstring) under ``<destination folder>/.parts``,
+    merged, then read back and compared by fingerprint; ``check_interrupt`` is called between the steps.
+    """
+    import tensorflow as tf
+
+    layout = layout or {}
+    entries = read_entries(source_prefix, layout)
+    missing = sorted(set(new_values) - {entry.key for entry in entries})
+    if missing:
+        raise CheckpointError(f"the checkpoint has no tensor {missing[0]}: the .meta does not match the checkpoint.")
+    replaced = _replacement_tensors(entries, new_values, layout)
+    parts = _split_into_parts(entries, part_bytes, shard_of_each_key(source_prefix, entries))
+    parts_dir = destination_prefix.parent / ".parts"
+    parts_dir.mkdir()
+    prefixes = [parts_dir / f"part-{number:05d}" for number in range(len(parts))]
+    fingerprints = []
+    for prefix, part in zip(prefixes, parts):
+        fingerprints.append(_save_part(source_prefix, prefix, part, replaced))
+        check_interrupt()
+    tf.raw_ops.MergeV2Checkpoints(
+        checkpoint_prefixes=[str(prefix) for prefix in prefixes],
+        destination_prefix=str(destination_prefix),
+        delete_old_dirs=True,
+    )
+    check_interrupt()
+    _verify(destination_prefix, entries, parts, fingerprints)
+
+
+def write_recalibrated_checkpoint(
+    source: CheckpointFiles,
+    new_values: Mapping[str, np.ndarray],
+    output_dir: Path,
+    *,
+    layout: Mapping[str, list[TensorSlice]] | None = None,
+    overwrite: bool = False,
+    part_bytes: int = PART_BYTES,
+) -> Path:
+    """Write ``source`` with ``new_values`` (checkpoint key -> float64 array) replaced, into ``output_dir``.
+
+    Values are cast to each tensor's stored dtype. Returns the new checkpoint prefix (same basename as the
+    input's). ``layout`` maps partitioned variables to their saved slices. ``part_bytes`` bounds the tensor
+    bytes held in memory at once (see the module docstring); the output has one ``.data`` shard per part.
+    """
+    output_dir = check_output_dir(source, output_dir, overwrite)
+    basename = source.prefix.name
+    with atomic_output(output_dir, overwrite=overwrite, is_folder=True) as staged:
+        copy_checkpoint(source.prefix, staged.path / basename, new_values, layout=layout, part_bytes=part_bytes,
+                        check_interrupt=staged.check_interrupt)
+        if source.meta is not None:
+            shutil.copyfile(source.meta, staged.path / (basename + ".meta"))
+        write_state_file(staged.path, basename)
+    return output_dir / basename
