@@ -25,6 +25,7 @@ from ckptfix.keras.formats import KerasSource, load_source
 from ckptfix.keras.measure import BatchStatisticsForward, InferenceForward
 from ckptfix.keras.storage import check_keys, check_output, default_output, variable_keys, write_output, StoredValues
 from ckptfix.measuring import check_batch_moments, layer_report, progress_bar, select_layers
+from ckptfix.options import Options
 from ckptfix.report import DiagnosisReport, InspectedLayer, InspectionReport, RecalibrationReport
 from ckptfix.stats import PooledMoments
 
@@ -38,17 +39,19 @@ class _KerasMeasurement:
     keys: dict[int, str] = field(default_factory=dict)
 
 
-def _input_specs(model, input_name: str | None) -> list:
-    """One :class:`InputSpec` per model input (named as the Keras inputs: the keys of ``.npz`` data / dicts)."""
+def _input_specs(model, input_name: tuple[str, ...] | None) -> list:
+    """One :class:`InputSpec` per model input (named as the Keras inputs: the keys of ``.npz`` data / dicts);
+    ``--input`` renames the input of a one-input model."""
     from ckptfix.data import InputSpec
 
     inputs = list(getattr(model, "inputs", None) or [])
+    if input_name is not None and (len(input_name) > 1 or len(inputs) > 1):
+        raise CkptfixError(f"--input names one input, but the model has {len(inputs)} (fed by their names): leave it out.")
+    name = input_name[0] if input_name else None
     if not inputs:  # a subclassed model: the shape comes from the data
-        return [InputSpec(input_name or "input", None, np.dtype(np.float32))]
-    if input_name is not None and len(inputs) > 1:
-        raise CkptfixError(f"--input names one input, but the model has {len(inputs)}: leave it out.")
+        return [InputSpec(name or "input", None, np.dtype(np.float32))]
     return [
-        InputSpec((input_name if len(inputs) == 1 else None) or getattr(tensor, "name", None) or f"input_{k}",
+        InputSpec(name or getattr(tensor, "name", None) or f"input_{k}",
                   tuple(tensor.shape), np.dtype(getattr(tensor.dtype, "name", tensor.dtype)))
         for k, tensor in enumerate(inputs)
     ]
@@ -59,8 +62,9 @@ def _model_inputs(batch, specs: list):
     return batch if len(specs) == 1 else [batch[spec.name] for spec in specs]
 
 
-def _load(checkpoint, model_format, model, architecture, unsafe, include, exclude):
-    source = load_source(checkpoint, model_format, model=model, architecture=architecture, unsafe=unsafe)
+def _load(checkpoint, model_format: str, options: Options, include, exclude):
+    source = load_source(checkpoint, model_format, model=options.model, architecture=options.architecture,
+                         unsafe=options.unsafe)
     found = find_batchnorm_layers(source.model, source.legacy_bessel)
     if not found:
         raise NoBatchNormError(f"no BatchNormalization layers in the model of {source.path}: nothing to recalibrate.")
@@ -80,50 +84,48 @@ def _stored(layers: list[KerasBatchNorm]) -> dict[int, np.ndarray]:
 
 
 def _measure(
-    checkpoint, data, *, model_format, model, architecture, unsafe, batch_size, num_samples, shuffle, seed,
-    input_name, include, exclude, estimator, preprocess, agreement_samples, progress, on_notice, data_options,
-    on_loaded: Callable[[KerasSource], None] | None = None,
+    checkpoint, data, options: Options, model_format: str, on_loaded: Callable[[KerasSource], None] | None = None,
 ) -> _KerasMeasurement:
     notices: list[str] = []
 
     def notice(message: str) -> None:
         notices.append(message)
-        (on_notice or (lambda m: None))(message)
+        (options.on_notice or (lambda m: None))(message)
 
-    source, found, layers, keys = _load(checkpoint, model_format, model, architecture, unsafe, include, exclude)
+    source, found, layers, keys = _load(checkpoint, model_format, options, options.include, options.exclude)
     if on_loaded is not None:
         on_loaded(source)
     stored = _stored(layers)
-    specs = _input_specs(source.model, input_name)
+    specs = _input_specs(source.model, options.input_name)
     batches = open_calibration_data(
-        data, inputs=specs, batch_size=batch_size, num_samples=num_samples, shuffle=shuffle, seed=seed,
-        preprocess=preprocess, on_warning=notice, **data_options,
+        data, inputs=specs, batch_size=options.batch_size, num_samples=options.num_samples, shuffle=options.shuffle,
+        seed=options.seed, preprocess=options.preprocess, on_warning=notice, **options.data_options,
     )
     forward = BatchStatisticsForward(source.model, layers)
     pooled = {bn.name: PooledMoments(stored[id(bn.mean_variable)].size) for bn in layers}
     kept, batch_outputs, num_seen, num_batches = [], [], 0, 0
-    with progress_bar(progress, batches.num_samples) as bar:
+    with progress_bar(options.progress, batches.num_samples) as bar:
         for batch in batches:
             moments, outputs = forward.run(_model_inputs(batch, specs))
             for name, calls in moments.items():
                 for moment in calls:
                     check_batch_moments(name, moment, batches.describe_last)
                     pooled[name].add(moment)
-            if num_seen < agreement_samples:
-                kept.append(_model_inputs(first_samples(batch, agreement_samples - num_seen), specs))
-                batch_outputs.append(outputs.numpy()[: agreement_samples - num_seen])
+            if num_seen < options.agreement_samples:
+                kept.append(_model_inputs(first_samples(batch, options.agreement_samples - num_seen), specs))
+                batch_outputs.append(outputs.numpy()[: options.agreement_samples - num_seen])
             num_seen += samples_in(batch)
             num_batches += 1
             bar.update(samples_in(batch))
     if batches.images:
-        notice(f"images preprocessed with --preprocess {getattr(preprocess, '__qualname__', preprocess)}: {batches.preprocessing}")
+        notice(f"images preprocessed with --preprocess {getattr(options.preprocess, '__qualname__', options.preprocess)}: {batches.preprocessing}")
     if batches.merged_last:
         notice("the last batch had {} samples, fewer than half a batch: merged into the one before ({} samples)".format(*batches.merged_last))
 
     # The layer report reads stored statistics and keys by "variable"; here a variable is named by its id.
     key_by_id = {id(v): keys[id(v)] for bn in layers for v in (bn.mean_variable, bn.variance_variable)}
     reports = [
-        layer_report(_AsGraphLayer(bn), pooled[bn.name], stored, key_by_id, estimator) for bn in layers
+        layer_report(_AsGraphLayer(bn), pooled[bn.name], stored, key_by_id, options.estimator) for bn in layers
     ]
     new_values = {key: value for r in reports for key, value in ((r.mean_key, r.new_mean), (r.variance_key, r.new_variance))}
     new_by_id = {
@@ -142,7 +144,7 @@ def _measure(
         checkpoint=str(source.path),
         num_samples=num_seen,
         num_batches=num_batches,
-        estimator=estimator,
+        estimator=options.estimator.value,
         input_tensor=",".join(spec.name for spec in specs),
         input_tensors=[spec.name for spec in specs],
         training_flag=None,
@@ -203,34 +205,33 @@ def _verifier(measured: _KerasMeasurement, unsafe: bool) -> Callable[[Path], Non
     return verify
 
 
-def recalibrate(checkpoint, data, *, output=None, overwrite=False, model_format, model=None, architecture=None,
-                unsafe=False, **options) -> RecalibrationReport:
+def recalibrate(checkpoint, data, options: Options, *, model_format: str) -> RecalibrationReport:
     """Measure, then write the same format with the new statistics (see :func:`ckptfix.api.recalibrate`)."""
     destinations = []
+    output, overwrite = options.output, options.overwrite
 
     def check(source: KerasSource) -> None:  # before the pass: a bad -o fails fast
-        destinations.append(check_output(source, Path(output) if output is not None else default_output(source), overwrite))
+        destinations.append(check_output(source, output if output is not None else default_output(source), overwrite))
 
-    measured = _measure(checkpoint, data, model_format=model_format, model=model, architecture=architecture,
-                        unsafe=unsafe, on_loaded=check, **options)
+    measured = _measure(checkpoint, data, options, model_format, on_loaded=check)
     destination = destinations[0]
-    written = write_output(measured.source, measured.new_values, destination, overwrite, _verifier(measured, unsafe))
+    written = write_output(measured.source, measured.new_values, destination, overwrite, _verifier(measured, options.unsafe))
     return RecalibrationReport(**measured.fields, output_checkpoint=str(written), output_dir=str(destination))
 
 
-def diagnose(checkpoint, data, *, model_format, model=None, architecture=None, unsafe=False, **options) -> DiagnosisReport:
+def diagnose(checkpoint, data, options: Options, *, model_format: str) -> DiagnosisReport:
     """Measure only (see :func:`ckptfix.api.diagnose`)."""
-    measured = _measure(checkpoint, data, model_format=model_format, model=model, architecture=architecture,
-                        unsafe=unsafe, **options)
+    measured = _measure(checkpoint, data, options, model_format)
     return DiagnosisReport(**measured.fields)
 
 
-def inspect(checkpoint, *, model_format, against=None, model=None, architecture=None, unsafe=False) -> InspectionReport:
+def inspect(checkpoint, options: Options, *, model_format: str) -> InspectionReport:
     """Every BN layer of a Keras / TF2 file with its stored statistics and flags (see :func:`ckptfix.api.inspect`)."""
-    source, layers, _, keys = _load(checkpoint, model_format, model, architecture, unsafe, None, None)
-    other = None
+    source, layers, _, keys = _load(checkpoint, model_format, options, None, None)
+    other, against = None, options.against
     if against is not None:
-        other_source = load_source(against, model_format, model=model, architecture=architecture, unsafe=unsafe)
+        other_source = load_source(against, model_format, model=options.model, architecture=options.architecture,
+                                   unsafe=options.unsafe)
         other = StoredValues(other_source)
     inspected = []
     with (other or _Nothing()) as other_values:
