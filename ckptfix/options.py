@@ -178,8 +178,8 @@ class Options:
     def build(cls, options: Options | None, keywords: dict[str, Any], command: str) -> Options:
         """``options`` with ``keywords`` applied, for ``command`` (``recalibrate``, ``diagnose``, ``inspect``).
 
-        A keyword the command does not take is a TypeError, as in any Python call; so is an ``options`` that
-        sets a field the command would ignore.
+        A keyword the command does not take is a TypeError, as in any Python call. An ``options`` object is
+        taken whole: one Options can serve several commands, each reading the fields it takes.
         """
         taken = cls.COMMANDS[command]
         for name in keywords:
@@ -189,9 +189,6 @@ class Options:
             return cls(**keywords)
         if not isinstance(options, cls):
             raise TypeError(f"{command}() options must be a ckptfix.options.Options, not {type(options).__name__}")
-        ignored = [f.name for f in dataclasses.fields(cls) if f.name not in taken and getattr(options, f.name) != f.default]
-        if ignored:
-            raise TypeError(f"{command}() does not take the option(s) {', '.join(ignored)}")
         return dataclasses.replace(options, **keywords) if keywords else options
 
     @property
