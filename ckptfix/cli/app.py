@@ -7,6 +7,7 @@ recalibrate (no BN layer in the graph or none selected); 130 interrupted.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -17,6 +18,8 @@ import typer
 
 from ckptfix import _quiet
 from ckptfix.errors import CkptfixError, OutputError
+from ckptfix.options import DataFormat, Estimator, ModelFormat, Options, Preset
+from ckptfix.report import DEFAULT_ROWS
 
 STALE_EXIT_CODE = 3
 
@@ -27,52 +30,84 @@ app = typer.Typer(
     help="Repair stale BatchNorm moving statistics in TensorFlow checkpoints.",
 )
 
-# Options shared by several commands, declared once.
+MODEL, DATA, STATISTICS, OUTPUT, SAFETY = "Model", "Data", "Statistics", "Output", "Safety"
+
+
+def _listed(choices) -> str:
+    """``"a, b or c"``: the values of an enum of choices, for a help string."""
+    values = [choice.value for choice in choices]
+    return ", ".join(values[:-1]) + " or " + values[-1]
+
+
+PRESETS = ", ".join(preset.value for preset in Preset)
+
+
+def _preprocess(value: str) -> str:
+    """--preprocess: a preset, or package.module:function (a usage error otherwise)."""
+    if ":" in value or value in {preset.value for preset in Preset}:
+        return value
+    raise typer.BadParameter(f"{value!r} is neither a preset ({PRESETS}) nor package.module:function.")
+
+
+# Options shared by several commands, declared once; each named as its ckptfix.options.Options field.
 Checkpoint = Annotated[str, typer.Argument(help="Checkpoint prefix, folder with a 'checkpoint' file, or one of its files; a frozen graph (.pb, .pbtxt); a Keras .keras/.h5/.weights.h5 file, TF2 checkpoint or SavedModel.")]
 Data = Annotated[Path, typer.Argument(help="Folder or file of calibration samples: images, .npy/.npz, or TFRecords.")]
-Meta = Annotated[Optional[Path], typer.Option(help="The .meta graph, if not beside the checkpoint.")]
-BatchSize = Annotated[int, typer.Option(help="Samples per forward pass.")]
-NumSamples = Annotated[Optional[int], typer.Option(help="Stop after this many samples (default: all).")]
-Shuffle = Annotated[bool, typer.Option("--shuffle/--no-shuffle", help="Shuffle sample order (--no-shuffle: sorted files, array order).")]
-Seed = Annotated[int, typer.Option(help="Seed of the shuffle.")]
-InputName = Annotated[Optional[List[str]], typer.Option("--input", help="Tensor to feed calibration batches to (default: detected). Several inputs: --input a,b or --input a --input b.")]
-TrainingFlag = Annotated[Optional[str], typer.Option(help="Boolean training-flag tensor, fed False (default: detected).")]
-Include = Annotated[Optional[str], typer.Option(help="Only BN layers whose scope matches this regex.")]
-Exclude = Annotated[Optional[str], typer.Option(help="Skip BN layers whose scope matches this regex.")]
-EstimatorOption = Annotated[str, typer.Option("--estimator", help="pooled: exact statistics of all samples; batch-mean: mean of per-batch statistics.")]
-Preprocess = Annotated[str, typer.Option(help="Image preprocessing preset: inception ([-1,1]), vgg, caffe, torch, unit ([0,1]), raw; or package.module:function (runs your code).")]
-ImageSize = Annotated[Optional[str], typer.Option(help="H or HxW images are resized to, when the input has no static size.")]
-CentralCrop = Annotated[Optional[float], typer.Option(help="Keep the central FRACTION of each image side before resizing (slim's Inception eval: 0.875).")]
-DataFormat = Annotated[Optional[str], typer.Option("--format", help="images, numpy or tfrecord: the kind of file to use in a folder that mixes kinds.")]
-Feature = Annotated[str, typer.Option(help="TFRecord feature holding the encoded image or the raw float sample.")]
-Strict = Annotated[bool, typer.Option("--strict", help="Stop at the first unreadable file instead of skipping it.")]
-OutputTensor = Annotated[Optional[str], typer.Option(help="Model output compared in the agreement check (default: detected logits).")]
-AllowUnsafeOps = Annotated[bool, typer.Option(help="Run graphs whose forward pass executes Python or writes files (trust the graph).")]
-AgreementSamples = Annotated[int, typer.Option(help="How many of the first samples the output agreement check uses.")]
-JsonOutput = Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout (notices stay on stderr).")]
-ShowAll = Annotated[bool, typer.Option("--all", help="Show every layer (long lists are truncated otherwise).")]
-Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar on stderr.")]
-Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="Show TensorFlow's own log output.")]
-Model = Annotated[Optional[str], typer.Option(help="package.module:function (runs your code): for a TF1 checkpoint without .meta, builds its graph (called like slim's nets_factory); for Keras/TF2 files without an architecture, returns the built Keras model.")]
-NumClasses = Annotated[Optional[int], typer.Option(help="With --model: num_classes passed to the function.")]
-ModelArg = Annotated[Optional[list[str]], typer.Option(help="With --model: key=value keyword argument (value a Python literal); repeat for more.")]
-ModelInputShape = Annotated[Optional[str], typer.Option(help="With --model: per-sample input shape HxWxC (default: the function's default_image_size, 3 channels).")]
-ArgScope = Annotated[Optional[str], typer.Option(help="With --model: package.module:function returning the slim arg_scope to build under (e.g. tf_slim.nets.resnet_v1:resnet_arg_scope).")]
 
+Meta = Annotated[Optional[Path], typer.Option(help="The .meta graph, if not beside the checkpoint.", rich_help_panel=MODEL)]
+Model = Annotated[Optional[str], typer.Option(metavar="MODULE:FN", help="Runs your code. TF1 checkpoint without .meta: builds its graph (like slim's nets_factory); Keras/TF2 file without architecture: returns the model.", rich_help_panel=MODEL)]
+NumClasses = Annotated[Optional[int], typer.Option(help="With --model: its num_classes.", rich_help_panel=MODEL)]
+ModelArg = Annotated[Optional[list[str]], typer.Option(metavar="KEY=VALUE", help="With --model: a keyword argument (Python literal); repeatable.", rich_help_panel=MODEL)]
+ModelInputShape = Annotated[Optional[str], typer.Option(metavar="HxWxC", help="With --model: per-sample input shape (default: its default_image_size).", rich_help_panel=MODEL)]
+ArgScope = Annotated[Optional[str], typer.Option(metavar="MODULE:FN", help="With --model: returns the slim arg_scope to build under.", rich_help_panel=MODEL)]
 # Keras / TF2 models (docs/keras.md). --model-format, not --format: --format picks the calibration data kind.
-ModelFormat = Annotated[Optional[str], typer.Option(help="keras, h5, weights-h5, tf-checkpoint, savedmodel or tf1 (default: detected from CKPT).")]
-Architecture = Annotated[Optional[Path], typer.Option(help="A .keras file or model config .json giving the architecture, for files without one.")]
-Unsafe = Annotated[bool, typer.Option("--unsafe", help="Turn Keras' safe mode off: load Lambda layers holding Python code (trust the file).")]
+ModelFormatOption = Annotated[Optional[ModelFormat], typer.Option("--model-format", metavar="FORMAT", help=f"{_listed(ModelFormat)} (default: detected from CKPT).", rich_help_panel=MODEL)]
+Architecture = Annotated[Optional[Path], typer.Option(help="A .keras file or config .json: the architecture, for files without one.", rich_help_panel=MODEL)]
+TrainingFlag = Annotated[Optional[str], typer.Option(metavar="TENSOR", help="Boolean training-flag tensor, fed False (default: detected).", rich_help_panel=MODEL)]
+
+BatchSize = Annotated[int, typer.Option(help="Samples per forward pass.", rich_help_panel=DATA)]
+NumSamples = Annotated[Optional[int], typer.Option(help="Stop after this many samples (default: all).", rich_help_panel=DATA)]
+Shuffle = Annotated[bool, typer.Option("--shuffle/--no-shuffle", help="Shuffle the samples (--no-shuffle: sorted files, array order).", rich_help_panel=DATA)]
+Seed = Annotated[int, typer.Option(help="Seed of the shuffle.", rich_help_panel=DATA)]
+InputName = Annotated[Optional[List[str]], typer.Option("--input", metavar="TENSOR", help="Tensor(s) fed the batches (default: detected); several: --input a,b or repeat it.", rich_help_panel=DATA)]
+Preprocess = Annotated[str, typer.Option(parser=_preprocess, metavar="PRESET|MODULE:FN", help=f"Image preprocessing: a preset ({PRESETS}) or your function.", rich_help_panel=DATA)]
+ImageSize = Annotated[Optional[str], typer.Option(metavar="HxW", help="Size images are resized to, if the input has none.", rich_help_panel=DATA)]
+CentralCrop = Annotated[Optional[float], typer.Option(metavar="F", help="Keep the central F of each image side first (slim's eval: 0.875).", rich_help_panel=DATA)]
+DataFormatOption = Annotated[Optional[DataFormat], typer.Option("--format", metavar="KIND", help=f"{_listed(DataFormat)}: the files to use in a folder mixing kinds.", rich_help_panel=DATA)]
+Feature = Annotated[str, typer.Option(help="TFRecord feature holding the encoded image or raw sample.", rich_help_panel=DATA)]
+Strict = Annotated[bool, typer.Option("--strict", help="Stop at the first unreadable file instead of skipping it.", rich_help_panel=DATA)]
+
+Include = Annotated[Optional[str], typer.Option(metavar="REGEX", help="Only BN layers whose scope matches.", rich_help_panel=STATISTICS)]
+Exclude = Annotated[Optional[str], typer.Option(metavar="REGEX", help="Skip BN layers whose scope matches.", rich_help_panel=STATISTICS)]
+EstimatorOption = Annotated[Estimator, typer.Option("--estimator", help="pooled: exact statistics of all samples; batch-mean: mean of per-batch ones.", rich_help_panel=STATISTICS)]
+OutputTensor = Annotated[Optional[str], typer.Option(metavar="TENSOR", help="Output compared in the agreement check (default: detected logits).", rich_help_panel=STATISTICS)]
+AgreementSamples = Annotated[int, typer.Option(help="How many of the first samples the agreement check uses.", rich_help_panel=STATISTICS)]
+Against = Annotated[Optional[Path], typer.Option(metavar="CKPT", help="Another checkpoint (e.g. the pretrained one): flag statistics identical to it.", rich_help_panel=STATISTICS)]
+
+Output = Annotated[Optional[Path], typer.Option("-o", "--output", help="Output folder (default: <checkpoint folder>-recalibrated); a file for .pb/.pbtxt/.keras/.h5 inputs (default: <name>-recalibrated.<ext>).", rich_help_panel=OUTPUT)]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.", rich_help_panel=OUTPUT)]
+Report = Annotated[Optional[Path], typer.Option(help="Also write the report as JSON to this file.", rich_help_panel=OUTPUT)]
+JsonOutput = Annotated[bool, typer.Option("--json", help="Print the report as JSON (notices stay on stderr).", rich_help_panel=OUTPUT)]
+ShowAll = Annotated[bool, typer.Option("--all/--truncate", help=f"Show every layer, or only the first {DEFAULT_ROWS}.", rich_help_panel=OUTPUT)]
+Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar on stderr.", rich_help_panel=OUTPUT)]
+Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="Show TensorFlow's own log output.", rich_help_panel=OUTPUT)]
+
+Unsafe = Annotated[bool, typer.Option("--unsafe", help="Keras safe mode off: load Lambda layers holding Python code (trust the file).", rich_help_panel=SAFETY)]
+AllowUnsafeOps = Annotated[bool, typer.Option("--allow-unsafe-ops", help="Run graphs whose forward pass executes Python or writes files (trust the graph).", rich_help_panel=SAFETY)]
+
+_OPTION_FIELDS = frozenset(field.name for field in dataclasses.fields(Options))
 
 
-def _model_options(model, num_classes, model_arg, input_shape, arg_scope) -> dict:
-    """The API's model keyword arguments from the --model options."""
+def _options(ctx: typer.Context) -> Options:
+    """The command's :class:`Options` from its parsed parameters: those named as Options fields, with
+    --num-classes and --model-arg merged into ``model_args``, and notices printed."""
     from ckptfix.graph.model_fn import parse_model_args
 
-    model_args = parse_model_args(model_arg)
-    if num_classes is not None:
-        model_args["num_classes"] = num_classes
-    return dict(model=model, model_args=model_args, input_shape=input_shape, arg_scope=arg_scope)
+    params = ctx.params
+    model_args = parse_model_args(params.get("model_arg"))
+    if params.get("num_classes") is not None:
+        model_args["num_classes"] = params["num_classes"]
+    given = {name: value for name, value in params.items() if name in _OPTION_FIELDS}
+    return Options(**given, model_args=model_args, on_notice=_notice)
 
 
 def _notice(message: str) -> None:
@@ -108,57 +143,50 @@ def _write_json(path: Path, content: dict) -> None:
 
 @app.command()
 def recalibrate(
+    ctx: typer.Context,
     checkpoint: Checkpoint,
     data: Data,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output folder (default: <checkpoint folder>-recalibrated); an output file for .pb/.pbtxt and .keras/.h5/.weights.h5 (default: <name>-recalibrated.<ext> beside it).")] = None,
     meta: Meta = None,
     model: Model = None,
     num_classes: NumClasses = None,
     model_arg: ModelArg = None,
     input_shape: ModelInputShape = None,
     arg_scope: ArgScope = None,
-    model_format: ModelFormat = None,
+    model_format: ModelFormatOption = None,
     architecture: Architecture = None,
-    unsafe: Unsafe = False,
+    training_flag: TrainingFlag = None,
     batch_size: BatchSize = 32,
     num_samples: NumSamples = None,
     shuffle: Shuffle = True,
     seed: Seed = 0,
     input_name: InputName = None,
-    training_flag: TrainingFlag = None,
-    include: Include = None,
-    exclude: Exclude = None,
-    estimator: EstimatorOption = "pooled",
     preprocess: Preprocess = "inception",
     image_size: ImageSize = None,
     central_crop: CentralCrop = None,
-    data_format: DataFormat = None,
+    data_format: DataFormatOption = None,
     feature: Feature = "image/encoded",
     strict: Strict = False,
+    include: Include = None,
+    exclude: Exclude = None,
+    estimator: EstimatorOption = Estimator.POOLED,
     output_tensor: OutputTensor = None,
     agreement_samples: AgreementSamples = 256,
-    allow_unsafe_ops: AllowUnsafeOps = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
-    report: Annotated[Optional[Path], typer.Option(help="Also write the report as JSON to this file.")] = None,
+    output: Output = None,
+    overwrite: Overwrite = False,
+    report: Report = None,
     json_output: JsonOutput = False,
     show_all: ShowAll = True,
     progress: Progress = True,
     verbose: Verbose = False,
+    unsafe: Unsafe = False,
+    allow_unsafe_ops: AllowUnsafeOps = False,
 ) -> None:
     """Recompute every BN layer's moving mean/variance from calibration data and write a new checkpoint."""
 
     def action() -> None:
         from ckptfix.api import recalibrate as run
 
-        result = run(
-            checkpoint, data, output=output, meta=meta, batch_size=batch_size, num_samples=num_samples,
-            shuffle=shuffle, seed=seed, input_name=input_name, training_flag=training_flag, include=include,
-            exclude=exclude, estimator=estimator, preprocess=preprocess, output_tensor=output_tensor,
-            agreement_samples=agreement_samples, allow_unsafe_ops=allow_unsafe_ops, overwrite=overwrite, progress=progress, on_notice=_notice,
-            image_size=image_size, central_crop=central_crop, data_format=data_format, feature=feature, strict=strict,
-            **_model_options(model, num_classes, model_arg, input_shape, arg_scope),
-            model_format=model_format, architecture=architecture, unsafe=unsafe,
-        )
+        result = run(checkpoint, data, _options(ctx))
         if report is not None:
             _write_json(report, result.to_dict())
         if json_output:
@@ -180,6 +208,7 @@ def recalibrate(
 
 @app.command()
 def diagnose(
+    ctx: typer.Context,
     checkpoint: Checkpoint,
     data: Data,
     meta: Meta = None,
@@ -188,46 +217,38 @@ def diagnose(
     model_arg: ModelArg = None,
     input_shape: ModelInputShape = None,
     arg_scope: ArgScope = None,
-    model_format: ModelFormat = None,
+    model_format: ModelFormatOption = None,
     architecture: Architecture = None,
-    unsafe: Unsafe = False,
+    training_flag: TrainingFlag = None,
     batch_size: BatchSize = 32,
     num_samples: NumSamples = None,
     shuffle: Shuffle = True,
     seed: Seed = 0,
     input_name: InputName = None,
-    training_flag: TrainingFlag = None,
-    include: Include = None,
-    exclude: Exclude = None,
-    estimator: EstimatorOption = "pooled",
     preprocess: Preprocess = "inception",
     image_size: ImageSize = None,
     central_crop: CentralCrop = None,
-    data_format: DataFormat = None,
+    data_format: DataFormatOption = None,
     feature: Feature = "image/encoded",
     strict: Strict = False,
+    include: Include = None,
+    exclude: Exclude = None,
+    estimator: EstimatorOption = Estimator.POOLED,
     output_tensor: OutputTensor = None,
     agreement_samples: AgreementSamples = 256,
-    allow_unsafe_ops: AllowUnsafeOps = False,
     json_output: JsonOutput = False,
     show_all: ShowAll = False,
     progress: Progress = True,
     verbose: Verbose = False,
+    unsafe: Unsafe = False,
+    allow_unsafe_ops: AllowUnsafeOps = False,
 ) -> None:
     """Measure how stale the stored statistics are (writes nothing). Exit 0 fresh, 3 stale, 1 error."""
 
     def action() -> int:
         from ckptfix.api import diagnose as run
 
-        result = run(
-            checkpoint, data, meta=meta, batch_size=batch_size, num_samples=num_samples, shuffle=shuffle,
-            seed=seed, input_name=input_name, training_flag=training_flag, include=include, exclude=exclude,
-            estimator=estimator, preprocess=preprocess, output_tensor=output_tensor,
-            agreement_samples=agreement_samples, allow_unsafe_ops=allow_unsafe_ops, progress=progress, on_notice=_notice,
-            image_size=image_size, central_crop=central_crop, data_format=data_format, feature=feature, strict=strict,
-            **_model_options(model, num_classes, model_arg, input_shape, arg_scope),
-            model_format=model_format, architecture=architecture, unsafe=unsafe,
-        )
+        result = run(checkpoint, data, _options(ctx))
         if json_output:
             _print_json(result.to_dict())
         else:
@@ -246,6 +267,7 @@ def diagnose(
 
 @app.command()
 def inspect(
+    ctx: typer.Context,
     checkpoint: Checkpoint,
     meta: Meta = None,
     model: Model = None,
@@ -253,21 +275,20 @@ def inspect(
     model_arg: ModelArg = None,
     input_shape: ModelInputShape = None,
     arg_scope: ArgScope = None,
-    model_format: ModelFormat = None,
+    model_format: ModelFormatOption = None,
     architecture: Architecture = None,
-    unsafe: Unsafe = False,
-    against: Annotated[Optional[str], typer.Option(help="Another checkpoint (e.g. the pretrained one): flag statistics identical to it.")] = None,
+    against: Against = None,
     json_output: JsonOutput = False,
     show_all: ShowAll = False,
     verbose: Verbose = False,
+    unsafe: Unsafe = False,
 ) -> None:
     """List every BN layer and its stored statistics; flag never-updated ones. Needs no data; exit 0."""
 
     def action() -> None:
         from ckptfix.api import inspect as run
 
-        result = run(checkpoint, meta=meta, against=against, model_format=model_format, architecture=architecture,
-                     unsafe=unsafe, **_model_options(model, num_classes, model_arg, input_shape, arg_scope))
+        result = run(checkpoint, _options(ctx))
         if json_output:
             _print_json(result.to_dict())
             return

@@ -51,9 +51,10 @@ def open_source(checkpoint, options) -> Iterator[Source]:
         return
 
     from ckptfix.graph.meta import load_meta_graph
-    from ckptfix.graph.model_fn import build_meta_graph, resolve_function
+    from ckptfix.graph.model_fn import build_meta_graph
     from ckptfix.io.locate import locate_checkpoint
     from ckptfix.sources.graph import FrozenGraphSource, GraphSource
+    from ckptfix.user_code import resolve_function
 
     model = options.model
     if is_frozen_graph(checkpoint):

@@ -19,11 +19,9 @@ import numpy as np
 from ckptfix.data.spec import InputSpec
 from ckptfix.errors import CkptfixError, NoBatchNormError, OutputError
 from ckptfix.keras.batchnorm import find_batchnorm_layers
-from ckptfix.keras.formats import KerasSource, load_source
+from ckptfix.keras.formats import KerasSource, load_source, restore_object_checkpoint
 from ckptfix.keras.measure import BatchStatisticsForward, InferenceForward
-from ckptfix.keras.storage import (
-    StoredValues, check_keys, check_output, default_output, restore_object_checkpoint, variable_keys, write_output,
-)
+from ckptfix.keras.storage import StoredValues, check_keys, check_output, default_output, variable_keys, write_output
 from ckptfix.sources.base import Layer, Notice
 
 

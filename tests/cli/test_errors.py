@@ -75,6 +75,7 @@ def test_usage_error_exits_2(data_file):
     assert run_cli("recalibrate", "--batch-size", "x", "a", data_file).returncode == 2
 
 
-@pytest.mark.parametrize("option", [["--batch-size", "0"], ["--num-samples", "0"], ["--estimator", "median"]])
+# A bad --estimator is now a usage error (exit 2): tests/cli/test_options.py.
+@pytest.mark.parametrize("option", [["--batch-size", "0"], ["--num-samples", "0"]])
 def test_bad_option_values(no_bn_checkpoint, data_file, option):
     assert_clean_error(run_cli("recalibrate", no_bn_checkpoint, data_file, *option), 1, option[0])

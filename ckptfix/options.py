@@ -1,0 +1,215 @@
+"""The options of a run, as one frozen :class:`Options`: validated once, then passed whole.
+
+:func:`ckptfix.recalibrate`, :func:`~ckptfix.diagnose` and :func:`~ckptfix.inspect` take an ``Options``, or
+the same names as keyword arguments, and build it with :meth:`Options.build`; the CLI builds it from its
+typed options. The choice options are the str-valued enums below (their values are what ``--help`` lists).
+No TensorFlow import here: the CLI imports this module before TensorFlow is quieted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from ckptfix.data.preprocessing import PRESETS
+from ckptfix.data.sources import FORMATS
+from ckptfix.errors import CkptfixError, DataError
+from ckptfix.graph.feeds import input_names
+from ckptfix.keras.formats import MODEL_FORMATS
+from ckptfix.measuring import _compile
+from ckptfix.stats import Estimator
+
+__all__ = ["DataFormat", "Estimator", "ModelFormat", "Options", "Preset"]
+
+
+class _Choice(str, Enum):
+    """A str-valued choice that prints as its value (``f"{ModelFormat.KERAS}"`` is ``keras``)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def _choices(name: str, values) -> type[_Choice]:
+    # Built from the tuples their modules own, so each list of names has one definition.
+    return _Choice(name, [(value.upper().replace("-", "_"), value) for value in values])
+
+
+#: ``--model-format``: the Keras / TF2 file formats, and ``tf1`` (see :mod:`ckptfix.keras.formats`).
+ModelFormat = _choices("ModelFormat", MODEL_FORMATS)
+#: ``--format``: the kind of calibration file to use in a folder (see :mod:`ckptfix.data.sources`).
+DataFormat = _choices("DataFormat", FORMATS)
+#: ``--preprocess`` presets (see :mod:`ckptfix.data.preprocessing`); ``preprocess`` also takes
+#: ``"package.module:function"`` or a callable.
+Preset = _choices("Preset", PRESETS)
+
+
+def _choice(enum: type[Enum], value, option: str, error: type[CkptfixError] = CkptfixError):
+    """``value`` as a member of ``enum``; else ``error`` naming the choices."""
+    if value is None or isinstance(value, enum):
+        return value
+    try:
+        return enum(value)
+    except ValueError:
+        raise error(f"{option} must be one of {', '.join(e.value for e in enum)} (got {value}).") from None
+
+
+def _at_least(value: int | None, minimum: int, option: str) -> None:
+    if value is not None and value < minimum:
+        raise CkptfixError(f"{option} must be at least {minimum} (got {value}).")
+
+
+_MODEL = ("meta", "model", "model_args", "input_shape", "arg_scope", "model_format", "architecture", "unsafe")
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything a run can be told besides CKPT and DATA; the CLI flag is in brackets.
+
+    Model:
+        meta: the ``.meta`` graph, when it does not sit beside the prefix [--meta].
+        model: ``"package.module:function"`` or a callable (runs your code). For a TF1 checkpoint without a
+            ``.meta``: the function that builds its graph, called like slim's nets_factory (see
+            :mod:`ckptfix.graph.model_fn`); for a Keras / TF2 file without an architecture: returns the built
+            model [--model].
+        model_args, input_shape, arg_scope: with a graph-building ``model`` only: keyword arguments for it
+            (``num_classes`` among them), the per-sample input shape (``"HxWxC"``; default: its
+            ``default_image_size``), a slim arg_scope function to build it under [--model-arg/--num-classes,
+            --input-shape, --arg-scope].
+        model_format: a :class:`ModelFormat` (default: detected from CKPT) [--model-format].
+        architecture: a ``.keras`` / config ``.json`` architecture for Keras files without one [--architecture].
+        unsafe: turn Keras' safe mode off (Lambda layers run Python stored in the file) [--unsafe].
+        training_flag: the boolean training-flag tensor, fed False (default: detected) [--training-flag].
+    Data:
+        batch_size (>= 1), num_samples (>= 1; default all), shuffle, seed: how calibration batches are drawn.
+        input_name: the tensor(s) batches are fed to (default: detected), normalised to a tuple of names from
+            one name, ``"a,b"``, or a list of either. Without it, every input candidate is fed when the data
+            keys an array by each one's name (``.npz`` members, dict keys) [--input].
+        preprocess: a :class:`Preset`, ``"package.module:function"`` or a callable (runs your code) applied
+            to decoded images; arrays are used as given [--preprocess].
+        image_size, central_crop: ``"HxW"`` / ``(H, W)`` images are resized to when the input has no static
+            size; the central fraction of each side kept before resizing [--image-size, --central-crop].
+        data_format: a :class:`DataFormat`, for a folder mixing kinds [--format].
+        feature: the TFRecord feature holding the encoded image or raw float sample [--feature].
+        strict: an unreadable file is an error instead of being skipped [--strict].
+    Statistics:
+        include, exclude: regexes (``re.search``) over BN layer scope names; unselected layers keep their
+            bytes and run as saved [--include, --exclude].
+        estimator: an :class:`Estimator`: ``pooled`` (exact statistics of all values) or ``batch-mean``
+            (mean of per-batch ones) [--estimator].
+        output_tensor: the output compared in the agreement check (default: detected logits) [--output-tensor].
+        agreement_samples: how many of the first samples the agreement check uses (>= 0) [--agreement-samples].
+    Safety:
+        allow_unsafe_ops: run a forward pass containing ops that execute Python or write files
+            (:mod:`ckptfix.graph.safety`); only for graphs you trust [--allow-unsafe-ops].
+    Output:
+        output: recalibrate's destination: a folder (default ``<checkpoint folder>-recalibrated``); for a frozen
+            graph or a Keras ``.keras`` / ``.h5`` / ``.weights.h5`` file, a file (default
+            ``<name>-recalibrated.<ext>`` beside it; a frozen graph's suffix picks binary or text) [-o].
+        overwrite: replace an existing output [--overwrite].
+        against: inspect only: another checkpoint whose identical statistics are flagged [--against].
+        progress: a tqdm bar on stderr [--progress]. on_notice: called with each one-line notice.
+
+    Which command takes which: ``recalibrate`` all but ``against``; ``diagnose`` all but ``output``,
+    ``overwrite`` and ``against``; ``inspect`` only the model options and ``against``.
+    """
+
+    meta: Path | None = None
+    model: str | Callable | None = None
+    model_args: dict | None = None
+    input_shape: str | tuple | None = None
+    arg_scope: str | Callable | None = None
+    model_format: ModelFormat | None = None
+    architecture: Path | None = None
+    unsafe: bool = False
+    training_flag: str | None = None
+    batch_size: int = 32
+    num_samples: int | None = None
+    shuffle: bool = True
+    seed: int = 0
+    input_name: tuple[str, ...] | None = None
+    preprocess: Preset | str | Callable = "inception"
+    image_size: str | tuple[int, int] | None = None
+    central_crop: float | None = None
+    data_format: DataFormat | None = None
+    feature: str = "image/encoded"
+    strict: bool = False
+    include: str | None = None
+    exclude: str | None = None
+    estimator: Estimator = "pooled"
+    output_tensor: str | None = None
+    agreement_samples: int = 256
+    allow_unsafe_ops: bool = False
+    output: Path | None = None
+    overwrite: bool = False
+    against: Path | None = None
+    progress: bool = False
+    on_notice: Callable[[str], None] | None = None
+
+    #: the fields each command takes (see the class docstring)
+    COMMANDS: ClassVar[dict[str, frozenset[str]]] = {}
+
+    def __post_init__(self) -> None:
+        def normalise(name: str, value) -> None:
+            object.__setattr__(self, name, value)
+
+        normalise("estimator", _choice(Estimator, self.estimator, "--estimator"))
+        normalise("model_format", _choice(ModelFormat, self.model_format, "--model-format"))
+        normalise("data_format", _choice(DataFormat, self.data_format, "--format", DataError))
+        if isinstance(self.preprocess, str) and ":" not in self.preprocess:
+            normalise("preprocess", _choice(Preset, self.preprocess, "--preprocess"))
+        _at_least(self.batch_size, 1, "--batch-size")
+        _at_least(self.num_samples, 1, "--num-samples")
+        _at_least(self.agreement_samples, 0, "--agreement-samples")
+        _compile(self.include, "--include")
+        _compile(self.exclude, "--exclude")
+        names = input_names(self.input_name)
+        normalise("input_name", None if names is None else tuple(names))
+        if self.model is None and any((self.model_args, self.input_shape, self.arg_scope)):
+            raise CkptfixError("--num-classes, --model-arg, --input-shape and --arg-scope apply only with --model.")
+        for name in ("meta", "architecture", "output", "against"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                normalise(name, Path(value))
+
+    @classmethod
+    def build(cls, options: Options | None, keywords: dict[str, Any], command: str) -> Options:
+        """``options`` with ``keywords`` applied, for ``command`` (``recalibrate``, ``diagnose``, ``inspect``).
+
+        A keyword the command does not take is a TypeError, as in any Python call. An ``options`` object is
+        taken whole: one Options can serve several commands, each reading the fields it takes.
+        """
+        taken = cls.COMMANDS[command]
+        for name in keywords:
+            if name not in taken:
+                raise TypeError(f"{command}() got an unexpected keyword argument {name!r}")
+        if options is None:
+            return cls(**keywords)
+        if not isinstance(options, cls):
+            raise TypeError(f"{command}() options must be a ckptfix.options.Options, not {type(options).__name__}")
+        return dataclasses.replace(options, **keywords) if keywords else options
+
+    @property
+    def data_options(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`ckptfix.data.open_calibration_data` that come from the user as is."""
+        return dict(image_size=self.image_size, central_crop=self.central_crop, data_format=self.data_format,
+                    feature=self.feature, strict=self.strict)
+
+    def tf1_only(self) -> list[str]:
+        """The flags set that apply only to TF1 graphs (a Keras model is called with ``training=False``)."""
+        flags = {
+            "--training-flag": self.training_flag, "--output-tensor": self.output_tensor,
+            "--allow-unsafe-ops": self.allow_unsafe_ops, "--model-arg/--num-classes": self.model_args,
+            "--input-shape": self.input_shape, "--arg-scope": self.arg_scope,
+        }
+        return [flag for flag, value in flags.items() if value]
+
+
+_ALL = frozenset(f.name for f in dataclasses.fields(Options))
+Options.COMMANDS.update(
+    recalibrate=_ALL - {"against"},
+    diagnose=_ALL - {"output", "overwrite", "against"},
+    inspect=frozenset({*_MODEL, "against"}),
+)

@@ -1,0 +1,106 @@
+"""The CLI's typed options: choices listed in --help and refused as usage errors (exit 2) in real subprocesses,
+the help grouped into panels that fit an 80-column terminal, and --all / --truncate on a model with more BN
+layers than a truncated table shows."""
+
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from ckptfix.cli.app import app
+from ckptfix.report import DEFAULT_ROWS
+
+PANELS = ("Model", "Data", "Statistics", "Output", "Safety")
+
+
+def run_cli(*args, columns: int = 200) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": str(columns), "TERMINAL_WIDTH": str(columns)}
+    return subprocess.run([sys.executable, "-m", "ckptfix", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def _text(output: str) -> str:
+    """Rich's boxed output as plain words: frame characters dropped, whitespace collapsed."""
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", output).split())
+
+
+@pytest.mark.parametrize("option, value, choices", [
+    ("--estimator", "median", ["pooled", "batch-mean"]),
+    ("--model-format", "onnx", ["keras", "h5", "weights-h5", "tf-checkpoint", "savedmodel", "tf1"]),
+    ("--format", "csv", ["images", "numpy", "tfrecord"]),
+    ("--preprocess", "imagenet", ["inception", "vgg", "caffe", "torch", "unit", "raw", "package.module:function"]),
+])
+@pytest.mark.parametrize("command", ["recalibrate", "diagnose"])
+def test_a_bad_choice_is_a_usage_error_naming_the_choices(tmp_path, command, option, value, choices):
+    result = run_cli(command, tmp_path / "model.ckpt-1", tmp_path / "data.npy", option, value)
+    assert result.returncode == 2, result.stderr
+    message = _text(result.stderr)
+    assert f"Invalid value for '{option}'" in message and value in message
+    assert all(choice in message for choice in choices), message
+    assert "Traceback" not in result.stderr
+
+
+def test_module_function_is_accepted_by_preprocess(tmp_path):
+    """A value with ':' passes the usage check (it is resolved later, as user code)."""
+    result = run_cli("recalibrate", tmp_path / "model.ckpt-1", tmp_path / "data.npy", "--preprocess", "my_prep:fn")
+    assert result.returncode == 1 and "no checkpoint at" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["recalibrate", "diagnose", "inspect"])
+def test_help_lists_choices_in_panels_within_80_columns(command):
+    result = run_cli(command, "--help", columns=80)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    panels = [line.split()[1] for line in lines if line.startswith("╭─ ")]
+    assert panels == ["Arguments", "Options", *(name for name in PANELS if command != "inspect" or name != "Data")]
+    text = _text(result.stdout)
+    assert "keras, h5, weights-h5, tf-checkpoint, savedmodel or tf1" in text
+    if command != "inspect":
+        assert "pooled|batch-mean" in text
+        assert "images, numpy or tfrecord" in text
+        assert "inception, vgg, caffe, torch, unit, raw" in text
+        assert "--all --truncate" in text
+
+
+@pytest.fixture(scope="module")
+def deep_keras(tmp_path_factory):
+    """A Keras 3 model with more BN layers than a truncated table shows, and calibration data for it."""
+    import keras
+
+    folder = tmp_path_factory.mktemp("deep")
+    keras.utils.set_random_seed(0)
+    layers = [keras.Input((4,))]
+    for k in range(DEFAULT_ROWS + 3):
+        layers += [keras.layers.Dense(4, name=f"dense{k:02d}"), keras.layers.BatchNormalization(name=f"bn{k:02d}")]
+    model = keras.Sequential(layers)
+    model.save(folder / "deep.keras")
+    np.save(folder / "calib.npy", np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32))
+    return folder / "deep.keras", folder / "calib.npy", [f"bn{k:02d}" for k in range(DEFAULT_ROWS + 3)]
+
+
+def _shown(output: str, names: list[str]) -> list[str]:
+    return [name for name in names if re.search(rf"^\S*{name}\b", output, re.M)]
+
+
+@pytest.mark.parametrize("command, default_all", [("recalibrate", True), ("diagnose", False), ("inspect", False)])
+def test_all_shows_every_layer_and_truncate_the_first_ones(deep_keras, tmp_path, command, default_all):
+    model, calib, names = deep_keras
+
+    def table(*flags: str) -> str:
+        data = [] if command == "inspect" else [str(calib)]
+        output = ["-o", str(tmp_path / f"out{''.join(flags)}.keras")] if command == "recalibrate" else []
+        quiet = [] if command == "inspect" else ["--no-progress"]
+        result = CliRunner().invoke(app, [command, str(model), *data, *output, *quiet, *flags])
+        assert result.exit_code in (0, 3), result.output
+        return result.output
+
+    assert _shown(table("--all"), names) == names  # before the fix, recalibrate's --all truncated
+    truncated = table("--truncate")
+    assert len(_shown(truncated, names)) == DEFAULT_ROWS and "--all shows every one" in truncated
+    default = table()
+    assert len(_shown(default, names)) == (len(names) if default_all else DEFAULT_ROWS)
