@@ -40,7 +40,7 @@ TRAIN_OP_KEY = "train_op"  # tf.compat.v1.GraphKeys.TRAIN_OP
 _UPDATE_ASSIGNS = frozenset({"AssignSub", "AssignSubVariableOp", "AssignAdd", "AssignAddVariableOp"})
 _APPLY_PREFIXES = ("Apply", "ResourceApply", "SparseApply", "ResourceSparseApply")
 _FIX = ("build the train op inside `with tf.control_dependencies(tf.compat.v1.get_collection("
-        "tf.compat.v1.GraphKeys.UPDATE_OPS)):`, or with `slim.learning.create_train_op`, which adds them")
+        "tf.compat.v1.GraphKeys.UPDATE_OPS)):`, or with `slim.learning.create_train_op`")
 
 
 @dataclass(frozen=True)
@@ -190,22 +190,22 @@ def find_cause(meta_graph_def) -> Cause:
         return Cause(UNKNOWN, f"cause unknown: the optimizer step {train_op} never runs {len(missed)} BN update ops, "
                               f"but {', '.join(sorted(runners))} runs both; the graph does not show which one training "
                               "ran.", train_op, missed, evidence)
-    caveat = f" ({', '.join(sorted(runners))} runs both; if training ran that, look elsewhere)" if runners else ""
+    caveat = f" ({', '.join(sorted(runners))} runs both: if training ran that, look elsewhere)" if runners else ""
     custom = sorted(key for key in holders if key != UPDATE_OPS_KEY)
     if custom and UPDATE_OPS_KEY not in holders:
         key = custom[0]
         return Cause(
             CUSTOM_COLLECTION_NOT_RUN,
-            f"cause: the train op {train_op} never runs the {len(missed)} BN update ops of the custom collection "
-            f"'{key}' (slim.batch_norm updates_collections){caveat}: build it inside `with tf.control_dependencies("
-            f"tf.compat.v1.get_collection('{key}')):`, or with `slim.learning.create_train_op(..., "
-            f"update_ops=tf.compat.v1.get_collection('{key}'))`.",
+            f"the train op {train_op} never runs the {len(missed)} BN update ops of the custom collection '{key}' "
+            f"(slim.batch_norm updates_collections){caveat}.\nFix the training script: build the train op inside "
+            f"`with tf.control_dependencies(tf.compat.v1.get_collection('{key}')):`, or pass "
+            f"`update_ops=tf.compat.v1.get_collection('{key}')` to `slim.learning.create_train_op`.",
             train_op, missed, evidence)
     where = "" if holders else " (held by no collection: make the train op depend on them)"
     return Cause(
         UPDATE_OPS_NOT_RUN,
-        f"cause: the train op {train_op} never runs the {len(missed)} BN update ops{where}, so the moving "
-        f"statistics did not follow the training{caveat}: {_FIX}.",
+        f"the train op {train_op} never runs the {len(missed)} BN update ops{where}, so the moving statistics "
+        f"never followed training{caveat}.\nFix the training script: {_FIX}.",
         train_op, missed, evidence)
 
 

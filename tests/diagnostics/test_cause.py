@@ -81,7 +81,7 @@ def test_no_train_op_means_unknown(graphs, mode):
 def test_an_op_grouping_the_train_op_with_the_updates_is_shown(graphs):
     """train_op collection names the bare minimize op; tf.group(minimize, *update_ops) runs both: said so."""
     cause = cause_of(graphs, "v1", "grouped")
-    assert cause.code == "update-ops-not-run" and "group_deps" in cause.evidence and "group_deps runs both" in cause.message
+    assert cause.code == "update-ops-not-run" and "group_deps" in cause.evidence and "group_deps runs both:" in cause.message
     # without the collection the graph cannot tell which of the two training ran
     assert cause_of(graphs, "v1", "grouped", drop_train_op_collection=True).code == "unknown"
 
