@@ -37,6 +37,8 @@ FOUND_CODES = frozenset({UPDATE_OPS_NOT_RUN, CUSTOM_COLLECTION_NOT_RUN})
 
 UPDATE_OPS_KEY = "update_ops"  # tf.compat.v1.GraphKeys.UPDATE_OPS
 TRAIN_OP_KEY = "train_op"  # tf.compat.v1.GraphKeys.TRAIN_OP
+# collections that may reach update ops without holding them (a loss computed after in-place updates)
+_NOT_UPDATE_COLLECTIONS = frozenset({TRAIN_OP_KEY, "losses", "regularization_losses", "summaries"})
 _UPDATE_ASSIGNS = frozenset({"AssignSub", "AssignSubVariableOp", "AssignAdd", "AssignAddVariableOp"})
 _APPLY_PREFIXES = ("Apply", "ResourceApply", "SparseApply", "ResourceSparseApply")
 _FIX = ("build the train op inside `with tf.control_dependencies(tf.compat.v1.get_collection("
@@ -214,7 +216,7 @@ def _holding_collections(meta_graph_def, closure: _Closure, update_ops: list[str
     wanted = set(update_ops)
     holders = set()
     for key, collection in meta_graph_def.collection_def.items():
-        if key == TRAIN_OP_KEY or not collection.HasField("node_list"):
+        if key in _NOT_UPDATE_COLLECTIONS or not collection.HasField("node_list"):
             continue
         if closure.of(_collection(meta_graph_def, key)) & wanted:
             holders.add(key)
