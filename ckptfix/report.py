@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ckptfix.diagnostics.agreement import Agreement
-from ckptfix.diagnostics.drift import LayerDrift, layer_drift
+from ckptfix.diagnostics.drift import DEFAULT_EPSILON, LayerDrift, layer_drift
 
 SCHEMA_VERSION = 1
 DEFAULT_ROWS = 15
@@ -51,6 +51,7 @@ class LayerReport:
 
     ``variance_convention`` is ``"bessel"`` (``M2 / (n - 1)``, fused TF1 BN) or ``"biased"`` (``M2 / n``,
     non-fused BN). ``count`` is the number of values pooled per channel (samples x spatial positions).
+    ``epsilon`` is the layer's BN epsilon, the scale ``sqrt(var + epsilon)`` drift is measured on.
     """
 
     name: str
@@ -64,6 +65,7 @@ class LayerReport:
     new_mean: np.ndarray
     old_variance: np.ndarray
     new_variance: np.ndarray
+    epsilon: float = DEFAULT_EPSILON
 
     @property
     def mean_change(self) -> float:
@@ -80,7 +82,7 @@ class LayerReport:
     @property
     def drift(self) -> LayerDrift:
         """How stale the stored statistics were (see :mod:`ckptfix.diagnostics.drift`)."""
-        return layer_drift(self.old_mean, self.old_variance, self.new_mean, self.new_variance)
+        return layer_drift(self.old_mean, self.old_variance, self.new_mean, self.new_variance, epsilon=self.epsilon)
 
     def to_dict(self) -> dict:
         return {
@@ -91,6 +93,7 @@ class LayerReport:
             "variance_key": self.variance_key,
             "variance_convention": self.variance_convention,
             "count": self.count,
+            "epsilon": self.epsilon,
             "mean_change": self.mean_change,
             "variance_change": self.variance_change,
             "drift": self.drift.to_dict(),

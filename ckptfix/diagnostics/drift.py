@@ -1,9 +1,15 @@
 """Per-layer drift between stored and freshly computed BN statistics, and the stale/fresh verdict.
 
-Per channel ``c``, with ``σ_c = sqrt(new_variance_c)`` (floored at 1e-6):
+Per channel ``c``, on the layer's own scale ``σ_c = sqrt(new_variance_c + ε)``, ``ε`` the layer's BN epsilon
+(the scale BN divides by; TF1 / slim / Keras default 0.001):
 
-* mean shift in units of the new standard deviation: ``s_c = (old_mean_c - new_mean_c) / σ_c``;
-* log variance ratio: ``r_c = ln(old_variance_c / new_variance_c)`` (variances floored at 1e-12).
+* mean shift in units of that scale: ``s_c = (old_mean_c - new_mean_c) / σ_c``;
+* log variance ratio: ``r_c = ln((old_variance_c + ε) / (new_variance_c + ε))``, the log of the squared factor
+  by which the stored statistics rescale the layer's output.
+
+``ε`` keeps a dead channel (variance ~1e-27, e.g. after a ReLU that never fires) from reporting hundreds of
+σ for a mean that moved by 1e-4: BN itself divides by ``sqrt(var + ε)``, so such a shift changes nothing.
+``var + ε`` is floored at 1e-12 (``ε = 0`` only arises in tests of the formulas).
 
 A layer is summarised by the root mean square over channels of each (``mean_shift``, ``log_variance_ratio``),
 their largest magnitude, and the worst channel (largest ``|s_c| + |r_c|``). Verdict: a layer is **stale** when
@@ -20,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 MEAN_SHIFT_THRESHOLD = 0.25
+DEFAULT_EPSILON = 1e-3  # tf.compat.v1.layers / slim.batch_norm / Keras BatchNormalization default
 LOG_VARIANCE_RATIO_THRESHOLD = 0.3
 
 
@@ -54,13 +61,14 @@ class LayerDrift:
         }
 
 
-def layer_drift(old_mean, old_variance, new_mean, new_variance) -> LayerDrift:
-    """Drift of stored (old) statistics against recomputed (new) ones, per the module's formulas."""
+def layer_drift(old_mean, old_variance, new_mean, new_variance, *, epsilon: float = DEFAULT_EPSILON) -> LayerDrift:
+    """Drift of stored (old) statistics against recomputed (new) ones, per the module's formulas, with the
+    layer's BN ``epsilon``."""
     old_mean, new_mean = np.asarray(old_mean, np.float64), np.asarray(new_mean, np.float64)
-    old_variance = np.maximum(np.asarray(old_variance, np.float64), 1e-12)
-    new_variance = np.maximum(np.asarray(new_variance, np.float64), 1e-12)
-    shift = (old_mean - new_mean) / np.maximum(np.sqrt(new_variance), 1e-6)
-    ratio = np.log(old_variance / new_variance)
+    old_scale2 = np.maximum(np.asarray(old_variance, np.float64) + epsilon, 1e-12)
+    new_scale2 = np.maximum(np.asarray(new_variance, np.float64) + epsilon, 1e-12)
+    shift = (old_mean - new_mean) / np.sqrt(new_scale2)
+    ratio = np.log(old_scale2 / new_scale2)
     rms = lambda v: float(np.sqrt(np.mean(v**2)))  # noqa: E731
     return LayerDrift(
         mean_shift=rms(shift),

@@ -1,0 +1,67 @@
+"""The facts both report forms show, read from a report dict (``RecalibrationReport`` / ``DiagnosisReport``
+``to_dict()``): per-layer drift in network order, the headline, the output agreement and the cause."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ckptfix.diagnostics.cause import FOUND_CODES
+
+
+@dataclass(frozen=True)
+class LayerFacts:
+    """One layer's drift of the stored statistics against the recomputed ones (RMS and max over channels)."""
+
+    name: str
+    channels: int
+    mean_shift: float
+    mean_shift_max: float
+    log_variance_ratio: float
+    log_variance_ratio_max: float
+    stale: bool
+
+
+def layers(report: dict) -> list[LayerFacts]:
+    """The measured layers in the report's order (network order)."""
+    return [
+        LayerFacts(
+            name=layer["name"],
+            channels=int(layer["channels"]),
+            mean_shift=float(layer["drift"]["mean_shift"]),
+            mean_shift_max=float(layer["drift"]["mean_shift_max"]),
+            log_variance_ratio=float(layer["drift"]["log_variance_ratio"]),
+            log_variance_ratio_max=float(layer["drift"]["log_variance_ratio_max"]),
+            stale=layer["drift"]["verdict"] == "stale",
+        )
+        for layer in report.get("layers", [])
+    ]
+
+
+def headline(report: dict) -> str:
+    """``"diagnosis: stale (2 of 2 BN layers)"`` / ``"recalibration: 2 BN layers, 2 were stale"``."""
+    facts = layers(report)
+    stale = sum(layer.stale for layer in facts)
+    if report.get("kind") == "recalibration":
+        return f"recalibration: {len(facts)} BN layers, {stale} were stale"
+    verdict = report.get("verdict", "stale" if stale else "fresh")
+    return f"diagnosis: {verdict} ({stale} of {len(facts)} BN layers)"
+
+
+def agreement_line(report: dict) -> str | None:
+    """``"top-1 agreement 25% -> 100% of 256 samples (relative error 1.84 -> 0.011)"``; None when not measured."""
+    agreement = report.get("agreement")
+    if not agreement:
+        return None
+    return (f"top-1 agreement of inference with training mode {agreement['top1_before']:.0%} -> "
+            f"{agreement['top1_after']:.0%} of {agreement['num_samples']} samples (relative output error "
+            f"{agreement['relative_error_before']:.3g} -> {agreement['relative_error_after']:.3g})")
+
+
+def cause(report: dict) -> dict | None:
+    """The report's ``cause`` (a :class:`~ckptfix.diagnostics.cause.Cause` dict) when present."""
+    return report.get("cause") or None
+
+
+def cause_found(report: dict) -> bool:
+    found = cause(report)
+    return found is not None and found.get("code") in FOUND_CODES

@@ -1,0 +1,60 @@
+"""plot_report writes a PNG a reviewer can read: read back, sized for the layer count, not blank."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from ckptfix.render.plot import plot_report
+from render.reports import synthetic_report
+
+
+def read_png(path):
+    image = imread(path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return image
+
+
+def distinct_colours(image) -> int:
+    rgb = (image[..., :3] * 255).astype(np.uint8).reshape(-1, 3)
+    return len(np.unique(rgb, axis=0))
+
+
+@pytest.mark.parametrize("layers", [5, 150])
+def test_synthetic_reports_render_at_readable_sizes(tmp_path, layers):
+    path = plot_report(synthetic_report(layers), tmp_path / "drift.png")
+    image = read_png(path)
+    height, width = image.shape[:2]
+    assert height >= 600 and width >= 800
+    assert width > 1500 if layers == 150 else width < 1000  # the figure widens with the layer count
+    assert distinct_colours(image) > 50
+    red = np.all(np.abs(image[..., :3] - np.array([0xD6, 0x27, 0x28]) / 255) < 0.02, axis=-1)
+    blue = np.all(np.abs(image[..., :3] - np.array([0x1F, 0x77, 0xB4]) / 255) < 0.02, axis=-1)
+    assert red.sum() > 3 * blue.sum() > 0  # 2 of every 3 layers stale, bars drawn in both colours
+
+
+def test_a_real_diagnosis_renders(real_report, tmp_path):
+    path = plot_report({**real_report, "cause": {"code": "update-ops-not-run", "message": "cause: example",
+                                                 "train_op": "Adam", "update_ops": [], "evidence": []}},
+                       tmp_path / "real.png")
+    image = read_png(path)
+    assert image.shape[0] >= 600 and distinct_colours(image) > 50
+    assert path.stat().st_size < 150_000
+
+
+def test_without_agreement_the_panel_says_so(tmp_path):
+    report = {**synthetic_report(3), "agreement": None}
+    assert distinct_colours(read_png(plot_report(report, tmp_path / "no-agreement.png"))) > 20
+
+
+def test_without_matplotlib_a_one_line_error_names_the_extra(tmp_path):
+    code = ("import sys; sys.modules['matplotlib'] = None\n"
+            "from ckptfix.render.plot import plot_report\n"
+            "from ckptfix.errors import CkptfixError\n"
+            "try:\n    plot_report({'kind': 'diagnosis', 'layers': []}, 'x.png')\n"
+            "except CkptfixError as error:\n    print(error)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.stdout.strip() == "--plot needs matplotlib: pip install 'ckptfix[plot]'", result.stderr
+    assert not (tmp_path / "x.png").exists()
