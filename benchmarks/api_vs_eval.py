@@ -11,7 +11,7 @@ in a temp folder; the same calibration batches then go through, alternately (ABB
   before each run.
 
 The API call is timed as a whole; its streaming part runs from the first batch it pulls to the end of the
-TensorFlow call that received the last batch (``Session.run`` / ``make_callable`` wrapped with a clock: public TF
+first TensorFlow call that received the last batch (``Session.run`` / ``make_callable`` wrapped with a clock: public TF
 entry points, so the figure survives a refactor of ckptfix). One more API run under cProfile attributes the
 rest to phases by function-name patterns (``PHASES``); a pattern matching nothing prints "not found".
 cProfile slows Python-heavy phases (graph analysis), so its seconds are larger than the clocked ones.
@@ -57,7 +57,8 @@ PHASES = [
 
 @contextlib.contextmanager
 def _last_batch_clock(last: np.ndarray, marks: dict):
-    """Set ``marks["last"]`` to the end of every TF session call fed ``last`` (``Session.run`` and callables)."""
+    """Set ``marks["last"]`` to the end of the first TF session call fed ``last`` (``Session.run`` or a callable);
+    later calls with it (the agreement's outputs when it keeps every sample) are not streaming."""
     import tensorflow as tf
 
     session_class = tf.compat.v1.Session
@@ -71,7 +72,7 @@ def _last_batch_clock(last: np.ndarray, marks: dict):
     def run(self, fetches, feed_dict=None, *args, **kwargs):
         result = original_run(self, fetches, feed_dict, *args, **kwargs)
         if feed_dict and fed_last(feed_dict.values()):
-            marks["last"] = time.perf_counter()
+            marks.setdefault("last", time.perf_counter())
         return result
 
     def make_callable(self, *args, **kwargs):
@@ -80,7 +81,7 @@ def _last_batch_clock(last: np.ndarray, marks: dict):
         def timed(*values, **options):
             result = callable_(*values, **options)
             if fed_last(values):
-                marks["last"] = time.perf_counter()
+                marks.setdefault("last", time.perf_counter())
             return result
 
         return timed
