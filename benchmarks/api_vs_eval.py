@@ -48,7 +48,8 @@ PHASES = [
     ("import", r"^tensorflow/python/framework/importer\.py:_import_graph_def_internal$"),
     ("restore", r"^ckptfix/.*:restore$|^tensorflow/.*/saver\.py:restore$"),
     ("streaming", r"^ckptfix/.*:_?stream$"),
-    ("agreement", r"^ckptfix/.*:_?agreement$|^ckptfix/.*forward\.py:outputs$"),
+    ("agreement", r"^ckptfix/.*:_?agreement$|^ckptfix/.*(forward|inference)\.py:(outputs|load_statistics)$"
+                  r"|^ckptfix/.*inference\.py:__init__$"),
     ("new statistics", r"^ckptfix/.*:layer_report$"),
     ("write", r"^ckptfix/.*:write_recalibrated_checkpoint$"),
     ("read-back", r"^ckptfix/.*:_?verify$"),
