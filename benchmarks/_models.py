@@ -1,7 +1,8 @@
-"""Shared helpers of the benchmarks: a stale tf-slim ResNet-v1-50 checkpoint, calibration arrays, timing.
+"""Shared helpers of the benchmarks: a stale tf-slim checkpoint, calibration arrays, timing.
 
-The checkpoint is what a user of ckptfix has: a tf-slim training script (``resnet_v1_50`` with
-``is_training=True``, softmax loss, Momentum optimizer whose train op forgot ``UPDATE_OPS``) saved with
+The checkpoint is what a user of ckptfix has: a tf-slim training script (``resnet_v1_50``, or
+``inception_v3`` without auxiliary logits, with ``is_training=True``, softmax loss, Momentum optimizer whose
+train op forgot ``UPDATE_OPS``) saved with
 ``tf.compat.v1.train.Saver``, so the ``.meta`` holds the whole training graph (gradients, optimizer slots,
 update ops, saver). Weights are random (the benchmarks measure time, not accuracy); the moving statistics are
 the initial 0 / 1, i.e. stale.
@@ -29,21 +30,30 @@ ROOT = Path(__file__).resolve().parent.parent
 NUM_CLASSES = 10
 
 
+NETS = ("resnet_v1_50", "inception_v3")
+
+
 def build_stale_resnet(outdir: Path, image_size: int, decay: float = 0.997, flag: str = "python") -> dict:
     """Build and save the stale ResNet-v1-50 training checkpoint in a fresh process; return its description."""
+    return build_stale(outdir, image_size, "resnet_v1_50", decay, flag)
+
+
+def build_stale(outdir: Path, image_size: int, net: str, decay: float = 0.997, flag: str = "python") -> dict:
+    """Build and save the stale training checkpoint of ``net`` (one of ``NETS``) in a fresh process; return its
+    description. Inception-v3 needs ``image_size >= 75``."""
     command = [sys.executable, __file__, "build", str(outdir), "--image-size", str(image_size),
-               "--decay", str(decay), "--flag", flag]
+               "--decay", str(decay), "--flag", flag, "--net", net]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_USE_LEGACY_KERAS="1")
     done = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _build(outdir: Path, image_size: int, decay: float, flag: str) -> dict:
+def _build(outdir: Path, image_size: int, decay: float, flag: str, net: str) -> dict:
     sys.path.insert(0, str(ROOT / "tests"))
     import slim_compat  # noqa: F401  (tf-slim 1.1.0 under TF 2.21)
     import tensorflow as tf
     import tf_slim as slim
-    from tf_slim.nets import resnet_v1
+    from tf_slim.nets import inception_v3, resnet_v1
 
     tf.compat.v1.disable_v2_behavior()
     tf.compat.v1.set_random_seed(0)
@@ -53,9 +63,15 @@ def _build(outdir: Path, image_size: int, decay: float, flag: str) -> dict:
         is_training = tf.compat.v1.placeholder_with_default(False, [], name="is_training")
     else:
         is_training = True
-    with slim.arg_scope(resnet_v1.resnet_arg_scope(batch_norm_decay=decay)):
-        logits, _ = resnet_v1.resnet_v1_50(images, num_classes=NUM_CLASSES, is_training=is_training)
-    logits = tf.identity(tf.squeeze(logits, [1, 2]), name="logits")
+    if net == "inception_v3":
+        with slim.arg_scope(inception_v3.inception_v3_arg_scope(batch_norm_decay=decay)):
+            logits, _ = inception_v3.inception_v3(images, num_classes=NUM_CLASSES, is_training=is_training,
+                                                  create_aux_logits=False)
+    else:
+        with slim.arg_scope(resnet_v1.resnet_arg_scope(batch_norm_decay=decay)):
+            logits, _ = resnet_v1.resnet_v1_50(images, num_classes=NUM_CLASSES, is_training=is_training)
+        logits = tf.squeeze(logits, [1, 2])
+    logits = tf.identity(logits, name="logits")
     loss = tf.compat.v1.losses.sparse_softmax_cross_entropy(labels, logits)
     global_step = tf.compat.v1.train.get_or_create_global_step()
     # The bug ckptfix repairs: the train op does not depend on tf.GraphKeys.UPDATE_OPS.
@@ -211,5 +227,6 @@ if __name__ == "__main__":
     build.add_argument("--image-size", type=int, default=96)
     build.add_argument("--decay", type=float, default=0.997)
     build.add_argument("--flag", choices=["python", "placeholder"], default="python")
+    build.add_argument("--net", choices=NETS, default="resnet_v1_50")
     args = parser.parse_args()
-    print(json.dumps(_build(args.outdir, args.image_size, args.decay, args.flag)))
+    print(json.dumps(_build(args.outdir, args.image_size, args.decay, args.flag, args.net)))
