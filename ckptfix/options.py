@@ -9,6 +9,7 @@ No TensorFlow import here: the CLI imports this module before TensorFlow is quie
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -19,7 +20,6 @@ from ckptfix.data.sources import FORMATS
 from ckptfix.errors import CkptfixError, DataError
 from ckptfix.graph.feeds import input_names
 from ckptfix.keras.formats import MODEL_FORMATS
-from ckptfix.measuring import _compile
 from ckptfix.stats import Estimator
 
 __all__ = ["DataFormat", "Estimator", "ModelFormat", "Options", "Preset"]
@@ -54,6 +54,14 @@ def _choice(enum: type[Enum], value, option: str, error: type[CkptfixError] = Ck
         return enum(value)
     except ValueError:
         raise error(f"{option} must be one of {', '.join(e.value for e in enum)} (got {value}).") from None
+
+
+def _compile(pattern: str | None, option: str) -> None:
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise CkptfixError(f"{option} {pattern!r} is not a valid regular expression ({error}).") from None
 
 
 def _at_least(value: int | None, minimum: int, option: str) -> None:

@@ -99,6 +99,7 @@ def _layer_report(layer: Layer, pooled: PooledMoments, estimator: Estimator) -> 
         new_mean=mean,
         old_variance=layer.stored_variance,
         new_variance=variance,
+        **({} if layer.epsilon is None else {"epsilon": layer.epsilon}),
     )
 
 
