@@ -200,6 +200,7 @@ def measure(source: Source, data, options: Options) -> Measurement:
             samples_skipped=batches.samples_skipped,
             skipped_files=batches.skipped_files,
             model_format=source.model_format,
+            cause=source.cause(),
         )
     new_values = {key: value for r in reports for key, value in ((r.mean_key, r.new_mean), (r.variance_key, r.new_variance))}
     return Measurement(fields, new_values)
@@ -253,4 +254,5 @@ def inspect(checkpoint, options: Options) -> InspectionReport:
                 flags=flags,
             ))
         against = None if options.against is None else str(options.against)
-        return InspectionReport(source.label, source.graph_label, against, inspected, model_format=source.model_format)
+        return InspectionReport(source.label, source.graph_label, against, inspected, model_format=source.model_format,
+                                cause=source.cause())

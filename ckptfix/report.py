@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ckptfix.diagnostics.agreement import Agreement
+from ckptfix.diagnostics.cause import Cause
 from ckptfix.diagnostics.drift import DEFAULT_EPSILON, LayerDrift, layer_drift
 
 SCHEMA_VERSION = 1
@@ -125,6 +126,8 @@ class _Measured:
     skipped_files: list[str] = field(default_factory=list)
     #: the Keras / TF2 file format (docs/keras.md); None for TF1 checkpoints, and then left out of to_dict()
     model_format: str | None = None
+    #: why the statistics went stale, read from the training graph (None: no training graph to read)
+    cause: Cause | None = None
 
     def _common_dict(self, kind: str) -> dict:
         return _with_model_format(self.model_format, {
@@ -144,6 +147,7 @@ class _Measured:
             "data_source": self.data_source,
             "samples_skipped": self.samples_skipped,
             "skipped_files": list(self.skipped_files),
+            "cause": None if self.cause is None else self.cause.to_dict(),
         })
 
 
@@ -249,6 +253,7 @@ class InspectionReport:
     against: str | None
     layers: list[InspectedLayer]
     model_format: str | None = None
+    cause: Cause | None = None
 
     @property
     def flagged(self) -> list[str]:
@@ -263,6 +268,7 @@ class InspectionReport:
             "against": self.against,
             "flagged": self.flagged,
             "layers": [layer.to_dict() for layer in self.layers],
+            "cause": None if self.cause is None else self.cause.to_dict(),
         })
 
     def format_table(self, show_all: bool = False) -> str:

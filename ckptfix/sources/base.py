@@ -23,6 +23,7 @@ from typing import Callable, ContextManager, Mapping, Protocol
 import numpy as np
 
 from ckptfix.data.spec import InputSpec
+from ckptfix.diagnostics.cause import Cause
 from ckptfix.stats import BatchMoments
 
 Notice = Callable[[str], None]
@@ -98,6 +99,9 @@ class Source(Protocol):
 
     def write(self, new_values: Mapping[str, np.ndarray], destination: Path, overwrite: bool) -> Path:
         """Write the repaired copy (``new_values`` by checkpoint key); returns what to restore (prefix or file)."""
+
+    def cause(self) -> Cause | None:
+        """Why the statistics went stale, from the training graph the source keeps (None: it keeps none)."""
 
     def stored_values(self, other: Path) -> ContextManager[Callable[[str], np.ndarray | None]]:
         """(A context giving) a reader of another file of the same kind (``--against``): key -> stored tensor, None if absent."""

@@ -15,6 +15,7 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
+from ckptfix.diagnostics.cause import Cause, find_cause
 from ckptfix.errors import CheckpointError, NoBatchNormError
 from ckptfix.graph.batchnorm import find_batchnorm_layers, layer_tensors
 from ckptfix.graph.feeds import detect_feeds
@@ -137,6 +138,10 @@ class GraphSource:
             if output_notice:
                 notice(output_notice)
             yield _GraphSession(model, layers, feeds, output_name)
+
+    def cause(self) -> Cause | None:
+        """Read from the checkpoint's ``.meta`` (a training graph); a built or frozen graph has no training ops."""
+        return find_cause(self.meta_graph) if self.files.meta is not None and self.graph_label == str(self.files.meta) else None
 
     def check_output(self, output: Path | None, overwrite: bool) -> Path:
         return check_output_dir(self.files, Path(output) if output is not None else default_output_dir(self.files), overwrite)

@@ -116,6 +116,10 @@ class KerasModelSource:
         finally:
             session.close()
 
+    def cause(self) -> None:
+        """Keras files keep no training graph to read a cause from."""
+        return None
+
     def check_output(self, output: Path | None, overwrite: bool) -> Path:
         return check_output(self.source, Path(output) if output is not None else default_output(self.source), overwrite)
 
