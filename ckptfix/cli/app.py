@@ -89,6 +89,8 @@ Report = Annotated[Optional[Path], typer.Option(help="Also write the report as J
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print the report as JSON (notices stay on stderr).", rich_help_panel=OUTPUT)]
 ShowAll = Annotated[bool, typer.Option("--all/--truncate", help=f"Show every layer, or only the first {DEFAULT_ROWS}.", rich_help_panel=OUTPUT)]
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar on stderr.", rich_help_panel=OUTPUT)]
+Plot = Annotated[Optional[Path], typer.Option(metavar="FILE.png", help="Also draw the per-layer drift and the agreement as a PNG (needs ckptfix[plot]).", rich_help_panel=OUTPUT)]
+Summary = Annotated[Optional[Path], typer.Option(metavar="FILE.md", help="Also write the facts as a Markdown table (CI step summaries).", rich_help_panel=OUTPUT)]
 Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="Show TensorFlow's own log output.", rich_help_panel=OUTPUT)]
 
 Unsafe = Annotated[bool, typer.Option("--unsafe", help="Keras safe mode off: load Lambda layers holding Python code (trust the file).", rich_help_panel=SAFETY)]
@@ -134,11 +136,43 @@ def _print_json(content: dict) -> None:
     typer.echo(json.dumps(content, indent=2))
 
 
-def _write_json(path: Path, content: dict) -> None:
+def _write_text(path: Path, text: str, what: str) -> None:
     try:
-        path.write_text(json.dumps(content, indent=2) + "\n")
+        path.write_text(text)
     except OSError as error:
-        raise OutputError(f"cannot write the report to {path}: {error.strerror}.") from None
+        raise OutputError(f"cannot write the {what} to {path}: {error.strerror}.") from None
+
+
+def _check_forms(plot: Path | None) -> None:
+    """Before a long run: the extra output forms asked for can be made."""
+    if plot is not None:
+        from ckptfix.render.plot import check_plotting
+
+        check_plotting()
+
+
+def _write_forms(result, report: Path | None = None, plot: Path | None = None, summary: Path | None = None) -> None:
+    """The report's file forms asked for: JSON, PNG picture, Markdown summary."""
+    content = result.to_dict()
+    if report is not None:
+        _write_text(report, json.dumps(content, indent=2) + "\n", "report")
+    if plot is not None:
+        from ckptfix.render.plot import plot_report
+
+        try:
+            plot_report(content, plot)
+        except OSError as error:
+            raise OutputError(f"cannot write the plot to {plot}: {error.strerror}.") from None
+    if summary is not None:
+        from ckptfix.render.summary import markdown_summary
+
+        _write_text(summary, markdown_summary(content), "summary")
+
+
+def _echo_cause(result, stale: bool) -> None:
+    """The cause read from the training graph: when it names one, or what it says of stale statistics."""
+    if result.cause is not None and (result.cause.found or stale):
+        typer.echo(f"\ncause: {result.cause.message}")
 
 
 @app.command()
@@ -174,6 +208,8 @@ def recalibrate(
     output: Output = None,
     overwrite: Overwrite = False,
     report: Report = None,
+    plot: Plot = None,
+    summary: Summary = None,
     json_output: JsonOutput = False,
     show_all: ShowAll = True,
     progress: Progress = True,
@@ -186,9 +222,9 @@ def recalibrate(
     def action() -> None:
         from ckptfix.api import recalibrate as run
 
+        _check_forms(plot)
         result = run(checkpoint, data, _options(ctx))
-        if report is not None:
-            _write_json(report, result.to_dict())
+        _write_forms(result, report, plot, summary)
         if json_output:
             _print_json(result.to_dict())
             return
@@ -201,6 +237,7 @@ def recalibrate(
             typer.echo(result.agreement.summary())
         if result.untouched_layers:
             typer.echo(f"{len(result.untouched_layers)} layers left as they were: {', '.join(result.untouched_layers)}")
+        _echo_cause(result, stale=False)
         typer.echo(f"wrote {result.output_checkpoint}")
 
     _run(action)
@@ -236,6 +273,9 @@ def diagnose(
     estimator: EstimatorOption = Estimator.POOLED,
     output_tensor: OutputTensor = None,
     agreement_samples: AgreementSamples = 256,
+    report: Report = None,
+    plot: Plot = None,
+    summary: Summary = None,
     json_output: JsonOutput = False,
     show_all: ShowAll = False,
     progress: Progress = True,
@@ -248,7 +288,9 @@ def diagnose(
     def action() -> int:
         from ckptfix.api import diagnose as run
 
+        _check_forms(plot)
         result = run(checkpoint, data, _options(ctx))
+        _write_forms(result, report, plot, summary)
         if json_output:
             _print_json(result.to_dict())
         else:
@@ -260,6 +302,7 @@ def diagnose(
                        + (" and the same --model options" if model else "")) if result.stale else \
                 f"fresh: all {len(result.layers)} BN layers match the calibration data"
             typer.echo(f"\n{verdict} ({result.num_samples} samples)")
+            _echo_cause(result, result.stale)
         return STALE_EXIT_CODE if result.stale else 0
 
     _run(action)
@@ -297,6 +340,7 @@ def inspect(
         typer.echo(f"\n{len(result.layers)} BN layers; " + (
             f"{len(flagged)} look never updated (initial 0/1 or identical to --against): "
             f"check with: ckptfix diagnose {checkpoint} DATA" if flagged else "none flagged"))
+        _echo_cause(result, bool(flagged))
 
     _run(action)
 

@@ -24,6 +24,11 @@ _STALE, _FRESH = "#d62728", "#1f77b4"
 _MAX_LABELS = 40  # past this many layers, only every k-th layer is labelled
 
 
+def check_plotting() -> None:
+    """Fail fast (before a long run) when ``--plot`` cannot be honoured."""
+    _matplotlib()
+
+
 def _matplotlib():
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
