@@ -32,10 +32,9 @@ from ckptfix.diagnostics.inspect import inspect_checkpoint, inspect_graph
 from ckptfix.errors import CheckpointError, CkptfixError, NoBatchNormError
 from ckptfix.graph.batchnorm import BatchNormLayer, find_batchnorm_layers, layer_tensors
 from ckptfix.graph.feeds import detect_feeds
-from ckptfix.graph.forward import ForwardModel
 from ckptfix.graph.frozen import check_output_path, is_frozen_graph, thaw, write_recalibrated_graph
 from ckptfix.graph.index import GraphIndex
-from ckptfix.graph.inference import InferenceModel, NoInferenceMode
+from ckptfix.graph.model import GraphModel
 from ckptfix.graph.meta import checkpoint_keys, load_meta_graph, partition_layout
 from ckptfix.graph.model_fn import build_meta_graph, resolve_function
 from ckptfix.graph.outputs import resolve_output
@@ -129,32 +128,35 @@ class _Measurement:
         )
 
 
-def _stream(model: ForwardModel, batches, layers, stored, output_name, agreement_samples: int, progress: bool):
+def _stream(model: GraphModel, batches, layers, stored, output_name, agreement_samples: int, progress: bool):
     """Run every batch once (an array, or a dict keyed by input for several inputs); pool each layer's moments.
-    Keeps the first ``agreement_samples`` samples."""
+    Keeps the first ``agreement_samples`` samples and their batch-statistics outputs (from the same run)."""
     pooled = {layer.name: PooledMoments(stored[layer.mean_variable].size) for layer in layers}
-    kept: list[np.ndarray] = []
+    kept: list = []
+    batch_outputs: list[np.ndarray] = []
     num_seen = num_batches = 0
     with progress_bar(progress, batches.num_samples) as bar:
         for batch in batches:
-            for name, moments in model.run(batch).items():
-                for moment in moments:
+            wanted = agreement_samples - num_seen if output_name else 0
+            moments, outputs = model.moments(batch, output_name if wanted > 0 else None)
+            for name, per_input in moments.items():
+                for moment in per_input:
                     check_batch_moments(name, moment, batches.describe_last)
                     pooled[name].add(moment)
-            if output_name and num_seen < agreement_samples:
-                kept.append(first_samples(batch, agreement_samples - num_seen))
+            if wanted > 0:
+                kept.append(first_samples(batch, wanted))
+                batch_outputs.append(outputs[:wanted])
             num_seen += samples_in(batch)
             num_batches += 1
             bar.update(samples_in(batch))
-    return pooled, kept, num_seen, num_batches
+    return pooled, kept, batch_outputs, num_seen, num_batches
 
 
-def _agreement(meta_graph, layers, feeds, files, output_name, kept, batch_outputs, new_by_variable):
+def _agreement(model: GraphModel, output_name, kept, batch_outputs, new_by_variable):
     """Inference-mode outputs on the kept batches with the stored, then the new statistics, vs batch mode."""
-    with InferenceModel(meta_graph, layers, feeds, str(files.prefix), output_name) as inference:
-        before = [inference.outputs(batch) for batch in kept]
-        inference.load_statistics(new_by_variable)
-        after = [inference.outputs(batch) for batch in kept]
+    before = [model.inference_outputs(batch, output_name) for batch in kept]
+    model.assign_statistics(new_by_variable)
+    after = [model.inference_outputs(batch, output_name) for batch in kept]
     return output_agreement.compare(
         output_name, np.concatenate(batch_outputs), np.concatenate(before), np.concatenate(after)
     )
@@ -263,7 +265,7 @@ def _measure(
     if switched and feeds.training_flag is None:
         notice(f"{switched} inference-mode fused BN node(s) switched to batch statistics")
 
-    with ForwardModel(meta_graph, layers, feeds, str(files.prefix)) as model:
+    with GraphModel(meta_graph, layers, feeds, str(files.prefix)) as model:
         batches = open_calibration_data(
             named.data,
             inputs=model.input_specs,
@@ -280,26 +282,26 @@ def _measure(
         output_name, output_notice = resolve_output(model.graph, model.inputs, output_tensor)
         if output_notice:
             notice(output_notice)
-        pooled, kept, num_seen, num_batches = _stream(model, batches, layers, stored, output_name, agreement_samples, progress)
+        pooled, kept, batch_outputs, num_seen, num_batches = _stream(
+            model, batches, layers, stored, output_name, agreement_samples, progress
+        )
         if batches.merged_last:
             notice("the last batch had {} samples, fewer than half a batch: merged into the one before ({} samples)".format(*batches.merged_last))
         if num_seen == 0:
             raise CkptfixError("the calibration data yielded no samples: pass a folder or array with at least one sample.")
-        batch_outputs = [model.outputs(batch, output_name) for batch in kept] if output_name else []
 
-    reports = [layer_report(layer, pooled[layer.name], stored, keys, estimator) for layer in layers]
-    new_values = {key: value for r in reports for key, value in ((r.mean_key, r.new_mean), (r.variance_key, r.new_variance))}
-    new_by_variable = {
-        variable: value
-        for layer, r in zip(layers, reports)
-        for variable, value in ((layer.mean_variable, r.new_mean), (layer.variance_variable, r.new_variance))
-    }
-    agreement = None
-    if kept:
-        try:
-            agreement = _agreement(meta_graph, layers, feeds, files, output_name, kept, batch_outputs, new_by_variable)
-        except NoInferenceMode as reason:
-            notice(f"no output agreement: {reason} (training mode is baked into the graph)")
+        reports = [layer_report(layer, pooled[layer.name], stored, keys, estimator) for layer in layers]
+        new_values = {key: value for r in reports for key, value in ((r.mean_key, r.new_mean), (r.variance_key, r.new_variance))}
+        new_by_variable = {
+            variable: value
+            for layer, r in zip(layers, reports)
+            for variable, value in ((layer.mean_variable, r.new_mean), (layer.variance_variable, r.new_variance))
+        }
+        agreement = None
+        if kept and model.inference_unavailable is not None:
+            notice(f"no output agreement: {model.inference_unavailable} (training mode is baked into the graph)")
+        elif kept:
+            agreement = _agreement(model, output_name, kept, batch_outputs, new_by_variable)
     return _Measurement(
         layers=reports,
         new_values=new_values,
