@@ -20,7 +20,7 @@ fetched, for all layers in one ``session.run`` per batch. Each BN site that runs
   ``M2 / count`` as its mean/variance inputs: an inference-mode FusedBatchNorm given those normalises exactly
   like training mode (which also normalises with the biased variance). Its own outputs 1/2 are not read
   (on CPU they are float32-accumulated and inexact). A node that slim's own fused path feeds empty constants
-  gets reads of the moving variables as its moving statistics. The training-branch node of a TF1 ``tf.cond``
+  gets reads of the moving variables (added before import) as its moving statistics. The training-branch node of a TF1 ``tf.cond``
   on the flag never runs (flag fed False) and is left alone;
 * non-fused BN arithmetic reads the batch moments reshaped like the mean/variance it used; its moving
   statistics are what it read before (the graph's own inference path) or, with training mode baked in (no
@@ -130,6 +130,18 @@ def _reads_flag(nodes: dict, text: str, flag: str | None) -> bool:
     return flag is not None and tensor is not None
 
 
+def _add_read(graph_def, variable) -> str:
+    """Add (once) a node reading ``variable``: ReadVariableOp for resource variables, Identity for TF1 ones."""
+    name = f"ckptfix/read/{variable.name}"
+    if not any(node.name == name for node in graph_def.node):
+        read = graph_def.node.add()
+        read.name = name
+        read.input.append(variable.name)
+        read.op = "ReadVariableOp" if variable.op == "VarHandleOp" else "Identity"
+        read.attr["dtype" if variable.op == "VarHandleOp" else "T"].type = variable.attr["dtype"].type
+    return name
+
+
 def _rewrite_graph_def(meta_graph, layers: list[BatchNormLayer], flag: str | None) -> _Rewrite:
     """Backprop dropped, devices cleared, the selected layers' BN nodes set up for both modes (module docstring)."""
     from tensorflow.core.framework import function_pb2
@@ -156,6 +168,9 @@ def _rewrite_graph_def(meta_graph, layers: list[BatchNormLayer], flag: str | Non
                 if node.is_training and flag is not None:
                     continue  # the training branch of a tf.cond on the flag: never runs with the flag fed False
                 definition.attr["is_training"].b = False
+                if not node.reads_statistics:  # slim's own fused path feeds empty constants: read the variables
+                    definition.input[3] = _add_read(graph_def, scopes[None][layer.mean_variable])
+                    definition.input[4] = _add_read(graph_def, scopes[None][layer.variance_variable])
                 fused.append((layer, node))
             elif node.is_training:
                 if not on_flag(node.function, "then_branch"):  # else: a training branch that never runs
@@ -283,8 +298,6 @@ class GraphModel(SessionModel):
             if moments is None:
                 moments = by_input[x.name] = _moments(x, node.channels_last)
             moving = (op.inputs[3], op.inputs[4])
-            if not node.reads_statistics:
-                moving = tuple(tf.cast(reads[v], t.dtype) for v, t in zip((layer.mean_variable, layer.variance_variable), moving))
             biased = moments.m2 / tf.cast(moments.count, tf.float32)
             for position, batch, value in ((3, moments.mean, moving[0]), (4, biased, moving[1])):
                 op._update_input(position, self._select(tf.reshape(batch, [-1]), value))
