@@ -9,7 +9,7 @@ import pytest
 import ckptfix
 from ckptfix.graph.batchnorm import find_batchnorm_layers
 from ckptfix.graph.feeds import detect_feeds
-from ckptfix.graph.forward import ForwardModel
+from ckptfix.graph.model import GraphModel
 from ckptfix.graph.index import GraphIndex, is_gradient
 from ckptfix.graph.meta import load_meta_graph
 from fixtures.runner import bn_inputs
@@ -17,14 +17,14 @@ from fixtures.runner import bn_inputs
 _REDUCTIONS = {"Mean", "Sum", "SquaredDifference"}
 
 
-def _forward_model(model) -> ForwardModel:
+def _forward_model(model) -> GraphModel:
     meta_graph = load_meta_graph(model.meta)
     index = GraphIndex(meta_graph.graph_def)
     layers = find_batchnorm_layers(index)
-    return ForwardModel(meta_graph, layers, detect_feeds(index, layers, None, None), model.prefix)
+    return GraphModel(meta_graph, layers, detect_feeds(index, layers, None, None), model.prefix)
 
 
-def _added_reductions(forward: ForwardModel) -> list[str]:
+def _added_reductions(forward: GraphModel) -> list[str]:
     return [op.name for op in forward.graph.get_operations()
             if op.name.startswith("ckptfix/") and op.type in _REDUCTIONS]
 
@@ -36,7 +36,7 @@ def test_fused_layers_add_no_reduction(slim_model, variant):
         assert _added_reductions(forward) == []
         assert not [op.name for op in forward.graph.get_operations() if is_gradient(op.name)]
         batch = np.load(model.calib)[:8]
-        moments = forward.run(batch)
+        moments, _ = forward.moments(batch)
     assert set(moments) == set(model.info["bn_layers"])
     for name, per_input in moments.items():
         for moment in per_input:

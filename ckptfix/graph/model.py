@@ -1,0 +1,378 @@
+"""The model imported once and restored once, serving both modes a run needs: BN on batch statistics (to measure
+the selected layers' per-batch moments) and BN on moving statistics (the output-agreement check).
+
+The graph is rewritten on a copy of the GraphDef (the caller's MetaGraphDef is never changed):
+
+* backprop (``gradients`` scopes and what depends on them: optimizer updates, the train op) is dropped, so
+  importing and placing a training script's graph costs only its forward part, and recorded shapes of
+  gradient nodes (which TF 1.x ``.meta`` files can get wrong) are never imported;
+* devices are cleared, so TensorFlow places the graph on whatever the machine has (a GPU when there is one);
+* a scalar bool ``ckptfix/use_batch_statistics`` (``placeholder_with_default(True)``) switches the selected
+  layers between the two modes; the training flag, when there is one, is always fed False, so every other
+  op (dropout, unselected BN layers) runs as saved in inference mode.
+
+For every BN input ``x`` of a selected layer the graph computes, in float32 and reducing over every axis but
+the channel axis, ``count``, ``mean`` and ``M2 = sum((x - mean)**2)``; only these per-channel vectors are
+fetched, for all layers in one ``session.run`` per batch. Each BN site that runs with the flag fed False reads
+``select(use_batch_statistics, batch statistic, moving statistic)``:
+
+* a top-level fused node is set to ``is_training=False`` and fed the batch mean and the *biased* batch variance
+  ``M2 / count`` as its mean/variance inputs: an inference-mode FusedBatchNorm given those normalises exactly
+  like training mode (which also normalises with the biased variance). Its own outputs 1/2 are not read
+  (on CPU they are float32-accumulated and inexact). A node that slim's own fused path feeds empty constants
+  gets reads of the moving variables (added before import) as its moving statistics. The training-branch node of a TF1 ``tf.cond``
+  on the flag never runs (flag fed False) and is left alone;
+* non-fused BN arithmetic reads the batch moments reshaped like the mean/variance it used; its moving
+  statistics are what it read before (the graph's own inference path) or, with training mode baked in (no
+  flag), reads of the moving variables;
+* a fused node in the ``else_branch`` of ``If`` ops whose condition is the training flag: each such ``If`` gets
+  a new ``then_branch``, a copy of the else branch with the selected BN nodes in training mode
+  (``exponential_avg_factor=1``), and the mode switch as its condition.
+
+Where the two modes cannot coexist (a selected BN node inside another control-flow function, e.g. training
+mode baked into a branch function), batch mode still works (the node is switched to training mode) and
+:attr:`GraphModel.inference_unavailable` says why no inference-mode outputs can be computed.
+
+The moving statistics the inference mode uses can be replaced in the session (:meth:`assign_statistics`),
+never on disk; update ops are never fetched. The checkpoint is restored with the graph's own saver (every
+variable, optimizer slots included).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, NamedTuple
+
+import numpy as np
+
+from ckptfix.data.spec import InputSpec
+from ckptfix.errors import DataError, GraphError
+from ckptfix.graph.batchnorm import BatchNormLayer, FusedNode
+from ckptfix.graph.feeds import Feeds
+from ckptfix.graph.index import IF_OPS, is_gradient, parse_input
+from ckptfix.graph.session import SessionModel, clear_devices, editable_nodes, first_line, import_graph, restore
+from ckptfix.stats import BatchMoments
+
+_IDENTITY_OPS = frozenset({"Identity", "RefIdentity", "Snapshot"})
+_SWITCH_OPS = frozenset({"Switch", "RefSwitch"})
+_BATCH_BRANCH_SUFFIX = "_ckptfix_batch_statistics"
+
+
+class _Moments(NamedTuple):
+    """Graph tensors of one BN input's batch moments (``mean`` and ``m2`` keep dims, for broadcasting)."""
+
+    count: object
+    mean: object
+    m2: object
+
+
+class _Rewrite(NamedTuple):
+    """The rewritten GraphDef and what remains to wire after import."""
+
+    graph_def: object
+    fused: list[tuple[BatchNormLayer, FusedNode]]  # top-level fused nodes now in inference mode, to feed
+    mode_ifs: list[str]  # If ops whose condition becomes the mode switch
+    inference_unavailable: str | None
+
+
+def _without_backprop(graph_def):
+    """A copy of ``graph_def`` without backprop: nodes in ``gradients`` scopes and every node that depends on
+    one (optimizer updates, the train op, the global-step increment), through data or control inputs.
+
+    A training script's ``.meta`` is largely backprop (27% of the nodes of a slim ResNet-50); none of it is
+    needed for the forward pass, and importing and placing it is a fixed cost of every run. The variables
+    themselves (optimizer slots included) stay, so the graph's saver still restores the checkpoint.
+    """
+    from tensorflow.core.framework import graph_pb2
+
+    consumers: dict[str, list[str]] = {}
+    for node in graph_def.node:
+        for text in node.input:
+            producer = text.lstrip("^").split(":")[0]
+            consumers.setdefault(producer, []).append(node.name)
+    dropped: set[str] = set()
+    stack = [node.name for node in graph_def.node if is_gradient(node.name)]
+    while stack:
+        name = stack.pop()
+        if name not in dropped:
+            dropped.add(name)
+            stack.extend(consumers.get(name, []))
+    pruned = graph_pb2.GraphDef()
+    pruned.versions.CopyFrom(graph_def.versions)
+    pruned.library.CopyFrom(graph_def.library)
+    for node in graph_def.node:
+        if node.name in dropped:
+            continue
+        kept = pruned.node.add()
+        kept.CopyFrom(node)
+        if "_class" in kept.attr:  # colocation with a dropped node would fail the import
+            places = [c for c in kept.attr["_class"].list.s if c.decode().removeprefix("loc:@") not in dropped]
+            if places:
+                del kept.attr["_class"].list.s[:]
+                kept.attr["_class"].list.s.extend(places)
+            else:
+                del kept.attr["_class"]
+    return pruned
+
+
+def _set_training(node) -> None:
+    node.attr["is_training"].b = True
+    node.attr["exponential_avg_factor"].f = 1.0
+
+
+def _reads_flag(nodes: dict, text: str, flag: str | None) -> bool:
+    """Whether the top-level input ``text`` is the training flag (through Identity ops)."""
+    tensor = parse_input(text)
+    while flag is not None and tensor is not None and tensor.name != flag:
+        node = nodes.get(tensor.node)
+        if node is None or node.op not in _IDENTITY_OPS:
+            return False
+        tensor = parse_input(node.input[0])
+    return flag is not None and tensor is not None
+
+
+def _add_read(graph_def, variable) -> str:
+    """Add (once) a node reading ``variable``: ReadVariableOp for resource variables, Identity for TF1 ones."""
+    name = f"ckptfix/read/{variable.name}"
+    if not any(node.name == name for node in graph_def.node):
+        read = graph_def.node.add()
+        read.name = name
+        read.input.append(variable.name)
+        read.op = "ReadVariableOp" if variable.op == "VarHandleOp" else "Identity"
+        read.attr["dtype" if variable.op == "VarHandleOp" else "T"].type = variable.attr["dtype"].type
+    return name
+
+
+def _rewrite_graph_def(meta_graph, layers: list[BatchNormLayer], flag: str | None) -> _Rewrite:
+    """Backprop dropped, devices cleared, the selected layers' BN nodes set up for both modes (module docstring)."""
+    from tensorflow.core.framework import function_pb2
+
+    graph_def = _without_backprop(meta_graph.graph_def)
+    clear_devices(graph_def)
+    scopes = editable_nodes(graph_def)
+    callers: dict[str, list[tuple[str, object]]] = {}  # function -> (branch attr, If NodeDef) calling it
+    for node in graph_def.node:
+        if node.op in IF_OPS:
+            for branch in ("then_branch", "else_branch"):
+                callers.setdefault(node.attr[branch].func.name, []).append((branch, node))
+
+    def on_flag(function: str, branch: str) -> bool:
+        """Whether ``function`` is only ever called as ``branch`` of Ifs on the training flag."""
+        sites = callers.get(function, [])
+        return bool(sites) and all(b == branch and _reads_flag(scopes[None], n.input[0], flag) for b, n in sites)
+
+    fused, in_else_branches, unavailable = [], {}, None
+    for layer in layers:
+        for node in layer.fused_nodes:
+            definition = scopes[node.function][node.node]
+            if node.function is None:
+                if node.is_training and flag is not None:
+                    continue  # the training branch of a tf.cond on the flag: never runs with the flag fed False
+                definition.attr["is_training"].b = False
+                if not node.reads_statistics:  # slim's own fused path feeds empty constants: read the variables
+                    definition.input[3] = _add_read(graph_def, scopes[None][layer.mean_variable])
+                    definition.input[4] = _add_read(graph_def, scopes[None][layer.variance_variable])
+                fused.append((layer, node))
+            elif node.is_training:
+                if not on_flag(node.function, "then_branch"):  # else: a training branch that never runs
+                    unavailable = unavailable or f"BN layer {layer.name} runs in training mode inside function {node.function}"
+            elif on_flag(node.function, "else_branch"):
+                in_else_branches.setdefault(node.function, set()).add(node.node)
+            else:
+                _set_training(definition)
+                unavailable = unavailable or f"BN layer {layer.name} normalises inside function {node.function}, which ckptfix cannot switch between modes"
+    functions = {f.signature.name: f for f in graph_def.library.function}
+    mode_ifs = []
+    for name, nodes in in_else_branches.items():
+        copy = function_pb2.FunctionDef()
+        copy.CopyFrom(functions[name])
+        copy.signature.name = name + _BATCH_BRANCH_SUFFIX
+        for definition in copy.node_def:
+            if definition.name in nodes:
+                _set_training(definition)
+        graph_def.library.function.append(copy)
+        for _, caller in callers[name]:
+            caller.attr["then_branch"].func.name = copy.signature.name
+            mode_ifs.append(caller.name)
+    return _Rewrite(graph_def, fused, mode_ifs, unavailable)
+
+
+def _moments(x, channels_last: bool | None, reference_shape=None) -> _Moments:
+    """Per-channel count/mean/M2 of ``x`` (float32); the channel axis from the layout, or from ``reference_shape``.
+
+    ``reference_shape`` (non-fused BN) is the static shape of the mean the layer broadcasts against ``x``:
+    aligned to ``x``'s trailing axes, its dimensions other than 1 are the channel axes.
+    """
+    import tensorflow as tf
+
+    rank = x.shape.rank
+    if rank is None:
+        raise GraphError(f"BN input {x.name} has unknown rank; ckptfix needs a static rank.")
+    if reference_shape is None:
+        channel_axes = {rank - 1} if channels_last else {1}
+    else:
+        dims = reference_shape.as_list()
+        if None in dims:
+            raise GraphError(f"the statistics of BN input {x.name} have an unknown static shape.")
+        offset = rank - len(dims)
+        channel_axes = {offset + i for i, d in enumerate(dims) if d != 1}
+    axes = [a for a in range(rank) if a not in channel_axes]
+    values = tf.cast(x, tf.float32)
+    mean = tf.reduce_mean(values, axis=axes, keepdims=True)
+    m2 = tf.reduce_sum(tf.square(values - mean), axis=axes, keepdims=True)
+    count = tf.size(values, out_type=tf.int64) // tf.size(mean, out_type=tf.int64)
+    return _Moments(count, mean, m2)
+
+
+def _normalised_input(op):
+    """The tensor a top-level fused node normalises, before the Switch of a TF1 ``tf.cond`` (if any)."""
+    tensor = op.inputs[0]
+    while tensor.op.type in _SWITCH_OPS:
+        tensor = tensor.op.inputs[0]
+    return tensor
+
+
+class GraphModel(SessionModel):
+    """The rewritten graph, imported once and restored once from a checkpoint (module docstring).
+
+    :meth:`moments` runs a batch with the selected layers on batch statistics, :meth:`inference_outputs` with
+    them on the moving statistics in the session, which :meth:`assign_statistics` replaces. A batch is an
+    array (one input) or a dict keyed by input tensor name. Closed on leaving its context.
+    """
+
+    def __init__(self, meta_graph, layers: list[BatchNormLayer], feeds: Feeds, checkpoint_prefix: str) -> None:
+        import tensorflow as tf
+
+        self.layers = layers
+        rewrite = _rewrite_graph_def(meta_graph, layers, feeds.training_flag)
+        self.inference_unavailable: str | None = rewrite.inference_unavailable
+        self.graph = import_graph(rewrite.graph_def)
+        self._assigns: dict[str, tuple] = {}
+        with self.graph.as_default():
+            self.inputs = [self.graph.get_tensor_by_name(name) for name in feeds.inputs]
+            self.training_flag = None if feeds.training_flag is None else self.graph.get_tensor_by_name(feeds.training_flag)
+            with tf.compat.v1.name_scope("ckptfix/"):
+                self.use_batch_statistics = tf.compat.v1.placeholder_with_default(True, [], name="use_batch_statistics")
+            with tf.compat.v1.name_scope("ckptfix/"):
+                reads = {variable: self._add_assign(variable)
+                         for layer in layers for variable in (layer.mean_variable, layer.variance_variable)}
+                fused_by_layer: dict[str, list[FusedNode]] = {}
+                for layer, node in rewrite.fused:
+                    fused_by_layer.setdefault(layer.name, []).append(node)
+                self._fetches = {
+                    layer.name: self._layer_moments(layer, fused_by_layer.get(layer.name, []), reads, feeds.training_flag)
+                    for layer in layers
+                }
+            for name in rewrite.mode_ifs:
+                self.graph.get_operation_by_name(name)._update_input(0, self.use_batch_statistics)
+            self.session = tf.compat.v1.Session(graph=self.graph)
+        restore(self.session, meta_graph.saver_def, checkpoint_prefix)
+        self._feed_list = self.inputs + ([self.training_flag] if self.training_flag is not None else [])
+        self._flat = [tensor for moments in self._fetches.values() for m in moments for tensor in m]
+        self._callables: dict[str | None, object] = {}
+
+    def _select(self, batch_value, moving_value):
+        import tensorflow as tf
+
+        return tf.where(self.use_batch_statistics, tf.cast(batch_value, moving_value.dtype), moving_value)
+
+    def _layer_moments(self, layer: BatchNormLayer, fused: list[FusedNode], reads: dict, flag: str | None) -> list[_Moments]:
+        """Wire the layer's BN sites to ``select(use_batch_statistics, ...)``; per BN input, flat moment tensors."""
+        import tensorflow as tf
+
+        by_input: dict[str, _Moments] = {}
+        for site in layer.nonfused_sites:
+            x = self.graph.get_tensor_by_name(site.input.name)
+            for (node, position), variable in ((site.mean_use, layer.mean_variable), (site.variance_use, layer.variance_variable)):
+                op = self.graph.get_operation_by_name(node)
+                used = op.inputs[position]
+                moments = by_input.get(x.name)
+                if moments is None:
+                    moments = by_input[x.name] = _moments(x, None, used.shape)
+                batch = moments.mean if variable == layer.mean_variable else moments.m2 / tf.cast(moments.count, tf.float32)
+                moving = used if flag is not None else tf.reshape(tf.cast(reads[variable], used.dtype), tf.shape(used))
+                op._update_input(position, self._select(tf.reshape(tf.cast(batch, used.dtype), tf.shape(used)), moving))
+        for node in fused:
+            op = self.graph.get_operation_by_name(node.node)
+            x = _normalised_input(op)
+            moments = by_input.get(x.name)
+            if moments is None:
+                moments = by_input[x.name] = _moments(x, node.channels_last)
+            moving = (op.inputs[3], op.inputs[4])
+            biased = moments.m2 / tf.cast(moments.count, tf.float32)
+            for position, batch, value in ((3, moments.mean, moving[0]), (4, biased, moving[1])):
+                op._update_input(position, self._select(tf.reshape(batch, [-1]), value))
+        for tensor in layer.inputs:  # BN inputs of nodes not fed above (inside branch functions)
+            if tensor.name not in by_input:
+                by_input[tensor.name] = _moments(self.graph.get_tensor_by_name(tensor.name), layer.channels_last)
+        return [_Moments(m.count, tf.reshape(m.mean, [-1]), tf.reshape(m.m2, [-1])) for m in by_input.values()]
+
+    def _add_assign(self, variable: str):
+        """A placeholder + assign op for one variable (kept for :meth:`assign_statistics`); returns a read of it."""
+        import tensorflow as tf
+
+        op = self.graph.get_operation_by_name(variable)
+        dtype = tf.as_dtype(op.get_attr("dtype"))
+        value = tf.compat.v1.placeholder(dtype)
+        if op.type == "VarHandleOp":
+            assign = tf.raw_ops.AssignVariableOp(resource=op.outputs[0], value=value)
+            read = tf.raw_ops.ReadVariableOp(resource=op.outputs[0], dtype=dtype)
+        else:
+            assign = tf.compat.v1.assign(op.outputs[0], value, validate_shape=False).op
+            read = tf.identity(op.outputs[0])
+        self._assigns[variable] = (value, assign, dtype)
+        return read
+
+    @property
+    def input_specs(self) -> list[InputSpec]:
+        """What each input takes (tensor name, static shape, dtype), in the order of ``inputs``."""
+        return [
+            InputSpec(t.name, None if t.shape.rank is None else tuple(t.shape.as_list()), np.dtype(t.dtype.as_numpy_dtype))
+            for t in self.inputs
+        ]
+
+    def _callable(self, output: str | None):
+        if output not in self._callables:
+            fetches = self._flat + ([self.graph.get_tensor_by_name(output)] if output is not None else [])
+            self._callables[output] = self.session.make_callable(fetches, feed_list=self._feed_list)
+        return self._callables[output]
+
+    def moments(self, batch, output: str | None = None) -> tuple[dict[str, list[BatchMoments]], np.ndarray | None]:
+        """Forward one batch with the selected layers on batch statistics: per layer, the moments of each of its
+        BN inputs; with ``output``, that tensor's value from the same run (else None)."""
+        import tensorflow as tf
+
+        arrays = self.input_values(batch)
+        run = self._callable(output)
+        try:
+            values = run(*arrays) if self.training_flag is None else run(*arrays, False)
+        except tf.errors.InvalidArgumentError as error:
+            shapes = ", ".join(f"{t.name} {tuple(a.shape)}" for t, a in zip(self.inputs, arrays))
+            what = f"of shape {arrays[0].shape}" if len(arrays) == 1 else f"({shapes})"
+            raise DataError(f"the model rejected a calibration batch {what}: {first_line(error)}") from None
+        result, k = {}, 0
+        for name, per_input in self._fetches.items():
+            result[name] = [BatchMoments(int(values[k + 3 * i]), values[k + 3 * i + 1], values[k + 3 * i + 2])
+                            for i in range(len(per_input))]
+            k += 3 * len(per_input)
+        return result, (values[k] if output is not None else None)
+
+    def inference_outputs(self, batch, output: str) -> np.ndarray:
+        """The value of ``output`` for one batch, with the selected layers on the moving statistics in the session."""
+        import tensorflow as tf
+
+        feed = self.feed(batch)
+        feed[self.use_batch_statistics] = False
+        try:
+            return self.session.run(self.graph.get_tensor_by_name(output), feed)
+        except tf.errors.InvalidArgumentError as error:
+            raise DataError(f"cannot compute the output {output} for the agreement check: {first_line(error)}") from None
+
+    def assign_statistics(self, values: Mapping[str, np.ndarray]) -> None:
+        """Assign new values (variable op name -> array) to moving statistics in the session, in one run."""
+        assigns, feed = [], {}
+        for variable, array in values.items():
+            placeholder, assign, dtype = self._assigns[variable]
+            shape = self.graph.get_operation_by_name(variable).get_attr("shape")
+            feed[placeholder] = np.asarray(array).astype(dtype.as_numpy_dtype).reshape([d.size for d in shape.dim])
+            assigns.append(assign)
+        self.session.run(assigns, feed)
