@@ -104,3 +104,13 @@ def test_all_shows_every_layer_and_truncate_the_first_ones(deep_keras, tmp_path,
     assert len(_shown(truncated, names)) == DEFAULT_ROWS and "--all shows every one" in truncated
     default = table()
     assert len(_shown(default, names)) == (len(names) if default_all else DEFAULT_ROWS)
+
+
+def test_keras_input_in_the_list_and_comma_forms(deep_keras):
+    """The CLI passes --input as a list: a one-input Keras model takes one name (its data key), not two."""
+    model, calib, _ = deep_keras
+    result = CliRunner().invoke(app, ["diagnose", str(model), str(calib), "--input", "pixels", "--json", "--no-progress"])
+    assert result.exit_code in (0, 3), result.output
+    assert '"input_tensor": "pixels"' in result.output
+    two = CliRunner().invoke(app, ["diagnose", str(model), str(calib), "--input", "a,b", "--no-progress"])
+    assert two.exit_code == 1 and "--input names one input" in two.output, two.output
