@@ -8,6 +8,7 @@ recalibrate (no BN layer in the graph or none selected); 130 interrupted.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 import sys
@@ -175,48 +176,54 @@ def _echo_cause(result, stale: bool) -> None:
         typer.echo(f"\ncause: {result.cause.message}")
 
 
-@app.command()
-def recalibrate(
-    ctx: typer.Context,
-    checkpoint: Checkpoint,
-    data: Data,
-    meta: Meta = None,
-    model: Model = None,
-    num_classes: NumClasses = None,
-    model_arg: ModelArg = None,
-    input_shape: ModelInputShape = None,
-    arg_scope: ArgScope = None,
-    model_format: ModelFormatOption = None,
-    architecture: Architecture = None,
-    training_flag: TrainingFlag = None,
-    batch_size: BatchSize = 32,
-    num_samples: NumSamples = None,
-    shuffle: Shuffle = True,
-    seed: Seed = 0,
-    input_name: InputName = None,
-    preprocess: Preprocess = "inception",
-    image_size: ImageSize = None,
-    central_crop: CentralCrop = None,
-    data_format: DataFormatOption = None,
-    feature: Feature = "image/encoded",
-    strict: Strict = False,
-    include: Include = None,
-    exclude: Exclude = None,
-    estimator: EstimatorOption = Estimator.POOLED,
-    output_tensor: OutputTensor = None,
-    agreement_samples: AgreementSamples = 256,
-    output: Output = None,
-    overwrite: Overwrite = False,
-    report: Report = None,
-    plot: Plot = None,
-    summary: Summary = None,
-    json_output: JsonOutput = False,
-    show_all: ShowAll = True,
-    progress: Progress = True,
-    verbose: Verbose = False,
-    unsafe: Unsafe = False,
-    allow_unsafe_ops: AllowUnsafeOps = False,
-) -> None:
+# The options of each command, by group; each option is declared once, above, and each group once, here.
+_REQUIRED = inspect.Parameter.empty
+CKPT_ARGUMENT = (("checkpoint", Checkpoint, _REQUIRED),)
+DATA_ARGUMENT = (("data", Data, _REQUIRED),)
+MODEL_OPTIONS = (
+    ("meta", Meta, None), ("model", Model, None), ("num_classes", NumClasses, None), ("model_arg", ModelArg, None),
+    ("input_shape", ModelInputShape, None), ("arg_scope", ArgScope, None), ("model_format", ModelFormatOption, None),
+    ("architecture", Architecture, None),
+)
+FEED_OPTIONS = (("training_flag", TrainingFlag, None),)
+DATA_OPTIONS = (
+    ("batch_size", BatchSize, 32), ("num_samples", NumSamples, None), ("shuffle", Shuffle, True), ("seed", Seed, 0),
+    ("input_name", InputName, None), ("preprocess", Preprocess, "inception"), ("image_size", ImageSize, None),
+    ("central_crop", CentralCrop, None), ("data_format", DataFormatOption, None), ("feature", Feature, "image/encoded"),
+    ("strict", Strict, False),
+)
+STATISTICS_OPTIONS = (
+    ("include", Include, None), ("exclude", Exclude, None), ("estimator", EstimatorOption, Estimator.POOLED),
+    ("output_tensor", OutputTensor, None), ("agreement_samples", AgreementSamples, 256),
+)
+WRITE_OPTIONS = (("output", Output, None), ("overwrite", Overwrite, False))
+REPORT_OPTIONS = (("report", Report, None), ("plot", Plot, None), ("summary", Summary, None))
+PRINT_OPTIONS = (("json_output", JsonOutput, False),)
+RUN_OPTIONS = (("progress", Progress, True), ("verbose", Verbose, False))
+SAFETY_OPTIONS = (("unsafe", Unsafe, False), ("allow_unsafe_ops", AllowUnsafeOps, False))
+
+
+def _command(*groups, show_all: bool):
+    """Register ``body`` as a command taking the parameters of ``groups`` (in order) and ``--all/--truncate``
+    with this command's default; typer reads them from the signature set here, ``body`` gets them as keywords."""
+
+    def register(body):
+        def command(ctx: typer.Context, **params) -> None:
+            body(ctx, **params)
+
+        parameters = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
+        for name, annotation, default in (*(entry for group in groups for entry in group), ("show_all", ShowAll, show_all)):
+            parameters.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=annotation, default=default))
+        command.__signature__ = inspect.Signature(parameters)
+        command.__name__, command.__doc__ = body.__name__, body.__doc__
+        return app.command(name=body.__name__.rstrip("_"))(command)
+
+    return register
+
+
+@_command(CKPT_ARGUMENT, DATA_ARGUMENT, MODEL_OPTIONS, FEED_OPTIONS, DATA_OPTIONS, STATISTICS_OPTIONS, WRITE_OPTIONS,
+          REPORT_OPTIONS, PRINT_OPTIONS, RUN_OPTIONS, SAFETY_OPTIONS, show_all=True)
+def recalibrate(ctx, checkpoint, data, report, plot, summary, json_output, show_all, **_) -> None:
     """Recompute every BN layer's moving mean/variance from calibration data and write a new checkpoint."""
 
     def action() -> None:
@@ -243,46 +250,9 @@ def recalibrate(
     _run(action)
 
 
-@app.command()
-def diagnose(
-    ctx: typer.Context,
-    checkpoint: Checkpoint,
-    data: Data,
-    meta: Meta = None,
-    model: Model = None,
-    num_classes: NumClasses = None,
-    model_arg: ModelArg = None,
-    input_shape: ModelInputShape = None,
-    arg_scope: ArgScope = None,
-    model_format: ModelFormatOption = None,
-    architecture: Architecture = None,
-    training_flag: TrainingFlag = None,
-    batch_size: BatchSize = 32,
-    num_samples: NumSamples = None,
-    shuffle: Shuffle = True,
-    seed: Seed = 0,
-    input_name: InputName = None,
-    preprocess: Preprocess = "inception",
-    image_size: ImageSize = None,
-    central_crop: CentralCrop = None,
-    data_format: DataFormatOption = None,
-    feature: Feature = "image/encoded",
-    strict: Strict = False,
-    include: Include = None,
-    exclude: Exclude = None,
-    estimator: EstimatorOption = Estimator.POOLED,
-    output_tensor: OutputTensor = None,
-    agreement_samples: AgreementSamples = 256,
-    report: Report = None,
-    plot: Plot = None,
-    summary: Summary = None,
-    json_output: JsonOutput = False,
-    show_all: ShowAll = False,
-    progress: Progress = True,
-    verbose: Verbose = False,
-    unsafe: Unsafe = False,
-    allow_unsafe_ops: AllowUnsafeOps = False,
-) -> None:
+@_command(CKPT_ARGUMENT, DATA_ARGUMENT, MODEL_OPTIONS, FEED_OPTIONS, DATA_OPTIONS, STATISTICS_OPTIONS,
+          REPORT_OPTIONS, PRINT_OPTIONS, RUN_OPTIONS, SAFETY_OPTIONS, show_all=False)
+def diagnose(ctx, checkpoint, data, model, report, plot, summary, json_output, show_all, **_) -> None:
     """Measure how stale the stored statistics are (writes nothing). Exit 0 fresh, 3 stale, 1 error."""
 
     def action() -> int:
@@ -308,24 +278,9 @@ def diagnose(
     _run(action)
 
 
-@app.command()
-def inspect(
-    ctx: typer.Context,
-    checkpoint: Checkpoint,
-    meta: Meta = None,
-    model: Model = None,
-    num_classes: NumClasses = None,
-    model_arg: ModelArg = None,
-    input_shape: ModelInputShape = None,
-    arg_scope: ArgScope = None,
-    model_format: ModelFormatOption = None,
-    architecture: Architecture = None,
-    against: Against = None,
-    json_output: JsonOutput = False,
-    show_all: ShowAll = False,
-    verbose: Verbose = False,
-    unsafe: Unsafe = False,
-) -> None:
+@_command(CKPT_ARGUMENT, MODEL_OPTIONS, (("against", Against, None),), PRINT_OPTIONS, (("verbose", Verbose, False),),
+          (("unsafe", Unsafe, False),), show_all=False)
+def inspect_(ctx, checkpoint, json_output, show_all, **_) -> None:
     """List every BN layer and its stored statistics; flag never-updated ones. Needs no data; exit 0."""
 
     def action() -> None:
