@@ -113,4 +113,4 @@ def test_keras_input_in_the_list_and_comma_forms(deep_keras):
     assert result.exit_code in (0, 3), result.output
     assert '"input_tensor": "pixels"' in result.output
     two = CliRunner().invoke(app, ["diagnose", str(model), str(calib), "--input", "a,b", "--no-progress"])
-    assert two.exit_code == 1 and "--input names one input" in two.output, two.output
+    assert two.exit_code == 1 and "--input names 2 input(s), but the model has 1" in two.output, two.output
