@@ -63,14 +63,17 @@ class _Moments(NamedTuple):
     count: object
     mean: object
     m2: object
+    #: read off a fused node in training mode: ``count`` is the size of ``x`` (all channels) and ``m2`` the
+    #: Bessel-corrected variance; :meth:`GraphModel.moments` turns them into the per-channel count and M2
+    fused: bool = False
 
 
 class _Rewrite(NamedTuple):
     """The rewritten GraphDef and what remains to wire after import."""
 
     graph_def: object
-    fused: list[tuple[BatchNormLayer, FusedNode]]  # top-level fused nodes now in inference mode, to feed
-    mode_ifs: list[str]  # If ops whose condition becomes the mode switch
+    fused: list[tuple[BatchNormLayer, FusedNode]]  # top-level fused nodes now twinned (training / inference)
+    mode_ifs: dict[str, list[str]]  # else-branch function -> If ops whose then branch is its training copy
     inference_unavailable: str | None
 
 
@@ -142,6 +145,64 @@ def _add_read(graph_def, variable) -> str:
     return name
 
 
+#: the scalar bool that switches the selected layers between batch (True, the default) and moving statistics
+MODE_SWITCH = "ckptfix/use_batch_statistics"
+
+
+def _add_mode_switch(graph_def) -> None:
+    """``MODE_SWITCH = placeholder_with_default(True, [])``, as NodeDefs."""
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+
+    default = graph_def.node.add()
+    default.name, default.op = MODE_SWITCH + "/default", "Const"
+    default.attr["dtype"].type = types_pb2.DT_BOOL
+    default.attr["value"].tensor.CopyFrom(tensor_pb2.TensorProto(dtype=types_pb2.DT_BOOL, bool_val=[True],
+                                                                 tensor_shape=tensor_shape_pb2.TensorShapeProto()))
+    switch = graph_def.node.add()
+    switch.name, switch.op = MODE_SWITCH, "PlaceholderWithDefault"
+    switch.input.append(default.name)
+    switch.attr["dtype"].type = types_pb2.DT_BOOL
+    switch.attr["shape"].shape.CopyFrom(tensor_shape_pb2.TensorShapeProto())
+
+
+def _twin(graph_def, nodes: dict, definition, layer: BatchNormLayer, reads_statistics: bool) -> None:
+    """Give a top-level fused node both modes, of which only one runs per ``session.run``::
+
+        x -> Switch(MODE_SWITCH) -true->  the node itself, in training mode (exponential_avg_factor 1):
+                                          y, and the batch mean / Bessel-corrected variance it computes anyway
+                                 -false-> <node>/ckptfix_inference: a copy in inference mode on the moving variables
+        Merge(both y) -> every consumer of the node's y
+
+    so batch mode costs what a training-mode forward pass costs (no reduction added), and inference mode reads
+    the variables :meth:`GraphModel.assign_statistics` replaces."""
+    name = definition.name
+    inference = graph_def.node.add()
+    inference.CopyFrom(definition)
+    inference.name = f"{name}/ckptfix_inference"
+    inference.attr["is_training"].b = False
+    if not reads_statistics:  # slim's own fused path feeds empty constants: read the variables
+        inference.input[3] = _add_read(graph_def, nodes[layer.mean_variable])
+        inference.input[4] = _add_read(graph_def, nodes[layer.variance_variable])
+    switch = graph_def.node.add()
+    switch.name, switch.op = f"{name}/ckptfix_switch", "Switch"
+    switch.input.extend([definition.input[0], MODE_SWITCH])
+    switch.attr["T"].type = definition.attr["T"].type
+    merge = graph_def.node.add()
+    merge.name, merge.op = f"{name}/ckptfix_merge", "Merge"
+    merge.input.extend([f"{inference.name}:0", f"{name}:0"])
+    merge.attr["T"].type = definition.attr["T"].type
+    merge.attr["N"].i = 2
+    for consumer in graph_def.node:
+        if consumer.name in (inference.name, merge.name):
+            continue
+        for k, text in enumerate(consumer.input):
+            if text in (name, f"{name}:0"):
+                consumer.input[k] = f"{merge.name}:0"
+    definition.input[0] = f"{switch.name}:1"
+    inference.input[0] = f"{switch.name}:0"
+    _set_training(definition)
+
+
 def _rewrite_graph_def(meta_graph, layers: list[BatchNormLayer], flag: str | None) -> _Rewrite:
     """Backprop dropped, devices cleared, the selected layers' BN nodes set up for both modes (module docstring)."""
     from tensorflow.core.framework import function_pb2
@@ -167,10 +228,7 @@ def _rewrite_graph_def(meta_graph, layers: list[BatchNormLayer], flag: str | Non
             if node.function is None:
                 if node.is_training and flag is not None:
                     continue  # the training branch of a tf.cond on the flag: never runs with the flag fed False
-                definition.attr["is_training"].b = False
-                if not node.reads_statistics:  # slim's own fused path feeds empty constants: read the variables
-                    definition.input[3] = _add_read(graph_def, scopes[None][layer.mean_variable])
-                    definition.input[4] = _add_read(graph_def, scopes[None][layer.variance_variable])
+                _twin(graph_def, scopes[None], definition, layer, node.reads_statistics)
                 fused.append((layer, node))
             elif node.is_training:
                 if not on_flag(node.function, "then_branch"):  # else: a training branch that never runs
@@ -181,7 +239,7 @@ def _rewrite_graph_def(meta_graph, layers: list[BatchNormLayer], flag: str | Non
                 _set_training(definition)
                 unavailable = unavailable or f"BN layer {layer.name} normalises inside function {node.function}, which ckptfix cannot switch between modes"
     functions = {f.signature.name: f for f in graph_def.library.function}
-    mode_ifs = []
+    mode_ifs: dict[str, list[str]] = {}
     for name, nodes in in_else_branches.items():
         copy = function_pb2.FunctionDef()
         copy.CopyFrom(functions[name])
@@ -192,7 +250,9 @@ def _rewrite_graph_def(meta_graph, layers: list[BatchNormLayer], flag: str | Non
         graph_def.library.function.append(copy)
         for _, caller in callers[name]:
             caller.attr["then_branch"].func.name = copy.signature.name
-            mode_ifs.append(caller.name)
+            caller.input[0] = MODE_SWITCH
+            mode_ifs.setdefault(name, []).append(caller.name)
+    _add_mode_switch(graph_def)
     return _Rewrite(graph_def, fused, mode_ifs, unavailable)
 
 
@@ -223,6 +283,12 @@ def _moments(x, channels_last: bool | None, reference_shape=None) -> _Moments:
     return _Moments(count, mean, m2)
 
 
+def _through_identity(tensor):
+    while tensor.op.type in _IDENTITY_OPS:
+        tensor = tensor.op.inputs[0]
+    return tensor
+
+
 def _normalised_input(op):
     """The tensor a top-level fused node normalises, before the Switch of a TF1 ``tf.cond`` (if any)."""
     tensor = op.inputs[0]
@@ -250,8 +316,9 @@ class GraphModel(SessionModel):
         with self.graph.as_default():
             self.inputs = [self.graph.get_tensor_by_name(name) for name in feeds.inputs]
             self.training_flag = None if feeds.training_flag is None else self.graph.get_tensor_by_name(feeds.training_flag)
-            with tf.compat.v1.name_scope("ckptfix/"):
-                self.use_batch_statistics = tf.compat.v1.placeholder_with_default(True, [], name="use_batch_statistics")
+            self.use_batch_statistics = self.graph.get_tensor_by_name(MODE_SWITCH + ":0")
+            self._functions = {f.signature.name: f for f in rewrite.graph_def.library.function}
+            self._mode_ifs = rewrite.mode_ifs
             with tf.compat.v1.name_scope("ckptfix/"):
                 reads = {variable: self._add_assign(variable)
                          for layer in layers for variable in (layer.mean_variable, layer.variance_variable)}
@@ -262,12 +329,10 @@ class GraphModel(SessionModel):
                     layer.name: self._layer_moments(layer, fused_by_layer.get(layer.name, []), reads, feeds.training_flag)
                     for layer in layers
                 }
-            for name in rewrite.mode_ifs:
-                self.graph.get_operation_by_name(name)._update_input(0, self.use_batch_statistics)
             self.session = tf.compat.v1.Session(graph=self.graph)
         restore(self.session, meta_graph.saver_def, checkpoint_prefix)
         self._feed_list = self.inputs + ([self.training_flag] if self.training_flag is not None else [])
-        self._flat = [tensor for moments in self._fetches.values() for m in moments for tensor in m]
+        self._flat = [tensor for moments in self._fetches.values() for m in moments for tensor in m[:3]]
         self._callables: dict[str | None, object] = {}
 
     def _select(self, batch_value, moving_value):
@@ -291,20 +356,38 @@ class GraphModel(SessionModel):
                 batch = moments.mean if variable == layer.mean_variable else moments.m2 / tf.cast(moments.count, tf.float32)
                 moving = used if flag is not None else tf.reshape(tf.cast(reads[variable], used.dtype), tf.shape(used))
                 op._update_input(position, self._select(tf.reshape(tf.cast(batch, used.dtype), tf.shape(used)), moving))
-        for node in fused:
+        for node in fused:  # twinned (see _twin): the training node's own batch statistics, no reduction added
             op = self.graph.get_operation_by_name(node.node)
-            x = _normalised_input(op)
-            moments = by_input.get(x.name)
-            if moments is None:
-                moments = by_input[x.name] = _moments(x, node.channels_last)
-            moving = (op.inputs[3], op.inputs[4])
-            biased = moments.m2 / tf.cast(moments.count, tf.float32)
-            for position, batch, value in ((3, moments.mean, moving[0]), (4, biased, moving[1])):
-                op._update_input(position, self._select(tf.reshape(batch, [-1]), value))
+            count = tf.size(op.inputs[0], out_type=tf.int64)  # the input taken in batch mode
+            by_input.setdefault(_normalised_input(op).name, _Moments(count, op.outputs[1], op.outputs[2], fused=True))
         for tensor in layer.inputs:  # BN inputs of nodes not fed above (inside branch functions)
             if tensor.name not in by_input:
-                by_input[tensor.name] = _moments(self.graph.get_tensor_by_name(tensor.name), layer.channels_last)
-        return [_Moments(m.count, tf.reshape(m.mean, [-1]), tf.reshape(m.m2, [-1])) for m in by_input.values()]
+                x = self.graph.get_tensor_by_name(tensor.name)
+                by_input[tensor.name] = self._if_moments(layer, x) or _moments(x, layer.channels_last)
+        return [m if m.fused else _Moments(m.count, tf.reshape(m.mean, [-1]), tf.reshape(m.m2, [-1])) for m in by_input.values()]
+
+    def _if_moments(self, layer: BatchNormLayer, x) -> _Moments | None:
+        """The moments of ``x`` read off the outputs of the one ``If`` whose training copy of an else branch
+        (see :func:`_rewrite_graph_def`) normalises ``x`` with a fused node of ``layer``; else None."""
+        import tensorflow as tf
+
+        for fused in layer.fused_nodes:
+            callers = self._mode_ifs.get(fused.function, [])
+            function = self._functions.get(fused.function)
+            if len(callers) != 1 or function is None:
+                continue
+            caller = self.graph.get_operation_by_name(callers[0])
+            node = next((n for n in function.node_def if n.name == fused.node), None)
+            arguments = [arg.name for arg in function.signature.input_arg]
+            if node is None or node.input[0] not in arguments:
+                continue
+            if _through_identity(caller.inputs[1 + arguments.index(node.input[0])]) is not x:
+                continue
+            returned = {function.ret[arg.name]: k for k, arg in enumerate(function.signature.output_arg)}
+            mean_k, variance_k = returned.get(f"{fused.node}:batch_mean:0"), returned.get(f"{fused.node}:batch_variance:0")
+            if mean_k is not None and variance_k is not None:
+                return _Moments(tf.size(x, out_type=tf.int64), caller.outputs[mean_k], caller.outputs[variance_k], fused=True)
+        return None
 
     def _add_assign(self, variable: str):
         """A placeholder + assign op for one variable (kept for :meth:`assign_statistics`); returns a read of it."""
@@ -351,9 +434,14 @@ class GraphModel(SessionModel):
             raise DataError(f"the model rejected a calibration batch {what}: {first_line(error)}") from None
         result, k = {}, 0
         for name, per_input in self._fetches.items():
-            result[name] = [BatchMoments(int(values[k + 3 * i]), values[k + 3 * i + 1], values[k + 3 * i + 2])
-                            for i in range(len(per_input))]
-            k += 3 * len(per_input)
+            result[name] = []
+            for moments in per_input:
+                count, mean, third = values[k : k + 3]
+                k += 3
+                if moments.fused:  # count = size of x, third = Bessel-corrected variance (n = 1: 0): M2 = var * (n - 1)
+                    count = int(count) // mean.size
+                    third = third.astype(np.float64) * (count - 1)
+                result[name].append(BatchMoments(int(count), mean, third))
         return result, (values[k] if output is not None else None)
 
     def inference_outputs(self, batch, output: str) -> np.ndarray:
