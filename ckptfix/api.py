@@ -6,11 +6,12 @@ checkpoint's ``.meta``, the graph a ``--model`` function builds (:mod:`ckptfix.g
 GraphDef whose statistics constants are thawed into variables (:mod:`ckptfix.graph.frozen`).
 
 Data flow of a measuring pass on a TF1 graph (shared by recalibrate and diagnose): find the BN layers in the
-graph and their checkpoint keys -> detect the inputs and training flag -> rewrite and import the graph,
-restore the checkpoint -> stream calibration batches, pooling each layer's per-channel moments in float64
-(:mod:`ckptfix.measuring`) -> compare inference-mode outputs with batch-statistics outputs on the first
-batches, with the stored and the recomputed statistics. recalibrate then writes a new checkpoint (or frozen
-graph) with only the moving statistics replaced; diagnose writes nothing.
+graph and their checkpoint keys -> detect the inputs and training flag -> rewrite and import the graph once,
+restore the checkpoint once (:class:`~ckptfix.graph.model.GraphModel`, both BN modes in one session) -> stream
+calibration batches, pooling each layer's per-channel moments in float64 (:mod:`ckptfix.measuring`) and keeping
+the first batches' batch-statistics outputs from the same runs -> compare them with inference-mode outputs,
+with the stored and then the recomputed statistics assigned in the session. recalibrate then writes a new
+checkpoint (or frozen graph) with only the moving statistics replaced; diagnose writes nothing.
 """
 
 from __future__ import annotations
