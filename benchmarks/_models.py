@@ -148,12 +148,12 @@ def timed_recalibrate(prefix: str, batches, output: Path, batch_size: int, **opt
     """Run ``ckptfix.recalibrate`` on ``batches``; seconds of the whole call and of its streaming part.
 
     The streaming part runs from the first batch ckptfix asks for (graph imported and checkpoint restored) to
-    the return of its last ``ForwardModel.run`` (every batch forwarded and merged but the last merge, a few
-    microseconds). The data layer reads ahead of the forward pass, so the end is taken from ``run``, which is
+    the return of its last ``GraphModel.moments`` (every batch forwarded and merged but the last merge, a few
+    microseconds). The data layer reads ahead of the forward pass, so the end is taken from ``moments``, which is
     wrapped here with a clock and nothing else.
     """
     import ckptfix
-    from ckptfix.graph.forward import ForwardModel
+    from ckptfix.graph.model import GraphModel
 
     marks = {}
 
@@ -161,22 +161,22 @@ def timed_recalibrate(prefix: str, batches, output: Path, batch_size: int, **opt
         marks["first"] = time.perf_counter()
         yield from batches
 
-    original = ForwardModel.run
+    original = GraphModel.moments
 
-    def run(self, batch):
-        result = original(self, batch)
+    def moments(self, batch, output=None):
+        result = original(self, batch, output)
         marks["last"] = time.perf_counter()
         return result
 
     options.setdefault("agreement_samples", 0)
-    ForwardModel.run = run
+    GraphModel.moments = moments
     try:
         start = time.perf_counter()
         report = ckptfix.recalibrate(prefix, stream(), output=output, shuffle=False, overwrite=True,
                                      batch_size=batch_size, **options)
         end = time.perf_counter()
     finally:
-        ForwardModel.run = original
+        GraphModel.moments = original
     return {
         "whole": end - start,
         "stream": marks["last"] - marks["first"],

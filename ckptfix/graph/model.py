@@ -20,8 +20,8 @@ fetched, for all layers in one ``session.run`` per batch. Each BN site that runs
   ``M2 / count`` as its mean/variance inputs: an inference-mode FusedBatchNorm given those normalises exactly
   like training mode (which also normalises with the biased variance). Its own outputs 1/2 are not read
   (on CPU they are float32-accumulated and inexact). A node that slim's own fused path feeds empty constants
-  gets reads of the moving variables (added before import) as its moving statistics. The training-branch node of a TF1 ``tf.cond``
-  on the flag never runs (flag fed False) and is left alone;
+  gets reads of the moving variables (added before import) as its moving statistics. The training-branch
+  node of a TF1 ``tf.cond`` on the flag never runs (flag fed False) and is left alone;
 * non-fused BN arithmetic reads the batch moments reshaped like the mean/variance it used; its moving
   statistics are what it read before (the graph's own inference path) or, with training mode baked in (no
   flag), reads of the moving variables;
@@ -232,12 +232,14 @@ def _rewrite_graph_def(meta_graph, layers: list[BatchNormLayer], flag: str | Non
                 fused.append((layer, node))
             elif node.is_training:
                 if not on_flag(node.function, "then_branch"):  # else: a training branch that never runs
-                    unavailable = unavailable or f"BN layer {layer.name} runs in training mode inside function {node.function}"
+                    reason = f"BN layer {layer.name} runs in training mode inside function {node.function}"
+                    unavailable = unavailable or reason
             elif on_flag(node.function, "else_branch"):
                 in_else_branches.setdefault(node.function, set()).add(node.node)
             else:
                 _set_training(definition)
-                unavailable = unavailable or f"BN layer {layer.name} normalises inside function {node.function}, which ckptfix cannot switch between modes"
+                reason = f"BN layer {layer.name} normalises inside function {node.function}, which has no mode switch"
+                unavailable = unavailable or reason
     functions = {f.signature.name: f for f in graph_def.library.function}
     mode_ifs: dict[str, list[str]] = {}
     for name, nodes in in_else_branches.items():
