@@ -7,27 +7,28 @@ The graph is rewritten on a copy of the GraphDef (the caller's MetaGraphDef is n
   importing and placing a training script's graph costs only its forward part, and recorded shapes of
   gradient nodes (which TF 1.x ``.meta`` files can get wrong) are never imported;
 * devices are cleared, so TensorFlow places the graph on whatever the machine has (a GPU when there is one);
-* a scalar bool ``ckptfix/use_batch_statistics`` (``placeholder_with_default(True)``) switches the selected
+* a scalar bool ``ckptfix/use_batch_statistics`` (``placeholder_with_default(True)``, the *mode*) switches the selected
   layers between the two modes; the training flag, when there is one, is always fed False, so every other
   op (dropout, unselected BN layers) runs as saved in inference mode.
 
-For every BN input ``x`` of a selected layer the graph computes, in float32 and reducing over every axis but
-the channel axis, ``count``, ``mean`` and ``M2 = sum((x - mean)**2)``; only these per-channel vectors are
-fetched, for all layers in one ``session.run`` per batch. Each BN site that runs with the flag fed False reads
-``select(use_batch_statistics, batch statistic, moving statistic)``:
+Per batch, for every BN input ``x`` of a selected layer, three per-channel values are fetched -- ``count``,
+``mean`` and ``M2 = sum((x - mean)**2)`` over all axes but the channel axis -- for all layers in one
+``session.run``; only these vectors leave the device. Each BN site that runs with the flag fed False gets both
+modes:
 
-* a top-level fused node is set to ``is_training=False`` and fed the batch mean and the *biased* batch variance
-  ``M2 / count`` as its mean/variance inputs: an inference-mode FusedBatchNorm given those normalises exactly
-  like training mode (which also normalises with the biased variance). Its own outputs 1/2 are not read
-  (on CPU they are float32-accumulated and inexact). A node that slim's own fused path feeds empty constants
-  gets reads of the moving variables (added before import) as its moving statistics. The training-branch
-  node of a TF1 ``tf.cond`` on the flag never runs (flag fed False) and is left alone;
-* non-fused BN arithmetic reads the batch moments reshaped like the mean/variance it used; its moving
-  statistics are what it read before (the graph's own inference path) or, with training mode baked in (no
-  flag), reads of the moving variables;
+* a top-level fused node is *twinned* (:func:`_twin`): ``Switch(x, mode)`` feeds the node itself in training
+  mode (``exponential_avg_factor=1``) or an inference-mode copy reading the moving variables, and a ``Merge``
+  hands the one that ran to the node's consumers. In batch mode the training node's outputs 1 and 2 are the
+  batch mean and the Bessel-corrected variance over ``n = N*H*W`` values per channel, so no reduction is
+  added (reducing again measured 1.28x the forward pass, docs/performance.md): ``count`` is the size of ``x``
+  and ``M2 = variance * (n - 1)`` is formed on the host in float64. The training-branch node of a TF1
+  ``tf.cond`` on the flag never runs (flag fed False) and is left alone;
+* non-fused BN arithmetic reads ``select(mode, batch moment, moving statistic)``, the batch moments reduced
+  here (``reduce_mean``, ``reduce_sum`` of squared deviations, float32); its moving statistics are what it read
+  before (the graph's own inference path) or, with training mode baked in (no flag), reads of the variables;
 * a fused node in the ``else_branch`` of ``If`` ops whose condition is the training flag: each such ``If`` gets
-  a new ``then_branch``, a copy of the else branch with the selected BN nodes in training mode
-  (``exponential_avg_factor=1``), and the mode switch as its condition.
+  a new ``then_branch``, a copy of the else branch with the selected BN nodes in training mode, and the mode
+  switch as its condition; the ``If`` returns the copy's batch mean and variance, read as above.
 
 Where the two modes cannot coexist (a selected BN node inside another control-flow function, e.g. training
 mode baked into a branch function), batch mode still works (the node is switched to training mode) and
