@@ -119,10 +119,31 @@ def _prepare(variant: str, root: Path, workdir: Path) -> Case:
     return Case(variant, model, shipped, stale, meta, prefix, data_file, data, workdir)
 
 
+_SELECTED: list[str] = []  # variants the selected corpus tests use, in test order
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "corpus_variant(name): the corpus model variant a test reads")
+
+
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection
+def pytest_collection_modifyitems(config, items):
+    here = Path(__file__).parent
+    for item in items:
+        if item.path.parent != here:
+            continue
+        callspec = getattr(item, "callspec", None)
+        marker = item.get_closest_marker("corpus_variant")
+        variant = callspec.params.get("variant") if callspec else marker.args[0] if marker else None
+        if variant and variant not in _SELECTED:
+            _SELECTED.append(variant)
+
+
 class Corpus:
     """Session cache: prepared cases, reference statistics, and every case's CLI runs.
 
-    The first request prepares all cases and starts all their CLI runs, two at a time in the background
+    The first request prepares the cases the selected tests use and starts all their CLI runs, two at a time
+    in the background
     (the subprocesses mostly wait on imports and single-threaded ops), so tests mostly read finished runs.
     """
 
@@ -137,7 +158,7 @@ class Corpus:
         if self._cases:
             return
         roots: dict[str, Path | str] = {}
-        for variant in published.VARIANTS:
+        for variant in _SELECTED or published.VARIANTS:
             wheel = published.MODELS[variant.split("-renamed")[0]].wheel
             if wheel.name not in roots:
                 try:
@@ -153,7 +174,7 @@ class Corpus:
 
     def case(self, variant: str) -> Case:
         self._start()
-        case = self._cases[variant]
+        case = self._cases.get(variant, f"corpus variant {variant} not prepared (no selected test uses it)")
         if isinstance(case, str):
             pytest.skip(case)
         return case

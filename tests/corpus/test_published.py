@@ -8,7 +8,6 @@ issue 14 item, so a fix turns the marker into an error to remove.
 
 from __future__ import annotations
 
-import glob
 from pathlib import Path
 
 import numpy as np
@@ -70,8 +69,9 @@ def test_diagnose_finds_the_stale_copy_stale(corpus, variant):
 
 
 def _output_prefix(output: Path) -> str:
-    (index,) = glob.glob(str(output / "*.index"))
-    return index[: -len(".index")]
+    """The one checkpoint prefix in ``output`` (its basename may be empty: ``.index``, which glob skips)."""
+    (index,) = [path for path in output.iterdir() if path.name.endswith(".index")]
+    return str(index)[: -len(".index")]
 
 
 def _repaired_statistics(case, output: Path) -> dict[str, published.LayerStats]:
@@ -137,6 +137,7 @@ def test_recalibrated_statistics_match_float64_reference(corpus, variant):
 # ------------------------------------------------------------------ musicnn: the TF 1.x checkpoint as shipped
 @pytest.mark.xfail(strict=True, reason="issue 14 item 1: a file of the prefix 'MTT_musicnn/' gives "
                    "ValueError: Invalid name '' (Path.with_name in checkpoints/locate.py)")
+@pytest.mark.corpus_variant("musicnn")
 def test_a_file_of_an_empty_basename_checkpoint_is_accepted(corpus):
     case = corpus.case("musicnn")
     run = corpus.run("musicnn", "inspect-index-file")
@@ -147,6 +148,7 @@ def test_a_file_of_an_empty_basename_checkpoint_is_accepted(corpus):
 @pytest.mark.xfail(strict=True, reason="issue 14 item 3: --output-tensor makes the agreement import the whole "
                    ".meta: gradients/...FusedBatchNormGrad has an _output_shapes attribute inconsistent with "
                    "the GraphDef")
+@pytest.mark.corpus_variant("musicnn-renamed")
 def test_agreement_on_a_tf1_meta_with_an_output_tensor(corpus):
     run = corpus.run("musicnn-renamed", "diagnose-output-tensor")
     _ok(run, 3)
@@ -155,6 +157,7 @@ def test_agreement_on_a_tf1_meta_with_an_output_tensor(corpus):
 
 @pytest.mark.xfail(strict=True, reason="issue 14 item 4: output detection lists model/Sigmoid:0 beside the loss "
                    "metrics/sigmoid_cross_entropy_loss/xentropy:0 and gives up")
+@pytest.mark.corpus_variant("musicnn-renamed")
 def test_output_detection_ignores_the_loss(corpus):
     run = corpus.run("musicnn-renamed", "diagnose")
     _ok(run, 3)
@@ -163,7 +166,8 @@ def test_output_detection_ignores_the_loss(corpus):
 
 
 @pytest.mark.xfail(strict=True, reason="issue 14 item 8: dead channels (stored variance ~1e-27) make the shipped "
-                   "model's mean shift ~4e5 sigma (shift divided by max(sqrt(var), 1e-6))")
+                   "model's mean shift up to 6.5e6 sigma (shift divided by max(sqrt(var), 1e-6))")
+@pytest.mark.corpus_variant("musicnn-renamed")
 def test_diagnose_measures_shifts_on_the_layer_scale(corpus):
     """On the shipped (healthy) model each layer's largest shift is at most |Δmean| / sqrt(var + eps)."""
     run = corpus.run("musicnn-renamed", "diagnose-shipped")
