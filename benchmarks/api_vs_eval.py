@@ -43,14 +43,16 @@ PHASES = [
     ("read the .meta", r"^ckptfix/.*:load_meta_graph$"),
     ("graph analysis", r"^ckptfix/graph/index\.py:__init__$|^ckptfix/.*:(find_batchnorm_layers|detect_feeds|"
                        r"check_forward_ops|checkpoint_keys|partition_layout)$"),
-    ("stored statistics", r"^ckptfix/.*:_?stored_statistics$"),
+    ("open the source (graph analysis, stored statistics)", r"^ckptfix/sources/graph\.py:__init__$"),
+    ("stored statistics (before the redesign)", r"^ckptfix/.*:_?stored_statistics$"),
     ("graph rewrite", r"^ckptfix/.*:_?(rewrite_graph_def|inference_graph_def|without_backprop)$"),
     ("import", r"^tensorflow/python/framework/importer\.py:_import_graph_def_internal$"),
-    ("restore", r"^ckptfix/.*:restore$|^tensorflow/.*/saver\.py:restore$"),
+    ("restore", r"^ckptfix/graph/session\.py:restore$|^tensorflow/.*/saver\.py:restore$"),
     ("streaming", r"^ckptfix/.*:_?stream$"),
     ("agreement", r"^ckptfix/.*:_?agreement$|^ckptfix/.*(forward|inference)\.py:(outputs|load_statistics)$"
+                  r"|^ckptfix/.*:(inference_outputs|assign_statistics)$"
                   r"|^ckptfix/.*inference\.py:__init__$"),
-    ("new statistics", r"^ckptfix/.*:layer_report$"),
+    ("new statistics", r"^ckptfix/.*:_?layer_report$"),
     ("write", r"^ckptfix/.*:write_recalibrated_checkpoint$"),
     ("read-back", r"^ckptfix/.*:_?verify$"),
 ]

@@ -145,9 +145,6 @@ def test_a_file_of_an_empty_basename_checkpoint_is_accepted(corpus):
     assert len(run.report["layers"]) == case.model.bn_layers
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 item 3: --output-tensor makes the agreement import the whole "
-                   ".meta: gradients/...FusedBatchNormGrad has an _output_shapes attribute inconsistent with "
-                   "the GraphDef")
 @pytest.mark.corpus_variant("musicnn-renamed")
 def test_agreement_on_a_tf1_meta_with_an_output_tensor(corpus):
     run = corpus.run("musicnn-renamed", "diagnose-output-tensor")
@@ -165,8 +162,6 @@ def test_output_detection_ignores_the_loss(corpus):
     assert "no single output tensor" not in run.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 item 8: dead channels (stored variance ~1e-27) make the shipped "
-                   "model's mean shift up to 6.5e6 sigma (shift divided by max(sqrt(var), 1e-6))")
 @pytest.mark.corpus_variant("musicnn-renamed")
 def test_diagnose_measures_shifts_on_the_layer_scale(corpus):
     """On the shipped (healthy) model each layer's largest shift is at most |Δmean| / sqrt(var + eps)."""
