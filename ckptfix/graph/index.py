@@ -120,18 +120,3 @@ class GraphIndex:
             seen.add(name)
             stack.extend(t.node for t in self.inputs(self.nodes[name]))
         return seen
-
-    def descendants(self, starts: set[str]) -> set[str]:
-        """Names of top-level nodes that depend on the given nodes through data inputs (starts included)."""
-        by_node: dict[str, list[str]] = defaultdict(list)
-        for tensor_name, users in self.consumers.items():
-            by_node[tensor_name.rsplit(":", 1)[0]].extend(user for user, _ in users)
-        seen: set[str] = set()
-        stack = list(starts)
-        while stack:
-            name = stack.pop()
-            if name in seen:
-                continue
-            seen.add(name)
-            stack.extend(by_node.get(name, []))
-        return seen

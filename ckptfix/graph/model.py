@@ -166,7 +166,7 @@ def _add_mode_switch(graph_def) -> None:
     switch.attr["shape"].shape.CopyFrom(tensor_shape_pb2.TensorShapeProto())
 
 
-def _twin(graph_def, nodes: dict, definition, layer: BatchNormLayer, reads_statistics: bool) -> None:
+def _twin(graph_def, nodes: dict, consumers: dict, definition, layer: BatchNormLayer, reads_statistics: bool) -> None:
     """Give a top-level fused node both modes, of which only one runs per ``session.run``::
 
         x -> Switch(MODE_SWITCH) -true->  the node itself, in training mode (exponential_avg_factor 1):
@@ -175,7 +175,8 @@ def _twin(graph_def, nodes: dict, definition, layer: BatchNormLayer, reads_stati
         Merge(both y) -> every consumer of the node's y
 
     so batch mode costs what a training-mode forward pass costs (no reduction added), and inference mode reads
-    the variables :meth:`GraphModel.assign_statistics` replaces."""
+    the variables :meth:`GraphModel.assign_statistics` replaces. ``consumers``: node name -> the top-level
+    NodeDefs that take one of its outputs (as built before any twin was added)."""
     name = definition.name
     inference = graph_def.node.add()
     inference.CopyFrom(definition)
@@ -187,15 +188,14 @@ def _twin(graph_def, nodes: dict, definition, layer: BatchNormLayer, reads_stati
     switch = graph_def.node.add()
     switch.name, switch.op = f"{name}/ckptfix_switch", "Switch"
     switch.input.extend([definition.input[0], MODE_SWITCH])
+    consumers.setdefault(definition.input[0].split(":")[0], []).append(switch)  # a BN fed by a twinned BN
     switch.attr["T"].type = definition.attr["T"].type
     merge = graph_def.node.add()
     merge.name, merge.op = f"{name}/ckptfix_merge", "Merge"
     merge.input.extend([f"{inference.name}:0", f"{name}:0"])
     merge.attr["T"].type = definition.attr["T"].type
     merge.attr["N"].i = 2
-    for consumer in graph_def.node:
-        if consumer.name in (inference.name, merge.name):
-            continue
+    for consumer in consumers.get(name, []):
         for k, text in enumerate(consumer.input):
             if text in (name, f"{name}:0"):
                 consumer.input[k] = f"{merge.name}:0"
@@ -222,6 +222,11 @@ def _rewrite_graph_def(meta_graph, layers: list[BatchNormLayer], flag: str | Non
         sites = callers.get(function, [])
         return bool(sites) and all(b == branch and _reads_flag(scopes[None], n.input[0], flag) for b, n in sites)
 
+    consumers: dict[str, list] = {}
+    for node in graph_def.node:
+        for text in node.input:
+            if not text.startswith("^"):
+                consumers.setdefault(text.split(":")[0], []).append(node)
     fused, in_else_branches, unavailable = [], {}, None
     for layer in layers:
         for node in layer.fused_nodes:
@@ -229,7 +234,7 @@ def _rewrite_graph_def(meta_graph, layers: list[BatchNormLayer], flag: str | Non
             if node.function is None:
                 if node.is_training and flag is not None:
                     continue  # the training branch of a tf.cond on the flag: never runs with the flag fed False
-                _twin(graph_def, scopes[None], definition, layer, node.reads_statistics)
+                _twin(graph_def, scopes[None], consumers, definition, layer, node.reads_statistics)
                 fused.append((layer, node))
             elif node.is_training:
                 if not on_flag(node.function, "then_branch"):  # else: a training branch that never runs

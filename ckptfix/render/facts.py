@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ckptfix.diagnostics.cause import FOUND_CODES
 
 
 @dataclass(frozen=True)
@@ -60,8 +59,3 @@ def agreement_line(report: dict) -> str | None:
 def cause(report: dict) -> dict | None:
     """The report's ``cause`` (a :class:`~ckptfix.diagnostics.cause.Cause` dict) when present."""
     return report.get("cause") or None
-
-
-def cause_found(report: dict) -> bool:
-    found = cause(report)
-    return found is not None and found.get("code") in FOUND_CODES
