@@ -146,6 +146,7 @@ class CalibrationBatches:
             self.last = batch
             seen += len(batch)
             yield batch
+        self.skips.finish()
         if seen == 0:
             if self.skips.skipped:
                 raise DataError(
