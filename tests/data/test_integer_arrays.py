@@ -68,9 +68,14 @@ def test_cli_uint8_npy_gets_the_preset_and_says_so(uint8_npy, tmp_path):
 
 
 def test_cli_raw_uses_the_values_and_warns_of_the_first_layer(uint8_npy, tmp_path):
-    model, folder = uint8_npy
-    report, stderr = _cli("diagnose", model.prefix, folder / "pixels.npy", "--preprocess", "raw", exit_code=3)
+    model, folder = uint8_npy  # the seed's statistics are the initial 0/1: check a repaired copy instead
+    repaired, _ = _cli("recalibrate", model.prefix, folder / "floats.npy", "-o", tmp_path / "fixed")
+    checkpoint = repaired["output_checkpoint"]
+    fresh, stderr = _cli("diagnose", checkpoint, folder / "pixels.npy")  # preprocessed: the training inputs
+    assert "preprocessed unlike the training data" not in stderr and fresh["verdict"] == "fresh"
+    report, stderr = _cli("diagnose", checkpoint, folder / "pixels.npy", "--preprocess", "raw", exit_code=3)
     assert "integer arrays taken as 0..255 images, preprocessed with --preprocess raw: x, 0..255 floats" in stderr
+    assert "raw uses them as given" not in stderr
     first = report["layers"][0]["name"]
     assert f"notice: the first BN layer {first} sees a mean" in stderr, stderr
     assert "preprocessed unlike the training data; check --preprocess" in stderr
