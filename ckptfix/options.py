@@ -96,7 +96,7 @@ class Options:
             one name, ``"a,b"``, or a list of either. Without it, every input candidate is fed when the data
             keys an array by each one's name (``.npz`` members, dict keys) [--input].
         preprocess: a :class:`Preset`, ``"package.module:function"`` or a callable (runs your code) applied
-            to decoded images; arrays are used as given [--preprocess].
+            to decoded images and to integer arrays of 0..255 images; float arrays are used as given [--preprocess].
         image_size, central_crop: ``"HxW"`` / ``(H, W)`` images are resized to when the input has no static
             size; the central fraction of each side kept before resizing [--image-size, --central-crop].
         data_format: a :class:`DataFormat`, for a folder mixing kinds [--format].

@@ -142,6 +142,32 @@ def _agreement(session: Session, stream: _Stream, reports: list[LayerReport]):
     return output_agreement.compare(session.output_name, np.concatenate(stream.kept_outputs), before, after)
 
 
+#: RMS over channels of the first BN layer's mean shift, in stored standard deviations, above which the
+#: calibration data looks preprocessed differently from the training data
+MISMATCH_SIGMAS = 10.0
+
+
+def preprocessing_mismatch(first: Layer, reports: Sequence[LayerReport]) -> str | None:
+    """A warning when the model's first BN layer (network order) sees inputs unlike those of training.
+
+    Its shift is ``z_c = (new_mean_c - stored_mean_c) / sqrt(stored_var_c + epsilon)`` per channel; the warning
+    is given when ``sqrt(mean_c z_c^2) > MISMATCH_SIGMAS``. Staleness moves a first layer little (it sees the
+    data directly), a wrong input scale or offset moves it by many standard deviations. Not checked when the
+    layer was not measured or holds the initial 0/1 statistics (nothing to compare with).
+    """
+    report = next((r for r in reports if r.name == first.name), None)
+    if report is None or (np.all(report.old_mean == 0) and np.all(report.old_variance == 1)):
+        return None
+    scale = np.sqrt(np.asarray(report.old_variance, np.float64) + report.epsilon)
+    shift = (np.asarray(report.new_mean, np.float64) - report.old_mean) / scale
+    rms = float(np.sqrt(np.mean(shift**2)))
+    if not rms > MISMATCH_SIGMAS:
+        return None
+    return (f"the first BN layer {report.name} sees a mean {rms:.0f} stored standard deviations from the stored one "
+            "(RMS over channels): the calibration data is likely preprocessed unlike the training data; "
+            "check --preprocess (or the arrays' scale)")
+
+
 @dataclass
 class Measurement:
     """A measuring pass's results: the report fields, and the new values by checkpoint key."""
@@ -169,7 +195,9 @@ def measure(source: Source, data, options: Options) -> Measurement:
         )
         if batches.images:
             preset = getattr(options.preprocess, "__qualname__", options.preprocess)
-            notice(f"images preprocessed with --preprocess {preset}: {batches.preprocessing}")
+            what = "integer arrays taken as 0..255 images," if batches.integer_images else "images"
+            given = " (--preprocess raw uses them as given)" if batches.integer_images and preset != "raw" else ""
+            notice(f"{what} preprocessed with --preprocess {preset}: {batches.preprocessing}{given}")
         keep = options.agreement_samples if session.output_name else 0
         stream = _stream(session, batches, layers, keep, options.progress)
         if batches.merged_last:
@@ -178,6 +206,9 @@ def measure(source: Source, data, options: Options) -> Measurement:
         if stream.num_samples == 0:
             raise CkptfixError("the calibration data yielded no samples: pass a folder or array with at least one sample.")
         reports = [_layer_report(layer, stream.pooled[layer.name], options.estimator) for layer in layers]
+        mismatch = preprocessing_mismatch(source.layers[0], reports)
+        if mismatch:
+            notice(mismatch)
         agreement = None
         if stream.kept:
             if session.inference_unavailable:

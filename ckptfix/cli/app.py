@@ -228,6 +228,7 @@ def recalibrate(ctx, checkpoint, data, report, plot, summary, json_output, show_
 
     def action() -> None:
         from ckptfix.api import recalibrate as run
+        from ckptfix.data.batching import name_few
 
         _check_forms(plot)
         result = run(checkpoint, data, _options(ctx))
@@ -239,7 +240,7 @@ def recalibrate(ctx, checkpoint, data, report, plot, summary, json_output, show_
         typer.echo(f"\n{len(result.layers)} BN layers recalibrated from {result.num_samples} samples "
                    f"in {result.num_batches} batches ({result.estimator} estimator).")
         if result.samples_skipped:
-            typer.echo(f"{result.samples_skipped} unreadable file(s) or record(s) skipped: {', '.join(result.skipped_files)}")
+            typer.echo(f"{result.samples_skipped} unreadable file(s) or record(s) skipped: {name_few(result.skipped_files)}")
         if result.agreement is not None:
             typer.echo(result.agreement.summary())
         if result.untouched_layers:

@@ -1,6 +1,8 @@
 """Numpy calibration data: ``.npy`` files, uncompressed ``.npz`` archives and in-memory arrays.
 
-Arrays are taken as already preprocessed and cast to the input's dtype. A file holds either ``(N, ...)``
+Float arrays are taken as already preprocessed and cast to the input's dtype. Integer arrays feeding a float
+input shaped ``(N, H, W, 1 or 3)`` are 8-bit images in practice: :func:`~ckptfix.data.sources.open_calibration_data`
+runs them through ``--preprocess`` like decoded image files (``raw`` uses the values as given). A file holds either ``(N, ...)``
 samples or one sample (its shape is the input's sample shape). Files are never loaded whole: only their
 headers are read when the data is opened, and each batch reads its rows from the file (or the ``.npz``
 member, stored uncompressed at a fixed offset in the zip) with ``os.preadv`` straight into the batch array,
@@ -150,6 +152,10 @@ class ArraySet:
     def __len__(self) -> int:
         return int(self.starts[-1])
 
+    def integer(self, name: str) -> bool:
+        """Are all the arrays for input ``name`` of an integer dtype?"""
+        return all(np.issubdtype(stored.dtype, np.integer) for stored in self.columns[name])
+
     def take(self, indices: np.ndarray, dtypes: dict[str, np.dtype]) -> Chunk:
         """Rows ``indices`` (any order) of every input, cast to ``dtypes``, named ``file[row]``."""
         which = np.searchsorted(self.starts, indices, side="right") - 1
@@ -216,6 +222,10 @@ class InMemory:
 
     def __len__(self) -> int:
         return len(next(iter(self.values.values())))
+
+    def integer(self, name: str) -> bool:
+        """Is the array for input ``name`` of an integer dtype?"""
+        return bool(np.issubdtype(self.values[name].dtype, np.integer))
 
     def take(self, indices: np.ndarray, dtypes: dict[str, np.dtype]) -> Chunk:
         values = {name: np.asarray(v[indices], dtypes[name]) for name, v in self.values.items()}

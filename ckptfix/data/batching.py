@@ -49,9 +49,23 @@ class Batch:
         return f"batch {self.index} ({len(self.names)} samples: {where})"
 
 
+#: how many skipped files a notice or the CLI names; the report keeps them all
+SHOWN_SKIPS = 3
+
+
+def name_few(names: Sequence[str], shown: int = SHOWN_SKIPS) -> str:
+    """``a, b, c and 7 more``: the first ``shown`` names and the count of the rest."""
+    listed = ", ".join(names[:shown])
+    return listed + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
 @dataclass
 class SkipLog:
-    """Files or records that could not be used. With ``strict`` the first one is an error."""
+    """Files or records that could not be used. With ``strict`` the first one is an error.
+
+    The first :data:`SHOWN_SKIPS` get one warning each (name and reason); :meth:`finish` then warns once
+    with the count of the rest, so a folder of bad files does not flood the terminal. ``skipped`` has all.
+    """
 
     strict: bool = False
     warn: Callable[[str], None] = lambda message: None
@@ -63,7 +77,15 @@ class SkipLog:
             raise DataError(f"cannot use {name}: {reason} (--strict): remove or repair it, or drop --strict to skip it.")
         self.skipped.append(name)
         self.count += count
-        self.warn(f"skipped {name}: {reason}")
+        if len(self.skipped) <= SHOWN_SKIPS:
+            self.warn(f"skipped {name}: {reason}")
+
+    def finish(self) -> None:
+        """Warn once about the skips not named one by one."""
+        rest = len(self.skipped) - SHOWN_SKIPS
+        if rest > 0:
+            self.warn(f"skipped {rest} more unreadable file(s) or record(s), {len(self.skipped)} in all "
+                      "(the JSON report's skipped_files lists every one)")
 
 
 def samples_in(batch) -> int:

@@ -40,8 +40,15 @@ def decode_and_preprocess(encoded, prep: ImagePreprocessing, spec: InputSpec):
     """Encoded image bytes -> ``(sample, shape_ok, padded_shape)``; decoding errors are raised by TF."""
     import tensorflow as tf
 
-    expected = sample_shape(prep, spec)
     image = tf.io.decode_image(encoded, channels=0, expand_animations=False)  # gif: first frame
+    return preprocess_image(image, prep, spec)
+
+
+def preprocess_image(image, prep: ImagePreprocessing, spec: InputSpec):
+    """A decoded ``uint8 [h, w, c]`` image -> ``(sample, shape_ok, padded_shape)`` (channels converted first)."""
+    import tensorflow as tf
+
+    expected = sample_shape(prep, spec)
     image = convert_channels(image, prep.channels)
     sample = tf.convert_to_tensor(prep.build()(image))
     shape = tf.shape(sample, out_type=tf.int64)
@@ -121,3 +128,38 @@ def image_chunks(
         yield Chunk({spec.name: samples}, [paths[p] for p in positions])
     for missing in range(expected, len(paths)):
         skips.skip(paths[missing], decode_error(paths[missing]))
+
+
+def array_image_chunks(
+    chunks: Iterator[Chunk], preps: dict[str, ImagePreprocessing], specs: Sequence[InputSpec]
+) -> Iterator[Chunk]:
+    """``chunks`` whose inputs named in ``preps`` hold integer arrays of 0..255 images, preprocessed exactly as
+    decoded image files are; a value outside 0..255 is an error naming the sample."""
+    import tensorflow as tf
+
+    def batch_function(prep: ImagePreprocessing, spec: InputSpec):
+        signature = (tf.as_dtype(spec.dtype), tf.bool, tf.int64)
+        return tf.function(
+            lambda images: tf.map_fn(lambda image: preprocess_image(image, prep, spec), images,
+                                     fn_output_signature=signature),
+            reduce_retracing=True,
+        )
+
+    by_name = {spec.name: spec for spec in specs}
+    functions = {name: batch_function(prep, by_name[name]) for name, prep in preps.items()}
+    for chunk in chunks:
+        values = dict(chunk.values)
+        for name, run in functions.items():
+            pixels = values[name]
+            outside = ((pixels < 0) | (pixels > 255)).reshape(len(pixels), -1).any(axis=1)
+            if outside.any():
+                raise DataError(
+                    f"{chunk.names[int(np.argmax(outside))]} holds integers outside 0..255, so it is not an 8-bit "
+                    "image: pass floats, already preprocessed, instead."
+                )
+            samples, ok, padded = (tensor.numpy() for tensor in run(tf.constant(pixels.astype(np.uint8))))
+            if not ok.all():
+                bad = int(np.argmin(ok))
+                raise wrong_shape(padded[bad], chunk.names[bad], preps[name], by_name[name])
+            values[name] = samples
+        yield Chunk(values, chunk.names)

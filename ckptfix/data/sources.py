@@ -22,7 +22,7 @@ import numpy as np
 
 from ckptfix.data.arrays import indexed_chunks, open_array_files, read_npz
 from ckptfix.data.batching import Batch, Chunk, Rebatcher, SkipLog
-from ckptfix.data.images import image_chunks
+from ckptfix.data.images import array_image_chunks, image_chunks
 from ckptfix.data.preprocessing import resolve_preprocessing
 from ckptfix.data.python import dataset_chunks, in_memory, iterable_chunks
 from ckptfix.data.spec import InputSpec
@@ -92,6 +92,8 @@ class CalibrationBatches:
     ``num_samples`` is the expected count (for a progress bar; None when unknown). After iterating,
     ``skipped_files`` / ``samples_skipped`` tell what was skipped, ``merged_last`` whether a too-small last
     batch was merged ``(its size, the merged size)``, and :meth:`describe_last` names the last batch.
+    ``preprocessing`` describes what image files, or integer arrays taken as images (``integer_images``), went
+    through; None for data used as given.
     """
 
     def __init__(
@@ -106,6 +108,7 @@ class CalibrationBatches:
         source: str,
         skips: SkipLog,
         preprocessing: str | None = None,
+        integer_images: bool = False,
     ) -> None:
         self._chunks = chunks
         self._rebatcher = Rebatcher(batch_size, num_samples, fixed)
@@ -114,6 +117,7 @@ class CalibrationBatches:
         self.source = source
         self.skips = skips
         self.preprocessing = preprocessing
+        self.integer_images = integer_images
         self.last: Batch | None = None
 
     @property
@@ -146,6 +150,7 @@ class CalibrationBatches:
             self.last = batch
             seen += len(batch)
             yield batch
+        self.skips.finish()
         if seen == 0:
             if self.skips.skipped:
                 raise DataError(
@@ -207,6 +212,18 @@ def _order(count: int, shuffle: bool, seed: int, num_samples: int | None) -> np.
     return order[:num_samples] if num_samples is not None else order
 
 
+def _integer_images(arrays, inputs: Sequence[InputSpec], preprocess, image_size, central_crop) -> dict:
+    """Input name -> :class:`ImagePreprocessing` for the inputs fed integer arrays that are images: a float input
+    shaped ``(N, H, W, 1 or 3)``. Integer inputs (token ids, a model taking uint8) get their arrays as given."""
+    preps = {}
+    for spec in inputs:
+        shape = spec.shape
+        image_like = shape is not None and len(shape) == 4 and shape[-1] in (1, 3)
+        if image_like and np.issubdtype(spec.dtype, np.floating) and arrays.integer(spec.name):
+            preps[spec.name] = resolve_preprocessing(preprocess, shape, image_size, central_crop)
+    return preps
+
+
 def _parse_image_size(image_size) -> tuple[int, int] | None:
     if image_size is None or isinstance(image_size, tuple):
         return image_size
@@ -260,11 +277,20 @@ def open_calibration_data(
     common = dict(inputs=inputs, batch_size=batch_size, num_samples=num_samples, skips=skips)
     bounded = (lambda n: n if num_samples is None else min(n, num_samples))
 
-    if isinstance(data, (np.ndarray, dict)):  # a dict: one array per input
-        arrays = in_memory(data, inputs)
+    def array_batches(arrays, source: str) -> CalibrationBatches:
+        """Numpy rows in batches; integer arrays that are images preprocessed (:func:`_integer_images`)."""
+        preps = _integer_images(arrays, inputs, preprocess, _parse_image_size(image_size), central_crop)
         order = _order(len(arrays), shuffle, seed, num_samples)
-        chunks = lambda: indexed_chunks(arrays, order, batch_size, dtypes)  # noqa: E731
-        return CalibrationBatches(chunks, expected=len(order), fixed=True, source="the given array", **common)
+        read = {**dtypes, **{name: np.dtype(np.int64) for name in preps}}
+        chunks = lambda: indexed_chunks(arrays, order, batch_size, read)  # noqa: E731
+        if preps:
+            chunks = lambda: array_image_chunks(indexed_chunks(arrays, order, batch_size, read), preps, inputs)  # noqa: E731
+        description = next(iter(preps.values())).description if preps else None
+        return CalibrationBatches(chunks, expected=len(order), fixed=True, source=source, preprocessing=description,
+                                  integer_images=bool(preps), **common)
+
+    if isinstance(data, (np.ndarray, dict)):  # a dict: one array per input
+        return array_batches(in_memory(data, inputs), "the given array")
     if not isinstance(data, (str, Path)):
         try:
             import tensorflow as tf
@@ -284,10 +310,7 @@ def open_calibration_data(
     where = str(path)
     if kind == "numpy":
         arrays = open_array_files(files, inputs)
-        order = _order(len(arrays), shuffle, seed, num_samples)
-        chunks = lambda: indexed_chunks(arrays, order, batch_size, dtypes)  # noqa: E731
-        source = f"{len(arrays)} samples in {len(files)} numpy file(s) in {where}"
-        return CalibrationBatches(chunks, expected=len(order), fixed=True, source=source, **common)
+        return array_batches(arrays, f"{len(arrays)} samples in {len(files)} numpy file(s) in {where}")
     if len(inputs) > 1:
         raise DataError(f"a model with several inputs takes .npz files or Python batches, not {kind} ({where}).")
     spec = inputs[0]
