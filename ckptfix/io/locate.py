@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ckptfix.errors import CheckpointError, GraphError
+from ckptfix.io.bundle_index import shard_lengths
 
 _SUFFIX = re.compile(r"\.(index|meta|data-\d+-of-\d+)$")
 
@@ -162,6 +163,23 @@ def write_state_file(folder: Path, basename: str) -> None:
     )
 
 
+def check_shard_lengths(prefix: Prefix) -> None:
+    """Raise :class:`CheckpointError` naming the fix when a ``.data`` shard is missing or shorter than the
+    ``.index`` says (a truncated copy or download); nothing when the index cannot be parsed (TensorFlow's
+    reader reports that)."""
+    lengths = shard_lengths(prefix.file(".index"))
+    shards = {int(found.group(1)): path for path in _data_shards(prefix)
+              if (found := re.fullmatch(r"\.data-(\d+)-of-\d+", path.name[len(prefix.name):]))}
+    for shard, needed in sorted((lengths or {}).items()):
+        path = shards.get(shard)
+        if path is None:
+            raise CheckpointError(f"shard {shard} of checkpoint {prefix} is missing: restore the checkpoint from a "
+                                  "good copy (copy all its .data files).")
+        if path.stat().st_size < needed:
+            raise CheckpointError(f"{path} is truncated ({path.stat().st_size} of {needed} bytes): restore the "
+                                  "checkpoint from a good copy.")
+
+
 def prefix_named_by(path: str | os.PathLike) -> Prefix:
     """The checkpoint prefix ``path`` names: ``path`` itself, or the prefix of one of its files (``.index``,
     ``.meta``, ``.data-*``). ``dir/.index`` names the prefix ``dir/`` (basename empty)."""
@@ -194,6 +212,7 @@ def locate_checkpoint(checkpoint: str | Path, meta: str | Path | None = None, *,
         raise CheckpointError(f"{index} is missing: pass the prefix of a complete TensorFlow checkpoint.")
     if not _data_shards(prefix):
         raise CheckpointError(f"no .data shard beside {index}: the checkpoint is incomplete; copy all its files.")
+    check_shard_lengths(prefix)
     if not need_meta:
         return CheckpointFiles(prefix=prefix.absolute(), meta=None, notice=notice)
     meta_path = Path(meta).expanduser() if meta is not None else prefix.file(".meta")

@@ -167,15 +167,16 @@ def test_a_state_file_naming_an_existing_checkpoint_elsewhere_is_still_refused(s
 
 
 # ------------------------------------------------------------------------------- item 5: a truncated .data shard
-@pytest.fixture(scope="module")
-def truncated(slim_model, tmp_path_factory) -> Path:
-    """A copy of the seed model's checkpoint folder with its ``.data`` shard cut to 100 bytes."""
+@pytest.fixture(scope="module", params=[100, -8], ids=["cut-to-100-bytes", "last-8-bytes-missing"])
+def truncated(request, slim_model, tmp_path_factory) -> Path:
+    """A copy of the seed model's checkpoint folder with its ``.data`` shard cut to 100 bytes (the BN statistics
+    of conv1 still readable), or missing only its last 8 bytes (every BN statistic readable)."""
     seed = slim_model("seed")
     folder = tmp_path_factory.mktemp("truncated") / "train"
     shutil.copytree(seed.train_dir, folder)
     (shard,) = folder.glob("*.data-00000-of-00001")
     with open(shard, "r+b") as file:
-        file.truncate(100)
+        file.truncate(request.param if request.param > 0 else shard.stat().st_size + request.param)
     return folder
 
 
@@ -188,5 +189,14 @@ def test_a_truncated_shard_is_a_one_line_error_naming_the_fix(truncated, slim_mo
     assert run.returncode == 1, run.stderr
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:"), run.stderr
-    assert "restore the checkpoint from a good copy" in lines[0]
+    assert "is truncated" in lines[0] and lines[0].endswith("restore the checkpoint from a good copy.")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_shard_of_several_is_named(slim_model, tmp_path):
+    seed = slim_model("seed")
+    folder = _copy(Path(seed.train_dir), tmp_path / "train")
+    (shard,) = folder.glob("*.data-00000-of-00001")
+    shard.rename(shard.with_name(shard.name.replace("-00000-of-00001", "-00001-of-00002")))
+    with pytest.raises(CheckpointError, match="shard 0 of checkpoint .* is missing: restore the checkpoint"):
+        locate_checkpoint(folder)
