@@ -179,6 +179,8 @@ class Measurement:
 def measure(source: Source, data, options: Options) -> Measurement:
     """One pass over the calibration data: new statistics per chosen layer, and the output agreement."""
     notice = Notices(options.on_notice)
+    for message in source.notices:
+        notice(message)
     layers = select_layers(source.layers, options.include, options.exclude)
     named = DataKeys(data, options.data_format)
     with source.session(layers, named.keys, options, notice) as session:
@@ -265,6 +267,9 @@ def inspect(checkpoint, options: Options) -> InspectionReport:
     the pretrained checkpoint the fine-tuning started from).
     """
     with open_source(checkpoint, options) as source, contextlib.ExitStack() as stack:
+        notice = Notices(options.on_notice)
+        for message in source.notices:
+            notice(message)
         other = None if options.against is None else stack.enter_context(source.stored_values(options.against))
         inspected = []
         for layer in source.layers:
@@ -286,4 +291,4 @@ def inspect(checkpoint, options: Options) -> InspectionReport:
             ))
         against = None if options.against is None else str(options.against)
         return InspectionReport(source.label, source.graph_label, against, inspected, model_format=source.model_format,
-                                cause=source.cause())
+                                cause=source.cause(), notices=notice.messages)

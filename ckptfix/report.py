@@ -254,6 +254,7 @@ class InspectionReport:
     layers: list[InspectedLayer]
     model_format: str | None = None
     cause: Cause | None = None
+    notices: list[str] = field(default_factory=list)
 
     @property
     def flagged(self) -> list[str]:
@@ -269,6 +270,7 @@ class InspectionReport:
             "flagged": self.flagged,
             "layers": [layer.to_dict() for layer in self.layers],
             "cause": None if self.cause is None else self.cause.to_dict(),
+            "notices": list(self.notices),
         })
 
     def format_table(self, show_all: bool = False) -> str:

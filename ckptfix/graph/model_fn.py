@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from ckptfix.errors import CheckpointError, CkptfixError, GraphError
+from ckptfix.io.checkpoint_reader import open_reader
 from ckptfix.user_code import resolve_function
 
 INPUT_NAME = "input"
@@ -79,7 +80,7 @@ def _check_variables(variables, prefix: Path, label: str) -> None:
     import tensorflow as tf
 
     try:
-        shapes = tf.train.load_checkpoint(str(prefix)).get_variable_to_shape_map()
+        shapes = open_reader(prefix).get_variable_to_shape_map()
     except (tf.errors.OpError, ValueError) as error:
         raise CheckpointError(f"cannot read checkpoint {prefix}: {str(error).strip().splitlines()[0]}") from None
     missing, mismatched = [], []

@@ -68,34 +68,61 @@ def _sliced_name(key: bytes) -> str:
     return name.decode()
 
 
+def _entries(index_path: Path):
+    """Every (key, ``BundleEntryProto``) of the index, the header's empty key left out; raises on a bad index."""
+    from tensorflow.core.protobuf import tensor_bundle_pb2
+
+    data = Path(index_path).read_bytes()
+    footer = data[-_FOOTER_BYTES:]
+    if struct.unpack("<Q", footer[-8:])[0] != _MAGIC:
+        raise ValueError("bad magic")
+    _, position = _varint(footer, _varint(footer, 0)[1])  # skip the metaindex handle
+    for _, handle in _block(data, footer[position:]):
+        for key, value in _block(data, handle):
+            if key:  # the empty key is the BundleHeaderProto
+                yield key, tensor_bundle_pb2.BundleEntryProto.FromString(value)
+
+
+def _parse(read):
+    """``read()``, or None when the index cannot be parsed."""
+    from google.protobuf.message import DecodeError
+
+    try:
+        return read()
+    except (IndexError, ValueError, struct.error, OSError, DecodeError, UnicodeDecodeError):
+        return None
+
+
 def shard_of_each_tensor(index_path: Path) -> dict[str, int] | None:
     """Tensor key -> the shard id its bytes live in; ``None`` if the index cannot be parsed (or a partitioned
     variable's slices are spread over several shards)."""
-    from google.protobuf.message import DecodeError
-    from tensorflow.core.protobuf import tensor_bundle_pb2
+    shards: dict[str, int] = {}
+    slice_shards: dict[str, set[int]] = {}
 
-    try:
-        data = Path(index_path).read_bytes()
-        footer = data[-_FOOTER_BYTES:]
-        if struct.unpack("<Q", footer[-8:])[0] != _MAGIC:
-            return None
-        _, position = _varint(footer, _varint(footer, 0)[1])  # skip the metaindex handle
-        index_handle = footer[position:]
-        shards: dict[str, int] = {}
-        slice_shards: dict[str, set[int]] = {}
-        for _, handle in _block(data, index_handle):
-            for key, value in _block(data, handle):
-                if not key:
-                    continue  # the BundleHeaderProto
-                entry = tensor_bundle_pb2.BundleEntryProto.FromString(value)
-                if key[0] == 0:  # a slice of a partitioned variable (EncodeTensorNameSlice keys start with 0)
-                    slice_shards.setdefault(_sliced_name(key), set()).add(entry.shard_id)
-                elif not entry.slices:
-                    shards[key.decode()] = entry.shard_id
-    except (IndexError, ValueError, struct.error, OSError, DecodeError, UnicodeDecodeError):
+    def read() -> bool:
+        for key, entry in _entries(index_path):
+            if key[0] == 0:  # a slice of a partitioned variable (EncodeTensorNameSlice keys start with 0)
+                slice_shards.setdefault(_sliced_name(key), set()).add(entry.shard_id)
+            elif not entry.slices:
+                shards[key.decode()] = entry.shard_id
+        return True
+
+    if _parse(read) is None:
         return None
     for name, own in slice_shards.items():
         if len(own) != 1:
             return None
         shards[name] = own.pop()
     return shards or None
+
+
+def shard_lengths(index_path: Path) -> dict[int, int] | None:
+    """Shard id -> the bytes its ``.data`` file must hold at least (the end of its last tensor, ``offset +
+    size``); ``None`` if the index cannot be parsed."""
+    def read() -> dict[int, int]:
+        lengths: dict[int, int] = {}
+        for _, entry in _entries(index_path):
+            lengths[entry.shard_id] = max(lengths.get(entry.shard_id, 0), entry.offset + entry.size)
+        return lengths
+
+    return _parse(read)

@@ -8,6 +8,7 @@ shard holds each key comes from the ``.index`` (:mod:`ckptfix.io.bundle_index`).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -49,13 +50,22 @@ def unreadable(prefix: Path, error: BaseException) -> CheckpointError:
     return CheckpointError(f"cannot read checkpoint {prefix}: {error_reason(error)}. Is it complete and uncorrupted?")
 
 
+def open_reader(prefix):
+    """TensorFlow's reader of the checkpoint at ``prefix`` (a string or path-like). Unlike
+    ``tf.train.load_checkpoint``, a prefix that is a folder (``"dir/"``, saved with an empty basename) is the
+    prefix, not a folder to look up a state file in. Raises TensorFlow's errors."""
+    import tensorflow as tf
+
+    return tf.compat.v1.train.NewCheckpointReader(os.fspath(prefix))
+
+
 def read_entries(prefix: Path, layout: Mapping[str, list[TensorSlice]] | None = None) -> list[CheckpointEntry]:
     """Every key of the checkpoint at ``prefix``, sorted; ``layout`` gives partitioned variables' slices."""
     import tensorflow as tf
 
     layout = layout or {}
     try:
-        reader = tf.train.load_checkpoint(str(prefix))
+        reader = open_reader(prefix)
     except (tf.errors.OpError, ValueError) as error:
         raise unreadable(prefix, error) from None
     dtypes, shapes = reader.get_variable_to_dtype_map(), reader.get_variable_to_shape_map()
@@ -96,5 +106,5 @@ def mismatched(prefix: Path, entries: list[CheckpointEntry], expected: list[byte
 def shard_of_each_key(prefix: Path, entries: list[CheckpointEntry]) -> dict[str, int]:
     """Key -> the ``.data`` shard it is stored in, from the prefix's ``.index``; empty (all in shard 0) when the
     index cannot be parsed or its keys are not exactly the checkpoint's."""
-    shards = shard_of_each_tensor(Path(prefix).with_name(Path(prefix).name + ".index")) or {}
+    shards = shard_of_each_tensor(Path(os.fspath(prefix) + ".index")) or {}
     return shards if set(shards) == {entry.key for entry in entries} else {}

@@ -31,7 +31,7 @@ from ckptfix.io.atomic import atomic_output, check_destination
 from ckptfix.io.checkpoint_reader import (
     CheckpointEntry, TensorSlice, fingerprint, mismatched, read_entries, restore, shard_of_each_key, unreadable,
 )
-from ckptfix.io.locate import CheckpointFiles, write_state_file
+from ckptfix.io.locate import CheckpointFiles, Prefix, write_state_file
 
 PART_BYTES = 256 << 20
 """Default upper bound on the tensor bytes one ``SaveV2`` call holds (a larger tensor gets a part of its own)."""
@@ -128,8 +128,8 @@ def _verify(prefix: Path, entries: list[CheckpointEntry], parts: list[list[Check
 
 
 def copy_checkpoint(
-    source_prefix: Path,
-    destination_prefix: Path,
+    source_prefix: Path | Prefix,
+    destination_prefix: Path | Prefix,
     new_values: Mapping[str, np.ndarray],
     *,
     layout: Mapping[str, list[TensorSlice]] | None = None,
@@ -175,19 +175,19 @@ def write_recalibrated_checkpoint(
     layout: Mapping[str, list[TensorSlice]] | None = None,
     overwrite: bool = False,
     part_bytes: int = PART_BYTES,
-) -> Path:
+) -> Prefix:
     """Write ``source`` with ``new_values`` (checkpoint key -> float64 array) replaced, into ``output_dir``.
 
     Values are cast to each tensor's stored dtype. Returns the new checkpoint prefix (same basename as the
-    input's). ``layout`` maps partitioned variables to their saved slices. ``part_bytes`` bounds the tensor
+    input's, empty included). ``layout`` maps partitioned variables to their saved slices. ``part_bytes`` bounds the tensor
     bytes held in memory at once (see the module docstring); the output has one ``.data`` shard per part.
     """
     output_dir = check_output_dir(source, output_dir, overwrite)
     basename = source.prefix.name
     with atomic_output(output_dir, overwrite=overwrite, is_folder=True) as staged:
-        copy_checkpoint(source.prefix, staged.path / basename, new_values, layout=layout, part_bytes=part_bytes,
+        copy_checkpoint(source.prefix, Prefix(staged.path, basename), new_values, layout=layout, part_bytes=part_bytes,
                         check_interrupt=staged.check_interrupt)
         if source.meta is not None:
             shutil.copyfile(source.meta, staged.path / (basename + ".meta"))
         write_state_file(staged.path, basename)
-    return output_dir / basename
+    return Prefix(output_dir, basename)

@@ -90,6 +90,8 @@ class Source(Protocol):
     #: the Keras / TF2 format (docs/keras.md); None for TF1 graphs
     model_format: str | None
     layers: list[Layer]
+    #: notices from opening CKPT (e.g. which checkpoint a state file from another machine was taken to mean)
+    notices: list[str]
 
     def session(self, layers: list[Layer], data_keys, options, notice: Notice) -> ContextManager[Session]:
         """One load of the model with ``layers`` measurable; ``data_keys()`` names the data's arrays (or None)."""

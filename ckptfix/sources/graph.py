@@ -25,16 +25,17 @@ from ckptfix.graph.meta import checkpoint_keys, partition_layout
 from ckptfix.graph.model import GraphModel
 from ckptfix.graph.outputs import resolve_output
 from ckptfix.graph.safety import check_forward_ops
+from ckptfix.io.checkpoint_reader import open_reader
 from ckptfix.io.checkpoint_writer import check_output_dir, default_output_dir, write_recalibrated_checkpoint
 from ckptfix.io.locate import CheckpointFiles, locate_checkpoint
 from ckptfix.sources.base import Layer, Notice
 
 
-def _reader(prefix: Path):
+def _reader(prefix):
     import tensorflow as tf
 
     try:
-        return tf.train.load_checkpoint(str(prefix))
+        return open_reader(prefix)
     except (tf.errors.OpError, ValueError) as error:
         raise CheckpointError(f"cannot read checkpoint {prefix}: {str(error).strip().splitlines()[0]}") from None
 
@@ -82,6 +83,7 @@ class GraphSource:
     def __init__(self, files: CheckpointFiles, meta_graph, *, label: str, graph_label: str) -> None:
         self.files, self.meta_graph = files, meta_graph
         self.label, self.graph_label = label, graph_label
+        self.notices = [files.notice] if files.notice else []
         self.index = GraphIndex(meta_graph.graph_def)
         found = find_batchnorm_layers(self.index)
         if not found:

@@ -19,16 +19,12 @@ from published import VARIANTS
 MEAN_TOLERANCE = 1e-3  # of sqrt(var + eps)
 VARIANCE_TOLERANCE = 1e-3  # relative, of (var + eps)
 
-ITEM2 = "issue 14 item 2: the folder's 'checkpoint' state file names /home/jpons/..., ckptfix refuses"
 SAVEDMODEL = ("issue 14 (corpus): a Keras SavedModel written by TF 2.4 has no keras_metadata.pb, ckptfix asks "
               "for the .keras file instead of reading the Keras metadata from saved_model.pb")
 ITEM7 = ("issue 14 item 7: FusedBatchNormV3's float32 batch mean on 32x187x96 activations is off by up to "
          "0.12 sqrt(var+eps)")
 EXPECTED_FAILURES = {
-    ("inspect", "musicnn"): ITEM2,
-    ("diagnose", "musicnn"): ITEM2,
-    ("recalibrate", "musicnn"): ITEM2,
-    ("reference", "musicnn"): ITEM2,
+    ("reference", "musicnn"): ITEM7,
     ("inspect", "basic-pitch"): SAVEDMODEL,
     ("diagnose", "basic-pitch"): SAVEDMODEL,
     ("recalibrate", "basic-pitch"): SAVEDMODEL,
@@ -135,8 +131,6 @@ def test_recalibrated_statistics_match_float64_reference(corpus, variant):
 
 
 # ------------------------------------------------------------------ musicnn: the TF 1.x checkpoint as shipped
-@pytest.mark.xfail(strict=True, reason="issue 14 item 1: a file of the prefix 'MTT_musicnn/' gives "
-                   "ValueError: Invalid name '' (Path.with_name in checkpoints/locate.py)")
 @pytest.mark.corpus_variant("musicnn")
 def test_a_file_of_an_empty_basename_checkpoint_is_accepted(corpus):
     case = corpus.case("musicnn")
