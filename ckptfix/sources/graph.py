@@ -62,7 +62,9 @@ class _GraphSession:
         self.inference_unavailable = model.inference_unavailable
 
     def moments(self, batch, keep_output: bool):
-        return self._model.moments(batch, self.output_name if keep_output else None)
+        # the output is fetched with every batch: one fetch list, so TensorFlow optimises the graph once
+        moments, output = self._model.moments(batch, self.output_name)
+        return moments, output if keep_output else None
 
     def inference_outputs(self, batch) -> np.ndarray:
         return self._model.inference_outputs(batch, self.output_name)
