@@ -1,10 +1,13 @@
 """Find the model's output (final logits or probabilities) in an imported graph, for output-agreement checks.
 
 Candidates are float tensors of static shape ``(batch, K)`` with ``K > 1`` produced by a classifier-head op
-(``BiasAdd``, ``MatMul``, ``Softmax``, ...) downstream of the input, outside ``gradients`` scopes and not fed by
-a loss. Among them, those with no other candidate downstream are final; one final candidate is the output, and
-several are narrowed to the one whose name says ``logits`` (not ``aux``). Otherwise nothing is chosen and the
-caller asks for ``--output-tensor``.
+(``BiasAdd``, ``MatMul``, ``Softmax``, ...) downstream of the input, outside ``gradients`` scopes, not fed by
+a loss, and computable from what is fed: a tensor that needs a placeholder or an input-pipeline op (queue,
+iterator, reader) the calibration data does not feed -- labels -- is not the model's output. Among them, those
+with no other candidate downstream are final. Final candidates that are one tensor seen through activations
+and reshapes (logits and the softmax / sigmoid of them) are one output: the logits. Several outputs left are
+narrowed to the one whose name says ``logits`` (not ``aux``). Otherwise nothing is chosen and the caller asks
+for ``--output-tensor``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,33 @@ from ckptfix.errors import GraphError
 from ckptfix.graph.index import is_gradient
 
 _HEAD_OPS = frozenset({"BiasAdd", "MatMul", "Softmax", "Sigmoid", "Squeeze", "Reshape", "Add", "AddV2", "Identity"})
+_SAME_OUTPUT_OPS = frozenset({"Softmax", "Sigmoid", "Reshape", "Squeeze", "Identity"})
+_UNFED_SOURCES = ("Placeholder", "Dequeue", "IteratorGetNext", "ReaderRead")
+
+
+def _needs_unfed_input(tensor, fed: set[str]) -> bool:
+    """Whether computing ``tensor`` needs a placeholder or input-pipeline op that is not fed (labels)."""
+    seen, stack = set(), [tensor]
+    while stack:
+        current = stack.pop()
+        if current.name in fed or current.op.name in seen:
+            continue
+        seen.add(current.op.name)
+        op = current.op
+        if any(source in op.type for source in _UNFED_SOURCES) and op.type != "PlaceholderWithDefault":
+            return True
+        stack.extend(op.inputs)
+    return False
+
+
+def _same_output_root(tensor, names: set[str]):
+    """The candidate ``tensor`` is computed from through activations and reshapes only (itself if none)."""
+    root, current = tensor, tensor
+    while current.op.type in _SAME_OUTPUT_OPS and current.op.inputs:
+        current = current.op.inputs[0]
+        if current.name in names:
+            root = current
+    return root
 
 
 def _forward_ops(graph, input_tensor) -> list:
@@ -32,9 +62,11 @@ def _is_loss(op) -> bool:
     return "CrossEntropy" in op.type or "loss" in op.name.lower().split("/")[0]
 
 
-def detect_output(graph, input_tensor) -> list[str]:
+def detect_output(graph, input_tensor, fed=()) -> list[str]:
     """Names of the final output candidates (one element when the output is clear). ``input_tensor``: the
-    input, or a list of the model's inputs."""
+    input, or a list of the model's inputs; ``fed``: every other tensor fed (the training flag)."""
+    inputs = list(input_tensor) if isinstance(input_tensor, (list, tuple)) else [input_tensor]
+    fed_names = {t.name for t in [*inputs, *fed]}
     ops = _forward_ops(graph, input_tensor)
     after_loss: set[str] = set()
     for op in ops:
@@ -46,10 +78,14 @@ def detect_output(graph, input_tensor) -> list[str]:
             continue
         tensor = op.outputs[0]
         dims = tensor.shape.as_list() if tensor.shape.rank is not None else None
-        if tensor.dtype.base_dtype.is_floating and dims is not None and len(dims) == 2 and (dims[1] or 0) > 1:
+        if tensor.dtype.base_dtype.is_floating and dims is not None and len(dims) == 2 and (dims[1] or 0) > 1 \
+                and not _needs_unfed_input(tensor, fed_names):
             candidates.append(tensor)
     names = {t.name for t in candidates}
     final = [t for t in candidates if not (_downstream_names(t, names) - {t.name})]
+    roots = {_same_output_root(t, names).name: _same_output_root(t, names) for t in final}
+    if len(roots) == 1:  # logits and their softmax: one output, the logits
+        final = list(roots.values())
     if len(final) > 1:
         logits = [t for t in final if "logits" in t.name.lower() and "aux" not in t.name.lower()]
         final = logits if len(logits) == 1 else final
@@ -70,8 +106,9 @@ def _downstream_names(tensor, wanted: set[str]) -> set[str]:
     return found
 
 
-def resolve_output(graph, input_tensor, name: str | None) -> tuple[str | None, str | None]:
-    """``(output tensor name, notice)``: the user's ``--output-tensor`` (validated) or the detected one."""
+def resolve_output(graph, input_tensor, name: str | None, fed=()) -> tuple[str | None, str | None]:
+    """``(output tensor name, notice)``: the user's ``--output-tensor`` (validated) or the detected one
+    (``fed``: the other fed tensors, see :func:`detect_output`)."""
     if name is not None:
         full = name if ":" in name else f"{name}:0"
         try:
@@ -79,7 +116,7 @@ def resolve_output(graph, input_tensor, name: str | None) -> tuple[str | None, s
         except (KeyError, ValueError):
             raise GraphError(f"--output-tensor {name}: no such tensor in the graph.") from None
         return full, None
-    found = detect_output(graph, input_tensor)
+    found = detect_output(graph, input_tensor, fed)
     if len(found) == 1:
         return found[0], None
     listed = f" (candidates: {', '.join(found[:5])})" if found else ""

@@ -138,7 +138,8 @@ class GraphSource:
         check_forward_ops(self.index, layer_tensors(self.index, chosen), options.allow_unsafe_ops)
         self._training_notices(chosen, feeds, notice)
         with GraphModel(self.meta_graph, chosen, feeds, str(self.files.prefix)) as model:
-            output_name, output_notice = resolve_output(model.graph, model.inputs, options.output_tensor)
+            fed = [] if model.training_flag is None else [model.training_flag]
+            output_name, output_notice = resolve_output(model.graph, model.inputs, options.output_tensor, fed)
             if output_notice:
                 notice(output_notice)
             yield _GraphSession(model, layers, feeds, output_name)

@@ -146,8 +146,6 @@ def test_agreement_on_a_tf1_meta_with_an_output_tensor(corpus):
     assert run.report["agreement"] is not None
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 item 4: output detection lists model/Sigmoid:0 beside the loss "
-                   "metrics/sigmoid_cross_entropy_loss/xentropy:0 and gives up")
 @pytest.mark.corpus_variant("musicnn-renamed")
 def test_output_detection_ignores_the_loss(corpus):
     run = corpus.run("musicnn-renamed", "diagnose")
