@@ -117,6 +117,15 @@ def _notice(message: str) -> None:
     typer.echo(f"notice: {message}", err=True)
 
 
+def _close_progress_bars() -> None:
+    """Clear bars still on the terminal: Ctrl-C while a tqdm bar is being created (it draws itself before its
+    ``with`` block starts) leaves it open, and the message would be glued to it."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def _run(action: Callable[[], int | None]) -> None:
     """Run a command body, turning user errors into a short message and their exit code."""
     try:
@@ -127,6 +136,7 @@ def _run(action: Callable[[], int | None]) -> None:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(error.exit_code) from None
     except KeyboardInterrupt:
+        _close_progress_bars()
         typer.echo("interrupted: nothing was written.", err=True)
         raise typer.Exit(130) from None
     if code:
