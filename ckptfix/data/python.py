@@ -22,7 +22,7 @@ from ckptfix.data.spec import InputSpec, check_sample_shape, key_for_input, keys
 from ckptfix.errors import DataError
 
 
-def _inputs_of(item, inputs: Sequence[InputSpec], where: str) -> dict:
+def inputs_of(item, inputs: Sequence[InputSpec], where: str) -> dict:
     """The part of one element that feeds each input (labels dropped)."""
     if isinstance(item, dict) and len(inputs) > 1:
         return {name: item[key] for name, key in keys_for_inputs(item.keys(), inputs, where).items()}
@@ -39,7 +39,7 @@ def _inputs_of(item, inputs: Sequence[InputSpec], where: str) -> dict:
             picked[spec.name] = item[key]
         return picked
     if isinstance(item, (tuple, list)) and len(item) == 2:  # (inputs, labels)
-        return _inputs_of(item[0], inputs, where)
+        return inputs_of(item[0], inputs, where)
     if len(inputs) > 1:
         raise DataError(f"{where}: a model with several inputs needs dicts keyed by input name.")
     return {inputs[0].name: item}
@@ -47,7 +47,7 @@ def _inputs_of(item, inputs: Sequence[InputSpec], where: str) -> dict:
 
 def in_memory(data, inputs: Sequence[InputSpec]) -> InMemory:
     """A numpy array (or dict of arrays, one per input), checked against the inputs."""
-    values = _inputs_of(data, inputs, "the given arrays")
+    values = inputs_of(data, inputs, "the given arrays")
     arrays = {name: np.asarray(v) for name, v in values.items()}
     lengths = {len(a) for a in arrays.values()}
     if len(lengths) > 1:
@@ -62,12 +62,16 @@ def in_memory(data, inputs: Sequence[InputSpec]) -> InMemory:
 def _to_chunk(item, inputs: Sequence[InputSpec], k: int, label: str) -> Chunk:
     where = f"{label} {k}"
     values = {}
-    for name, value in _inputs_of(item, inputs, where).items():
+    for name, value in inputs_of(item, inputs, where).items():
         spec = next(s for s in inputs if s.name == name)
         array = np.asarray(value)
         if array.ndim == 0:
             raise DataError(f"{where} is a scalar, not a batch of samples.")
         check_sample_shape(array.shape[1:], spec, where)
+        if np.issubdtype(spec.dtype, np.integer) and np.issubdtype(array.dtype, np.floating) and \
+                not np.array_equal(array, np.trunc(array)):
+            raise DataError(f"{where} holds fractional values for {spec.name}, which is read as integers "
+                            "(an integer input, or 0..255 images as batch 0 was): give every batch one integer dtype.")
         values[name] = array.astype(spec.dtype, copy=False)
     lengths = {len(v) for v in values.values()}
     if len(lengths) > 1:

@@ -24,7 +24,7 @@ from ckptfix.data.arrays import indexed_chunks, open_array_files, read_npz
 from ckptfix.data.batching import Batch, Chunk, Rebatcher, SkipLog
 from ckptfix.data.images import array_image_chunks, image_chunks
 from ckptfix.data.preprocessing import resolve_preprocessing
-from ckptfix.data.python import dataset_chunks, in_memory, iterable_chunks
+from ckptfix.data.python import dataset_chunks, in_memory, inputs_of, iterable_chunks
 from ckptfix.data.spec import InputSpec
 from ckptfix.data.tfrecord import feature_kind, record_chunks, scan
 from ckptfix.errors import DataError
@@ -212,16 +212,48 @@ def _order(count: int, shuffle: bool, seed: int, num_samples: int | None) -> np.
     return order[:num_samples] if num_samples is not None else order
 
 
-def _integer_images(arrays, inputs: Sequence[InputSpec], preprocess, image_size, central_crop) -> dict:
-    """Input name -> :class:`ImagePreprocessing` for the inputs fed integer arrays that are images: a float input
-    shaped ``(N, H, W, 1 or 3)``. Integer inputs (token ids, a model taking uint8) get their arrays as given."""
+def _integer_images(integer: Callable[[str], bool], inputs: Sequence[InputSpec], preprocess, image_size,
+                    central_crop) -> dict:
+    """Input name -> :class:`ImagePreprocessing` for the inputs fed integers that are images: a float input shaped
+    ``(N, H, W, 1 or 3)`` whose data ``integer(name)`` says is of an integer dtype. Integer inputs (token ids, a
+    model taking uint8) get their data as given. The same rule for every data source (arrays, ``.npy``/``.npz``,
+    ``tf.data``, iterables, int64 TFRecord features): the dtype decides, not where the data came from."""
     preps = {}
     for spec in inputs:
         shape = spec.shape
         image_like = shape is not None and len(shape) == 4 and shape[-1] in (1, 3)
-        if image_like and np.issubdtype(spec.dtype, np.floating) and arrays.integer(spec.name):
+        if image_like and np.issubdtype(spec.dtype, np.floating) and integer(spec.name):
             preps[spec.name] = resolve_preprocessing(preprocess, shape, image_size, central_crop)
     return preps
+
+
+def _read_specs(inputs: Sequence[InputSpec], preps: dict) -> list[InputSpec]:
+    """The inputs as the data is read: the integer-image ones as int64 (preprocessed afterwards)."""
+    return [InputSpec(s.name, s.shape, np.dtype(np.int64)) if s.name in preps else s for s in inputs]
+
+
+def _first_batch_dtypes(data, inputs: Sequence[InputSpec]) -> tuple[object, dict[str, np.dtype]]:
+    """(``data`` with its first item put back if it is a one-shot iterator, input name -> that item's dtype)."""
+    iterator = iter(data)
+    first = next(iterator, None)
+    if iterator is data and first is not None:
+        data = itertools.chain([first], iterator)
+    if first is None:
+        return data, {}
+    values = inputs_of(first, inputs, "given batch 0")
+    return data, {name: np.asarray(value).dtype for name, value in values.items()}
+
+
+def _dataset_dtypes(dataset, inputs: Sequence[InputSpec]) -> dict[str, np.dtype]:
+    """Input name -> the dtype a ``tf.data.Dataset``'s elements give it (from its element spec)."""
+    spec = dataset.element_spec
+    part = spec[0] if isinstance(spec, tuple) and len(spec) == 2 else spec
+    try:
+        picked = inputs_of(part, inputs, "the dataset's elements")
+    except DataError:
+        return {}  # named wrongly: the read reports it
+    return {name: np.dtype(component.dtype.as_numpy_dtype) for name, component in picked.items()
+            if hasattr(component, "dtype")}
 
 
 def _parse_image_size(image_size) -> tuple[int, int] | None:
@@ -277,17 +309,29 @@ def open_calibration_data(
     common = dict(inputs=inputs, batch_size=batch_size, num_samples=num_samples, skips=skips)
     bounded = (lambda n: n if num_samples is None else min(n, num_samples))
 
+    size = _parse_image_size(image_size)
+
+    def integer_images(integer: Callable[[str], bool]) -> dict:
+        return _integer_images(integer, inputs, preprocess, size, central_crop)
+
+    def preprocessed(chunks: Callable[[], Iterator[Chunk]], preps: dict) -> Callable[[], Iterator[Chunk]]:
+        """``chunks`` with the integer-image inputs (``preps``) preprocessed like decoded image files."""
+        return (lambda: array_image_chunks(chunks(), preps, inputs)) if preps else chunks
+
+    def described(preps: dict) -> dict:
+        description = next(iter(preps.values())).description if preps else None
+        return dict(preprocessing=description, integer_images=bool(preps))
+
     def array_batches(arrays, source: str) -> CalibrationBatches:
         """Numpy rows in batches; integer arrays that are images preprocessed (:func:`_integer_images`)."""
-        preps = _integer_images(arrays, inputs, preprocess, _parse_image_size(image_size), central_crop)
+        preps = integer_images(arrays.integer)
         order = _order(len(arrays), shuffle, seed, num_samples)
-        read = {**dtypes, **{name: np.dtype(np.int64) for name in preps}}
-        chunks = lambda: indexed_chunks(arrays, order, batch_size, read)  # noqa: E731
-        if preps:
-            chunks = lambda: array_image_chunks(indexed_chunks(arrays, order, batch_size, read), preps, inputs)  # noqa: E731
-        description = next(iter(preps.values())).description if preps else None
-        return CalibrationBatches(chunks, expected=len(order), fixed=True, source=source, preprocessing=description,
-                                  integer_images=bool(preps), **common)
+        read = {spec.name: spec.dtype for spec in _read_specs(inputs, preps)}
+        chunks = preprocessed(lambda: indexed_chunks(arrays, order, batch_size, read), preps)
+        return CalibrationBatches(chunks, expected=len(order), fixed=True, source=source, **described(preps), **common)
+
+    def is_integer(dtypes: dict[str, np.dtype]) -> Callable[[str], bool]:
+        return lambda name: name in dtypes and np.issubdtype(dtypes[name], np.integer)
 
     if isinstance(data, (np.ndarray, dict)):  # a dict: one array per input
         return array_batches(in_memory(data, inputs), "the given array")
@@ -299,11 +343,17 @@ def open_calibration_data(
         except ImportError:  # pragma: no cover
             is_dataset = False
         if is_dataset:
-            chunks, samples = dataset_chunks(data, inputs, batch_size)
-            return CalibrationBatches(chunks, expected=num_samples, fixed=samples, source="the given tf.data.Dataset", **common)
+            preps = integer_images(is_integer(_dataset_dtypes(data, inputs)))
+            chunks, samples = dataset_chunks(data, _read_specs(inputs, preps), batch_size)
+            return CalibrationBatches(preprocessed(chunks, preps), expected=num_samples, fixed=samples,
+                                      source="the given tf.data.Dataset", **described(preps), **common)
         if not hasattr(data, "__iter__"):
             raise DataError(f"calibration data of type {type(data).__name__}: pass a path, an array, a tf.data.Dataset or batches.")
-        return CalibrationBatches(iterable_chunks(data, inputs), expected=num_samples, fixed=False, source="the given batches", **common)
+        data, dtypes = _first_batch_dtypes(data, inputs)
+        preps = integer_images(is_integer(dtypes))
+        chunks = iterable_chunks(data, _read_specs(inputs, preps))
+        return CalibrationBatches(preprocessed(chunks, preps), expected=num_samples, fixed=False,
+                                  source="the given batches", **described(preps), **common)
 
     path = Path(data).expanduser()
     kind, files = collect_files(path, data_format)
@@ -314,7 +364,6 @@ def open_calibration_data(
     if len(inputs) > 1:
         raise DataError(f"a model with several inputs takes .npz files or Python batches, not {kind} ({where}).")
     spec = inputs[0]
-    size = _parse_image_size(image_size)
     if kind == "images":
         prep = resolve_preprocessing(preprocess, spec.shape, size, central_crop)
         ordered = [files[i] for i in _order(len(files), shuffle, seed, None)]
@@ -327,10 +376,11 @@ def open_calibration_data(
     ordered = [scanned[i] for i in _order(len(scanned), shuffle, seed, None)]
     record_kind = feature_kind(ordered, feature)
     prep = resolve_preprocessing(preprocess, spec.shape, size, central_crop) if record_kind == "image" else None
+    preps = integer_images(lambda name: record_kind == "int64")
+    read_spec = _read_specs(inputs, preps)[0]
     total = sum(f.records for f in scanned)
-    chunks = lambda: record_chunks(ordered, feature, record_kind, prep, spec, skips, batch_size, shuffle, seed)  # noqa: E731
+    chunks = lambda: record_chunks(ordered, feature, record_kind, prep, read_spec, skips, batch_size, shuffle, seed)  # noqa: E731
     source = f"{total} records in {len(files)} TFRecord file(s) in {where} (feature {feature})"
-    return CalibrationBatches(
-        chunks, expected=bounded(total), fixed=True, source=source,
-        preprocessing=None if prep is None else prep.description, **common,
-    )
+    images = described(preps) if preps else dict(preprocessing=None if prep is None else prep.description)
+    return CalibrationBatches(preprocessed(chunks, preps), expected=bounded(total), fixed=True, source=source,
+                              **images, **common)

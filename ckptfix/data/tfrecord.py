@@ -2,8 +2,8 @@
 
 ``--feature`` (default ``image/encoded``) names the feature. Its kind is read from the first record: a
 ``bytes_list`` holds an encoded image (decoded and preprocessed like an image file); a ``float_list`` (or
-``int64_list``) holds an already preprocessed sample, reshaped to the input's sample shape (its size must
-match) and used as is. GZIP-compressed files are recognised by their magic bytes.
+``int64_list``) holds a sample reshaped to the input's sample shape (its size must match), used as is (int64
+pixels for a float image input are preprocessed afterwards, see :func:`ckptfix.data.sources._integer_images`). GZIP-compressed files are recognised by their magic bytes.
 
 Before streaming, each file's record framing is walked (8-byte lengths, seeking over the payloads, or
 reading through the gzip stream): this counts the records, for the progress bar and to find what was lost,

@@ -105,9 +105,19 @@ def prefixes_in(folder: Path) -> list[Prefix]:
                    if path.name.endswith(".index") and path.is_file()), key=str)
 
 
-def _state_file_prefix(folder: Path) -> tuple[Prefix, str | None]:
-    """:func:`read_state_file`, and a notice saying which checkpoint was used when the named prefix does not
-    exist here (None when it does)."""
+def read_state_file(folder: Path) -> tuple[Prefix, str | None]:
+    """The prefix ``folder``'s ``checkpoint`` state file names, looked up inside that folder only, and a notice
+    saying which checkpoint was used when the named prefix does not exist here (None when it does).
+
+    The one trust rule for state files (TF1 folders and TF2 object-based checkpoint folders alike): Saver and
+    ``tf.train.CheckpointManager`` write absolute paths into the state file; they go stale when a folder is
+    copied, and a crafted state file could point anywhere. So only the basename of the named prefix is used,
+    inside ``folder`` (``".../run/"`` names the empty basename). When that is not in ``folder`` either and the
+    named prefix does not exist here (a folder copied from another machine), the folder's only checkpoint is
+    used; a named prefix that exists outside ``folder`` is never used.
+    Raises :class:`CheckpointError` naming the fix when there is no state file, it names nothing, or
+    neither rule finds the prefix (the error lists the folder's checkpoints).
+    """
     folder = Path(folder)
     state = folder / STATE_FILE
     if not state.is_file():
@@ -136,20 +146,6 @@ def _state_file_prefix(folder: Path) -> tuple[Prefix, str | None]:
         f"the 'checkpoint' state file in {folder} names {found.group(1)}, which does not exist here: "
         f"using {chosen}, {why}")
     return chosen, notice
-
-
-def read_state_file(folder: Path) -> Prefix:
-    """The prefix ``folder``'s ``checkpoint`` state file names, looked up inside that folder only.
-
-    The one trust rule for state files (TF1 folders and TF2 object-based checkpoint folders alike): Saver and
-    ``tf.train.CheckpointManager`` write absolute paths into the state file; they go stale when a folder is
-    copied, and a crafted state file could point anywhere. So only the basename of the named prefix is used,
-    inside ``folder`` (``".../run/"`` names the empty basename). When that is not in ``folder`` either and the
-    named prefix does not exist here (a folder copied from another machine), the folder's only checkpoint is
-    used; a named prefix that exists outside ``folder`` is never used. Raises :class:`CheckpointError` naming the fix when there is no state file, it names nothing, or
-    neither rule finds the prefix (the error lists the folder's checkpoints).
-    """
-    return _state_file_prefix(folder)[0]
 
 
 def write_state_file(folder: Path, basename: str) -> None:
@@ -202,7 +198,7 @@ def locate_checkpoint(checkpoint: str | Path, meta: str | Path | None = None, *,
         if not (path / STATE_FILE).is_file() and Prefix(path, "").file(".index").is_file():
             prefix = Prefix(path, "")
         else:
-            prefix, notice = _state_file_prefix(path)
+            prefix, notice = read_state_file(path)
     else:
         prefix = prefix_named_by(os.path.expanduser(os.fspath(checkpoint)))
     index = prefix.file(".index")

@@ -49,19 +49,21 @@ class KerasSource:
     legacy_bessel: dict[str, bool] = field(default_factory=dict)
     keras_version: str | None = None
     loader: str = ""
+    #: which checkpoint a TF2 folder's state file from another machine was taken to mean (None: as named)
+    notice: str | None = None
 
 
-def _checkpoint_prefix(path: Path) -> Path | None:
+def _checkpoint_prefix(path: Path) -> tuple[Path | None, str | None]:
     """The prefix a TF2 checkpoint path names: a folder (its ``checkpoint`` state file, read with the one trust
     rule of :func:`ckptfix.io.locate.read_state_file`, whose CheckpointError propagates; without one, its only
-    prefix), a prefix or one of its files. None when it names none."""
+    prefix), a prefix or one of its files; None when it names none. With it, the state file's notice (or None)."""
     if path.is_dir():
         if not (path / STATE_FILE).is_file():  # tf.train.Checkpoint.write() leaves no state file: a lone prefix is meant
             indexes = sorted(path.glob("*.index"))
-            return indexes[0].with_suffix("") if len(indexes) == 1 else None
+            return (indexes[0].with_suffix("") if len(indexes) == 1 else None), None
         return read_state_file(path)
     prefix = prefix_named_by(path)
-    return prefix if prefix.with_name(prefix.name + ".index").is_file() else None
+    return (prefix if prefix.with_name(prefix.name + ".index").is_file() else None), None
 
 
 def _is_object_checkpoint(prefix: Path) -> bool:
@@ -115,7 +117,7 @@ def detect_model_format(checkpoint, meta=None) -> str | None:
     if path.is_dir() and (path / "saved_model.pb").is_file():
         return "savedmodel"
     try:
-        prefix = _checkpoint_prefix(path)
+        prefix, _ = _checkpoint_prefix(path)
     except CheckpointError:  # the TF1 locator reads the same state file and reports why
         return None
     if prefix is None or prefix.with_name(prefix.name + ".meta").is_file():
@@ -344,12 +346,12 @@ def load_source(checkpoint, model_format: str, *, model=None, architecture=None,
             conventions = _legacy_conventions(json.loads(config_text), loaded)
         return KerasSource("h5", path, loaded, legacy_bessel=conventions, keras_version=version, loader=loader)
     if model_format == "tf-checkpoint":
-        prefix = _checkpoint_prefix(path)
+        prefix, notice = _checkpoint_prefix(path)
         if prefix is None or not _is_object_checkpoint(prefix):
             raise CheckpointError(f"{path} is not a TF2 object-based checkpoint (no index with {_OBJECT_GRAPH_KEY}).")
         built = _weights_only_model(model, architecture, unsafe, path, "a TF2 object-based checkpoint")
         restore_object_checkpoint(built, prefix)
-        return KerasSource("tf-checkpoint", path, built, prefix=prefix, loader="tf.train.Checkpoint.read")
+        return KerasSource("tf-checkpoint", path, built, prefix=prefix, loader="tf.train.Checkpoint.read", notice=notice)
     if model_format == "savedmodel":
         return _load_savedmodel(path, model, architecture, unsafe)
     raise CkptfixError("--model-format tf1 is a TF1 checkpoint: it takes the TF1 path.")

@@ -92,7 +92,7 @@ class KerasModelSource:
         )
         self.model_format = self.source.model_format
         self.label, self.graph_label = str(self.source.path), ""
-        self.notices: list[str] = []
+        self.notices = [self.source.notice] if self.source.notice else []
         found = find_batchnorm_layers(self.source.model, self.source.legacy_bessel)
         if not found:
             raise NoBatchNormError(f"no BatchNormalization layers in the model of {self.source.path}: nothing to recalibrate.")

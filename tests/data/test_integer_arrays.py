@@ -80,3 +80,42 @@ def test_cli_raw_uses_the_values_and_warns_of_the_first_layer(uint8_npy, tmp_pat
     assert f"notice: the first BN layer {first} sees a mean" in stderr, stderr
     assert "preprocessed unlike the training data; check --preprocess" in stderr
     assert any("preprocessed unlike" in n for n in report["notices"])
+
+
+def _int64_records(path, images: np.ndarray) -> None:
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for image in images:
+            feature = {"pixels": tf.train.Feature(int64_list=tf.train.Int64List(value=image.reshape(-1).tolist()))}
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+
+
+@pytest.mark.parametrize("kind", ["dataset of samples", "dataset of batches", "generator", "list", "tfrecord int64"])
+def test_integer_images_from_every_source_get_the_preset(tmp_path, kind):
+    """The dtype decides, not the source: integer images from tf.data, Python batches and int64 TFRecord features
+    are preprocessed exactly as integer arrays are, and --preprocess raw uses them as given."""
+    images = pixels(6)
+    make = {
+        "dataset of samples": lambda: tf.data.Dataset.from_tensor_slices(images),
+        "dataset of batches": lambda: tf.data.Dataset.from_tensor_slices(images).batch(4),
+        "generator": lambda: (images[k:k + 4] for k in range(0, 6, 4)),
+        "list": lambda: [{"images": images[:4]}, {"images": images[4:]}],
+        "tfrecord int64": lambda: tmp_path / "pixels.tfrecord",
+    }[kind]
+    if kind == "tfrecord int64":
+        _int64_records(tmp_path / "pixels.tfrecord", images)
+    options = {"feature": "pixels"} if kind == "tfrecord int64" else {}
+    opened = open_batches(make(), **options)
+    got = np.concatenate(list(opened))
+    assert opened.integer_images and opened.images and got.dtype == np.float32
+    np.testing.assert_allclose(got, images / 127.5 - 1, atol=1e-6)
+    raw = open_batches(make(), preprocess="raw", **options)
+    np.testing.assert_array_equal(np.concatenate(list(raw)), images.astype(np.float32))
+
+
+def test_float_batches_from_python_stay_as_given_and_a_fractional_batch_after_integers_is_refused():
+    images = pixels(6)
+    floats = open_batches(tf.data.Dataset.from_tensor_slices(images.astype(np.float32)))
+    assert not floats.images and np.array_equal(np.concatenate(list(floats)), images)
+    mixed = open_batches(iter([images[:4], images[4:] / 255.0]))
+    with pytest.raises(DataError, match=r"given batch 1\[?.*fractional values"):
+        list(mixed)

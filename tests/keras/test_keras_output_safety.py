@@ -121,3 +121,19 @@ def test_a_tf2_state_file_naming_a_checkpoint_outside_its_folder_is_not_followed
         layer.mean_summary for layer in
         ckptfix.inspect(inside / "ckpt-1", model=km.flat_keras3, model_format="tf-checkpoint").layers
     ]
+
+
+def test_a_tf2_state_file_from_another_machine_uses_the_folders_only_checkpoint_and_says_so(keras_skipped, tmp_path):
+    """The TF1 rule and its notice for TF2 folders too: the named prefix does not exist here, the folder holds one."""
+    source = keras_skipped.files["tf-checkpoint"]
+    copied = tmp_path / "copied"
+    copied.mkdir()
+    for file in source.parent.glob(source.name + ".*"):
+        shutil.copy(file, copied / file.name)
+    _state_file(copied, Path("/home/author/run/ckpt-9"))
+    report = ckptfix.inspect(copied, model=km.flat_keras3, model_format="tf-checkpoint")
+    assert len(report.notices) == 1 and "/home/author/run/ckpt-9, which does not exist here" in report.notices[0]
+    assert f"using {copied / source.name}, the folder's only checkpoint" in report.notices[0]
+    direct = ckptfix.inspect(copied / source.name, model=km.flat_keras3, model_format="tf-checkpoint")
+    assert [layer.mean_summary for layer in report.layers] == [layer.mean_summary for layer in direct.layers]
+    assert direct.notices == []
