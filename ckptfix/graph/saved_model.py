@@ -20,15 +20,19 @@ captured variable. :func:`load_signature_graph` turns it into a MetaGraphDef tha
 * a restore op (``ckptfix/restore/all``, fed the prefix at ``ckptfix/restore/filename``) assigns every captured
   variable from ``variables/variables`` with one ``RestoreV2``; the MetaGraphDef's ``saver_def`` names it.
 
+A TF1 SavedModel (``tf.compat.v1.saved_model`` builder: signatures on plain graph tensors) needs none of this:
+its graph, its saver and its variable collections' keys are used as they are, as for a checkpoint's ``.meta``.
+
 The caller's protos are never changed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ckptfix.errors import CheckpointError, GraphError
+from ckptfix.graph.meta import checkpoint_keys, partition_layout
 
 SERVE_TAG = "serve"
 DEFAULT_SIGNATURE = "serving_default"
@@ -41,8 +45,10 @@ _RESTORE = "ckptfix/restore"
 class SignatureGraph:
     """A SavedModel's signature as one graph (module docstring).
 
-    ``meta_graph``: the inlined graph with its restore op (``saver_def``). ``inputs`` / ``outputs``: signature
-    key -> tensor name in it. ``variable_keys``: handle op name -> checkpoint key, for every captured variable.
+    ``meta_graph``: the inlined graph with its restore op (``saver_def``); for a TF1 SavedModel (signatures
+    on plain graph tensors), its own graph and saver. ``inputs`` / ``outputs``: signature key -> tensor name
+    in it. ``variable_keys``: variable op name -> checkpoint key. ``layout``: partitioned variables' slices
+    (TF1 only, see :func:`ckptfix.graph.meta.partition_layout`).
     """
 
     path: Path
@@ -52,6 +58,7 @@ class SignatureGraph:
     inputs: dict[str, str]
     outputs: dict[str, str]
     variable_keys: dict[str, str]
+    layout: dict = field(default_factory=dict)
 
     @property
     def prefix(self) -> Path:
@@ -85,18 +92,12 @@ def serving_meta_graph(saved_model, path: Path):
     raise GraphError(f"SavedModel {path} has no meta graph tagged '{SERVE_TAG}': re-export it with the serve tag.")
 
 
-def _call_node(graph_def, signature, name: str, path: Path):
-    """The top-level function call all of the signature's outputs come from."""
+def _call_node(graph_def, signature):
+    """The top-level function call all of the signature's outputs come from; None for a TF1 SavedModel."""
     nodes = {node.name: node for node in graph_def.node}
     callers = {tensor.name.split(":")[0] for tensor in signature.outputs.values()}
-    if len(callers) == 1:
-        node = nodes.get(callers.pop())
-        if node is not None and node.op in _CALL_OPS:
-            return node
-    raise GraphError(
-        f"signature {name} of SavedModel {path} is not one TF2 function call (a TF1 SavedModel?): ckptfix "
-        "repairs TF2 SavedModels; for a TF1 one, pass its variables/variables prefix with --meta and a .meta graph."
-    )
+    node = nodes.get(callers.pop()) if len(callers) == 1 else None
+    return node if node is not None and node.op in _CALL_OPS else None
 
 
 def _object_paths(nodes) -> dict[int, tuple[str, ...]]:
@@ -246,7 +247,14 @@ def load_signature_graph(path, signature: str | None, reader) -> SignatureGraph:
         listed = ", ".join(available) or "none"
         raise GraphError(f"SavedModel {path} has no signature {name} (it has: {listed}): pass --signature NAME.")
     sig = source.signature_def[name]
-    call = _call_node(source.graph_def, sig, name, path)
+    inputs = {key: t.name for key, t in sig.inputs.items()}
+    outputs = {key: t.name for key, t in sig.outputs.items()}
+    call = _call_node(source.graph_def, sig)
+    if call is None:  # a TF1 SavedModel: its graph and saver as they are, keys from its variable collections
+        if not source.saver_def.restore_op_name:
+            raise GraphError(f"SavedModel {path} has no saver and signature {name} calls no function: re-export it.")
+        return SignatureGraph(path, name, available, source, inputs, outputs, checkpoint_keys(source),
+                              partition_layout(source))
     function = call.attr["f"].func.name
     concrete = source.object_graph_def.concrete_functions.get(function)
     bound = list(concrete.bound_inputs) if concrete is not None else []
@@ -257,10 +265,20 @@ def load_signature_graph(path, signature: str | None, reader) -> SignatureGraph:
     handle_keys = {}
     for text, node_id in zip(captured, bound):
         handle = text.split(":")[0]
-        if node_id in object_keys and nodes[handle].op == "VarHandleOp":
-            handle_keys[handle] = object_keys[node_id]
+        if nodes[handle].op != "VarHandleOp":
+            continue
+        if node_id not in object_keys:
+            raise GraphError(f"signature {name} of SavedModel {path} reads variable {handle}, which variables/ does "
+                             "not save (an untracked variable): re-export the model with it tracked.")
+        handle_keys[handle] = object_keys[node_id]
     fetches = [t.name for t in sig.inputs.values()] + [t.name for t in sig.outputs.values()]
     graph_def = _inline(_kept_for_call(source.graph_def, call), fetches)
+    functions = {f.signature.name: f for f in graph_def.library.function}
+    for node in graph_def.node:
+        body = functions.get(node.attr["f"].func.name) if node.op in _CALL_OPS else None
+        if body is not None and any(n.op.startswith("FusedBatchNorm") or n.op == "Rsqrt" for n in body.node_def):
+            raise GraphError(f"grappler left the call {node.name} of function {body.signature.name} in SavedModel "
+                             f"{path} un-inlined, and it normalises: ckptfix cannot reach that BN. Please report it.")
     handles = _merge_handles(graph_def, handle_keys)
     meta_graph = meta_graph_pb2.MetaGraphDef()
     meta_graph.meta_info_def.CopyFrom(source.meta_info_def)
@@ -270,8 +288,4 @@ def load_signature_graph(path, signature: str | None, reader) -> SignatureGraph:
     if missing:
         raise CheckpointError(f"SavedModel {path}: variables/ has no {missing[0]}; restore the folder from a good copy.")
     _add_restore(meta_graph, handles, dtypes)
-    return SignatureGraph(
-        path=path, signature_name=name, signature_names=available, meta_graph=meta_graph,
-        inputs={key: t.name for key, t in sig.inputs.items()}, outputs={key: t.name for key, t in sig.outputs.items()},
-        variable_keys=handles,
-    )
+    return SignatureGraph(path, name, available, meta_graph, inputs, outputs, handles)

@@ -1,4 +1,4 @@
-"""Any TF2 SavedModel as a model source, repaired at graph level: no Python class of the model is needed.
+"""Any SavedModel as a model source, repaired at graph level: no Python class of the model is needed.
 
 The chosen signature (``serving_default`` unless ``--signature``) is turned into one TF1-style graph
 (:mod:`ckptfix.graph.saved_model`: its functions inlined, its captured variables mapped to their keys in
@@ -206,7 +206,7 @@ class SavedModelSource:
 
         with atomic_output(destination, overwrite=overwrite, is_folder=True) as staged:
             shutil.copytree(self.path, staged.path, dirs_exist_ok=True, ignore=ignore)
-            copy_checkpoint(self.prefix, staged.path / "variables" / "variables", new_values,
+            copy_checkpoint(self.prefix, staged.path / "variables" / "variables", new_values, layout=self.graph.layout,
                             check_interrupt=staged.check_interrupt)
             staged.check_interrupt()
             _check_copied(self.path, staged.path)

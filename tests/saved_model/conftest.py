@@ -241,3 +241,34 @@ def tf_keras_savedmodel(tmp_path_factory) -> Exported:
     return Exported(folder / "keras2", folder / "calibration.npy",
                     lambda d: [_moments(features(d).numpy(), bessel=True)], expected, _serve(),
                     extra={"images": data})
+
+
+@pytest.fixture(scope="session")
+def tf1_savedmodel(tmp_path_factory) -> Exported:
+    """A TF1 SavedModel (``tf.compat.v1.saved_model.simple_save``): placeholders, one fused inference BN."""
+    import tensorflow as tf
+
+    folder = tmp_path_factory.mktemp("tf1")
+    rng = np.random.RandomState(8)
+    kernel, gamma, beta = rng.randn(3, 3, 3, 4) * 0.5, 1 + rng.rand(4), rng.randn(4) * 0.1
+    with tf.Graph().as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 8, 8, 3], name="x")
+
+        def variable(name, value):
+            return tf.compat.v1.get_variable(name, initializer=np.asarray(value, np.float32))
+
+        h = tf.nn.conv2d(x, variable("conv/kernel", kernel), 1, "SAME")
+        y = tf.compat.v1.nn.fused_batch_norm(
+            h, variable("bn/gamma", gamma), variable("bn/beta", beta), variable("bn/moving_mean", np.zeros(4)),
+            variable("bn/moving_variance", np.ones(4)), epsilon=1e-3, is_training=False)[0]
+        scores = tf.reduce_mean(y, [1, 2])
+        with tf.compat.v1.Session() as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            tf.compat.v1.saved_model.simple_save(session, str(folder / "tf1"), {"image": x}, {"scores": scores})
+    data = _images(8)
+
+    def expected(stats, d):
+        mean, variance = stats[0]
+        return ((_conv64(d, kernel) - mean) / np.sqrt(variance + 1e-3) * gamma + beta).mean((1, 2))
+
+    return Exported(folder / "tf1", data, lambda d: [_moments(_conv64(d, kernel), True)], expected, _serve())

@@ -176,3 +176,11 @@ def test_signature_needs_a_savedmodel(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((2, 8, 8, 3), np.float32))
     with pytest.raises(CkptfixError, match="--signature applies to SavedModel"):
         ckptfix.inspect(tmp_path / "x.npy", signature="serving_default")
+
+
+def test_tf1_savedmodel(tf1_savedmodel, tmp_path):
+    """Signatures on plain graph tensors: the graph and saver as they are, keys from the variable collections."""
+    output, report = _repair(tf1_savedmodel, tmp_path)
+    assert [(layer.name, layer.mean_key) for layer in report.layers] == [("bn", "bn/moving_mean")]
+    assert report.input_tensors == ["image"]
+    _check_repaired(tf1_savedmodel, output, report)
