@@ -34,9 +34,10 @@ from ckptfix.graph.saved_model import SignatureGraph, load_signature_graph
 from ckptfix.io.atomic import atomic_output, check_destination
 from ckptfix.io.checkpoint_writer import copy_checkpoint
 from ckptfix.sources.base import Layer, Notice
+from ckptfix.sources.graph import _epsilon, _GraphSession
 
 FORMAT = "savedmodel-graph"
-_BOOL, _FLOAT_TYPES = 10, frozenset({1, 2, 14, 19})
+_BOOL = 10  # DT_BOOL
 
 
 def _reader(prefix: Path):
@@ -48,14 +49,6 @@ def _reader(prefix: Path):
         return tf.train.load_checkpoint(str(prefix))
     except (tf.errors.OpError, ValueError) as error:
         raise CheckpointError(f"cannot read {prefix}: {str(error).strip().splitlines()[0]}") from None
-
-
-def _epsilon(index: GraphIndex, found) -> float | None:
-    for fused in found.fused_nodes:
-        node = index.node(fused.node, fused.function)
-        if node is not None and "epsilon" in node.attr:
-            return float(node.attr["epsilon"].f)
-    return None
 
 
 def _signature_feeds(graph: SignatureGraph, training_flag: str | None) -> tuple[dict[str, str], str | None]:
@@ -84,36 +77,25 @@ def _signature_feeds(graph: SignatureGraph, training_flag: str | None) -> tuple[
     return {key: tensor for key, tensor in sorted(graph.inputs.items()) if tensor != flag}, flag
 
 
-class _SavedModelSession:
-    """A :class:`~ckptfix.sources.base.Session` over a :class:`GraphModel`, fed by signature input keys."""
+class _SavedModelSession(_GraphSession):
+    """The graph session, its inputs named (and batch dicts keyed) by signature input keys."""
 
-    def __init__(self, model: GraphModel, layers: list[Layer], fed: dict[str, str], flag_key: str | None,
-                 output_name: str | None) -> None:
-        self._model = model
-        self._variables = {layer.name: (layer.found.mean_variable, layer.found.variance_variable) for layer in layers}
+    def __init__(self, model: GraphModel, layers: list[Layer], feeds: Feeds, fed: dict[str, str],
+                 flag_key: str | None, output_name: str | None) -> None:
+        super().__init__(model, layers, feeds, output_name)
         self._tensors = fed
         self.input_specs = [InputSpec(key, spec.shape, spec.dtype) for key, spec in zip(fed, model.input_specs)]
         self.input_names = list(fed)
         self.training_flag = flag_key
-        self.output_name = output_name
-        self.inference_unavailable = model.inference_unavailable
 
     def _batch(self, batch):
         return {self._tensors[key]: value for key, value in batch.items()} if isinstance(batch, dict) else batch
 
     def moments(self, batch, keep_output: bool):
-        moments, output = self._model.moments(self._batch(batch), self.output_name)
-        return moments, output if keep_output else None
+        return super().moments(self._batch(batch), keep_output)
 
     def inference_outputs(self, batch) -> np.ndarray:
-        return self._model.inference_outputs(self._batch(batch), self.output_name)
-
-    def assign_statistics(self, values: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
-        by_variable = {}
-        for name, (mean, variance) in values.items():
-            mean_variable, variance_variable = self._variables[name]
-            by_variable[mean_variable], by_variable[variance_variable] = mean, variance
-        self._model.assign_statistics(by_variable)
+        return super().inference_outputs(self._batch(batch))
 
 
 class SavedModelSource:
@@ -187,7 +169,7 @@ class SavedModelSource:
         feeds = Feeds(tuple(fed.values()), flag)
         placement = {} if device is None else {"device": device}
         with GraphModel(self.graph.meta_graph, chosen, feeds, str(self.prefix), **placement) as model:
-            yield _SavedModelSession(model, layers, fed, flag_key, self._output(options.output_tensor, notice))
+            yield _SavedModelSession(model, layers, feeds, fed, flag_key, self._output(options.output_tensor, notice))
 
     def cause(self) -> None:
         """A SavedModel keeps no training graph."""

@@ -155,20 +155,29 @@ def test_statistics_folded_into_constants(tmp_path):
     """A BN reading constants is named in a notice and left alone; with nothing else, exit code 4."""
     import tensorflow as tf
 
-    m = tf.Module()
-    m.kernel = tf.Variable(np.ones((3, 3, 3, 4), np.float32))
+    def export(name: str, with_variables: bool) -> Path:
+        m = tf.Module()
+        m.kernel = tf.Variable(np.ones((3, 3, 3, 4), np.float32))
+        m.mean, m.var = tf.Variable(np.zeros(4, np.float32)), tf.Variable(np.ones(4, np.float32))
 
-    @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32)])
-    def serve(x):
-        h = tf.nn.conv2d(x, m.kernel, 1, "SAME")
-        y = tf.compat.v1.nn.fused_batch_norm(h, tf.ones([4]), tf.zeros([4]), tf.zeros([4]), tf.ones([4]),
-                                             is_training=False)[0]
-        return {"y": y}
+        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32)])
+        def serve(x):
+            h = tf.nn.conv2d(x, m.kernel, 1, "SAME")
+            y = tf.compat.v1.nn.fused_batch_norm(h, tf.ones([4]), tf.zeros([4]), tf.zeros([4]), tf.ones([4]),
+                                                 is_training=False)[0]
+            if with_variables:
+                y = tf.compat.v1.nn.fused_batch_norm(y, tf.ones([4]), tf.zeros([4]), m.mean, m.var, is_training=False)[0]
+            return {"y": y}
 
-    m.serve = serve
-    tf.saved_model.save(m, str(tmp_path / "folded"), signatures={"serving_default": serve})
+        m.serve = serve
+        tf.saved_model.save(m, str(tmp_path / name), signatures={"serving_default": serve})
+        return tmp_path / name
+
+    report = ckptfix.inspect(export("mixed", True))
+    assert len(report.layers) == 1
+    assert any("folded into constants" in notice for notice in report.notices), report.notices
     with pytest.raises(NoBatchNormError, match="constants") as raised:
-        ckptfix.inspect(tmp_path / "folded")
+        ckptfix.inspect(export("folded", False))
     assert raised.value.exit_code == 4
 
 
