@@ -50,8 +50,12 @@ def _graph_level_saved_model(checkpoint, options) -> bool:
         return False
     if options.signature is not None:
         return True
-    keras = given == "savedmodel" or options.model is not None or options.architecture is not None
-    return not keras and not (Path(checkpoint).expanduser() / "keras_metadata.pb").is_file()
+    if given == "savedmodel" or options.model is not None or options.architecture is not None:
+        return False
+    from ckptfix.keras import formats
+
+    # a SavedModel keeping a Keras model loads with tf_keras; without tf_keras it is repaired at graph level
+    return not ((Path(checkpoint).expanduser() / "keras_metadata.pb").is_file() and formats._has_tf_keras())
 
 
 def _model_label(model) -> str:
