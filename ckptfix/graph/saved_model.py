@@ -100,33 +100,31 @@ def _call_node(graph_def, signature):
     return node if node is not None and node.op in _CALL_OPS else None
 
 
-def _object_paths(nodes) -> dict[int, tuple[str, ...]]:
-    """Object id -> the local names leading to it from the root (node 0), first found breadth first."""
-    paths, queue = {0: ()}, [0]
-    for node_id in queue:
-        for child in nodes[node_id].children:
-            if child.node_id not in paths:
-                paths[child.node_id] = paths[node_id] + (child.local_name,)
-                queue.append(child.node_id)
-    return paths
-
-
 def _checkpoint_keys(meta_graph, reader, path: Path) -> dict[int, str]:
-    """Saved-object id -> the checkpoint key of its value, for every saved variable."""
+    """Saved-object id -> the checkpoint key of its value, for every saved variable.
+
+    Both object graphs are walked from their roots together, along children of the same local name, so an
+    object is matched through any path the two graphs share (the saved one also holds functions, signatures)."""
     from tensorflow.core.protobuf import trackable_object_graph_pb2
 
     if not reader.has_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"):
         raise CheckpointError(f"{path}/variables has no object graph: it is not a TF2 SavedModel's checkpoint.")
-    checkpoint_graph = trackable_object_graph_pb2.TrackableObjectGraph()
-    checkpoint_graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
-    by_path = {}
-    for node_id, names in _object_paths(checkpoint_graph.nodes).items():
-        for attribute in checkpoint_graph.nodes[node_id].attributes:
-            if attribute.name == "VARIABLE_VALUE":
-                by_path[names] = attribute.checkpoint_key
+    checkpoint = trackable_object_graph_pb2.TrackableObjectGraph()
+    checkpoint.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
     saved = meta_graph.object_graph_def.nodes
-    return {node_id: by_path[names] for node_id, names in _object_paths(saved).items()
-            if saved[node_id].WhichOneof("kind") == "variable" and names in by_path}
+    matched, queue = {0: 0}, [0]
+    for saved_id in queue:
+        children = {child.local_name: child.node_id for child in checkpoint.nodes[matched[saved_id]].children}
+        for child in saved[saved_id].children:
+            if child.node_id not in matched and child.local_name in children:
+                matched[child.node_id] = children[child.local_name]
+                queue.append(child.node_id)
+    keys = {}
+    for saved_id, checkpoint_id in matched.items():
+        for attribute in checkpoint.nodes[checkpoint_id].attributes:
+            if attribute.name == "VARIABLE_VALUE" and saved[saved_id].WhichOneof("kind") == "variable":
+                keys[saved_id] = attribute.checkpoint_key
+    return keys
 
 
 def _kept_for_call(graph_def, call) -> object:

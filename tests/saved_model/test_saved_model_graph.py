@@ -17,8 +17,6 @@ import pytest
 import ckptfix
 from ckptfix.errors import CkptfixError, GraphError, NoBatchNormError
 
-from conftest import SAMPLES
-
 
 def _data(exported):
     data = exported.data
@@ -64,10 +62,16 @@ def _check_repaired(exported, output: Path, report, rtol: float = 1e-5, served_t
     assert np.abs(stale - served).max() > 10 * served_tolerance  # the repair is what changed the output
 
 
+def _samples(exported) -> int:
+    data = _data(exported)
+    return len(next(iter(data.values())) if isinstance(data, dict) else data)
+
+
 def _repair(exported, tmp_path, **keywords):
+    """Repair with all samples in one batch: each BN's statistics are then those of the reference."""
     output = tmp_path / "fixed"
-    report = ckptfix.recalibrate(exported.path, exported.data, output=output, batch_size=SAMPLES, shuffle=False,
-                                 **keywords)
+    report = ckptfix.recalibrate(exported.path, exported.data, output=output, batch_size=_samples(exported),
+                                 shuffle=False, **keywords)
     assert report.model_format == "savedmodel-graph"
     assert Path(report.output_checkpoint) == output
     return output, report
@@ -105,7 +109,7 @@ def test_two_inputs_and_a_second_signature(two_input_export, tmp_path):
     expected = two_input_export.extra["features"](two_input_export.reference(data), data)
     np.testing.assert_allclose(maps["maps"].numpy(), expected, rtol=1e-4, atol=1e-4)
     # a dict of arrays and --signature work the same
-    again = ckptfix.recalibrate(two_input_export.path, data, output=tmp_path / "again", batch_size=SAMPLES,
+    again = ckptfix.recalibrate(two_input_export.path, data, output=tmp_path / "again", batch_size=len(data["a"]),
                                 signature="features")
     np.testing.assert_allclose(again.layers[0].new_mean, report.layers[0].new_mean, rtol=1e-5)
     with pytest.raises(GraphError, match="no signature nope .*features, serving_default"):
@@ -123,7 +127,7 @@ def test_tf_keras_savedmodel(tf_keras_savedmodel, tmp_path):
     old_style = tmp_path / "old_style"
     shutil.copytree(tf_keras_savedmodel.path, old_style)
     (old_style / "keras_metadata.pb").unlink()
-    report = ckptfix.recalibrate(old_style, tf_keras_savedmodel.data, batch_size=SAMPLES)
+    report = ckptfix.recalibrate(old_style, tf_keras_savedmodel.data, batch_size=_samples(tf_keras_savedmodel))
     assert report.model_format == "savedmodel-graph"
     assert Path(report.output_checkpoint) == tmp_path / "old_style-recalibrated"
 
