@@ -152,9 +152,11 @@ def _variables_updated_from(index: GraphIndex, start: Tensor, depth: int = 8) ->
 
 
 def _through_switch(index: GraphIndex, tensor: Tensor) -> Tensor:
+    """Back through Switch ops; inside a function also through Identity (a call inlined into a branch
+    function passes its arguments through Identity nodes)."""
     while True:
         node = index.node(tensor.node, tensor.function)
-        if node is None or node.op not in _SWITCH_OPS:
+        if node is None or not (node.op in _SWITCH_OPS or (tensor.function is not None and node.op == "Identity")):
             return tensor
         tensor = index.inputs(node, tensor.function)[0]
 

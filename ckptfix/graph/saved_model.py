@@ -272,7 +272,10 @@ def load_signature_graph(path, signature: str | None, reader) -> SignatureGraph:
     fetches = [t.name for t in sig.inputs.values()] + [t.name for t in sig.outputs.values()]
     graph_def = _inline(_kept_for_call(source.graph_def, call), fetches)
     functions = {f.signature.name: f for f in graph_def.library.function}
-    for node in graph_def.node:
+    branches = {node.attr[branch].func.name for node in graph_def.node if node.op in _CONTROL_FLOW_OPS
+                for branch in ("then_branch", "else_branch")}
+    reachable = [*graph_def.node, *(n for name in branches if name in functions for n in functions[name].node_def)]
+    for node in reachable:
         body = functions.get(node.attr["f"].func.name) if node.op in _CALL_OPS else None
         if body is not None and any(n.op.startswith("FusedBatchNorm") or n.op == "Rsqrt" for n in body.node_def):
             raise GraphError(f"grappler left the call {node.name} of function {body.signature.name} in SavedModel "

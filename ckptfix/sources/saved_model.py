@@ -77,6 +77,16 @@ def _signature_feeds(graph: SignatureGraph, training_flag: str | None) -> tuple[
     return {key: tensor for key, tensor in sorted(graph.inputs.items()) if tensor != flag}, flag
 
 
+def _layer_name(bn, mean_key: str) -> str:
+    """The scope of the ``.../moving_mean`` variable the layer reads; for a variable not named so (a
+    ``tf.Variable`` called ``Variable_3``), its object path in the checkpoint key, ``.../moving_mean`` dropped."""
+    if bn.name != bn.mean_variable:
+        return bn.name
+    path = mean_key.removesuffix("/.ATTRIBUTES/VARIABLE_VALUE")
+    scope, _, last = path.rpartition("/")
+    return scope if scope and last.startswith("moving_mean") else path
+
+
 class _SavedModelSession(_GraphSession):
     """The graph session, its inputs named (and batch dicts keyed) by signature input keys."""
 
@@ -84,6 +94,7 @@ class _SavedModelSession(_GraphSession):
                  flag_key: str | None, output_name: str | None) -> None:
         super().__init__(model, layers, feeds, output_name)
         self._tensors = fed
+        self._names = {layer.found.name: layer.name for layer in layers}  # the graph's names -> the source's
         self.input_specs = [InputSpec(key, spec.shape, spec.dtype) for key, spec in zip(fed, model.input_specs)]
         self.input_names = list(fed)
         self.training_flag = flag_key
@@ -92,7 +103,8 @@ class _SavedModelSession(_GraphSession):
         return {self._tensors[key]: value for key, value in batch.items()} if isinstance(batch, dict) else batch
 
     def moments(self, batch, keep_output: bool):
-        return super().moments(self._batch(batch), keep_output)
+        moments, output = super().moments(self._batch(batch), keep_output)
+        return {self._names[name]: values for name, values in moments.items()}, output
 
     def inference_outputs(self, batch) -> np.ndarray:
         return super().inference_outputs(self._batch(batch))
@@ -131,8 +143,9 @@ class SavedModelSource:
             mean_key, variance_key = keys.get(bn.mean_variable), keys.get(bn.variance_variable)
             if mean_key is None or variance_key is None:
                 raise GraphError(f"BN layer {bn.name} reads a variable the SavedModel's object graph does not save.")
-            name = bn.name if bn.name not in names else f"{bn.name}_{names[bn.name]}"
-            names[bn.name] = names.get(bn.name, 0) + 1
+            base = _layer_name(bn, mean_key)
+            name = base if base not in names else f"{base}_{names[base]}"
+            names[base] = names.get(base, 0) + 1
             stored = [np.asarray(self.reader.get_tensor(key), np.float64).reshape(-1) for key in (mean_key, variance_key)]
             self.layers.append(Layer(
                 name=name, kind=bn.kind, mean_key=mean_key, variance_key=variance_key,

@@ -155,6 +155,40 @@ def test_cli_writes_beside_the_input(keras3_export, tmp_path):
     assert sorted(signatures) == sorted(tf.saved_model.load(str(keras3_export.path)).signatures) == ["serve", "serving_default"]
 
 
+def test_bn_in_a_function_called_from_a_cond_branch(tmp_path):
+    """A tf.function called inside the inference branch: inlined into the branch, its BN found and measured;
+    an unnamed variable's layer is named by its object path."""
+    import tensorflow as tf
+
+    rng = np.random.RandomState(9)
+    kernel = rng.randn(3, 3, 3, 4).astype(np.float32)
+    m = tf.Module()
+    m.kernel = tf.Variable(kernel)
+    m.stats = tf.Module()
+    m.stats.moving_mean, m.stats.moving_variance = tf.Variable(np.zeros(4, np.float32)), tf.Variable(np.ones(4, np.float32))
+
+    @tf.function
+    def infer(h):
+        return tf.compat.v1.nn.fused_batch_norm(h, tf.ones([4]), tf.zeros([4]), m.stats.moving_mean,
+                                                m.stats.moving_variance, is_training=False)[0]
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32), tf.TensorSpec([], tf.bool)])
+    def serve(x, training):
+        h = tf.nn.conv2d(x, m.kernel, 1, "SAME")
+        train = lambda: tf.compat.v1.nn.fused_batch_norm(h, tf.ones([4]), tf.zeros([4]), is_training=True)[0]  # noqa: E731
+        return {"y": tf.reduce_mean(tf.cond(training, train, lambda: infer(h)), [1, 2])}
+
+    m.serve = serve
+    tf.saved_model.save(m, str(tmp_path / "nested"), signatures={"serving_default": serve})
+    data = (rng.randn(16, 8, 8, 3) * 2 + 1).astype(np.float32)
+    report = ckptfix.recalibrate(tmp_path / "nested", data, batch_size=16, output=tmp_path / "fixed")
+    assert [layer.name for layer in report.layers] == ["stats"]
+    h = tf.nn.conv2d(tf.constant(data, tf.float64), tf.constant(kernel, tf.float64), 1, "SAME").numpy().reshape(-1, 4)
+    np.testing.assert_allclose(report.layers[0].new_mean, h.mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(report.layers[0].new_variance, h.var(0, ddof=1), rtol=1e-5)
+    assert report.agreement.relative_error_after < 1e-3
+
+
 def test_statistics_folded_into_constants(tmp_path):
     """A BN reading constants is named in a notice and left alone; with nothing else, exit code 4."""
     import tensorflow as tf
