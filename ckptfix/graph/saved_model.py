@@ -53,16 +53,11 @@ class SignatureGraph:
 
     path: Path
     signature_name: str
-    signature_names: list[str]
     meta_graph: object
     inputs: dict[str, str]
     outputs: dict[str, str]
     variable_keys: dict[str, str]
     layout: dict = field(default_factory=dict)
-
-    @property
-    def prefix(self) -> Path:
-        return self.path / "variables" / "variables"
 
 
 def is_saved_model(path) -> bool:
@@ -212,23 +207,19 @@ def _add_restore(meta_graph, handles: dict[str, str], dtypes: dict[str, object])
         const = add(name, "Const")
         const.attr["dtype"].type = types_pb2.DT_STRING
         const.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(values, tf.string))
-    restore = add("RestoreV2", "RestoreV2", [filename.name, f"{_RESTORE}/tensor_names", f"{_RESTORE}/shape_and_slices"])
-    restore.attr["dtypes"].list.type.extend([dtypes[key].as_datatype_enum for key in keys])
     done = add("all", "NoOp")
-    for k, name in enumerate(names):
-        assign = add(f"assign/{k}", "AssignVariableOp", [name, f"{restore.name}:{k}"])
-        assign.attr["dtype"].type = dtypes[keys[k]].as_datatype_enum
-        done.input.append("^" + assign.name)
     meta_graph.saver_def.Clear()
     meta_graph.saver_def.filename_tensor_name = filename.name + ":0"
     meta_graph.saver_def.restore_op_name = done.name
     meta_graph.saver_def.version = 2  # V2
-
-
-def signature_names(path) -> list[str]:
-    """The signatures of the SavedModel at ``path`` (its serve meta graph)."""
-    path = Path(path).expanduser()
-    return sorted(serving_meta_graph(read_saved_model(path), path).signature_def)
+    if not names:
+        return
+    restore = add("RestoreV2", "RestoreV2", [filename.name, f"{_RESTORE}/tensor_names", f"{_RESTORE}/shape_and_slices"])
+    restore.attr["dtypes"].list.type.extend([dtypes[key].as_datatype_enum for key in keys])
+    for k, name in enumerate(names):
+        assign = add(f"assign/{k}", "AssignVariableOp", [name, f"{restore.name}:{k}"])
+        assign.attr["dtype"].type = dtypes[keys[k]].as_datatype_enum
+        done.input.append("^" + assign.name)
 
 
 def load_signature_graph(path, signature: str | None, reader) -> SignatureGraph:
@@ -251,7 +242,7 @@ def load_signature_graph(path, signature: str | None, reader) -> SignatureGraph:
     if call is None:  # a TF1 SavedModel: its graph and saver as they are, keys from its variable collections
         if not source.saver_def.restore_op_name:
             raise GraphError(f"SavedModel {path} has no saver and signature {name} calls no function: re-export it.")
-        return SignatureGraph(path, name, available, source, inputs, outputs, checkpoint_keys(source),
+        return SignatureGraph(path, name, source, inputs, outputs, checkpoint_keys(source),
                               partition_layout(source))
     function = call.attr["f"].func.name
     concrete = source.object_graph_def.concrete_functions.get(function)
@@ -269,6 +260,11 @@ def load_signature_graph(path, signature: str | None, reader) -> SignatureGraph:
             raise GraphError(f"signature {name} of SavedModel {path} reads variable {handle}, which variables/ does "
                              "not save (an untracked variable): re-export the model with it tracked.")
         handle_keys[handle] = object_keys[node_id]
+    unmapped = [text for text in data_inputs if nodes[text.split(":")[0]].op == "VarHandleOp"
+                and text.split(":")[0] not in handle_keys]
+    if unmapped:
+        raise GraphError(f"cannot tell which saved variable signature {name} of SavedModel {path} reads as "
+                         f"{unmapped[0]} (the object graph does not list its captures). Please report it.")
     fetches = [t.name for t in sig.inputs.values()] + [t.name for t in sig.outputs.values()]
     graph_def = _inline(_kept_for_call(source.graph_def, call), fetches)
     functions = {f.signature.name: f for f in graph_def.library.function}
@@ -289,4 +285,4 @@ def load_signature_graph(path, signature: str | None, reader) -> SignatureGraph:
     if missing:
         raise CheckpointError(f"SavedModel {path}: variables/ has no {missing[0]}; restore the folder from a good copy.")
     _add_restore(meta_graph, handles, dtypes)
-    return SignatureGraph(path, name, available, meta_graph, inputs, outputs, handles)
+    return SignatureGraph(path, name, meta_graph, inputs, outputs, handles)
