@@ -84,8 +84,9 @@ def test_keras3_export(keras3_export, tmp_path):
 
 
 def test_keras3_export_inspect_and_diagnose(keras3_export):
-    inspected = ckptfix.inspect(keras3_export.path)
+    inspected = ckptfix.inspect(keras3_export.path, against=keras3_export.path)
     assert inspected.model_format == "savedmodel-graph" and [layer.name for layer in inspected.layers] == ["bn"]
+    assert inspected.layers[0].flags == ["initial", "same-as-against"]
     diagnosis = ckptfix.diagnose(keras3_export.path, keras3_export.data, batch_size=16)
     assert diagnosis.stale
 
