@@ -224,9 +224,9 @@ def _check_copied(source: Path, staged: Path) -> None:
         return {p.relative_to(root) for p in root.rglob("*")
                 if p.is_file() and not (p.parent == root / "variables" and p.name.startswith("variables."))}
 
-    expected = files(source)
-    wrong = sorted(str(p) for p in expected ^ files(staged))
-    wrong += sorted(str(p) for p in expected if not filecmp.cmp(source / p, staged / p, shallow=False))
+    expected, written = files(source), files(staged)
+    wrong = sorted(str(p) for p in expected ^ written)
+    wrong += sorted(str(p) for p in expected & written if not filecmp.cmp(source / p, staged / p, shallow=False))
     if wrong:
         raise OutputError(f"the copied SavedModel differs from the input in {wrong[0]}; nothing was kept.")
 
