@@ -188,6 +188,7 @@ def test_bn_in_a_function_called_from_a_cond_branch(tmp_path):
     np.testing.assert_allclose(report.layers[0].new_mean, h.mean(0), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(report.layers[0].new_variance, h.var(0, ddof=1), rtol=1e-5)
     assert report.agreement.relative_error_after < 1e-3
+    assert (tmp_path / "fixed" / "saved_model.pb").read_bytes() == (tmp_path / "nested" / "saved_model.pb").read_bytes()
 
 
 def test_statistics_folded_into_constants(tmp_path):
