@@ -34,7 +34,8 @@ def recalibrate(checkpoint: str | Path, data, options: Options | None = None, **
     Args:
         checkpoint: a checkpoint prefix, a folder with a ``checkpoint`` state file, or one file of the prefix;
             or a frozen GraphDef (``.pb`` binary, ``.pbtxt`` text), repaired into a new GraphDef file; or a Keras /
-            TF2 file (``.keras``, ``.h5``, ``.weights.h5``, object-based checkpoint, SavedModel; docs/keras.md).
+            TF2 file (``.keras``, ``.h5``, ``.weights.h5``, object-based checkpoint; docs/keras.md); or a SavedModel
+            folder, repaired at graph level from its ``signature`` unless it keeps a Keras model (docs/which-file.md).
         data: a folder or file of calibration samples (images, ``.npy``, ``.npz``, TFRecords), a numpy array
             ``(N, ...)`` already preprocessed, a ``tf.data.Dataset``, or an iterable of batches (arrays,
             ``(inputs, labels)`` pairs, or dicts mapping each input's name to an array).

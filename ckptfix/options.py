@@ -69,7 +69,8 @@ def _at_least(value: int | None, minimum: int, option: str) -> None:
         raise CkptfixError(f"{option} must be at least {minimum} (got {value}).")
 
 
-_MODEL = ("meta", "model", "model_args", "input_shape", "arg_scope", "model_format", "architecture", "unsafe")
+_MODEL = ("meta", "model", "model_args", "input_shape", "arg_scope", "model_format", "architecture", "unsafe",
+          "signature")
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,9 @@ class Options:
         model_format: a :class:`ModelFormat` (default: detected from CKPT) [--model-format].
         architecture: a ``.keras`` / config ``.json`` architecture for Keras files without one [--architecture].
         unsafe: turn Keras' safe mode off (Lambda layers run Python stored in the file) [--unsafe].
+        signature: the SavedModel signature measured (default ``serving_default``); given, the SavedModel is
+            repaired at graph level even when it keeps a Keras model (:mod:`ckptfix.sources.saved_model`)
+            [--signature].
         training_flag: the boolean training-flag tensor, fed False (default: detected) [--training-flag].
     Data:
         batch_size (>= 1), num_samples (>= 1; default all), shuffle, seed: how calibration batches are drawn.
@@ -132,6 +136,7 @@ class Options:
     model_format: ModelFormat | None = None
     architecture: Path | None = None
     unsafe: bool = False
+    signature: str | None = None
     training_flag: str | None = None
     batch_size: int = 32
     num_samples: int | None = None

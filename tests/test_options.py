@@ -113,7 +113,8 @@ def test_keywords_each_command_takes():
     assert Options.COMMANDS["recalibrate"] == fields - {"against"}
     assert Options.COMMANDS["diagnose"] == fields - {"output", "overwrite", "against"}
     assert Options.COMMANDS["inspect"] == {
-        "meta", "model", "model_args", "input_shape", "arg_scope", "model_format", "architecture", "unsafe", "against"}
+        "meta", "model", "model_args", "input_shape", "arg_scope", "model_format", "architecture", "unsafe", "signature",
+        "against"}
     assert Options.build(None, {"against": "x"}, "inspect").against == Path("x")
 
 

@@ -63,6 +63,7 @@ ArgScope = Annotated[Optional[str], typer.Option(metavar="MODULE:FN", help="With
 # Keras / TF2 models (docs/keras.md). --model-format, not --format: --format picks the calibration data kind.
 ModelFormatOption = Annotated[Optional[ModelFormat], typer.Option("--model-format", metavar="FORMAT", help=f"{_listed(ModelFormat)} (default: detected from CKPT).", rich_help_panel=MODEL)]
 Architecture = Annotated[Optional[Path], typer.Option(help="A .keras file or config .json: the architecture, for files without one.", rich_help_panel=MODEL)]
+Signature = Annotated[Optional[str], typer.Option(metavar="NAME", help="SavedModel signature to measure (default: serving_default).", rich_help_panel=MODEL)]
 TrainingFlag = Annotated[Optional[str], typer.Option(metavar="TENSOR", help="Boolean training-flag tensor, fed False (default: detected).", rich_help_panel=MODEL)]
 
 BatchSize = Annotated[int, typer.Option(help="Samples per forward pass.", rich_help_panel=DATA)]
@@ -193,7 +194,7 @@ DATA_ARGUMENT = (("data", Data, _REQUIRED),)
 MODEL_OPTIONS = (
     ("meta", Meta, None), ("model", Model, None), ("num_classes", NumClasses, None), ("model_arg", ModelArg, None),
     ("input_shape", ModelInputShape, None), ("arg_scope", ArgScope, None), ("model_format", ModelFormatOption, None),
-    ("architecture", Architecture, None),
+    ("architecture", Architecture, None), ("signature", Signature, None),
 )
 FEED_OPTIONS = (("training_flag", TrainingFlag, None),)
 DATA_OPTIONS = (

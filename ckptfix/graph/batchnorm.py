@@ -152,9 +152,11 @@ def _variables_updated_from(index: GraphIndex, start: Tensor, depth: int = 8) ->
 
 
 def _through_switch(index: GraphIndex, tensor: Tensor) -> Tensor:
+    """Back through Switch ops; inside a function also through Identity (a call inlined into a branch
+    function passes its arguments through Identity nodes)."""
     while True:
         node = index.node(tensor.node, tensor.function)
-        if node is None or node.op not in _SWITCH_OPS:
+        if node is None or not (node.op in _SWITCH_OPS or (tensor.function is not None and node.op == "Identity")):
             return tensor
         tensor = index.inputs(node, tensor.function)[0]
 
@@ -251,8 +253,11 @@ def _layer_name(mean_variable: str) -> str:
     return scope if last.startswith("moving_mean") and scope else mean_variable
 
 
-def find_batchnorm_layers(index: GraphIndex) -> list[BatchNormLayer]:
-    """Every BN layer of the graph, in graph order of first appearance; raises GraphError on BN it cannot map."""
+def find_batchnorm_layers(index: GraphIndex, folded: list[str] | None = None) -> list[BatchNormLayer]:
+    """Every BN layer of the graph, in graph order of first appearance; raises GraphError on BN it cannot map.
+
+    With a ``folded`` list, inference-mode fused nodes whose statistics are constants (no variable behind
+    them) are appended to it by name and left out instead of raising."""
     candidates = _fused_candidates(index) + _nonfused_candidates(index)
     for candidate in candidates:
         for kind, found in (("moving_mean", candidate.mean_variables), ("moving_variance", candidate.variance_variables)):
@@ -267,6 +272,10 @@ def find_batchnorm_layers(index: GraphIndex) -> list[BatchNormLayer]:
     layers: dict[tuple[str, str], BatchNormLayer] = {}
     for candidate in candidates:
         key = by_input.get(candidate.input)
+        constant = key is None and not (candidate.mean_variables or candidate.variance_variables)
+        if folded is not None and constant and candidate.fused is not None and not candidate.fused.is_training:
+            folded.append(candidate.label)
+            continue
         if not (candidate.mean_variables and candidate.variance_variables) and key is None:
             raise GraphError(
                 f"cannot find the moving_mean/moving_variance variables of BN node {candidate.label}; "

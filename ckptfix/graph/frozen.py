@@ -73,7 +73,7 @@ def load_graph_def(path: Path):
     if not path.is_file():
         raise GraphError(f"no frozen graph at {path}: pass a .pb or .pbtxt GraphDef file.")
     if path.name == "saved_model.pb" or (path.parent / "variables").is_dir():
-        raise GraphError(f"{path} is a SavedModel, not a frozen GraphDef: see docs/which-file.md for what to run.")
+        raise GraphError(f"{path} belongs to a SavedModel, not a frozen GraphDef: pass its folder {path.parent}.")
     try:
         graph_def = _parse(path, _is_text(path))
     except (DecodeError, text_format.ParseError, UnicodeDecodeError, RuntimeError):

@@ -12,9 +12,9 @@ weights-h5    Keras 3 ``.weights.h5``                                 ``--model`
 tf-checkpoint TF2 object-based checkpoint (``tf.train.Checkpoint``,   ``--model`` or ``--architecture``
               tf_keras ``save_weights``): index with
               ``_CHECKPOINTABLE_OBJECT_GRAPH``, no ``.meta``
-savedmodel    SavedModel folder (``saved_model.pb``) written by        the folder when it keeps the Keras
-              tf_keras                                                model (``keras_metadata.pb``), else
-                                                                      ``--model`` / ``--architecture``
+savedmodel    SavedModel folder (``saved_model.pb``) keeping a Keras   the folder (``keras_metadata.pb``), or
+              model; any other SavedModel is repaired at graph level  ``--model`` / ``--architecture``
+              (:mod:`ckptfix.sources.saved_model`)
 tf1           a TF1 checkpoint with its ``.meta`` (the graph path)    --
 ============  =====================================================  =====================================
 
@@ -387,9 +387,8 @@ def _load_savedmodel(path: Path, model, architecture, unsafe: bool) -> KerasSour
         return KerasSource("savedmodel", path, built, prefix=prefix, loader="tf.train.Checkpoint.read")
     if not (path / "keras_metadata.pb").is_file():
         raise CheckpointError(
-            f"SavedModel {path} does not keep the Keras model (no keras_metadata.pb; Keras 3 model.export() "
-            "writes only the serving functions): pass the .keras or .weights.h5 file you exported it from "
-            "(or, for tf.saved_model.save(model), --model package.module:function building the same model)."
+            f"SavedModel {path} keeps no Keras model for --model-format savedmodel (no keras_metadata.pb): leave "
+            "out --model-format to repair it at graph level, or pass --model/--architecture."
         )
     if not _has_tf_keras():
         raise CkptfixError(f"SavedModel {path} was written by tf_keras: install tf_keras to load it.")

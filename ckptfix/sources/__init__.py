@@ -3,15 +3,19 @@
 * :mod:`~ckptfix.sources.graph` -- TF1 graphs: checkpoint + ``.meta``, checkpoint + ``--model`` function,
   frozen ``.pb`` / ``.pbtxt``
 * :mod:`~ckptfix.sources.keras` -- Keras / TF2 files: ``.keras``, ``.h5``, ``.weights.h5``, TF2 checkpoints,
-  Keras SavedModels
+  SavedModels that keep a Keras model (``keras_metadata.pb``)
+* :mod:`~ckptfix.sources.saved_model` -- any other TF2 SavedModel, repaired at graph level
 
-:func:`open_source` picks one: a Keras / TF2 format first (``--model-format``, else detected from the path),
-then a frozen graph, a ``--model`` function, or the checkpoint's ``.meta``.
+:func:`open_source` picks one: a SavedModel at graph level (no ``keras_metadata.pb``, or ``--signature``
+given; not with ``--model-format savedmodel``, ``--model`` or ``--architecture``), else a Keras / TF2 format
+(``--model-format``, else detected from the path), then a frozen graph, a ``--model`` function, or the
+checkpoint's ``.meta`` (docs/which-file.md).
 """
 
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Iterator
 
 from ckptfix.errors import CkptfixError
@@ -34,6 +38,26 @@ def _keras_format(checkpoint, options) -> str | None:
     return chosen
 
 
+def _graph_level_saved_model(checkpoint, options) -> bool:
+    """Whether CKPT is a SavedModel to repair at graph level (module docstring); ``--signature`` needs one."""
+    from ckptfix.graph.saved_model import is_saved_model
+
+    given = getattr(options.model_format, "value", options.model_format)
+    saved_model = options.meta is None and is_saved_model(checkpoint)
+    if options.signature is not None and not (saved_model and given in (None, "savedmodel")):
+        raise CkptfixError(f"--signature applies to SavedModel folders; {checkpoint} is not one.")
+    if not saved_model or given not in (None, "savedmodel"):
+        return False
+    if options.signature is not None:
+        return True
+    if given == "savedmodel" or options.model is not None or options.architecture is not None:
+        return False
+    from ckptfix.keras import formats
+
+    # a SavedModel keeping a Keras model loads with tf_keras; without tf_keras it is repaired at graph level
+    return not ((Path(checkpoint).expanduser() / "keras_metadata.pb").is_file() and formats._has_tf_keras())
+
+
 def _model_label(model) -> str:
     return f"--model {model}" if isinstance(model, str) else f"model {getattr(model, '__qualname__', model)}"
 
@@ -43,6 +67,11 @@ def open_source(checkpoint, options) -> Iterator[Source]:
     """The model source CKPT names, with ``options``' model options (``meta``, ``model``, ``model_format``...)."""
     from ckptfix.graph.frozen import is_frozen_graph, thaw
 
+    if _graph_level_saved_model(checkpoint, options):
+        from ckptfix.sources.saved_model import SavedModelSource
+
+        yield SavedModelSource(checkpoint, options.signature)
+        return
     keras_format = _keras_format(checkpoint, options)
     if keras_format is not None:
         from ckptfix.sources.keras import KerasModelSource

@@ -15,7 +15,7 @@ import pytest
 
 import ckptfix
 import keras_models as km
-from ckptfix.errors import CheckpointError, CkptfixError, OutputError
+from ckptfix.errors import CkptfixError, OutputError
 from diagnostics.schema import validate_report
 
 HERE = Path(__file__).parent
@@ -98,7 +98,7 @@ def test_safe_mode_refuses_lambda_without_unsafe(lambda_model, tmp_path):
 
 
 def test_keras3_savedmodels(keras_skipped, tmp_path):
-    """model.export() keeps no Keras model: refused, naming the file to pass. tf.saved_model.save(model)
+    """model.export() keeps no Keras model: repaired at graph level (tests/saved_model). tf.saved_model.save(model)
     keeps the model's object graph: repaired with --model, only the statistics tensors changed."""
     import keras
     import tensorflow as tf
@@ -106,9 +106,8 @@ def test_keras3_savedmodels(keras_skipped, tmp_path):
     model = km.flat_keras3()
     model.load_weights(keras_skipped.files["weights-h5"])
     model.export(str(tmp_path / "exported"))
-    with pytest.raises(CheckpointError, match=r"\.keras or \.weights\.h5"):
-        ckptfix.recalibrate(tmp_path / "exported", keras_skipped.calibration, output=tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+    exported = ckptfix.recalibrate(tmp_path / "exported", keras_skipped.calibration, output=tmp_path / "out")
+    assert exported.model_format == "savedmodel-graph" and (tmp_path / "out" / "saved_model.pb").is_file()
 
     tf.saved_model.save(model, str(tmp_path / "saved"))
     report = ckptfix.recalibrate(tmp_path / "saved", keras_skipped.calibration, model=km.flat_keras3,

@@ -1,0 +1,232 @@
+"""Any SavedModel as a model source, repaired at graph level: no Python class of the model is needed.
+
+The chosen signature (``serving_default`` unless ``--signature``) is turned into one TF1-style graph
+(:mod:`ckptfix.graph.saved_model`: its functions inlined, its captured variables mapped to their keys in
+``variables/``), whose BN layers are found and measured by the same code as TF1 and frozen graphs
+(:func:`~ckptfix.graph.batchnorm.find_batchnorm_layers`, :class:`~ckptfix.graph.model.GraphModel`). The
+signature's inputs are fed by their keys (``.npz`` members, dict keys; one input: any data source); a bool
+scalar input is the training flag, fed False.
+
+Every signature reads the same variables, so repairing ``variables/`` once repairs them all. The output is a
+new SavedModel folder: ``variables/`` rewritten with only the statistics replaced (every other tensor checked
+byte for byte, :func:`ckptfix.io.checkpoint_writer.copy_checkpoint`), every other file (``saved_model.pb``,
+``fingerprint.pb``, ``assets/``...) copied and compared byte for byte before the atomic swap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import filecmp
+import shutil
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import numpy as np
+
+from ckptfix.data.spec import InputSpec
+from ckptfix.errors import CheckpointError, CkptfixError, GraphError, NoBatchNormError, OutputError
+from ckptfix.graph.batchnorm import find_batchnorm_layers, layer_tensors
+from ckptfix.graph.feeds import Feeds
+from ckptfix.graph.index import GraphIndex
+from ckptfix.graph.model import GraphModel
+from ckptfix.graph.safety import check_forward_ops
+from ckptfix.graph.saved_model import SignatureGraph, load_signature_graph
+from ckptfix.io.atomic import atomic_output, check_destination
+from ckptfix.io.checkpoint_writer import copy_checkpoint
+from ckptfix.sources.base import Layer, Notice
+from ckptfix.sources.graph import _epsilon, _GraphSession
+
+FORMAT = "savedmodel-graph"
+_BOOL = 10  # DT_BOOL
+
+
+def _reader(prefix: Path):
+    import tensorflow as tf
+
+    if not prefix.with_name("variables.index").is_file():
+        raise CheckpointError(f"SavedModel {prefix.parent.parent} has no variables/variables.index: nothing to repair.")
+    try:
+        return tf.train.load_checkpoint(str(prefix))
+    except (tf.errors.OpError, ValueError) as error:
+        raise CheckpointError(f"cannot read {prefix}: {str(error).strip().splitlines()[0]}") from None
+
+
+def _signature_feeds(graph: SignatureGraph, training_flag: str | None) -> tuple[dict[str, str], str | None]:
+    """(signature key -> tensor name of every fed input, the training flag's tensor name or None).
+
+    The flag is ``--training-flag`` (a key or tensor name) or the one bool scalar input."""
+    nodes = {node.name: node for node in graph.meta_graph.graph_def.node}
+
+    def is_flag(tensor: str) -> bool:
+        node = nodes.get(tensor.split(":")[0])
+        shape = node.attr["shape"].shape if node is not None else None
+        return node is not None and node.attr["dtype"].type == _BOOL and shape is not None and not shape.unknown_rank \
+            and len(shape.dim) == 0
+
+    if training_flag is not None:
+        flag = graph.inputs.get(training_flag, training_flag)
+        if flag not in graph.inputs.values() and flag + ":0" not in graph.inputs.values():
+            raise GraphError(f"--training-flag {training_flag}: signature {graph.signature_name} has inputs "
+                             f"{', '.join(sorted(graph.inputs))}; name one of them.")
+        flag = flag if flag in graph.inputs.values() else flag + ":0"
+    else:
+        flags = [tensor for tensor in graph.inputs.values() if is_flag(tensor)]
+        if len(flags) > 1:
+            raise GraphError(f"signature {graph.signature_name} has several bool inputs: pass --training-flag NAME.")
+        flag = flags[0] if flags else None
+    return {key: tensor for key, tensor in sorted(graph.inputs.items()) if tensor != flag}, flag
+
+
+def _layer_name(bn, mean_key: str) -> str:
+    """The scope of the ``.../moving_mean`` variable the layer reads; for a variable not named so (a
+    ``tf.Variable`` called ``Variable_3``), its object path in the checkpoint key, ``.../moving_mean`` dropped."""
+    if bn.name != bn.mean_variable:
+        return bn.name
+    path = mean_key.removesuffix("/.ATTRIBUTES/VARIABLE_VALUE")
+    scope, _, last = path.rpartition("/")
+    return scope if scope and last.startswith("moving_mean") else path
+
+
+class _SavedModelSession(_GraphSession):
+    """The graph session, its inputs named (and batch dicts keyed) by signature input keys."""
+
+    def __init__(self, model: GraphModel, layers: list[Layer], feeds: Feeds, fed: dict[str, str],
+                 flag_key: str | None, output_name: str | None) -> None:
+        super().__init__(model, layers, feeds, output_name)
+        self._tensors = fed
+        self._names = {layer.found.name: layer.name for layer in layers}  # the graph's names -> the source's
+        self.input_specs = [InputSpec(key, spec.shape, spec.dtype) for key, spec in zip(fed, model.input_specs)]
+        self.input_names = list(fed)
+        self.training_flag = flag_key
+
+    def _batch(self, batch):
+        return {self._tensors[key]: value for key, value in batch.items()} if isinstance(batch, dict) else batch
+
+    def moments(self, batch, keep_output: bool):
+        moments, output = super().moments(self._batch(batch), keep_output)
+        return {self._names[name]: values for name, values in moments.items()}, output
+
+    def inference_outputs(self, batch) -> np.ndarray:
+        return super().inference_outputs(self._batch(batch))
+
+
+class SavedModelSource:
+    """A SavedModel folder, its signature as one graph, and the BN layers found in it."""
+
+    model_format = FORMAT
+
+    def __init__(self, path, signature: str | None = None) -> None:
+        self.path = Path(path).expanduser().absolute()
+        self.prefix = self.path / "variables" / "variables"
+        self.reader = _reader(self.prefix)
+        self.graph = load_signature_graph(self.path, signature, self.reader)
+        self.label = str(self.path)
+        self.graph_label = f"signature {self.graph.signature_name}"
+        self.notices: list[str] = []
+        self.index = GraphIndex(self.graph.meta_graph.graph_def)
+        folded: list[str] = []
+        found = find_batchnorm_layers(self.index, folded)
+        if folded:
+            self.notices.append(
+                f"{len(folded)} BN node(s) read statistics folded into constants and are left alone: {', '.join(folded[:3])}"
+                + (" ..." if len(folded) > 3 else "")
+            )
+        if not found:
+            why = " (their statistics are constants)" if folded else ""
+            raise NoBatchNormError(f"no BatchNorm layers with variables in signature {self.graph.signature_name} "
+                                   f"of {self.path}{why}: nothing to recalibrate.")
+        dtypes = self.reader.get_variable_to_dtype_map()
+        keys = self.graph.variable_keys
+        names: dict[str, int] = {}
+        self.layers = []
+        for bn in found:
+            mean_key, variance_key = keys.get(bn.mean_variable), keys.get(bn.variance_variable)
+            if mean_key is None or variance_key is None:
+                raise GraphError(f"BN layer {bn.name} reads a variable the SavedModel's object graph does not save.")
+            base = _layer_name(bn, mean_key)
+            name = base if base not in names else f"{base}_{names[base]}"
+            names[base] = names.get(base, 0) + 1
+            stored = [np.asarray(self.reader.get_tensor(key), np.float64).reshape(-1) for key in (mean_key, variance_key)]
+            self.layers.append(Layer(
+                name=name, kind=bn.kind, mean_key=mean_key, variance_key=variance_key,
+                stored_mean=stored[0], stored_variance=stored[1], dtype=dtypes[mean_key].name,
+                bessel=bn.bessel, epsilon=_epsilon(self.index, bn), found=bn,
+            ))
+
+    def _output(self, output_tensor: str | None, notice: Notice) -> str:
+        outputs = self.graph.outputs
+        if output_tensor is not None:
+            if output_tensor in outputs:
+                return outputs[output_tensor]
+            if output_tensor in outputs.values() or output_tensor + ":0" in outputs.values():
+                return output_tensor if ":" in output_tensor else output_tensor + ":0"
+            raise GraphError(f"--output-tensor {output_tensor}: signature {self.graph.signature_name} has outputs "
+                             f"{', '.join(sorted(outputs))}; name one of them.")
+        key = sorted(outputs)[0]
+        if len(outputs) > 1:
+            notice(f"the agreement check compares signature output {key} (--output-tensor chooses another)")
+        return outputs[key]
+
+    @contextlib.contextmanager
+    def session(self, layers: list[Layer], data_keys, options, notice: Notice, device: str | None = None
+                ) -> Iterator[_SavedModelSession]:
+        if options.input_name is not None:
+            raise CkptfixError(f"--input does not apply to a SavedModel: its signature's inputs "
+                               f"({', '.join(sorted(self.graph.inputs))}) are fed by name from the data.")
+        chosen = [layer.found for layer in layers]
+        fed, flag = _signature_feeds(self.graph, options.training_flag)
+        if not fed:
+            raise GraphError(f"signature {self.graph.signature_name} has no input to feed calibration data to.")
+        check_forward_ops(self.index, layer_tensors(self.index, chosen), options.allow_unsafe_ops)
+        flag_key = next((key for key, tensor in self.graph.inputs.items() if tensor == flag), None)
+        feeds = Feeds(tuple(fed.values()), flag)
+        placement = {} if device is None else {"device": device}
+        with GraphModel(self.graph.meta_graph, chosen, feeds, str(self.prefix), **placement) as model:
+            yield _SavedModelSession(model, layers, feeds, fed, flag_key, self._output(options.output_tensor, notice))
+
+    def cause(self) -> None:
+        """A SavedModel keeps no training graph."""
+        return None
+
+    def check_output(self, output: Path | None, overwrite: bool) -> Path:
+        destination = Path(output) if output is not None else self.path.with_name(self.path.name + "-recalibrated")
+        return check_destination(destination, [self.path], is_folder=True, overwrite=overwrite,
+                                 what=f"the input {self.path}")
+
+    def write(self, new_values: Mapping[str, np.ndarray], destination: Path, overwrite: bool) -> Path:
+        """A copy of the folder with ``variables/`` rewritten (only ``new_values`` replaced); every other file
+        byte-identical, checked before the swap."""
+        def ignore(folder, names):
+            return [n for n in names if n.startswith("variables.")] if Path(folder) == self.prefix.parent else []
+
+        with atomic_output(destination, overwrite=overwrite, is_folder=True) as staged:
+            shutil.copytree(self.path, staged.path, dirs_exist_ok=True, ignore=ignore)
+            copy_checkpoint(self.prefix, staged.path / "variables" / "variables", new_values, layout=self.graph.layout,
+                            check_interrupt=staged.check_interrupt)
+            staged.check_interrupt()
+            _check_copied(self.path, staged.path)
+        return destination
+
+    @contextlib.contextmanager
+    def stored_values(self, other):
+        from ckptfix.graph.saved_model import is_saved_model
+
+        other = Path(other).expanduser()
+        if not is_saved_model(other):
+            raise CheckpointError(f"--against {other}: not a SavedModel folder (no saved_model.pb).")
+        reader = _reader(other / "variables" / "variables")
+        yield lambda key: reader.get_tensor(key) if reader.has_tensor(key) else None
+
+
+def _check_copied(source: Path, staged: Path) -> None:
+    """Every file of ``source`` but ``variables/variables.*`` is in ``staged`` with the same bytes, and no other."""
+    def files(root: Path) -> set[Path]:
+        return {p.relative_to(root) for p in root.rglob("*")
+                if p.is_file() and not (p.parent == root / "variables" and p.name.startswith("variables."))}
+
+    expected, written = files(source), files(staged)
+    wrong = sorted(str(p) for p in expected ^ written)
+    wrong += sorted(str(p) for p in expected & written if not filecmp.cmp(source / p, staged / p, shallow=False))
+    if wrong:
+        raise OutputError(f"the copied SavedModel differs from the input in {wrong[0]}; nothing was kept.")
+
