@@ -31,7 +31,7 @@ app = typer.Typer(
     help="Repair stale BatchNorm moving statistics in TensorFlow checkpoints.",
 )
 
-MODEL, DATA, STATISTICS, OUTPUT, EXECUTION, SAFETY = "Model", "Data", "Statistics", "Output", "Execution", "Safety"
+MODEL, DATA, STATISTICS, OUTPUT, SAFETY = "Model", "Data", "Statistics", "Output", "Safety"
 
 
 def _listed(choices) -> str:
@@ -103,7 +103,7 @@ ShowAll = Annotated[bool, typer.Option("--all/--truncate", help=f"Show every lay
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar on stderr.", rich_help_panel=OUTPUT)]
 Plot = Annotated[Optional[Path], typer.Option(metavar="FILE.png", help="Also draw the per-layer drift and the agreement as a PNG (needs ckptfix[plot]).", rich_help_panel=OUTPUT)]
 Summary = Annotated[Optional[Path], typer.Option(metavar="FILE.md", help="Also write the facts as a Markdown table (CI step summaries).", rich_help_panel=OUTPUT)]
-Devices = Annotated[Optional[str], typer.Option(parser=_devices, metavar="all|N|/GPU:0,...", help="Where whole batches run: all GPUs (else the CPU), the first N, or device names; same statistics on any number. Workers: see TF_CONFIG in docs/scaling-out.md.", rich_help_panel=EXECUTION)]
+Devices = Annotated[Optional[str], typer.Option(parser=_devices, metavar="all|N|/GPU:0,...", help="Where whole batches run: all GPUs (else the CPU), the first N, or device names; same statistics on any number. Workers: see TF_CONFIG in docs/scaling-out.md.", rich_help_panel=DATA)]
 Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="Show TensorFlow's own log output.", rich_help_panel=OUTPUT)]
 
 Unsafe = Annotated[bool, typer.Option("--unsafe", help="Keras safe mode off: load Lambda layers holding Python code (trust the file).", rich_help_panel=SAFETY)]
@@ -212,7 +212,7 @@ DATA_OPTIONS = (
     ("batch_size", BatchSize, 32), ("num_samples", NumSamples, None), ("shuffle", Shuffle, True), ("seed", Seed, 0),
     ("input_name", InputName, None), ("preprocess", Preprocess, "inception"), ("image_size", ImageSize, None),
     ("central_crop", CentralCrop, None), ("data_format", DataFormatOption, None), ("feature", Feature, "image/encoded"),
-    ("strict", Strict, False),
+    ("strict", Strict, False), ("devices", Devices, None),
 )
 STATISTICS_OPTIONS = (
     ("include", Include, None), ("exclude", Exclude, None), ("estimator", EstimatorOption, Estimator.POOLED),
@@ -221,7 +221,7 @@ STATISTICS_OPTIONS = (
 WRITE_OPTIONS = (("output", Output, None), ("overwrite", Overwrite, False))
 REPORT_OPTIONS = (("report", Report, None), ("plot", Plot, None), ("summary", Summary, None))
 PRINT_OPTIONS = (("json_output", JsonOutput, False),)
-RUN_OPTIONS = (("progress", Progress, True), ("verbose", Verbose, False), ("devices", Devices, None))
+RUN_OPTIONS = (("progress", Progress, True), ("verbose", Verbose, False))
 SAFETY_OPTIONS = (("unsafe", Unsafe, False), ("allow_unsafe_ops", AllowUnsafeOps, False))
 
 
@@ -256,7 +256,7 @@ def recalibrate(ctx, checkpoint, data, report, plot, summary, json_output, show_
         result = run(checkpoint, data, _options(ctx))
         if result.worker != 0:
             typer.echo(f"worker {result.worker} of {result.num_workers}: statistics combined; the chief (worker 0) "
-                       f"writes {result.output_dir} and reports.")
+                       f"writes {result.output_checkpoint} and reports.")
             return
         _write_forms(result, report, plot, summary)
         if json_output:

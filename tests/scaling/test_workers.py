@@ -1,0 +1,82 @@
+"""Several workers: two `ckptfix` processes under TF_CONFIG on 127.0.0.1 ports (MultiWorkerMirroredStrategy's
+convention). Batch i runs on worker i mod 2; the chief's statistics equal one process's; only the chief writes;
+a worker killed mid-run makes the chief stop with a clear error, nothing written, in bounded time."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+import ckptfix
+from scaling.helpers import TIMEOUT_SECONDS, assert_same_statistics, environment, free_ports, tf_config
+
+BATCH_SIZE, BATCHES = 24, 11  # 256 samples: 11 batches, 6 for worker 0 (batches 0, 2, ..., 10) and 5 for worker 1
+
+
+def _worker(ports, index, *args, extra_env=None):
+    env = environment(TF_CONFIG=tf_config(ports, index), **(extra_env or {}))
+    return subprocess.Popen([sys.executable, "-m", "ckptfix", *map(str, args)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _finish(process, timeout=TIMEOUT_SECONDS):
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+        raise AssertionError(f"a worker did not finish within {timeout} s: {err[-2000:]}") from None
+    return process.returncode, out, err
+
+
+def test_two_workers_match_one_process_and_only_the_chief_writes(slim_model, tmp_path):
+    model = slim_model("seed")
+    options = ["--batch-size", BATCH_SIZE, "--seed", 3, "--no-progress"]
+    one = ckptfix.recalibrate(model.prefix, np.load(model.calib), output=tmp_path / "one", batch_size=BATCH_SIZE,
+                              seed=3).to_dict()
+    ports = free_ports(2)
+    workers = [_worker(ports, k, "recalibrate", model.prefix, model.calib, "-o", tmp_path / f"out{k}",
+                       "--report", tmp_path / f"report{k}.json", *options) for k in range(2)]
+    (chief_code, chief_out, chief_err), (code, out, err) = (_finish(w) for w in workers)
+
+    assert chief_code == 0, chief_err[-3000:]
+    assert code == 0, err[-3000:]
+    chief = json.loads((tmp_path / "report0.json").read_text())
+    assert_same_statistics(one, chief)
+    assert chief["num_batches"] == BATCHES and chief["num_samples"] == 256
+    assert [(row["worker"], row["batches"]) for row in chief["devices"]] == [(0, 6), (1, 5)]
+    assert "2 devices on 2 workers ran the batches" in chief_out
+    assert (tmp_path / "out0").is_dir()
+    assert not (tmp_path / "out1").exists() and not (tmp_path / "report1.json").exists()
+    assert f"worker 1 of 2: statistics combined; the chief (worker 0) writes {tmp_path / 'out1'}" in out
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_a_killed_worker_stops_the_chief_cleanly(slim_model, tmp_path):
+    model = slim_model("seed")
+    ports = free_ports(2)
+    # killed once its server listens (it has joined); the chief then fails at the latest when it gathers
+    workers = [_worker(ports, k, "recalibrate", model.prefix, model.calib, "-o", tmp_path / f"out{k}",
+                       "--batch-size", 8, "--no-progress") for k in range(2)]
+    deadline = time.monotonic() + TIMEOUT_SECONDS
+    while not _listening(ports[1]) and time.monotonic() < deadline and workers[1].poll() is None:
+        time.sleep(0.2)
+    assert workers[1].poll() is None, "the worker ended before it could be killed"
+    workers[1].kill()
+    killed = time.monotonic()
+    code, out, err = _finish(workers[0], timeout=180)
+    workers[1].communicate()
+
+    assert code == 1, err[-3000:]
+    assert "error: worker 0 of 2: another worker failed or stopped answering" in err
+    assert "nothing was written" in err
+    assert "Traceback" not in err
+    assert time.monotonic() - killed < 120
+    assert not (tmp_path / "out0").exists()
