@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 import ckptfix
 from ckptfix.cli.app import app
 from ckptfix.errors import CkptfixError
+from diagnostics.schema import validate_report
 from scaling.helpers import assert_same_statistics, run_api
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "keras"))
@@ -37,6 +38,7 @@ def test_two_logical_cpus_match_one_device_on_a_slim_checkpoint(slim_model, tmp_
                   **options)
 
     assert_same_statistics(one, two)
+    validate_report(two)
     _check_devices(two, ["/CPU:0", "/CPU:1"])
     assert [row["device"] for row in one["devices"]] == ["/CPU:0"]
     assert two["agreement"]["top1_after"] == one["agreement"]["top1_after"]

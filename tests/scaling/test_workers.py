@@ -7,11 +7,15 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 import ckptfix
+from diagnostics.schema import validate_report
 from scaling.helpers import TIMEOUT_SECONDS, assert_same_statistics, environment, free_ports, tf_config
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "keras"))
 
 BATCH_SIZE, BATCHES = 24, 11  # 256 samples: 11 batches, 6 for worker 0 (batches 0, 2, ..., 10) and 5 for worker 1
 
@@ -45,6 +49,7 @@ def test_two_workers_match_one_process_and_only_the_chief_writes(slim_model, tmp
     assert chief_code == 0, chief_err[-3000:]
     assert code == 0, err[-3000:]
     chief = json.loads((tmp_path / "report0.json").read_text())
+    validate_report(chief)
     assert_same_statistics(one, chief)
     assert chief["num_batches"] == BATCHES and chief["num_samples"] == 256
     assert [(row["worker"], row["batches"]) for row in chief["devices"]] == [(0, 6), (1, 5)]
@@ -52,6 +57,27 @@ def test_two_workers_match_one_process_and_only_the_chief_writes(slim_model, tmp
     assert (tmp_path / "out0").is_dir()
     assert not (tmp_path / "out1").exists() and not (tmp_path / "report1.json").exists()
     assert f"worker 1 of 2: statistics combined; the chief (worker 0) writes {tmp_path / 'out1'}" in out
+
+
+def test_two_workers_diagnose_a_keras_model_and_the_chief_reports(tmp_path):
+    import keras
+
+    from keras_models import functional_model, images
+
+    path, data = tmp_path / "small.keras", tmp_path / "calib.npy"
+    functional_model(keras).save(path)
+    np.save(data, images(110, seed=5)[0])  # 7 batches of 16 (the last 14): 4 on worker 0, 3 on worker 1
+    one = ckptfix.diagnose(path, np.load(data), batch_size=16, shuffle=False).to_dict()
+    ports = free_ports(2)
+    workers = [_worker(ports, k, "diagnose", path, data, "--batch-size", 16, "--no-shuffle", "--json") for k in range(2)]
+    (chief_code, chief_out, chief_err), (code, out, err) = (_finish(w) for w in workers)
+
+    assert chief_code == (3 if one["verdict"] == "stale" else 0), chief_err[-3000:]
+    assert code == 0, err[-3000:]
+    chief = json.loads(chief_out)
+    assert_same_statistics(one, chief)
+    assert [(row["worker"], row["batches"], row["samples"]) for row in chief["devices"]] == [(0, 4, 62), (1, 3, 48)]
+    assert out == "worker 1 of 2: statistics combined; the chief (worker 0) reports.\n"
 
 
 def _listening(port: int) -> bool:
