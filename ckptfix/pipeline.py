@@ -218,6 +218,9 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
     notice = Notices(options.on_notice)
     for message in source.notices:
         notice(message)
+    if cluster.size > 1:
+        notice(f"{cluster.describe()} of the TF_CONFIG cluster: runs batches i with i mod {cluster.size} = "
+               f"{cluster.rank}; the chief (worker 0) writes and reports")
     layers = select_layers(source.layers, options.include, options.exclude)
     named = DataKeys(data, options.data_format)
     with contextlib.ExitStack() as stack:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 import numpy as np
 
@@ -44,8 +45,10 @@ class Cluster:
 
     rank: int = 0
     size: int = 1
-    addresses: list[str] = field(default_factory=list)
+    #: (job, index) of every task, in rank order
+    tasks: list[tuple[str, int]] = field(default_factory=list)
     strategy: object = None
+    timeout: float = DEFAULT_TIMEOUT_SECONDS
 
     @property
     def chief(self) -> bool:
@@ -93,12 +96,24 @@ class Cluster:
             gathered = self.strategy.run(gather, args=(tf.constant(np.asarray(vector, np.float64)[None, :]),))
             return np.asarray(self.strategy.experimental_local_results(gathered)[0].numpy())
         except (tf.errors.OpError, RuntimeError) as error:
-            from ckptfix.graph.session import first_line
+            raise WorkerError(f"{self.describe()}: {self._failure(error)}; nothing was written: see that worker's "
+                              "own error.") from None
 
-            raise WorkerError(
-                f"{self.describe()}: another worker failed or stopped answering ({first_line(error)}); nothing was "
-                "written: see the other workers' errors."
-            ) from None
+    def _failure(self, error: Exception) -> str:
+        """What TensorFlow's error says of the other workers, in ranks: the task it names (the one whose
+        heartbeats stopped, or the coordination leader that went away), or the timeout."""
+        import tensorflow as tf
+
+        if isinstance(error, tf.errors.DeadlineExceededError):
+            return f"not every worker sent its statistics within {self.timeout:g} s (CKPTFIX_WORKER_TIMEOUT)"
+        text = str(getattr(error, "message", error))
+        others = sorted({self.tasks.index((job, int(k))) for job, k in re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", text)
+                         if (job, int(k)) in self.tasks} - {self.rank})
+        if others:
+            named = ", ".join(f"worker {rank}" + ("" if self.tasks[rank] == ("worker", rank) else
+                                                   " (TF_CONFIG task {} {})".format(*self.tasks[rank])) for rank in others)
+            return f"{named} stopped answering (died, killed or cut off)"
+        return f"another worker failed or stopped answering ({type(error).__name__})"
 
 
 def _ranked(cluster: dict) -> list[tuple[str, int]]:
@@ -106,8 +121,9 @@ def _ranked(cluster: dict) -> list[tuple[str, int]]:
     return tasks + [("worker", k) for k in range(len(cluster.get("worker", [])))]
 
 
-def read_tf_config(environ=os.environ) -> tuple[int, list[str]] | None:
-    """``(rank, addresses in rank order)`` from ``TF_CONFIG``; None when it names no cluster of several tasks."""
+def read_tf_config(environ=os.environ) -> tuple[int, list[tuple[str, int]]] | None:
+    """``(rank, [(job, index) of every task in rank order])`` from ``TF_CONFIG``; None when it names no cluster
+    of several tasks."""
     text = environ.get("TF_CONFIG", "").strip()
     if not text:
         return None
@@ -126,8 +142,7 @@ def read_tf_config(environ=os.environ) -> tuple[int, list[str]] | None:
     if place not in ranked:
         raise WorkerError(f"TF_CONFIG's task {place[0]} {place[1]} is not in its cluster: set task.type to chief or "
                           "worker and task.index to this process's place in that list.")
-    addresses = [cluster[job][k] for job, k in ranked]
-    return ranked.index(place), addresses
+    return ranked.index(place), ranked
 
 
 _JOINED: dict[str, Cluster] = {}
@@ -152,7 +167,7 @@ def join_cluster() -> Cluster:
             strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
         except (ValueError, RuntimeError, tf.errors.OpError) as error:
             raise WorkerError(f"cannot join the TF_CONFIG cluster: {str(error).strip().splitlines()[0]}") from None
-        rank, addresses = place
-        _JOINED[key] = Cluster(rank, len(addresses), addresses, strategy)
+        rank, tasks = place
+        _JOINED[key] = Cluster(rank, len(tasks), tasks, strategy, timeout)
     return _JOINED[key]
 

@@ -51,8 +51,9 @@ def _config(cluster, task):
 
 def test_tf_config_ranks_the_chief_first():
     cluster = {"chief": ["a:1"], "worker": ["b:1", "c:1"]}
-    assert read_tf_config(_config(cluster, {"type": "chief", "index": 0})) == (0, ["a:1", "b:1", "c:1"])
-    assert read_tf_config(_config(cluster, {"type": "worker", "index": 1})) == (2, ["a:1", "b:1", "c:1"])
+    tasks = [("chief", 0), ("worker", 0), ("worker", 1)]
+    assert read_tf_config(_config(cluster, {"type": "chief", "index": 0})) == (0, tasks)
+    assert read_tf_config(_config(cluster, {"type": "worker", "index": 1})) == (2, tasks)
     assert read_tf_config(_config({"worker": ["a:1"]}, {"type": "worker", "index": 0})) is None  # one task
     assert read_tf_config({}) is None
 
@@ -65,3 +66,29 @@ def test_tf_config_ranks_the_chief_first():
 def test_unusable_tf_config_is_a_clear_error(environ, message):
     with pytest.raises(WorkerError, match=message):
         read_tf_config(environ)
+
+
+# what TensorFlow 2.21 raised in the two-worker tests: the chief when the worker was killed, the worker when the
+# chief (the coordination leader) was
+WORKER_DIED = ("Graph execution error:\n\nCollective ops is aborted by: The following tasks are unhealthy (stopped "
+               "sending heartbeats):\n/job:worker/replica:0/task:1\nThe tasks have crashed.")
+CHIEF_DIED = ("Graph execution error:\n\nCollective ops is aborted by: Failed to send RPC to coordination service. "
+              "Additional GRPC error information from remote target /job:worker/replica:0/task:0 while calling "
+              "/tensorflow.CoordinationService/Heartbeat")
+
+
+@pytest.mark.parametrize("rank, text, reason", [
+    (0, WORKER_DIED, "worker 1 stopped answering"),
+    (1, CHIEF_DIED, "worker 0 stopped answering"),
+])
+def test_a_dead_worker_is_named_by_its_rank(rank, text, reason):
+    import tensorflow as tf
+
+    cluster = Cluster(rank=rank, size=2, tasks=[("worker", 0), ("worker", 1)])
+    assert cluster._failure(tf.errors.UnavailableError(None, None, text)).startswith(reason)
+    timed_out = cluster._failure(tf.errors.DeadlineExceededError(None, None, "timeout"))
+    assert timed_out == "not every worker sent its statistics within 3600 s (CKPTFIX_WORKER_TIMEOUT)"
+    chief = Cluster(rank=1, size=2, tasks=[("chief", 0), ("worker", 0)])
+    assert chief._failure(tf.errors.UnavailableError(None, None, CHIEF_DIED.replace("worker/replica:0/task:0",
+                                                                                     "chief/replica:0/task:0"))
+                          ).startswith("worker 0 (TF_CONFIG task chief 0) stopped answering")
