@@ -202,7 +202,8 @@ def _sessions(stack: contextlib.ExitStack, source: Source, layers, data_keys, op
     placed = devices if len(devices) > 1 or options.devices is not None else [None]
     sessions = []
     for k, device in enumerate(placed):
-        session = stack.enter_context(source.session(layers, data_keys, options, notice if k == 0 else _quiet_notice, device))
+        said = notice if k == 0 else _quiet_notice
+        session = stack.enter_context(source.session(layers, data_keys, options, said, device=device))
         sessions.append((device or devices[0], session))
     return DevicePool(sessions)
 

@@ -4,7 +4,7 @@ A *source* is what CKPT names, opened once: a TF1 graph (checkpoint + ``.meta``,
 function), a frozen GraphDef, or a Keras / TF2 file. :mod:`ckptfix.pipeline` drives any source the same way::
 
     layers  = source.layers                          every BN layer, stored statistics included
-    with source.session(chosen, data_keys, options, notice, device) as session:   one load: import + restore
+    with source.session(chosen, data_keys, options, notice, device=d) as session:  one load: import + restore
         moments, output = session.moments(batch, keep_output)    BN on batch statistics
         session.inference_outputs(batch)               BN on the moving statistics in the session
         session.assign_statistics({layer: (mean, var)})  in memory only, never on disk
@@ -59,6 +59,10 @@ class Session(Protocol):
     """A model loaded once, with chosen BN layers measurable on batch statistics.
 
     A batch is an array for a one-input model, else a dict keyed by input name (``input_specs[k].name``).
+    With several devices the pipeline opens one session per device and calls their ``moments`` from
+    concurrent threads, each session from one thread at a time: what they share (a Keras model's layers)
+    must stay consistent under that; ``inference_outputs`` / ``assign_statistics`` are called on the first
+    session only, after the pass.
     """
 
     input_specs: list[InputSpec]

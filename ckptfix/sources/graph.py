@@ -169,7 +169,7 @@ class FrozenGraphSource(GraphSource):
 
     @contextlib.contextmanager
     def session(self, layers, data_keys, options, notice: Notice, device: str | None = None):
-        with super().session(layers, data_keys, options, notice, device) as session:
+        with super().session(layers, data_keys, options, notice, device=device) as session:
             training = self.frozen.training_mode_layers if session.training_flag is None else []
             if training:
                 notice(f"{len(training)} BN node(s) of {self.frozen.path.name} were frozen in training mode "
