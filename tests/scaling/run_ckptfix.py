@@ -2,7 +2,6 @@
 (TensorFlow allows that only before its first use, hence a process per run).
 
     python run_ckptfix.py --logical-cpus 2 --command recalibrate CKPT DATA.npy --options '{"devices": 2}' --report R.json
-    python run_ckptfix.py --make-keras PATH.keras       a small untrained Keras model with 4 BN layers
 
 Writes the report's ``to_dict()`` to --report; a ckptfix error prints ``error: ...`` and exits with its code.
 """
@@ -12,8 +11,6 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "keras"))
-
 
 def main() -> int:
     parser = argparse.ArgumentParser()
@@ -21,7 +18,6 @@ def main() -> int:
     parser.add_argument("--command", default="recalibrate")
     parser.add_argument("--options", default="{}")
     parser.add_argument("--report")
-    parser.add_argument("--make-keras")
     parser.add_argument("paths", nargs="*")
     args = parser.parse_args()
     import numpy as np
@@ -30,12 +26,6 @@ def main() -> int:
     if args.logical_cpus > 1:
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * args.logical_cpus)
-    if args.make_keras:
-        import keras
-        from keras_models import functional_model
-
-        functional_model(keras).save(args.make_keras)
-        return 0
     import ckptfix
     from ckptfix.errors import CkptfixError
 

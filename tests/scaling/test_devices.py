@@ -69,7 +69,7 @@ def test_a_device_that_is_not_visible_is_named_with_the_visible_ones(slim_model)
         ckptfix.diagnose(model.prefix, np.load(model.calib), devices=4)
 
 
-def test_a_malformed_devices_option_is_a_usage_error(slim_model):
+def test_a_malformed_devices_option_is_a_usage_error():
     result = CliRunner().invoke(app, ["diagnose", "ckpt", "data", "--devices", "gpu0"])
     assert result.exit_code == 2
     assert "'gpu0' is not a device name" in result.output
