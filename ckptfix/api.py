@@ -45,6 +45,10 @@ def recalibrate(checkpoint: str | Path, data, options: Options | None = None, **
     Returns:
         A :class:`RecalibrationReport`. Raises a :class:`~ckptfix.errors.CkptfixError` subclass on any user
         error, before anything is written.
+
+    Batches run on ``devices`` (default: every visible GPU, else the CPU). When ``TF_CONFIG`` names a cluster,
+    this process is one worker of it: it runs its share of the batches, the statistics are combined over the
+    cluster, and only the chief (``report.worker == 0``) writes; docs/scaling-out.md.
     """
     from ckptfix import pipeline
 

@@ -20,6 +20,7 @@ from ckptfix.data.sources import FORMATS
 from ckptfix.errors import CkptfixError, DataError
 from ckptfix.graph.feeds import input_names
 from ckptfix.keras.formats import MODEL_FORMATS
+from ckptfix.scaling.devices import parse_devices
 from ckptfix.stats import Estimator
 
 __all__ = ["DataFormat", "Estimator", "ModelFormat", "Options", "Preset"]
@@ -113,6 +114,11 @@ class Options:
             (mean of per-batch ones) [--estimator].
         output_tensor: the output compared in the agreement check (default: detected logits) [--output-tensor].
         agreement_samples: how many of the first samples the agreement check uses (>= 0) [--agreement-samples].
+    Execution:
+        devices: where whole batches run (docs/scaling-out.md): ``"all"`` (every visible GPU, else the CPU),
+            a count (the first that many), or names (``"/GPU:0,/GPU:1"``, or a list); default: all. The
+            statistics equal the one-device run's to float64 rounding. Under a ``TF_CONFIG`` cluster each
+            process is one worker and these are its local devices [--devices].
     Safety:
         allow_unsafe_ops: run a forward pass containing ops that execute Python or write files
             (:mod:`ckptfix.graph.safety`); only for graphs you trust [--allow-unsafe-ops].
@@ -155,6 +161,7 @@ class Options:
     output_tensor: str | None = None
     agreement_samples: int = 256
     allow_unsafe_ops: bool = False
+    devices: str | int | tuple[str, ...] | None = None
     output: Path | None = None
     overwrite: bool = False
     against: Path | None = None
@@ -180,6 +187,7 @@ class Options:
         _compile(self.exclude, "--exclude")
         names = input_names(self.input_name)
         normalise("input_name", None if names is None else tuple(names))
+        normalise("devices", parse_devices(self.devices))
         if self.model is None and any((self.model_args, self.input_shape, self.arg_scope)):
             raise CkptfixError("--num-classes, --model-arg, --input-shape and --arg-scope apply only with --model.")
         for name in ("meta", "architecture", "output", "against"):

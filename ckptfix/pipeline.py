@@ -7,7 +7,9 @@
 
 Sources (:mod:`ckptfix.sources`) differ only in how they load a model, measure a batch and write a file; the
 batch loop, the checks on each batch, the estimator, the agreement check, the notices and the report fields
-are here, once.
+are here, once. Where batches run is an execution mode (:mod:`ckptfix.scaling`): one session per device, the
+results pooled in batch order; with a ``TF_CONFIG`` cluster, this worker's share of the batches, the partial
+sums combined over the cluster, and only the chief writes.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from ckptfix.data.batching import first_samples, samples_in
 from ckptfix.diagnostics import agreement as output_agreement
 from ckptfix.errors import CkptfixError, DataError, NoBatchNormError
 from ckptfix.options import Options
-from ckptfix.report import DiagnosisReport, InspectedLayer, InspectionReport, LayerReport, RecalibrationReport
+from ckptfix.report import (DeviceReport, DiagnosisReport, InspectedLayer, InspectionReport, LayerReport,
+                            RecalibrationReport)
+from ckptfix.scaling import Cluster, DevicePool, join_cluster, resolve_devices
 from ckptfix.sources import open_source
 from ckptfix.sources.base import Layer, Session, Source
 from ckptfix.stats import Estimator, PooledMoments
@@ -112,25 +116,39 @@ class _Stream:
     kept_outputs: list = field(default_factory=list)  # their outputs with BN on batch statistics
     num_samples: int = 0
     num_batches: int = 0
+    devices: dict[str, DeviceReport] = field(default_factory=dict)  # what each device of this worker took
 
 
-def _stream(session: Session, batches, layers: list[Layer], keep: int, progress: bool) -> _Stream:
-    """Run every batch once; pool each layer's moments; keep the first ``keep`` samples and their outputs."""
-    seen = _Stream({layer.name: PooledMoments(layer.channels) for layer in layers})
-    with _progress_bar(progress, batches.num_samples) as bar:
-        for batch in batches:
+def _stream(pool: DevicePool, batches, layers: list[Layer], keep: int, progress: bool, cluster: Cluster) -> _Stream:
+    """Run every batch of this worker's share once (``cluster.owns``), on the pool's devices; pool each layer's
+    moments in batch order; keep the share's first ``keep`` samples and their outputs."""
+    seen = _Stream({layer.name: PooledMoments(layer.channels) for layer in layers},
+                   devices={device: DeviceReport(device, cluster.rank) for device, _ in pool.sessions})
+
+    def share():
+        submitted = 0
+        for index, batch in enumerate(batches):
+            if cluster.owns(index):
+                last = getattr(batches, "last", None)  # names this batch in errors, whenever they are raised
+                yield batch, submitted < keep, batches.describe_last if last is None else last.describe
+                submitted += samples_in(batch)
+
+    with _progress_bar(progress, batches.num_samples if cluster.size == 1 else None) as bar:
+        for ran in pool.run(share()):
             wanted = keep - seen.num_samples
-            moments, output = session.moments(batch, keep_output=wanted > 0)
-            for name, calls in moments.items():
+            for name, calls in ran.moments.items():
                 for moment in calls:
-                    check_batch_moments(name, moment, batches.describe_last)
+                    check_batch_moments(name, moment, ran.describe)
                     seen.pooled[name].add(moment)
             if wanted > 0:
-                seen.kept.append(first_samples(batch, wanted))
-                seen.kept_outputs.append(np.asarray(output)[:wanted])
-            seen.num_samples += samples_in(batch)
+                seen.kept.append(first_samples(ran.batch, wanted))
+                seen.kept_outputs.append(np.asarray(ran.output)[:wanted])
+            samples = samples_in(ran.batch)
+            seen.num_samples += samples
             seen.num_batches += 1
-            bar.update(samples_in(batch))
+            seen.devices[ran.device].samples += samples
+            seen.devices[ran.device].batches += 1
+            bar.update(samples)
     return seen
 
 
@@ -176,14 +194,39 @@ class Measurement:
     new_values: dict[str, np.ndarray]
 
 
-def measure(source: Source, data, options: Options) -> Measurement:
-    """One pass over the calibration data: new statistics per chosen layer, and the output agreement."""
+def _sessions(stack: contextlib.ExitStack, source: Source, layers, data_keys, options: Options, notice) -> DevicePool:
+    """One session per device of ``options.devices`` (:func:`ckptfix.scaling.resolve_devices`); the first one
+    gives the notices and serves the agreement check. The default on a one-device machine leaves placement to
+    TensorFlow, as a run without ``--devices`` always did."""
+    devices = resolve_devices(options.devices)
+    placed = devices if len(devices) > 1 or options.devices is not None else [None]
+    sessions = []
+    for k, device in enumerate(placed):
+        said = notice if k == 0 else _quiet_notice
+        session = stack.enter_context(source.session(layers, data_keys, options, said, device=device))
+        sessions.append((device or devices[0], session))
+    return DevicePool(sessions)
+
+
+def _quiet_notice(message: str) -> None:
+    """The other devices' sessions repeat the first one's notices: dropped."""
+
+
+def measure(source: Source, data, options: Options, cluster: Cluster | None = None) -> Measurement:
+    """One pass over the calibration data: new statistics per chosen layer, and the output agreement (run by
+    the chief of a cluster)."""
+    cluster = cluster or Cluster()
     notice = Notices(options.on_notice)
     for message in source.notices:
         notice(message)
+    if cluster.size > 1:
+        notice(f"{cluster.describe()} of the TF_CONFIG cluster: runs batches i with i mod {cluster.size} = "
+               f"{cluster.rank}; the chief (worker 0) writes and reports")
     layers = select_layers(source.layers, options.include, options.exclude)
     named = DataKeys(data, options.data_format)
-    with source.session(layers, named.keys, options, notice) as session:
+    with contextlib.ExitStack() as stack:
+        pool = _sessions(stack, source, layers, named.keys, options, notice)
+        session = pool.sessions[0][1]
         batches = open_calibration_data(
             named.data,
             inputs=session.input_specs,
@@ -200,14 +243,17 @@ def measure(source: Source, data, options: Options) -> Measurement:
             what = "integer arrays taken as 0..255 images," if batches.integer_images else "images"
             given = " (--preprocess raw uses them as given)" if batches.integer_images and preset != "raw" else ""
             notice(f"{what} preprocessed with --preprocess {preset}: {batches.preprocessing}{given}")
-        keep = options.agreement_samples if session.output_name else 0
-        stream = _stream(session, batches, layers, keep, options.progress)
+        keep = options.agreement_samples if session.output_name and cluster.chief else 0
+        stream = _stream(pool, batches, layers, keep, options.progress, cluster)
         if batches.merged_last:
             notice("the last batch had {} samples, fewer than half a batch: merged into the one before ({} samples)"
                    .format(*batches.merged_last))
-        if stream.num_samples == 0:
+        pooled, shares = cluster.combine(stream.pooled, [share.to_dict() for share in stream.devices.values()])
+        devices = [DeviceReport(**share) for share in shares]
+        num_samples = sum(device.samples for device in devices)
+        if num_samples == 0:
             raise CkptfixError("the calibration data yielded no samples: pass a folder or array with at least one sample.")
-        reports = [_layer_report(layer, stream.pooled[layer.name], options.estimator) for layer in layers]
+        reports = [_layer_report(layer, pooled[layer.name], options.estimator) for layer in layers]
         mismatch = preprocessing_mismatch(source.layers[0], reports)
         if mismatch:
             notice(mismatch)
@@ -219,8 +265,8 @@ def measure(source: Source, data, options: Options) -> Measurement:
                 agreement = _agreement(session, stream, reports)
         fields = dict(
             checkpoint=source.label,
-            num_samples=stream.num_samples,
-            num_batches=stream.num_batches,
+            num_samples=num_samples,
+            num_batches=sum(device.batches for device in devices),
             estimator=Estimator(options.estimator).value,
             input_tensor=",".join(session.input_names),
             input_tensors=list(session.input_names),
@@ -234,25 +280,31 @@ def measure(source: Source, data, options: Options) -> Measurement:
             skipped_files=batches.skipped_files,
             model_format=source.model_format,
             cause=source.cause(),
+            devices=devices,
+            worker=cluster.rank,
+            num_workers=cluster.size,
         )
     new_values = {key: value for r in reports for key, value in ((r.mean_key, r.new_mean), (r.variance_key, r.new_variance))}
     return Measurement(fields, new_values)
 
 
 def recalibrate(checkpoint, data, options: Options) -> RecalibrationReport:
-    """Measure, then write a copy of CKPT with only the chosen layers' moving statistics replaced."""
+    """Measure, then write a copy of CKPT with only the chosen layers' moving statistics replaced (in a
+    cluster: by the chief only; the report of another worker names the chief's destination)."""
+    cluster = join_cluster()  # before the model is loaded: joining renames the process's devices
     with open_source(checkpoint, options) as source:
         destination = source.check_output(options.output, options.overwrite)  # a bad -o fails before the pass
-        measured = measure(source, data, options)
-        written = source.write(measured.new_values, destination, options.overwrite)
+        measured = measure(source, data, options, cluster)
+        written = source.write(measured.new_values, destination, options.overwrite) if cluster.chief else destination
     output_dir = destination if destination.is_dir() else destination.parent
     return RecalibrationReport(**measured.fields, output_checkpoint=str(written), output_dir=str(output_dir))
 
 
 def diagnose(checkpoint, data, options: Options) -> DiagnosisReport:
     """Measure only: how far the stored statistics are from the recomputed ones; nothing is written."""
+    cluster = join_cluster()
     with open_source(checkpoint, options) as source:
-        return DiagnosisReport(**measure(source, data, options).fields)
+        return DiagnosisReport(**measure(source, data, options, cluster).fields)
 
 
 def _summary(values: np.ndarray) -> tuple[float, float, float]:

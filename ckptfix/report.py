@@ -105,6 +105,20 @@ class LayerReport:
         }
 
 
+@dataclass
+class DeviceReport:
+    """What one device took: ``samples`` and ``batches`` run on ``device`` (``/GPU:0``) of worker ``worker``
+    (the rank in a TF_CONFIG cluster, chief 0; 0 for a one-process run)."""
+
+    device: str
+    worker: int = 0
+    samples: int = 0
+    batches: int = 0
+
+    def to_dict(self) -> dict:
+        return {"device": self.device, "worker": self.worker, "samples": self.samples, "batches": self.batches}
+
+
 @dataclass(frozen=True)
 class _Measured:
     """What recalibrate and diagnose share: the data used, the layers measured, the output agreement."""
@@ -128,6 +142,20 @@ class _Measured:
     model_format: str | None = None
     #: why the statistics went stale, read from the training graph (None: no training graph to read)
     cause: Cause | None = None
+    #: the devices (of every worker) that ran batches, and this process's rank among ``num_workers``
+    #: (docs/scaling-out.md); the chief (0) writes and reports
+    devices: list[DeviceReport] = field(default_factory=list)
+    worker: int = 0
+    num_workers: int = 1
+
+    def devices_summary(self) -> str | None:
+        """One line on the devices and workers that ran, when there were several (else None)."""
+        if len(self.devices) <= 1:
+            return None
+        each = ", ".join(f"{d.device}{f' (worker {d.worker})' if self.num_workers > 1 else ''}: {d.samples}"
+                         for d in self.devices)
+        workers = f" on {self.num_workers} workers" if self.num_workers > 1 else ""
+        return f"{len(self.devices)} devices{workers} ran the batches (samples each: {each})"
 
     def _common_dict(self, kind: str) -> dict:
         return _with_model_format(self.model_format, {
@@ -148,6 +176,7 @@ class _Measured:
             "samples_skipped": self.samples_skipped,
             "skipped_files": list(self.skipped_files),
             "cause": None if self.cause is None else self.cause.to_dict(),
+            "devices": [device.to_dict() for device in self.devices],
         })
 
 

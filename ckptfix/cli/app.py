@@ -50,6 +50,17 @@ def _preprocess(value: str) -> str:
     raise typer.BadParameter(f"{value!r} is neither a preset ({PRESETS}) nor package.module:function.")
 
 
+def _devices(value: str) -> str:
+    """--devices: all, a count, or device names (a usage error otherwise); visibility is checked by the run."""
+    from ckptfix.scaling.devices import parse_devices
+
+    try:
+        parse_devices(value)
+    except CkptfixError as error:
+        raise typer.BadParameter(str(error).removeprefix("--devices").lstrip(": ")) from None
+    return value
+
+
 # Options shared by several commands, declared once; each named as its ckptfix.options.Options field.
 Checkpoint = Annotated[str, typer.Argument(help="Checkpoint prefix, folder with a 'checkpoint' file, or one of its files; a frozen graph (.pb, .pbtxt); a Keras .keras/.h5/.weights.h5 file, TF2 checkpoint or SavedModel.")]
 Data = Annotated[Path, typer.Argument(help="Folder or file of calibration samples: images, .npy/.npz, or TFRecords.")]
@@ -93,6 +104,7 @@ ShowAll = Annotated[bool, typer.Option("--all/--truncate", help=f"Show every lay
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar on stderr.", rich_help_panel=OUTPUT)]
 Plot = Annotated[Optional[Path], typer.Option(metavar="FILE.png", help="Also draw the per-layer drift and the agreement as a PNG (needs ckptfix[plot]).", rich_help_panel=OUTPUT)]
 Summary = Annotated[Optional[Path], typer.Option(metavar="FILE.md", help="Also write the facts as a Markdown table (CI step summaries).", rich_help_panel=OUTPUT)]
+Devices = Annotated[Optional[str], typer.Option(parser=_devices, metavar="all|N|/GPU:0,...", help="Where whole batches run: all GPUs (else the CPU), the first N, or device names; same statistics on any number. Workers: see TF_CONFIG in docs/scaling-out.md.", rich_help_panel=DATA)]
 Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="Show TensorFlow's own log output.", rich_help_panel=OUTPUT)]
 
 Unsafe = Annotated[bool, typer.Option("--unsafe", help="Keras safe mode off: load Lambda layers holding Python code (trust the file).", rich_help_panel=SAFETY)]
@@ -201,7 +213,7 @@ DATA_OPTIONS = (
     ("batch_size", BatchSize, 32), ("num_samples", NumSamples, None), ("shuffle", Shuffle, True), ("seed", Seed, 0),
     ("input_name", InputName, None), ("preprocess", Preprocess, "inception"), ("image_size", ImageSize, None),
     ("central_crop", CentralCrop, None), ("data_format", DataFormatOption, None), ("feature", Feature, "image/encoded"),
-    ("strict", Strict, False),
+    ("strict", Strict, False), ("devices", Devices, None),
 )
 STATISTICS_OPTIONS = (
     ("include", Include, None), ("exclude", Exclude, None), ("estimator", EstimatorOption, Estimator.POOLED),
@@ -243,6 +255,10 @@ def recalibrate(ctx, checkpoint, data, report, plot, summary, json_output, show_
 
         _check_forms(plot)
         result = run(checkpoint, data, _options(ctx))
+        if result.worker != 0:
+            typer.echo(f"worker {result.worker} of {result.num_workers}: statistics combined; the chief (worker 0) "
+                       f"writes {result.output_checkpoint} and reports.")
+            return
         _write_forms(result, report, plot, summary)
         if json_output:
             _print_json(result.to_dict())
@@ -250,6 +266,8 @@ def recalibrate(ctx, checkpoint, data, report, plot, summary, json_output, show_
         typer.echo(result.format_table(show_all))
         typer.echo(f"\n{len(result.layers)} BN layers recalibrated from {result.num_samples} samples "
                    f"in {result.num_batches} batches ({result.estimator} estimator).")
+        if result.devices_summary():
+            typer.echo(result.devices_summary())
         if result.samples_skipped:
             typer.echo(f"{result.samples_skipped} unreadable file(s) or record(s) skipped: {name_few(result.skipped_files)}")
         if result.agreement is not None:
@@ -272,11 +290,16 @@ def diagnose(ctx, checkpoint, data, model, report, plot, summary, json_output, s
 
         _check_forms(plot)
         result = run(checkpoint, data, _options(ctx))
+        if result.worker != 0:
+            typer.echo(f"worker {result.worker} of {result.num_workers}: statistics combined; the chief (worker 0) reports.")
+            return 0
         _write_forms(result, report, plot, summary)
         if json_output:
             _print_json(result.to_dict())
         else:
             typer.echo(result.format_table(show_all))
+            if result.devices_summary():
+                typer.echo(result.devices_summary())
             if result.agreement is not None:
                 typer.echo("\n" + result.agreement.summary())
             verdict = (f"STALE: {len(result.stale_layers)} of {len(result.layers)} BN layers; "

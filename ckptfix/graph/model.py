@@ -6,7 +6,9 @@ The graph is rewritten on a copy of the GraphDef (the caller's MetaGraphDef is n
 * backprop (``gradients`` scopes and what depends on them: optimizer updates, the train op) is dropped, so
   importing and placing a training script's graph costs only its forward part, and recorded shapes of
   gradient nodes (which TF 1.x ``.meta`` files can get wrong) are never imported;
-* devices are cleared, so TensorFlow places the graph on whatever the machine has (a GPU when there is one);
+* devices are cleared, so TensorFlow places the graph on whatever the machine has (a GPU when there is one),
+  or the whole graph is imported under ``tf.device(device)`` when a device is given (one model per device,
+  :mod:`ckptfix.scaling`);
 * a scalar bool ``ckptfix/use_batch_statistics`` (``placeholder_with_default(True)``, the *mode*) switches the selected
   layers between the two modes; the training flag, when there is one, is always fed False, so every other
   op (dropout, unselected BN layers) runs as saved in inference mode.
@@ -313,15 +315,16 @@ class GraphModel(SessionModel):
     array (one input) or a dict keyed by input tensor name. Closed on leaving its context.
     """
 
-    def __init__(self, meta_graph, layers: list[BatchNormLayer], feeds: Feeds, checkpoint_prefix: str) -> None:
+    def __init__(self, meta_graph, layers: list[BatchNormLayer], feeds: Feeds, checkpoint_prefix: str,
+                 device: str | None = None) -> None:
         import tensorflow as tf
 
         self.layers = layers
         rewrite = _rewrite_graph_def(meta_graph, layers, feeds.training_flag)
         self.inference_unavailable: str | None = rewrite.inference_unavailable
-        self.graph = import_graph(rewrite.graph_def)
+        self.graph = import_graph(rewrite.graph_def, device)
         self._assigns: dict[str, tuple] = {}
-        with self.graph.as_default():
+        with self.graph.as_default(), tf.device(device):
             self.inputs = [self.graph.get_tensor_by_name(name) for name in feeds.inputs]
             self.training_flag = None if feeds.training_flag is None else self.graph.get_tensor_by_name(feeds.training_flag)
             self.use_batch_statistics = self.graph.get_tensor_by_name(MODE_SWITCH + ":0")

@@ -29,12 +29,12 @@ def editable_nodes(graph_def) -> dict:
     return scopes
 
 
-def import_graph(graph_def):
-    """A new ``tf.Graph`` holding ``graph_def`` (names unchanged)."""
+def import_graph(graph_def, device: str | None = None):
+    """A new ``tf.Graph`` holding ``graph_def`` (names unchanged); its ops placed on ``device`` when given."""
     import tensorflow as tf
 
     graph = tf.Graph()
-    with graph.as_default():
+    with graph.as_default(), tf.device(device):
         try:
             tf.compat.v1.import_graph_def(graph_def, name="")
         except (ValueError, tf.errors.OpError) as error:

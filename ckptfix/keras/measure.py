@@ -18,6 +18,7 @@ weights) contributes every call.
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Iterator
 
 import numpy as np
@@ -27,6 +28,9 @@ from ckptfix.keras.batchnorm import KerasBatchNorm
 from ckptfix.stats.pooled import BatchMoments
 
 _MISSING = object()
+#: held while a forward is traced with the call swap in place: the swap is on the shared layer objects, so
+#: two sessions (one per device, :mod:`ckptfix.scaling`) must not trace at once
+_TRACING = threading.Lock()
 
 
 def _batch_statistics_call(bn: KerasBatchNorm, recorded: dict[str, list]):
@@ -72,6 +76,13 @@ def batch_statistics(layers: list[KerasBatchNorm], recorded: dict[str, list]) ->
                 object.__setattr__(layer, "call", original)
 
 
+def _device_scope() -> str:
+    """The device of the enclosing ``tf.device`` scope ("" when none), part of what ``tf.function`` traces for."""
+    from tensorflow.python.eager import context
+
+    return context.context().device_name or ""
+
+
 def first_output(outputs):
     import tensorflow as tf
 
@@ -97,14 +108,23 @@ class BatchStatisticsForward:
             return outputs, moments
 
         self._forward = tf.function(forward, reduce_retracing=True)
+        self._traced: set = set()
 
     def run(self, batch) -> tuple[dict[str, list[BatchMoments]], object]:
         """Per-layer moments (host) and the output tensor (left on the device; ``.numpy()`` it if needed).
 
-        ``batch``: an array, or a list of arrays in the model's input order.
+        ``batch``: an array, or a list of arrays in the model's input order. The call swap is needed only
+        while ``tf.function`` traces (a new input signature or device); calls it has traced run without it,
+        so sessions on several devices run at once.
         """
-        with batch_statistics(self._layers, self._recorded):
+        arrays = batch if isinstance(batch, (list, tuple)) else [batch]
+        signature = (_device_scope(), *((tuple(np.shape(a)), str(getattr(a, "dtype", ""))) for a in arrays))
+        if signature in self._traced:
             outputs, moments = self._forward(batch)
+        else:
+            with _TRACING, batch_statistics(self._layers, self._recorded):
+                outputs, moments = self._forward(batch)
+            self._traced.add(signature)
         unused = [name for name in self._names if not moments[name]]
         if unused:
             raise GraphError(f"BN layer {unused[0]} is not called by the model's forward pass: nothing to measure it on.")

@@ -4,7 +4,7 @@ A *source* is what CKPT names, opened once: a TF1 graph (checkpoint + ``.meta``,
 function), a frozen GraphDef, or a Keras / TF2 file. :mod:`ckptfix.pipeline` drives any source the same way::
 
     layers  = source.layers                          every BN layer, stored statistics included
-    with source.session(chosen, data_keys, options, notice) as session:      one load: import + restore
+    with source.session(chosen, data_keys, options, notice, device=d) as session:  one load: import + restore
         moments, output = session.moments(batch, keep_output)    BN on batch statistics
         session.inference_outputs(batch)               BN on the moving statistics in the session
         session.assign_statistics({layer: (mean, var)})  in memory only, never on disk
@@ -59,6 +59,10 @@ class Session(Protocol):
     """A model loaded once, with chosen BN layers measurable on batch statistics.
 
     A batch is an array for a one-input model, else a dict keyed by input name (``input_specs[k].name``).
+    With several devices the pipeline opens one session per device and calls their ``moments`` from
+    concurrent threads, each session from one thread at a time: what they share (a Keras model's layers)
+    must stay consistent under that; ``inference_outputs`` / ``assign_statistics`` are called on the first
+    session only, after the pass.
     """
 
     input_specs: list[InputSpec]
@@ -93,8 +97,11 @@ class Source(Protocol):
     #: notices from opening CKPT (e.g. which checkpoint a state file from another machine was taken to mean)
     notices: list[str]
 
-    def session(self, layers: list[Layer], data_keys, options, notice: Notice) -> ContextManager[Session]:
-        """One load of the model with ``layers`` measurable; ``data_keys()`` names the data's arrays (or None)."""
+    def session(self, layers: list[Layer], data_keys, options, notice: Notice, device: str | None = None) -> ContextManager[Session]:
+        """One load of the model with ``layers`` measurable; ``data_keys()`` names the data's arrays (or None).
+
+        ``device`` (``/GPU:1``...): the forward pass is placed there (one session per device, see
+        :mod:`ckptfix.scaling`); None: TensorFlow places it."""
 
     def check_output(self, output: Path | None, overwrite: bool) -> Path:
         """The destination to write to (default beside the input), checked before any work."""

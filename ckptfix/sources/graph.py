@@ -130,14 +130,14 @@ class GraphSource:
             notice(f"{switched} inference-mode fused BN node(s) switched to batch statistics")
 
     @contextlib.contextmanager
-    def session(self, layers: list[Layer], data_keys, options, notice: Notice) -> Iterator[_GraphSession]:
+    def session(self, layers: list[Layer], data_keys, options, notice: Notice, device: str | None = None) -> Iterator[_GraphSession]:
         found = [layer.found for layer in self.layers]
         chosen = [layer.found for layer in layers]
         # inputs and flag of every BN layer: unselected ones run as saved in the agreement check's forward pass
         feeds = detect_feeds(self.index, found, options.input_name, options.training_flag, data_keys=data_keys)
         check_forward_ops(self.index, layer_tensors(self.index, chosen), options.allow_unsafe_ops)
         self._training_notices(chosen, feeds, notice)
-        with GraphModel(self.meta_graph, chosen, feeds, str(self.files.prefix)) as model:
+        with GraphModel(self.meta_graph, chosen, feeds, str(self.files.prefix), device=device) as model:
             fed = [] if model.training_flag is None else [model.training_flag]
             output_name, output_notice = resolve_output(model.graph, model.inputs, options.output_tensor, fed)
             if output_notice:
@@ -168,8 +168,8 @@ class FrozenGraphSource(GraphSource):
         super().__init__(frozen.files, frozen.meta_graph, label=str(frozen.path), graph_label=str(frozen.path))
 
     @contextlib.contextmanager
-    def session(self, layers, data_keys, options, notice: Notice):
-        with super().session(layers, data_keys, options, notice) as session:
+    def session(self, layers, data_keys, options, notice: Notice, device: str | None = None):
+        with super().session(layers, data_keys, options, notice, device=device) as session:
             training = self.frozen.training_mode_layers if session.training_flag is None else []
             if training:
                 notice(f"{len(training)} BN node(s) of {self.frozen.path.name} were frozen in training mode "

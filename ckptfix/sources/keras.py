@@ -48,7 +48,8 @@ def _input_specs(model, names: tuple[str, ...] | None) -> list[InputSpec]:
 class _KerasSession:
     """A :class:`~ckptfix.sources.base.Session` over the loaded model (BN call swap / variable assignment)."""
 
-    def __init__(self, model, layers: list[Layer], specs: list[InputSpec]) -> None:
+    def __init__(self, model, layers: list[Layer], specs: list[InputSpec], device: str | None = None) -> None:
+        self._device = device  # every forward call placed there (tf.device); the variables stay where loaded
         self._layers = {layer.name: layer.found for layer in layers}
         self._forward = BatchStatisticsForward(model, [layer.found for layer in layers])
         self._inference = InferenceForward(model)
@@ -64,11 +65,17 @@ class _KerasSession:
         return batch if len(self.input_specs) == 1 else [batch[spec.name] for spec in self.input_specs]
 
     def moments(self, batch, keep_output: bool):
-        moments, outputs = self._forward.run(self._model_inputs(batch))
-        return moments, outputs.numpy() if keep_output else None
+        import tensorflow as tf
+
+        with tf.device(self._device):
+            moments, outputs = self._forward.run(self._model_inputs(batch))
+            return moments, outputs.numpy() if keep_output else None
 
     def inference_outputs(self, batch) -> np.ndarray:
-        return self._inference.outputs(self._model_inputs(batch))
+        import tensorflow as tf
+
+        with tf.device(self._device):
+            return self._inference.outputs(self._model_inputs(batch))
 
     def assign_statistics(self, values: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
         by_id = {}
@@ -110,8 +117,8 @@ class KerasModelSource:
             ))
 
     @contextlib.contextmanager
-    def session(self, layers: list[Layer], data_keys, options, notice: Notice) -> Iterator[_KerasSession]:
-        session = _KerasSession(self.source.model, layers, _input_specs(self.source.model, options.input_name))
+    def session(self, layers: list[Layer], data_keys, options, notice: Notice, device: str | None = None) -> Iterator[_KerasSession]:
+        session = _KerasSession(self.source.model, layers, _input_specs(self.source.model, options.input_name), device)
         try:
             yield session
         finally:

@@ -81,6 +81,41 @@ class PooledMoments:
         self._sum_batch_var_biased += m2_b / n_b
         self._sum_batch_var_bessel += m2_b / max(n_b - 1, 1)
 
+    def merge(self, other: PooledMoments) -> None:
+        """Merge another layer's partial moments (Chan's update on count / mean / M2; the batch-mean sums add)."""
+        if other.count == 0:
+            return
+        n_a, n_b = self.count, other.count
+        n = n_a + n_b
+        delta = other.mean - self.mean
+        self.mean = self.mean + delta * (n_b / n)
+        self.m2 = self.m2 + other.m2 + delta**2 * (n_a * n_b / n)
+        self.count = n
+        self.num_batches += other.num_batches
+        self._sum_batch_mean = self._sum_batch_mean + other._sum_batch_mean
+        self._sum_batch_var_biased = self._sum_batch_var_biased + other._sum_batch_var_biased
+        self._sum_batch_var_bessel = self._sum_batch_var_bessel + other._sum_batch_var_bessel
+
+    @property
+    def array_size(self) -> int:
+        return 2 + 5 * self.channels
+
+    def to_array(self) -> np.ndarray:
+        """The state as one float64 vector (count, num_batches, mean, M2, the three batch-mean sums), to send."""
+        return np.concatenate([[float(self.count), float(self.num_batches)], self.mean, self.m2, self._sum_batch_mean,
+                               self._sum_batch_var_biased, self._sum_batch_var_bessel])
+
+    @classmethod
+    def from_array(cls, channels: int, array: np.ndarray) -> PooledMoments:
+        """The inverse of :meth:`to_array`."""
+        pooled = cls(channels)
+        array = np.asarray(array, np.float64)
+        pooled.count, pooled.num_batches = int(array[0]), int(array[1])
+        parts = array[2:].reshape(5, channels)
+        pooled.mean, pooled.m2 = parts[0].copy(), parts[1].copy()
+        pooled._sum_batch_mean, pooled._sum_batch_var_biased, pooled._sum_batch_var_bessel = (p.copy() for p in parts[2:])
+        return pooled
+
     def mean_and_variance(self, estimator: Estimator, bessel: bool) -> tuple[np.ndarray, np.ndarray]:
         """The layer's new (mean, variance) in float64, in the requested variance convention."""
         if self.count == 0:

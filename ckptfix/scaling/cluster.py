@@ -1,0 +1,173 @@
+"""Several workers: one ``ckptfix`` process per task of the ``TF_CONFIG`` cluster, partial sums combined with
+TensorFlow's collective ops.
+
+``TF_CONFIG`` is MultiWorkerMirroredStrategy's convention::
+
+    {"cluster": {"chief": ["host0:port"], "worker": ["host1:port", ...]}, "task": {"type": "worker", "index": 0}}
+
+Workers are ranked chief first (when there is a ``chief`` job), then ``worker`` 0, 1, ...; rank 0 is the chief,
+the one process that writes the output and reports. With ``W`` workers, **batch i (counted from 0 in the
+order the data gives them, after --shuffle/--seed) runs on the worker of rank i mod W**; every worker reads
+the same data in the same order and skips the batches of the others.
+
+Each worker pools its own batches in batch order; the partial sums per layer (count, mean, M2, and the
+batch-mean sums, float64) are all-gathered with ``MultiWorkerMirroredStrategy``'s collective ops and merged in
+rank order with Chan's update (:meth:`ckptfix.stats.PooledMoments.merge`), the same on every worker. The
+result equals the one-process statistics to float64 rounding. A worker that dies is reported by TensorFlow's
+coordination service (missing heartbeats, ~10 s); one that hangs by the collective timeout
+(``CKPTFIX_WORKER_TIMEOUT`` seconds, default 3600). Either way every other worker stops with
+:class:`WorkerError` and nothing is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+import numpy as np
+
+from ckptfix.errors import CkptfixError
+from ckptfix.stats import PooledMoments
+
+#: collective timeout (seconds) for a worker that is alive but never sends its statistics
+DEFAULT_TIMEOUT_SECONDS = 3600
+
+
+class WorkerError(CkptfixError):
+    """TF_CONFIG is unusable, or another worker of the cluster failed or stopped answering."""
+
+
+@dataclass
+class Cluster:
+    """This process's place in the cluster: ``rank`` of ``size`` (rank 0: the chief), ``strategy`` when
+    ``size > 1`` (the MultiWorkerMirroredStrategy whose collectives combine the partial sums)."""
+
+    rank: int = 0
+    size: int = 1
+    #: (job, index) of every task, in rank order
+    tasks: list[tuple[str, int]] = field(default_factory=list)
+    strategy: object = None
+    timeout: float = DEFAULT_TIMEOUT_SECONDS
+
+    @property
+    def chief(self) -> bool:
+        return self.rank == 0
+
+    def owns(self, batch_index: int) -> bool:
+        """Whether batch ``batch_index`` (from 0, in data order) runs here: ``batch_index mod size == rank``."""
+        return batch_index % self.size == self.rank
+
+    def describe(self) -> str:
+        return f"worker {self.rank} of {self.size}"
+
+    def combine(self, pooled: dict[str, PooledMoments], shares: list[dict]) -> tuple[dict[str, PooledMoments], list[dict]]:
+        """Every worker's partial ``pooled`` moments merged in rank order, and every worker's device ``shares``
+        (rank order); the same answer on every worker. One process: returned as they are."""
+        if self.size == 1:
+            return pooled, shares
+        names = list(pooled)
+        vector = np.concatenate([[float(self.rank)], *(pooled[name].to_array() for name in names)])
+        rows = self._gather(vector)
+        encoded = np.frombuffer(json.dumps(shares).encode(), np.uint8).astype(np.float64)
+        lengths = self._gather(np.array([float(self.rank), encoded.size]))
+        width = int(lengths[:, 1].max())
+        texts = self._gather(np.concatenate([[float(self.rank), encoded.size], encoded, np.zeros(width - encoded.size)]))
+        merged = {name: PooledMoments(pooled[name].channels) for name in names}
+        for row in sorted(rows, key=lambda r: r[0]):
+            offset = 1
+            for name in names:
+                size = pooled[name].array_size
+                merged[name].merge(PooledMoments.from_array(pooled[name].channels, row[offset : offset + size]))
+                offset += size
+        everyone = []
+        for row in sorted(texts, key=lambda r: r[0]):
+            everyone.extend(json.loads(row[2 : 2 + int(row[1])].astype(np.uint8).tobytes().decode()))
+        return merged, everyone
+
+    def _gather(self, vector: np.ndarray) -> np.ndarray:
+        """One row per worker: ``vector`` (same length on every worker) all-gathered over the cluster."""
+        import tensorflow as tf
+
+        def gather(value):
+            return tf.distribute.get_replica_context().all_gather(value, axis=0)
+
+        try:
+            gathered = self.strategy.run(gather, args=(tf.constant(np.asarray(vector, np.float64)[None, :]),))
+            return np.asarray(self.strategy.experimental_local_results(gathered)[0].numpy())
+        except (tf.errors.OpError, RuntimeError) as error:
+            raise WorkerError(f"{self.describe()}: {self._failure(error)}; nothing was written: see that worker's "
+                              "own error.") from None
+
+    def _failure(self, error: Exception) -> str:
+        """What TensorFlow's error says of the other workers, in ranks: the task it names (the one whose
+        heartbeats stopped, or the coordination leader that went away), or the timeout."""
+        import tensorflow as tf
+
+        if isinstance(error, tf.errors.DeadlineExceededError):
+            return f"not every worker sent its statistics within {self.timeout:g} s (CKPTFIX_WORKER_TIMEOUT)"
+        text = str(getattr(error, "message", error))
+        others = sorted({self.tasks.index((job, int(k))) for job, k in re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", text)
+                         if (job, int(k)) in self.tasks} - {self.rank})
+        if others:
+            named = ", ".join(f"worker {rank}" + ("" if self.tasks[rank] == ("worker", rank) else
+                                                   " (TF_CONFIG task {} {})".format(*self.tasks[rank])) for rank in others)
+            return f"{named} stopped answering (died, killed or cut off)"
+        return f"another worker failed or stopped answering ({type(error).__name__})"
+
+
+def _ranked(cluster: dict) -> list[tuple[str, int]]:
+    tasks = [("chief", k) for k in range(len(cluster.get("chief", [])))]
+    return tasks + [("worker", k) for k in range(len(cluster.get("worker", [])))]
+
+
+def read_tf_config(environ=os.environ) -> tuple[int, list[tuple[str, int]]] | None:
+    """``(rank, [(job, index) of every task in rank order])`` from ``TF_CONFIG``; None when it names no cluster
+    of several tasks."""
+    text = environ.get("TF_CONFIG", "").strip()
+    if not text:
+        return None
+    try:
+        config = json.loads(text)
+        cluster, task = config.get("cluster") or {}, config.get("task") or {}
+    except (ValueError, AttributeError):
+        raise WorkerError("TF_CONFIG is not a JSON object with \"cluster\" and \"task\": fix it or unset it.") from None
+    ranked = _ranked(cluster)
+    if len(ranked) <= 1:
+        return None
+    other = sorted(set(cluster) - {"chief", "worker"})
+    if other:
+        raise WorkerError(f"TF_CONFIG has {', '.join(other)} jobs: ckptfix runs only chief and worker tasks.")
+    place = (task.get("type"), task.get("index", 0))
+    if place not in ranked:
+        raise WorkerError(f"TF_CONFIG's task {place[0]} {place[1]} is not in its cluster: set task.type to chief or "
+                          "worker and task.index to this process's place in that list.")
+    return ranked.index(place), ranked
+
+
+_JOINED: dict[str, Cluster] = {}
+
+
+def join_cluster() -> Cluster:
+    """This process's :class:`Cluster`: one process when ``TF_CONFIG`` names no cluster, else a worker of it.
+
+    Joining starts MultiWorkerMirroredStrategy (its gRPC server and collective ops), before the model is loaded:
+    TensorFlow renames the process's devices then. Once per process and ``TF_CONFIG``.
+    """
+    place = read_tf_config()
+    if place is None:
+        return Cluster()
+    key = os.environ["TF_CONFIG"]
+    if key not in _JOINED:
+        import tensorflow as tf
+
+        timeout = float(os.environ.get("CKPTFIX_WORKER_TIMEOUT", DEFAULT_TIMEOUT_SECONDS))
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout)
+        try:
+            strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        except (ValueError, RuntimeError, tf.errors.OpError) as error:
+            raise WorkerError(f"cannot join the TF_CONFIG cluster: {str(error).strip().splitlines()[0]}") from None
+        rank, tasks = place
+        _JOINED[key] = Cluster(rank, len(tasks), tasks, strategy, timeout)
+    return _JOINED[key]
+

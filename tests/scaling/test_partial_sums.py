@@ -1,0 +1,94 @@
+"""The arithmetic of several workers, without a cluster: partial sums merged in rank order equal one pass over
+every batch (both estimators), and TF_CONFIG's tasks ranked chief first."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ckptfix.scaling.cluster import Cluster, WorkerError, read_tf_config
+from ckptfix.stats import BatchMoments, Estimator, PooledMoments
+
+
+def _moments(x: np.ndarray) -> BatchMoments:
+    mean = x.mean(axis=0)
+    return BatchMoments(len(x), mean, ((x - mean) ** 2).sum(axis=0))
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_partial_sums_merged_in_rank_order_equal_one_pass(workers):
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(1e3, 2.0, (n, 5)) for n in (7, 7, 7, 7, 3)]  # |mean| >> std, uneven last batch
+    one = PooledMoments(5)
+    for batch in batches:
+        one.add(_moments(batch))
+    partial = [PooledMoments(5) for _ in range(workers)]
+    for i, batch in enumerate(batches):
+        partial[i % workers].add(_moments(batch))  # batch i on worker i mod W
+    merged = PooledMoments(5)
+    for part in partial:
+        merged.merge(PooledMoments.from_array(5, part.to_array()))  # as sent over the cluster
+
+    values = np.concatenate(batches)
+    assert merged.count == one.count == len(values)
+    for estimator in Estimator:
+        for bessel in (False, True):
+            expected = one.mean_and_variance(estimator, bessel)
+            got = merged.mean_and_variance(estimator, bessel)
+            np.testing.assert_allclose(got[0], expected[0], rtol=1e-12)
+            np.testing.assert_allclose(got[1], expected[1], rtol=1e-9)
+    np.testing.assert_allclose(merged.m2 / merged.count, values.var(axis=0), rtol=1e-9)
+
+
+def test_batches_are_shared_round_robin():
+    cluster = Cluster(rank=1, size=3)
+    assert [i for i in range(10) if cluster.owns(i)] == [1, 4, 7]
+
+
+def _config(cluster, task):
+    return {"TF_CONFIG": json.dumps({"cluster": cluster, "task": task})}
+
+
+def test_tf_config_ranks_the_chief_first():
+    cluster = {"chief": ["a:1"], "worker": ["b:1", "c:1"]}
+    tasks = [("chief", 0), ("worker", 0), ("worker", 1)]
+    assert read_tf_config(_config(cluster, {"type": "chief", "index": 0})) == (0, tasks)
+    assert read_tf_config(_config(cluster, {"type": "worker", "index": 1})) == (2, tasks)
+    assert read_tf_config(_config({"worker": ["a:1"]}, {"type": "worker", "index": 0})) is None  # one task
+    assert read_tf_config({}) is None
+
+
+@pytest.mark.parametrize("environ, message", [
+    ({"TF_CONFIG": "not json"}, "TF_CONFIG is not a JSON object"),
+    (_config({"worker": ["a:1", "b:1"], "ps": ["c:1"]}, {"type": "worker", "index": 0}), "TF_CONFIG has ps jobs"),
+    (_config({"worker": ["a:1", "b:1"]}, {"type": "worker", "index": 2}), "task worker 2 is not in its cluster"),
+])
+def test_unusable_tf_config_is_a_clear_error(environ, message):
+    with pytest.raises(WorkerError, match=message):
+        read_tf_config(environ)
+
+
+# what TensorFlow 2.21 raised in the two-worker tests: the chief when the worker was killed, the worker when the
+# chief (the coordination leader) was
+WORKER_DIED = ("Graph execution error:\n\nCollective ops is aborted by: The following tasks are unhealthy (stopped "
+               "sending heartbeats):\n/job:worker/replica:0/task:1\nThe tasks have crashed.")
+CHIEF_DIED = ("Graph execution error:\n\nCollective ops is aborted by: Failed to send RPC to coordination service. "
+              "Additional GRPC error information from remote target /job:worker/replica:0/task:0 while calling "
+              "/tensorflow.CoordinationService/Heartbeat")
+
+
+@pytest.mark.parametrize("rank, text, reason", [
+    (0, WORKER_DIED, "worker 1 stopped answering"),
+    (1, CHIEF_DIED, "worker 0 stopped answering"),
+])
+def test_a_dead_worker_is_named_by_its_rank(rank, text, reason):
+    import tensorflow as tf
+
+    cluster = Cluster(rank=rank, size=2, tasks=[("worker", 0), ("worker", 1)])
+    assert cluster._failure(tf.errors.UnavailableError(None, None, text)).startswith(reason)
+    timed_out = cluster._failure(tf.errors.DeadlineExceededError(None, None, "timeout"))
+    assert timed_out == "not every worker sent its statistics within 3600 s (CKPTFIX_WORKER_TIMEOUT)"
+    chief = Cluster(rank=1, size=2, tasks=[("chief", 0), ("worker", 0)])
+    assert chief._failure(tf.errors.UnavailableError(None, None, CHIEF_DIED.replace("worker/replica:0/task:0",
+                                                                                     "chief/replica:0/task:0"))
+                          ).startswith("worker 0 (TF_CONFIG task chief 0) stopped answering")

@@ -1,0 +1,126 @@
+"""Several workers: two `ckptfix` processes under TF_CONFIG on 127.0.0.1 ports (MultiWorkerMirroredStrategy's
+convention). Batch i runs on worker i mod 2; the chief's statistics equal one process's; only the chief writes;
+a worker killed mid-run (chief or not) makes the other stop with a clear error, nothing written, in
+bounded time."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ckptfix
+from diagnostics.schema import validate_report
+from scaling.helpers import TIMEOUT_SECONDS, assert_same_statistics, environment, free_ports, tf_config
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "keras"))
+
+BATCH_SIZE, BATCHES = 24, 11  # 256 samples: 11 batches, 6 for worker 0 (batches 0, 2, ..., 10) and 5 for worker 1
+
+
+_SPAWNED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_worker_left():
+    """A failed test leaves no worker behind (TensorFlow blocked in a collective ignores SIGTERM: SIGKILL)."""
+    yield
+    while _SPAWNED:
+        process = _SPAWNED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def _worker(ports, index, *args, stderr=subprocess.PIPE):
+    env = environment(TF_CONFIG=tf_config(ports, index))
+    process = subprocess.Popen([sys.executable, "-m", "ckptfix", *map(str, args)], env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=stderr)
+    _SPAWNED.append(process)
+    return process
+
+
+def _finish(process, timeout=TIMEOUT_SECONDS):
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+        raise AssertionError(f"a worker did not finish within {timeout} s: {(err or '')[-2000:]}") from None
+    return process.returncode, out, err
+
+
+def test_two_workers_match_one_process_and_only_the_chief_writes(slim_model, tmp_path):
+    model = slim_model("seed")
+    options = ["--batch-size", BATCH_SIZE, "--seed", 3, "--no-progress"]
+    one = ckptfix.recalibrate(model.prefix, np.load(model.calib), output=tmp_path / "one", batch_size=BATCH_SIZE,
+                              seed=3).to_dict()
+    ports = free_ports(2)
+    workers = [_worker(ports, k, "recalibrate", model.prefix, model.calib, "-o", tmp_path / f"out{k}",
+                       "--report", tmp_path / f"report{k}.json", *options) for k in range(2)]
+    (chief_code, chief_out, chief_err), (code, out, err) = (_finish(w) for w in workers)
+
+    assert chief_code == 0, chief_err[-3000:]
+    assert code == 0, err[-3000:]
+    chief = json.loads((tmp_path / "report0.json").read_text())
+    validate_report(chief)
+    assert_same_statistics(one, chief)
+    assert chief["num_batches"] == BATCHES and chief["num_samples"] == 256
+    assert [(row["worker"], row["batches"]) for row in chief["devices"]] == [(0, 6), (1, 5)]
+    assert "2 devices on 2 workers ran the batches" in chief_out
+    assert (tmp_path / "out0").is_dir()
+    assert not (tmp_path / "out1").exists() and not (tmp_path / "report1.json").exists()
+    assert f"worker 1 of 2: statistics combined; the chief (worker 0) writes {tmp_path / 'out1'}" in out
+
+
+def test_two_workers_diagnose_a_keras_model_and_the_chief_reports(tmp_path):
+    import keras
+
+    from keras_models import functional_model, images
+
+    path, data = tmp_path / "small.keras", tmp_path / "calib.npy"
+    functional_model(keras).save(path)
+    np.save(data, images(110, seed=5)[0])  # 7 batches of 16 (the last 14): 4 on worker 0, 3 on worker 1
+    one = ckptfix.diagnose(path, np.load(data), batch_size=16, shuffle=False).to_dict()
+    ports = free_ports(2)
+    workers = [_worker(ports, k, "diagnose", path, data, "--batch-size", 16, "--no-shuffle", "--json") for k in range(2)]
+    (chief_code, chief_out, chief_err), (code, out, err) = (_finish(w) for w in workers)
+
+    assert chief_code == (3 if one["verdict"] == "stale" else 0), chief_err[-3000:]
+    assert code == 0, err[-3000:]
+    chief = json.loads(chief_out)
+    assert_same_statistics(one, chief)
+    assert [(row["worker"], row["batches"], row["samples"]) for row in chief["devices"]] == [(0, 4, 62), (1, 3, 48)]
+    assert out == "worker 1 of 2: statistics combined; the chief (worker 0) reports.\n"
+
+
+@pytest.mark.parametrize("killed", [1, 0])
+def test_a_killed_worker_stops_the_other_cleanly(slim_model, tmp_path, killed):
+    model = slim_model("seed")
+    data = tmp_path / "calib.npy"
+    np.save(data, np.concatenate([np.load(model.calib)] * 10))  # 320 batches of 8: the run outlasts the kill
+    ports = free_ports(2)
+    logs = [tmp_path / f"stderr{k}.txt" for k in range(2)]
+    workers = [_worker(ports, k, "recalibrate", model.prefix, data, "-o", tmp_path / f"out{k}", "--batch-size", 8,
+                       "--no-progress", stderr=logs[k].open("w")) for k in range(2)]
+    # killed once both have joined the cluster: each says so in a notice before its pass
+    deadline = time.monotonic() + TIMEOUT_SECONDS
+    while time.monotonic() < deadline and workers[killed].poll() is None and \
+            not all(log.exists() and "of the TF_CONFIG cluster" in log.read_text() for log in logs):
+        time.sleep(0.1)
+    assert workers[killed].poll() is None, "the worker ended before it could be killed"
+    workers[killed].kill()
+    killed_at = time.monotonic()
+    code, out, _ = _finish(workers[1 - killed], timeout=180)
+    workers[killed].communicate()
+    err = logs[1 - killed].read_text()
+
+    assert code == 1, err[-3000:]
+    assert (f"error: worker {1 - killed} of 2: worker {killed} stopped answering (died, killed or cut off); "
+            "nothing was written") in err
+    assert "Traceback" not in err
+    assert time.monotonic() - killed_at < 120
+    assert not (tmp_path / "out0").exists() and not (tmp_path / "out1").exists()
