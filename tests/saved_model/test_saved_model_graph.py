@@ -233,3 +233,18 @@ def test_tf1_savedmodel(tf1_savedmodel, tmp_path):
     assert [(layer.name, layer.mean_key) for layer in report.layers] == [("bn", "bn/moving_mean")]
     assert report.input_tensors == ["image"]
     _check_repaired(tf1_savedmodel, output, report)
+
+
+def test_two_logical_cpus_match_one_device(module_export, tmp_path):
+    """Issue 16 through the SavedModel source: whole batches on two devices, the one-device statistics."""
+    from scaling.helpers import assert_same_statistics, run_api
+
+    options = dict(batch_size=3, shuffle=True, seed=2)
+    one = ckptfix.diagnose(module_export.path, _data(module_export), **options).to_dict()
+    data = module_export.data if isinstance(module_export.data, Path) else tmp_path / "data.npy"
+    if not isinstance(module_export.data, Path):
+        np.save(data, module_export.data)
+    two = run_api(module_export.path, data, tmp_path / "two.json", logical_cpus=2, command="diagnose", **options)
+    assert_same_statistics(one, two)
+    assert [row["device"] for row in two["devices"]] == ["/CPU:0", "/CPU:1"]
+    assert all(row["batches"] > 0 for row in two["devices"])
