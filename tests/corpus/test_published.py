@@ -21,15 +21,11 @@ VARIANCE_TOLERANCE = 1e-3  # relative, of (var + eps)
 
 SAVEDMODEL = ("issue 14 (corpus): a Keras SavedModel written by TF 2.4 has no keras_metadata.pb, ckptfix asks "
               "for the .keras file instead of reading the Keras metadata from saved_model.pb")
-ITEM7 = ("issue 14 item 7: FusedBatchNormV3's float32 batch mean on 32x187x96 activations is off by up to "
-         "0.12 sqrt(var+eps)")
 EXPECTED_FAILURES = {
-    ("reference", "musicnn"): ITEM7,
     ("inspect", "basic-pitch"): SAVEDMODEL,
     ("diagnose", "basic-pitch"): SAVEDMODEL,
     ("recalibrate", "basic-pitch"): SAVEDMODEL,
     ("reference", "basic-pitch"): SAVEDMODEL,
-    ("reference", "musicnn-renamed"): ITEM7,
 }
 
 
