@@ -1,4 +1,4 @@
-"""Which ``.data`` shard holds each tensor of a V2 checkpoint, read from its ``.index`` file.
+"""A V2 checkpoint's ``.index`` file: which ``.data`` shard and bytes hold each tensor; checksums patched in place.
 
 TensorFlow exposes no Python API for this, so the index is parsed here. It is an immutable table in LevelDB's
 format (``tensorflow/core/lib/io/format.h``, ``block.cc``): a 48-byte footer (two block handles -- metaindex
@@ -10,9 +10,12 @@ value of a data block is a ``BundleEntryProto`` with the tensor's ``shard_id``; 
 ``BundleHeaderProto``. Slices of a partitioned variable are entries of their own (binary keys), each with
 its shard; the variable's own entry lists them.
 
-Only what the writer needs: the shard of every tensor key. Anything unexpected (a compressed block, a bad
-magic, nothing found) returns ``None``; block checksums are not verified, so the caller also checks that the
-keys found are exactly the checkpoint's, and otherwise does not keep the shards.
+Only what the writer needs: the shard of every tensor key, each tensor's entry (shard, offset, size, checksum),
+and an index whose checksums of some tensors are replaced in place (:func:`with_checksums`: same entry sizes,
+so the layout is unchanged; the trailers of the blocks touched are recomputed, masked CRC-32C as LevelDB
+stores them). Anything unexpected (a compressed block, a bad magic, nothing found) returns ``None``; block
+checksums are not verified on reading, so the caller also checks that the keys found are exactly the
+checkpoint's, and TensorFlow reads what was written back.
 """
 
 from __future__ import annotations

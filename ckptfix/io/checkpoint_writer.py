@@ -196,30 +196,32 @@ def _verify_in_place(destination: Prefix, sources: list[Path], written: list[Pat
 
     wrong = []
     chunk = 16 << 20
+    expected, actual = bytearray(chunk), bytearray(chunk)
     for shard, (source, target) in enumerate(zip(sources, written)):
         changes = sorted(patches.get(shard, []))
         with open(source, "rb") as old, open(target, "rb") as new:
             start = 0
             while True:
-                expected, actual = bytearray(old.read(chunk)), new.read(chunk)
+                size, got = old.readinto(expected), new.readinto(actual)
                 for offset, value in changes:  # the patches overlapping this chunk
-                    low, high = max(offset, start), min(offset + len(value), start + len(expected))
+                    low, high = max(offset, start), min(offset + len(value), start + size)
                     if low < high:
                         expected[low - start: high - start] = value[low - offset: high - offset]
-                if expected != actual:
+                if size != got or memoryview(expected)[:size] != memoryview(actual)[:got]:
                     wrong.append(target.name)
                     break
-                if not actual:
+                if not size:
                     break
-                start += len(actual)
+                start += size
     if destination.file(".index").read_bytes() != index:
         wrong.append(destination.file(".index").name)
     try:
         keys = {entry.key: entry.dtype for entry in read_entries(destination)}
         wrong += [] if keys == {entry.key: entry.dtype for entry in entries} else ["(the keys)"]
         changed = [entry for entry in entries if entry.key in replaced]
-        wrong += [] if wrong or not changed else mismatched(
-            destination, changed, [fingerprint(tensor) for entry in changed for tensor in replaced[entry.key]])
+        read = restore(destination, changed) if changed and not wrong else []
+        wrong += [entry.key for entry, tensor in zip(changed, read)
+                  if tensor.numpy().tobytes() != replaced[entry.key][0].numpy().tobytes()]
     except (CheckpointError, tf.errors.OpError):
         wrong = ["(unreadable)"]
     if wrong:
