@@ -34,7 +34,7 @@ import numpy as np
 
 from ckptfix.errors import CheckpointError, OutputError
 from ckptfix.io.atomic import atomic_output, check_destination
-from ckptfix.io.bundle_index import masked_crc32c, tensor_entries, with_checksums
+from ckptfix.io.bundle_index import tensor_entries, with_checksums
 from ckptfix.io.checkpoint_reader import (
     CheckpointEntry, TensorSlice, fingerprint, mismatched, read_entries, restore, shard_of_each_key, unreadable,
 )
@@ -158,15 +158,26 @@ def _copy_in_place(source: Prefix, destination: Prefix, entries: list[Checkpoint
     files = _data_files(source)
     if stored is None or files is None or any(path.stat().st_size > part_bytes for path in files):
         return False
+    keys = sorted(replaced)
+    if any(key not in stored or stored[key].shard_id >= len(files) or len(replaced[key]) != 1
+           or replaced[key][0].dtype == tf.string for key in keys):
+        return False
+    # the new tensors' bytes and checksums as TensorFlow writes them: SaveV2 of the statistics alone
+    saved, data = {}, b""
+    if keys:
+        scratch = Prefix(destination.parent / ".statistics", "statistics")
+        tf.raw_ops.SaveV2(prefix=str(scratch), tensor_names=keys, shape_and_slices=[""] * len(keys),
+                          tensors=[replaced[key][0] for key in keys])
+        saved, data = tensor_entries(scratch.file(".index")), scratch.file(".data-00000-of-00001").read_bytes()
+        shutil.rmtree(scratch.parent)
     patches: dict[int, list[tuple[int, bytes]]] = {}  # shard -> (offset, new bytes)
     checksums = {}
-    for key, tensors in replaced.items():
-        entry = stored.get(key)
-        value = tensors[0].numpy().tobytes() if len(tensors) == 1 and tensors[0].dtype != tf.string else None
-        if entry is None or value is None or len(value) != entry.size or entry.shard_id >= len(files):
+    for key in keys:
+        entry, new = stored[key], (saved or {}).get(key)
+        if new is None or new.size != entry.size:
             return False
-        patches.setdefault(entry.shard_id, []).append((entry.offset, value))
-        checksums[key] = masked_crc32c(value)
+        patches.setdefault(entry.shard_id, []).append((entry.offset, data[new.offset: new.offset + new.size]))
+        checksums[key] = new.crc32c
     index = with_checksums(source.file(".index"), checksums)
     if index is None:
         return False
@@ -207,7 +218,8 @@ def _verify_in_place(destination: Prefix, sources: list[Path], written: list[Pat
                     low, high = max(offset, start), min(offset + len(value), start + size)
                     if low < high:
                         expected[low - start: high - start] = value[low - offset: high - offset]
-                if size != got or memoryview(expected)[:size] != memoryview(actual)[:got]:
+                same = expected == actual if size == chunk else expected[:size] == actual[:got]  # memcmp, no copy
+                if size != got or not same:
                     wrong.append(target.name)
                     break
                 if not size:
