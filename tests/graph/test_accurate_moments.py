@@ -101,8 +101,8 @@ def test_one_accurate_sum_per_moment_and_bn_input(large_activation_model):
     layers = find_batchnorm_layers(index)
     with GraphModel(meta_graph, layers, detect_feeds(index, layers, None, None), prefix) as model:
         added = [op for op in model.graph.get_operations() if op.name.startswith("ckptfix/")]
-        sums = [op.name for op in added if op.type == "MatMul"]
-        means = [op.name for op in added if op.type in {"Mean", "Sum", "SquaredDifference"}]
+        sums = [op.name for op in added if op.type in {"MatMul", "BatchMatMulV2"}]
+        means = [op.name for op in added if op.type in {"Mean", "Sum", "SquaredDifference"} and "/accurate_sums" not in op.name]
     inputs = sum(len(moments) for moments in model._fetches.values())
     assert inputs == 2 and len(sums) == 2 * inputs, sums
     # the shift: reduce_mean for the non-fused layer; the fused node's own mean where the graph returns it (a top-level
