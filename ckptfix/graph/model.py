@@ -15,7 +15,7 @@ Per batch, for every BN input ``x`` of a selected layer, per-channel *shifted su
 shift ``s`` close to the batch mean, ``s1 = sum(x - s)`` and ``s2 = sum((x - s)**2)`` over all axes but the
 channel axis -- for all layers in one ``session.run``; only these vectors leave the device. The host forms
 ``mean = s + s1 / n`` and ``M2 = s2 - s1**2 / n`` in float64 (:meth:`GraphModel.moments`). The sums are
-matrix products with vectors of ones (:func:`_channel_sums`): a GEMM kernel accumulates in blocks, so its float32
+matrix products with vectors of ones (:func:`_row_sums`): a GEMM kernel accumulates in blocks, so its float32
 error stays ~1e-7 of the sum, where TensorFlow's CPU ``reduce_sum`` / ``reduce_mean`` over the outer axes and
 ``FusedBatchNormV3``'s own statistics accumulate the ``n`` values one after another (on a 32x299x299
 activation with mean 100 and std 1, the fused node's batch mean is off by 2 std). The shift keeps ``s1``
@@ -282,54 +282,59 @@ def _channel_axes(x, channels_last: bool | None, reference_shape=None) -> list[i
     return [offset + i for i, d in enumerate(dims) if d != 1]
 
 
-def _channel_sums(values, channels: int | None):
-    """Per-channel sums of ``values`` (channels last; every other axis summed), flat.
+def _row_sums(values, channels: int | None):
+    """Per-channel sums of ``values`` (channels last) over each row: ``ones[1, k] @ values[b, k, channels]`` with
+    ``b`` the first axis and ``k`` the product of the axes between (static sizes; else one row of every value).
 
-    A matrix product ``ones[1, k] @ values[b, k, channels]`` sums each of the ``b`` rows of ``k`` values (all axes
-    but the first and the channels: static sizes, so ``ones`` is a constant), then the ``b`` partial sums are
-    added. A matrix product accumulates in blocks (CPU GEMM kernels, cuBLAS): its float32 sum of ``k`` values is
-    accurate to ~1e-7 relative, where ``tf.reduce_sum`` over outer axes on CPU adds the values in a row (error
-    growing with their number, docs/performance.md).
+    Returns the sums ``[b, channels]`` and ``k``. A matrix product accumulates in blocks (CPU GEMM kernels,
+    cuBLAS): its float32 sum of ``k`` values is accurate to ~1e-7 relative, where ``tf.reduce_sum`` over outer
+    axes on CPU adds the values in a row (error growing with their number, docs/performance.md).
     """
     import tensorflow as tf
 
     dims = values.shape.as_list()
-    inner = int(np.prod(dims[1:-1], dtype=np.int64)) if None not in dims[1:-1] else None
-    if inner is None:  # unknown sizes: one row of all the values
-        matrix = tf.reshape(values, [1, -1, channels if channels is not None else tf.shape(values)[-1]])
-        ones = tf.ones(tf.stack([1, tf.shape(matrix)[1]]), values.dtype)
+    last = channels if channels is not None else tf.shape(values)[-1]
+    if None in dims[1:-1]:
+        matrix = tf.reshape(values, [1, -1, last])
+        k = tf.shape(matrix)[1]
+        ones = tf.ones(tf.stack([1, k]), values.dtype)
     else:
-        matrix = tf.reshape(values, [-1, inner, channels if channels is not None else tf.shape(values)[-1]])
-        ones = tf.ones([1, inner], values.dtype)
-    return tf.reduce_sum(tf.matmul(ones, matrix), axis=[0, 1])
+        k = int(np.prod(dims[1:-1], dtype=np.int64))
+        matrix = tf.reshape(values, [-1, k, last])
+        ones = tf.ones([1, k], values.dtype)
+    return tf.reshape(tf.matmul(ones, matrix), [-1, last]), k
 
 
 def _shifted_sums(x, channel_axes: list[int], shift=None) -> _Moments:
     """The shifted sums of ``x`` (float32) per channel; ``shift`` (flat, per channel) defaults to ``reduce_mean(x)``
-    (float32: within a few standard deviations of the mean, which is all a shift needs)."""
+    (float32: within a few standard deviations of the mean, which is all a shift needs).
+
+    ``s1`` sums each row unshifted (one pass over ``x``, no ``x - shift`` written) and shifts the row sums:
+    ``sum_rows(row - k * shift)``; ``s2`` sums ``squared_difference(x, shift)`` by rows, then the rows.
+    """
     import tensorflow as tf
 
     values = tf.cast(x, tf.float32)
     rank = values.shape.rank
     axes = [a for a in range(rank) if a not in channel_axes]
-    if shift is None:
-        shift = tf.reduce_mean(values, axis=axes, keepdims=True)
-    elif channel_axes != [rank - 1]:  # broadcast the flat shift along the channel axes
-        shift = tf.reshape(shift, [-1 if a in channel_axes else 1 for a in range(rank)])
-    deviations = values - shift
-    if axes + channel_axes != list(range(rank)):
-        deviations = tf.transpose(deviations, axes + channel_axes)
-    sizes = [values.shape[a] for a in channel_axes]
-    channels = int(np.prod(sizes)) if None not in sizes else None
-    if len(axes) == 0 or rank < 2:
+    if not axes:
         raise GraphError(f"BN input {x.name} has no axis to reduce over besides its channels.")
+    if axes + channel_axes != list(range(rank)):  # channels last
+        values = tf.transpose(values, axes + channel_axes)
     if len(channel_axes) != 1:  # several channel axes: one flat channel axis
-        deviations = tf.reshape(deviations, tf.concat([tf.shape(deviations)[:len(axes)], [-1]], 0))
+        values = tf.reshape(values, tf.concat([tf.shape(values)[:len(axes)], [-1]], 0))
+    sizes = [x.shape[a] for a in channel_axes]
+    channels = int(np.prod(sizes)) if None not in sizes else None
+    if shift is None:
+        shift = tf.reduce_mean(values, axis=list(range(len(axes))))
+    else:
+        shift = tf.reshape(shift, [-1])
     with tf.compat.v1.name_scope("accurate_sums"):
-        s1 = _channel_sums(deviations, channels)
-        s2 = _channel_sums(tf.square(deviations), channels)
+        rows, k = _row_sums(values, channels)
+        s1 = tf.reduce_sum(rows - tf.cast(k, tf.float32) * shift, axis=0)
+        s2 = tf.reduce_sum(_row_sums(tf.math.squared_difference(values, shift), channels)[0], axis=0)
     count = tf.size(values, out_type=tf.int64) // tf.size(s1, out_type=tf.int64)
-    return _Moments(count, shift if shift.shape.rank == 1 else tf.reshape(shift, [-1]), s1, s2)
+    return _Moments(count, shift, s1, s2)
 
 
 def _through_identity(tensor):
