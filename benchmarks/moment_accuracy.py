@@ -20,7 +20,7 @@ def main() -> None:
     _quiet.silence_tensorflow()
     import tensorflow as tf
 
-    from ckptfix.graph.model import _shifted_sums
+    from ckptfix.graph.model import _Constants, _shifted_sums
 
     rng = np.random.default_rng(1)
     means, stds, eps = np.array([100.0, 0.673], np.float32), np.array([1.0, 0.032], np.float32), 1e-3
@@ -47,7 +47,7 @@ def main() -> None:
         wide = tf.cast(tensor, tf.float64)
         mean64 = tf.reduce_mean(wide, [0, 1, 2])
         routes["float64 `reduce_mean`, `reduce_sum`"] = (mean64.numpy(), tf.reduce_sum(tf.square(wide - mean64), [0, 1, 2]).numpy())
-        _, shift, s1, s2 = (np.asarray(t, np.float64) for t in _shifted_sums(tensor, [3], shift=fused_mean))
+        _, shift, s1, s2 = (np.asarray(t, np.float64) for t in _shifted_sums(tensor, [3], _Constants(), shift=fused_mean))
         routes["**shifted by the fused mean, matrix product (now)**"] = (shift + s1 / n, s2 - s1 * s1 / n)
         scale = np.sqrt(reference_variance + eps)
         for k, (name, (mean, m2)) in enumerate(routes.items()):

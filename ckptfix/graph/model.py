@@ -63,8 +63,9 @@ _BATCH_BRANCH_SUFFIX = "_ckptfix_batch_statistics"
 
 
 class _Moments(NamedTuple):
-    """Graph tensors of one BN input's shifted sums (flat, per channel; module docstring): ``count`` values per
-    channel, the ``shift``, ``s1 = sum(x - shift)`` and ``s2 = sum((x - shift)**2)``."""
+    """Graph tensors of one BN input's shifted sums (flat, per channel; module docstring): ``count`` the shape of
+    ``x`` (its size over the channels: the values per channel), the ``shift``, ``s1 = sum(x - shift)`` and
+    ``s2 = sum((x - shift)**2)``."""
 
     count: object
     shift: object
@@ -282,35 +283,46 @@ def _channel_axes(x, channels_last: bool | None, reference_shape=None) -> list[i
     return [offset + i for i, d in enumerate(dims) if d != 1]
 
 
-def _row_sums(values, channels: int | None):
+class _Constants(dict):
+    """Constants shared by the accurate sums of every BN input (one per value: creating ops in a big graph is slow)."""
+
+    def get_constant(self, value, dtype):
+        import tensorflow as tf
+
+        key = (repr(value), dtype)
+        if key not in self:
+            self[key] = tf.constant(value, dtype)
+        return self[key]
+
+
+def _row_sums(values, channels: int | None, constants: _Constants):
     """Per-channel sums of ``values`` (channels last) over each row: ``ones[1, k] @ values[b, k, channels]`` with
     ``b`` the first axis and ``k`` the product of the axes between (static sizes; else one row of every value).
 
-    Returns the sums ``[b, channels]`` and ``k``. A matrix product accumulates in blocks (CPU GEMM kernels,
+    Returns the sums ``[b, 1, channels]`` and ``k``. A matrix product accumulates in blocks (CPU GEMM kernels,
     cuBLAS): its float32 sum of ``k`` values is accurate to ~1e-7 relative, where ``tf.reduce_sum`` over outer
     axes on CPU adds the values in a row (error growing with their number, docs/performance.md).
     """
     import tensorflow as tf
 
     dims = values.shape.as_list()
-    last = channels if channels is not None else tf.shape(values)[-1]
-    if None in dims[1:-1]:
-        matrix = tf.reshape(values, [1, -1, last])
+    if None in dims[1:-1] or channels is None:
+        matrix = tf.reshape(values, tf.stack([1, -1, tf.shape(values)[-1]]))
         k = tf.shape(matrix)[1]
-        ones = tf.ones(tf.stack([1, k]), values.dtype)
-    else:
-        k = int(np.prod(dims[1:-1], dtype=np.int64))
-        matrix = tf.reshape(values, [-1, k, last])
-        ones = tf.ones([1, k], values.dtype)
-    return tf.reshape(tf.matmul(ones, matrix), [-1, last]), k
+        return tf.matmul(tf.ones(tf.stack([1, k]), values.dtype), matrix), tf.cast(k, tf.float32)
+    k = int(np.prod(dims[1:-1], dtype=np.int64))
+    matrix = tf.reshape(values, constants.get_constant([-1, k, channels], tf.int32))
+    return tf.matmul(constants.get_constant(np.ones((1, k), np.float32), tf.float32), matrix), \
+        constants.get_constant(float(k), tf.float32)
 
 
-def _shifted_sums(x, channel_axes: list[int], shift=None) -> _Moments:
+def _shifted_sums(x, channel_axes: list[int], constants: _Constants, shift=None) -> _Moments:
     """The shifted sums of ``x`` (float32) per channel; ``shift`` (flat, per channel) defaults to ``reduce_mean(x)``
     (float32: within a few standard deviations of the mean, which is all a shift needs).
 
     ``s1`` sums each row unshifted (one pass over ``x``, no ``x - shift`` written) and shifts the row sums:
-    ``sum_rows(row - k * shift)``; ``s2`` sums ``squared_difference(x, shift)`` by rows, then the rows.
+    ``sum_rows(row - k * shift)``; ``s2`` sums ``squared_difference(x, shift)`` by rows, then the rows. ``count``
+    is the shape of ``x`` (the host divides its size by the channels).
     """
     import tensorflow as tf
 
@@ -325,16 +337,16 @@ def _shifted_sums(x, channel_axes: list[int], shift=None) -> _Moments:
         values = tf.reshape(values, tf.concat([tf.shape(values)[:len(axes)], [-1]], 0))
     sizes = [x.shape[a] for a in channel_axes]
     channels = int(np.prod(sizes)) if None not in sizes else None
+    rows_axes = constants.get_constant([0, 1], tf.int32)
     if shift is None:
         shift = tf.reduce_mean(values, axis=list(range(len(axes))))
-    else:
+    elif shift.shape.rank != 1:
         shift = tf.reshape(shift, [-1])
     with tf.compat.v1.name_scope("accurate_sums"):
-        rows, k = _row_sums(values, channels)
-        s1 = tf.reduce_sum(rows - tf.cast(k, tf.float32) * shift, axis=0)
-        s2 = tf.reduce_sum(_row_sums(tf.math.squared_difference(values, shift), channels)[0], axis=0)
-    count = tf.size(values, out_type=tf.int64) // tf.size(s1, out_type=tf.int64)
-    return _Moments(count, shift, s1, s2)
+        rows, k = _row_sums(values, channels, constants)
+        s1 = tf.reduce_sum(rows - k * shift, axis=rows_axes)
+        s2 = tf.reduce_sum(_row_sums(tf.math.squared_difference(values, shift), channels, constants)[0], axis=rows_axes)
+    return _Moments(tf.shape(x, out_type=tf.int64), shift, s1, s2)
 
 
 def _through_identity(tensor):
@@ -367,6 +379,7 @@ class GraphModel(SessionModel):
         self.inference_unavailable: str | None = rewrite.inference_unavailable
         self.graph = import_graph(rewrite.graph_def)
         self._assigns: dict[str, tuple] = {}
+        self._constants = _Constants()
         with self.graph.as_default():
             self.inputs = [self.graph.get_tensor_by_name(name) for name in feeds.inputs]
             self.training_flag = None if feeds.training_flag is None else self.graph.get_tensor_by_name(feeds.training_flag)
@@ -406,8 +419,8 @@ class GraphModel(SessionModel):
                 used = op.inputs[position]
                 moments = by_input.get(x.name)
                 if moments is None:
-                    moments = by_input[x.name] = _shifted_sums(x, _channel_axes(x, None, used.shape))
-                n = tf.cast(moments.count, tf.float32)
+                    moments = by_input[x.name] = _shifted_sums(x, _channel_axes(x, None, used.shape), self._constants)
+                n = tf.cast(tf.reduce_prod(moments.count), tf.float32) / tf.cast(tf.size(moments.s1), tf.float32)
                 if variable == layer.mean_variable:
                     batch = moments.shift + moments.s1 / n
                 else:  # biased, as the layer normalises with it
@@ -419,12 +432,13 @@ class GraphModel(SessionModel):
             name = _normalised_input(op).name
             if name not in by_input:  # the input as taken in batch mode (the Switch's true output)
                 x = op.inputs[0]
-                by_input[name] = _shifted_sums(x, _channel_axes(x, node.channels_last), shift=op.outputs[1])
+                by_input[name] = _shifted_sums(x, _channel_axes(x, node.channels_last), self._constants,
+                                               shift=op.outputs[1])
         for tensor in layer.inputs:  # BN inputs of nodes not fed above (inside branch functions)
             if tensor.name not in by_input:
                 x = self.graph.get_tensor_by_name(tensor.name)
                 axes = _channel_axes(x, layer.channels_last)
-                by_input[tensor.name] = _shifted_sums(x, axes, shift=self._if_batch_mean(layer, x))
+                by_input[tensor.name] = _shifted_sums(x, axes, self._constants, shift=self._if_batch_mean(layer, x))
         return list(by_input.values())
 
     def _if_batch_mean(self, layer: BatchNormLayer, x):
@@ -495,9 +509,10 @@ class GraphModel(SessionModel):
         for name, per_input in self._fetches.items():
             result[name] = []
             for _ in per_input:  # mean = shift + s1 / n, M2 = s2 - s1**2 / n (module docstring), in float64
-                count, shift, s1, s2 = (np.asarray(v, np.float64) for v in values[k : k + 4])
+                shape, shift, s1, s2 = (np.asarray(v, np.float64) for v in values[k : k + 4])
                 k += 4
-                n = max(int(count), 1)
+                count = int(np.prod(shape)) // max(s1.size, 1)  # values per channel
+                n = max(count, 1)
                 m2 = np.maximum(s2 - s1 * s1 / n, 0.0)
                 result[name].append(BatchMoments(int(count), shift + s1 / n, m2))
         return result, (values[k] if output is not None else None)
