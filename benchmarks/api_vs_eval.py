@@ -54,7 +54,7 @@ PHASES = [
                   r"|^ckptfix/.*inference\.py:__init__$"),
     ("new statistics", r"^ckptfix/.*:_?layer_report$"),
     ("write", r"^ckptfix/.*:write_recalibrated_checkpoint$"),
-    ("read-back", r"^ckptfix/.*:_?verify$"),
+    ("read-back", r"^ckptfix/.*:_?verify(_in_place)?$"),
 ]
 
 

@@ -152,6 +152,34 @@ def _constant_values(graph_def, names: set[str]) -> dict[str, np.ndarray]:
     return {node.name: tensor_util.MakeNdarray(node.attr["value"].tensor) for node in graph_def.node if node.name in names}
 
 
+def _with_saver(graph_def, names: set[str]):
+    """A MetaGraphDef of ``graph_def`` with a saver of its variables ``names``.
+
+    The saver's ops are built in a graph holding only those variables and appended to ``graph_def``: the model
+    itself is imported once per run, by the measuring session, not here.
+    """
+    import tensorflow as tf
+    from tensorflow.core.framework import graph_pb2
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    variables = graph_pb2.GraphDef()
+    variables.versions.CopyFrom(graph_def.versions)
+    variables.node.extend(node for node in graph_def.node if node.name in names)
+    scope, taken = "ckptfix_saver", {node.name.split("/")[0] for node in graph_def.node}
+    while scope in taken:
+        scope += "_"
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.import_graph_def(variables, name="")
+        saver = tf.compat.v1.train.Saver({name: graph.get_tensor_by_name(f"{name}:0") for name in sorted(names)},
+                                         name=scope)
+    meta_graph = meta_graph_pb2.MetaGraphDef()
+    meta_graph.graph_def.CopyFrom(graph_def)
+    meta_graph.graph_def.node.extend(node for node in graph.as_graph_def().node if node.name not in names)
+    meta_graph.saver_def.CopyFrom(saver.as_saver_def())
+    return meta_graph
+
+
 @dataclass
 class FrozenGraph:
     """A frozen GraphDef thawed for the checkpoint pipeline.
@@ -188,18 +216,12 @@ class FrozenGraph:
 
 def thaw(path: str | Path) -> FrozenGraph:
     """Load the frozen graph at ``path`` and thaw its BN statistics constants (see the module docstring)."""
-    import tensorflow as tf
-
     from ckptfix.io.checkpoint_writer import save_tensors
-    from ckptfix.graph.session import import_graph
 
     path = Path(path).expanduser().absolute()
     graph_def = load_graph_def(path)
     constants = statistics_constants(graph_def, path)
-    graph = import_graph(_thawed(graph_def, constants))
-    with graph.as_default():
-        saver = tf.compat.v1.train.Saver({name: graph.get_tensor_by_name(f"{name}:0") for name in sorted(constants)})
-        meta_graph = tf.compat.v1.train.export_meta_graph(graph=graph, saver_def=saver.as_saver_def())
+    meta_graph = _with_saver(_thawed(graph_def, constants), constants)
     values = _constant_values(graph_def, constants)
     folder = Path(tempfile.mkdtemp(prefix="ckptfix-frozen-"))
     try:

@@ -13,24 +13,28 @@ The graph is rewritten on a copy of the GraphDef (the caller's MetaGraphDef is n
   layers between the two modes; the training flag, when there is one, is always fed False, so every other
   op (dropout, unselected BN layers) runs as saved in inference mode.
 
-Per batch, for every BN input ``x`` of a selected layer, three per-channel values are fetched -- ``count``,
-``mean`` and ``M2 = sum((x - mean)**2)`` over all axes but the channel axis -- for all layers in one
-``session.run``; only these vectors leave the device. Each BN site that runs with the flag fed False gets both
-modes:
+Per batch, for every BN input ``x`` of a selected layer, per-channel *shifted sums* are fetched -- ``count``, a
+shift ``s`` close to the batch mean, ``s1 = sum(x - s)`` and ``s2 = sum((x - s)**2)`` over all axes but the
+channel axis -- for all layers in one ``session.run``; only these vectors leave the device. The host forms
+``mean = s + s1 / n`` and ``M2 = s2 - s1**2 / n`` in float64 (:meth:`GraphModel.moments`). The sums are
+matrix products with vectors of ones (:func:`_row_sums`): a GEMM kernel accumulates in blocks, so its float32
+error stays ~1e-7 of the sum, where TensorFlow's CPU ``reduce_sum`` / ``reduce_mean`` over the outer axes and
+``FusedBatchNormV3``'s own statistics accumulate the ``n`` values one after another (on a 32x299x299
+activation with mean 100 and std 1, the fused node's batch mean is off by 2 std). The shift keeps ``s1``
+small and ``s2 - s1**2 / n`` free of cancellation when ``|mean| >> std`` (docs/performance.md). Each BN site that
+runs with the flag fed False gets both modes:
 
 * a top-level fused node is *twinned* (:func:`_twin`): ``Switch(x, mode)`` feeds the node itself in training
   mode (``exponential_avg_factor=1``) or an inference-mode copy reading the moving variables, and a ``Merge``
-  hands the one that ran to the node's consumers. In batch mode the training node's outputs 1 and 2 are the
-  batch mean and the Bessel-corrected variance over ``n = N*H*W`` values per channel, so no reduction is
-  added (reducing again measured 1.28x the forward pass, docs/performance.md): ``count`` is the size of ``x``
-  and ``M2 = variance * (n - 1)`` is formed on the host in float64. The training-branch node of a TF1
-  ``tf.cond`` on the flag never runs (flag fed False) and is left alone;
-* non-fused BN arithmetic reads ``select(mode, batch moment, moving statistic)``, the batch moments reduced
-  here (``reduce_mean``, ``reduce_sum`` of squared deviations, float32); its moving statistics are what it read
-  before (the graph's own inference path) or, with training mode baked in (no flag), reads of the variables;
+  hands the one that ran to the node's consumers. In batch mode the training node's output 1, its float32
+  batch mean, is the shift; the shifted sums are taken of the ``x`` it normalised. The training-branch node
+  of a TF1 ``tf.cond`` on the flag never runs (flag fed False) and is left alone;
+* non-fused BN arithmetic reads ``select(mode, batch moment, moving statistic)``, the batch moments formed
+  here from the shifted sums (shift: ``reduce_mean``, float32); its moving statistics are what it read before
+  (the graph's own inference path) or, with training mode baked in (no flag), reads of the variables;
 * a fused node in the ``else_branch`` of ``If`` ops whose condition is the training flag: each such ``If`` gets
   a new ``then_branch``, a copy of the else branch with the selected BN nodes in training mode, and the mode
-  switch as its condition; the ``If`` returns the copy's batch mean and variance, read as above.
+  switch as its condition; the batch mean the ``If`` returns from the copy is the shift, as above.
 
 Where the two modes cannot coexist (a selected BN node inside another control-flow function, e.g. training
 mode baked into a branch function), batch mode still works (the node is switched to training mode) and
@@ -61,14 +65,14 @@ _BATCH_BRANCH_SUFFIX = "_ckptfix_batch_statistics"
 
 
 class _Moments(NamedTuple):
-    """Graph tensors of one BN input's batch moments (``mean`` and ``m2`` keep dims, for broadcasting)."""
+    """Graph tensors of one BN input's shifted sums (flat, per channel; module docstring): ``count`` the shape of
+    ``x`` (its size over the channels: the values per channel), the ``shift``, ``s1 = sum(x - shift)`` and
+    ``s2 = sum((x - shift)**2)``."""
 
     count: object
-    mean: object
-    m2: object
-    #: read off a fused node in training mode: ``count`` is the size of ``x`` (all channels) and ``m2`` the
-    #: Bessel-corrected variance; :meth:`GraphModel.moments` turns them into the per-channel count and M2
-    fused: bool = False
+    shift: object
+    s1: object
+    s2: object
 
 
 class _Rewrite(NamedTuple):
@@ -176,9 +180,9 @@ def _twin(graph_def, nodes: dict, consumers: dict, definition, layer: BatchNormL
                                  -false-> <node>/ckptfix_inference: a copy in inference mode on the moving variables
         Merge(both y) -> every consumer of the node's y
 
-    so batch mode costs what a training-mode forward pass costs (no reduction added), and inference mode reads
-    the variables :meth:`GraphModel.assign_statistics` replaces. ``consumers``: node name -> the top-level
-    NodeDefs that take one of its outputs (as built before any twin was added)."""
+    so batch mode costs a training-mode forward pass and the two shifted sums of ``x`` (the node's own mean is the
+    shift), and inference mode reads the variables :meth:`GraphModel.assign_statistics` replaces. ``consumers``:
+    node name -> the top-level NodeDefs that take one of its outputs (as built before any twin was added)."""
     name = definition.name
     inference = graph_def.node.add()
     inference.CopyFrom(definition)
@@ -266,31 +270,85 @@ def _rewrite_graph_def(meta_graph, layers: list[BatchNormLayer], flag: str | Non
     return _Rewrite(graph_def, fused, mode_ifs, unavailable)
 
 
-def _moments(x, channels_last: bool | None, reference_shape=None) -> _Moments:
-    """Per-channel count/mean/M2 of ``x`` (float32); the channel axis from the layout, or from ``reference_shape``.
-
-    ``reference_shape`` (non-fused BN) is the static shape of the mean the layer broadcasts against ``x``:
-    aligned to ``x``'s trailing axes, its dimensions other than 1 are the channel axes.
-    """
-    import tensorflow as tf
-
+def _channel_axes(x, channels_last: bool | None, reference_shape=None) -> list[int]:
+    """The channel axes of ``x``: from the layout, or from ``reference_shape`` (non-fused BN: the static shape of
+    the mean the layer broadcasts against ``x``; aligned to ``x``'s trailing axes, its dimensions other than 1)."""
     rank = x.shape.rank
     if rank is None:
         raise GraphError(f"BN input {x.name} has unknown rank; ckptfix needs a static rank.")
     if reference_shape is None:
-        channel_axes = {rank - 1} if channels_last else {1}
-    else:
-        dims = reference_shape.as_list()
-        if None in dims:
-            raise GraphError(f"the statistics of BN input {x.name} have an unknown static shape.")
-        offset = rank - len(dims)
-        channel_axes = {offset + i for i, d in enumerate(dims) if d != 1}
-    axes = [a for a in range(rank) if a not in channel_axes]
+        return [rank - 1] if channels_last else [1]
+    dims = reference_shape.as_list()
+    if None in dims:
+        raise GraphError(f"the statistics of BN input {x.name} have an unknown static shape.")
+    offset = rank - len(dims)
+    return [offset + i for i, d in enumerate(dims) if d != 1]
+
+
+class _Constants(dict):
+    """Constants shared by the accurate sums of every BN input (one per value: creating ops in a big graph is slow)."""
+
+    def get_constant(self, value, dtype):
+        import tensorflow as tf
+
+        key = (repr(value), dtype)
+        if key not in self:
+            self[key] = tf.constant(value, dtype)
+        return self[key]
+
+
+def _row_sums(values, channels: int | None, constants: _Constants):
+    """Per-channel sums of ``values`` (channels last) over each row: ``ones[1, k] @ values[b, k, channels]`` with
+    ``b`` the first axis and ``k`` the product of the axes between (static sizes; else one row of every value).
+
+    Returns the sums ``[b, 1, channels]`` and ``k``. A matrix product accumulates in blocks (CPU GEMM kernels,
+    cuBLAS): its float32 sum of ``k`` values is accurate to ~1e-7 relative, where ``tf.reduce_sum`` over outer
+    axes on CPU adds the values in a row (error growing with their number, docs/performance.md).
+    """
+    import tensorflow as tf
+
+    dims = values.shape.as_list()
+    if None in dims[1:-1] or channels is None:
+        matrix = tf.reshape(values, tf.stack([1, -1, tf.shape(values)[-1]]))
+        k = tf.shape(matrix)[1]
+        return tf.matmul(tf.ones(tf.stack([1, k]), values.dtype), matrix), tf.cast(k, tf.float32)
+    k = int(np.prod(dims[1:-1], dtype=np.int64))
+    matrix = tf.reshape(values, constants.get_constant([-1, k, channels], tf.int32))
+    return tf.matmul(constants.get_constant(np.ones((1, k), np.float32), tf.float32), matrix), \
+        constants.get_constant(float(k), tf.float32)
+
+
+def _shifted_sums(x, channel_axes: list[int], constants: _Constants, shift=None) -> _Moments:
+    """The shifted sums of ``x`` (float32) per channel; ``shift`` (flat, per channel) defaults to ``reduce_mean(x)``
+    (float32: within a few standard deviations of the mean, which is all a shift needs).
+
+    ``s1`` sums each row unshifted (one pass over ``x``, no ``x - shift`` written) and shifts the row sums:
+    ``sum_rows(row - k * shift)``; ``s2`` sums ``squared_difference(x, shift)`` by rows, then the rows. ``count``
+    is the shape of ``x`` (the host divides its size by the channels).
+    """
+    import tensorflow as tf
+
     values = tf.cast(x, tf.float32)
-    mean = tf.reduce_mean(values, axis=axes, keepdims=True)
-    m2 = tf.reduce_sum(tf.square(values - mean), axis=axes, keepdims=True)
-    count = tf.size(values, out_type=tf.int64) // tf.size(mean, out_type=tf.int64)
-    return _Moments(count, mean, m2)
+    rank = values.shape.rank
+    axes = [a for a in range(rank) if a not in channel_axes]
+    if not axes:
+        raise GraphError(f"BN input {x.name} has no axis to reduce over besides its channels.")
+    if axes + channel_axes != list(range(rank)):  # channels last
+        values = tf.transpose(values, axes + channel_axes)
+    if len(channel_axes) != 1:  # several channel axes: one flat channel axis
+        values = tf.reshape(values, tf.concat([tf.shape(values)[:len(axes)], [-1]], 0))
+    sizes = [x.shape[a] for a in channel_axes]
+    channels = int(np.prod(sizes)) if None not in sizes else None
+    rows_axes = constants.get_constant([0, 1], tf.int32)
+    if shift is None:
+        shift = tf.reduce_mean(values, axis=list(range(len(axes))))
+    elif shift.shape.rank != 1:
+        shift = tf.reshape(shift, [-1])
+    with tf.compat.v1.name_scope("accurate_sums"):
+        rows, k = _row_sums(values, channels, constants)
+        s1 = tf.reduce_sum(rows - k * shift, axis=rows_axes)
+        s2 = tf.reduce_sum(_row_sums(tf.math.squared_difference(values, shift), channels, constants)[0], axis=rows_axes)
+    return _Moments(tf.shape(x, out_type=tf.int64), shift, s1, s2)
 
 
 def _through_identity(tensor):
@@ -324,6 +382,7 @@ class GraphModel(SessionModel):
         self.inference_unavailable: str | None = rewrite.inference_unavailable
         self.graph = import_graph(rewrite.graph_def, device)
         self._assigns: dict[str, tuple] = {}
+        self._constants = _Constants()
         with self.graph.as_default(), tf.device(device):
             self.inputs = [self.graph.get_tensor_by_name(name) for name in feeds.inputs]
             self.training_flag = None if feeds.training_flag is None else self.graph.get_tensor_by_name(feeds.training_flag)
@@ -343,7 +402,7 @@ class GraphModel(SessionModel):
             self.session = tf.compat.v1.Session(graph=self.graph)
         restore(self.session, meta_graph.saver_def, checkpoint_prefix)
         self._feed_list = self.inputs + ([self.training_flag] if self.training_flag is not None else [])
-        self._flat = [tensor for moments in self._fetches.values() for m in moments for tensor in m[:3]]
+        self._flat = [tensor for moments in self._fetches.values() for m in moments for tensor in m]
         self._callables: dict[str | None, object] = {}
 
     def _select(self, batch_value, moving_value):
@@ -363,25 +422,31 @@ class GraphModel(SessionModel):
                 used = op.inputs[position]
                 moments = by_input.get(x.name)
                 if moments is None:
-                    moments = by_input[x.name] = _moments(x, None, used.shape)
-                batch = moments.mean if variable == layer.mean_variable else moments.m2 / tf.cast(moments.count, tf.float32)
+                    moments = by_input[x.name] = _shifted_sums(x, _channel_axes(x, None, used.shape), self._constants)
+                n = tf.cast(tf.reduce_prod(moments.count), tf.float32) / tf.cast(tf.size(moments.s1), tf.float32)
+                if variable == layer.mean_variable:
+                    batch = moments.shift + moments.s1 / n
+                else:  # biased, as the layer normalises with it
+                    batch = tf.maximum(moments.s2 - tf.square(moments.s1) / n, 0.0) / n
                 moving = used if flag is not None else tf.reshape(tf.cast(reads[variable], used.dtype), tf.shape(used))
                 op._update_input(position, self._select(tf.reshape(tf.cast(batch, used.dtype), tf.shape(used)), moving))
-        for node in fused:  # twinned (see _twin): the training node's own batch statistics, no reduction added
+        for node in fused:  # twinned (see _twin): shifted by the training node's own batch mean
             op = self.graph.get_operation_by_name(node.node)
-            count = tf.size(op.inputs[0], out_type=tf.int64)  # the input taken in batch mode
-            by_input.setdefault(_normalised_input(op).name, _Moments(count, op.outputs[1], op.outputs[2], fused=True))
+            name = _normalised_input(op).name
+            if name not in by_input:  # the input as taken in batch mode (the Switch's true output)
+                x = op.inputs[0]
+                by_input[name] = _shifted_sums(x, _channel_axes(x, node.channels_last), self._constants,
+                                               shift=op.outputs[1])
         for tensor in layer.inputs:  # BN inputs of nodes not fed above (inside branch functions)
             if tensor.name not in by_input:
                 x = self.graph.get_tensor_by_name(tensor.name)
-                by_input[tensor.name] = self._if_moments(layer, x) or _moments(x, layer.channels_last)
-        return [m if m.fused else _Moments(m.count, tf.reshape(m.mean, [-1]), tf.reshape(m.m2, [-1])) for m in by_input.values()]
+                axes = _channel_axes(x, layer.channels_last)
+                by_input[tensor.name] = _shifted_sums(x, axes, self._constants, shift=self._if_batch_mean(layer, x))
+        return list(by_input.values())
 
-    def _if_moments(self, layer: BatchNormLayer, x) -> _Moments | None:
-        """The moments of ``x`` read off the outputs of the one ``If`` whose training copy of an else branch
-        (see :func:`_rewrite_graph_def`) normalises ``x`` with a fused node of ``layer``; else None."""
-        import tensorflow as tf
-
+    def _if_batch_mean(self, layer: BatchNormLayer, x):
+        """The batch mean of ``x`` returned by the one ``If`` whose training copy of an else branch (see
+        :func:`_rewrite_graph_def`) normalises ``x`` with a fused node of ``layer``; else None."""
         for fused in layer.fused_nodes:
             callers = self._mode_ifs.get(fused.function, [])
             function = self._functions.get(fused.function)
@@ -395,9 +460,9 @@ class GraphModel(SessionModel):
             if _through_identity(caller.inputs[1 + arguments.index(node.input[0])]) is not x:
                 continue
             returned = {function.ret[arg.name]: k for k, arg in enumerate(function.signature.output_arg)}
-            mean_k, variance_k = returned.get(f"{fused.node}:batch_mean:0"), returned.get(f"{fused.node}:batch_variance:0")
-            if mean_k is not None and variance_k is not None:
-                return _Moments(tf.size(x, out_type=tf.int64), caller.outputs[mean_k], caller.outputs[variance_k], fused=True)
+            mean_k = returned.get(f"{fused.node}:batch_mean:0")
+            if mean_k is not None:
+                return caller.outputs[mean_k]
         return None
 
     def _add_assign(self, variable: str):
@@ -446,13 +511,13 @@ class GraphModel(SessionModel):
         result, k = {}, 0
         for name, per_input in self._fetches.items():
             result[name] = []
-            for moments in per_input:
-                count, mean, third = values[k : k + 3]
-                k += 3
-                if moments.fused:  # count = size of x, third = Bessel-corrected variance (n = 1: 0): M2 = var * (n - 1)
-                    count = int(count) // mean.size
-                    third = third.astype(np.float64) * (count - 1)
-                result[name].append(BatchMoments(int(count), mean, third))
+            for _ in per_input:  # mean = shift + s1 / n, M2 = s2 - s1**2 / n (module docstring), in float64
+                shape, shift, s1, s2 = (np.asarray(v, np.float64) for v in values[k : k + 4])
+                k += 4
+                count = int(np.prod(shape)) // max(s1.size, 1)  # values per channel
+                n = max(count, 1)
+                m2 = np.maximum(s2 - s1 * s1 / n, 0.0)
+                result[name].append(BatchMoments(int(count), shift + s1 / n, m2))
         return result, (values[k] if output is not None else None)
 
     def inference_outputs(self, batch, output: str) -> np.ndarray:

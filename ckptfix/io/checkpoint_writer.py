@@ -9,6 +9,11 @@ shards. Partitioned variables are written slice by slice, with the layout their 
 meta graph gives. A checkpoint whose shards are each smaller than one part comes out with the same shards,
 byte-identical to what ``tf.train.Saver`` wrote except the statistics.
 
+When every input shard fits in one part and each replaced tensor is stored whole (the usual case), the same files
+are made without decoding anything (:func:`_copy_in_place`): the shards are copied as they are, the new statistics
+written over the old bytes, and the index's checksums of those tensors updated in place; the copy is verified
+byte for byte against the input. Otherwise the parts route below runs.
+
 The ``.meta`` is copied beside it with a ``checkpoint`` state file, every tensor is read back part by part and
 its fingerprint compared with that of what was written (for untouched tensors, the input's own bytes), and
 only then is the folder renamed into place.
@@ -20,6 +25,7 @@ TF2 object-based checkpoints and SavedModel variables of Keras models.
 
 from __future__ import annotations
 
+import glob
 import shutil
 from pathlib import Path
 from typing import Callable, Mapping
@@ -28,6 +34,7 @@ import numpy as np
 
 from ckptfix.errors import CheckpointError, OutputError
 from ckptfix.io.atomic import atomic_output, check_destination
+from ckptfix.io.bundle_index import tensor_entries, with_checksums
 from ckptfix.io.checkpoint_reader import (
     CheckpointEntry, TensorSlice, fingerprint, mismatched, read_entries, restore, shard_of_each_key, unreadable,
 )
@@ -127,6 +134,114 @@ def _verify(prefix: Path, entries: list[CheckpointEntry], parts: list[list[Check
         )
 
 
+def _data_files(prefix: Prefix) -> list[Path] | None:
+    """The prefix's ``.data`` shards in order, or None unless they are exactly ``-00000-of-N`` .. ``-N-1-of-N``."""
+    found = sorted(prefix.parent.glob(glob.escape(prefix.name) + ".data-?????-of-?????"))
+    expected = [prefix.file(f".data-{k:05d}-of-{len(found):05d}") for k in range(len(found))]
+    return found if found and found == expected else None
+
+
+def _copy_in_place(source: Prefix, destination: Prefix, entries: list[CheckpointEntry], replaced: Mapping[str, list],
+                   part_bytes: int, check_interrupt: Callable[[], None]) -> bool:
+    """The input's files copied as they are, the new statistics written over the old bytes and the index's
+    checksums of those tensors updated (:func:`bundle_index.with_checksums`); then verified: every ``.data`` byte
+    equals the input's but the replaced ranges, which hold the new values, and TensorFlow reads the replaced
+    tensors back (checking their checksums). The files are what the parts route writes for a checkpoint whose
+    shards each fit in one part, without decoding and re-encoding every tensor.
+
+    False (nothing written) where that route applies instead: a shard larger than ``part_bytes``, a replaced
+    tensor stored in slices or in another size, an index that cannot be parsed or patched.
+    """
+    import tensorflow as tf
+
+    stored = tensor_entries(source.file(".index"))
+    files = _data_files(source)
+    if stored is None or files is None or any(path.stat().st_size > part_bytes for path in files):
+        return False
+    keys = sorted(replaced)
+    if any(key not in stored or stored[key].shard_id >= len(files) or len(replaced[key]) != 1
+           or replaced[key][0].dtype == tf.string for key in keys):
+        return False
+    # the new tensors' bytes and checksums as TensorFlow writes them: SaveV2 of the statistics alone
+    saved, data = {}, b""
+    if keys:
+        scratch = Prefix(destination.parent / ".statistics", "statistics")
+        tf.raw_ops.SaveV2(prefix=str(scratch), tensor_names=keys, shape_and_slices=[""] * len(keys),
+                          tensors=[replaced[key][0] for key in keys])
+        saved, data = tensor_entries(scratch.file(".index")), scratch.file(".data-00000-of-00001").read_bytes()
+        shutil.rmtree(scratch.parent)
+    patches: dict[int, list[tuple[int, bytes]]] = {}  # shard -> (offset, new bytes)
+    checksums = {}
+    for key in keys:
+        entry, new = stored[key], (saved or {}).get(key)
+        if new is None or new.size != entry.size:
+            return False
+        patches.setdefault(entry.shard_id, []).append((entry.offset, data[new.offset: new.offset + new.size]))
+        checksums[key] = new.crc32c
+    index = with_checksums(source.file(".index"), checksums)
+    if index is None:
+        return False
+    written = []
+    for shard, path in enumerate(files):
+        target = destination.file(path.name[len(source.name):])
+        shutil.copyfile(path, target)
+        with open(target, "r+b") as file:
+            for offset, value in patches.get(shard, []):
+                file.seek(offset)
+                file.write(value)
+        written.append(target)
+        check_interrupt()
+    destination.file(".index").write_bytes(index)
+    check_interrupt()
+    _verify_in_place(destination, files, written, patches, index, entries, replaced)
+    return True
+
+
+def _verify_in_place(destination: Prefix, sources: list[Path], written: list[Path],
+                     patches: Mapping[int, list[tuple[int, bytes]]], index: bytes, entries: list[CheckpointEntry],
+                     replaced: Mapping[str, list]) -> None:
+    """Read the copy back: each ``.data`` file equals its source with the patches applied, byte for byte (in
+    chunks), the index is the patched one, and TensorFlow lists the same keys and dtypes and reads the replaced
+    tensors (verifying their checksums) as written."""
+    import tensorflow as tf
+
+    wrong = []
+    chunk = 16 << 20
+    expected, actual = bytearray(chunk), bytearray(chunk)
+    for shard, (source, target) in enumerate(zip(sources, written)):
+        changes = sorted(patches.get(shard, []))
+        with open(source, "rb") as old, open(target, "rb") as new:
+            start = 0
+            while True:
+                size, got = old.readinto(expected), new.readinto(actual)
+                for offset, value in changes:  # the patches overlapping this chunk
+                    low, high = max(offset, start), min(offset + len(value), start + size)
+                    if low < high:
+                        expected[low - start: high - start] = value[low - offset: high - offset]
+                same = expected == actual if size == chunk else expected[:size] == actual[:got]  # memcmp, no copy
+                if size != got or not same:
+                    wrong.append(target.name)
+                    break
+                if not size:
+                    break
+                start += size
+    if destination.file(".index").read_bytes() != index:
+        wrong.append(destination.file(".index").name)
+    try:
+        keys = {entry.key: entry.dtype for entry in read_entries(destination)}
+        wrong += [] if keys == {entry.key: entry.dtype for entry in entries} else ["(the keys)"]
+        changed = [entry for entry in entries if entry.key in replaced]
+        read = restore(destination, changed) if changed and not wrong else []
+        wrong += [entry.key for entry, tensor in zip(changed, read)
+                  if tensor.numpy().tobytes() != replaced[entry.key][0].numpy().tobytes()]
+    except (CheckpointError, tf.errors.OpError):
+        wrong = ["(unreadable)"]
+    if wrong:
+        raise OutputError(
+            f"the written checkpoint did not read back as expected ({', '.join(wrong[:3])}); nothing was kept."
+        )
+
+
 def copy_checkpoint(
     source_prefix: Path | Prefix,
     destination_prefix: Path | Prefix,
@@ -150,6 +265,9 @@ def copy_checkpoint(
     if missing:
         raise CheckpointError(f"the checkpoint has no tensor {missing[0]}: the .meta does not match the checkpoint.")
     replaced = _replacement_tensors(entries, new_values, layout)
+    if _copy_in_place(Prefix.of(source_prefix), Prefix.of(destination_prefix), entries, replaced, part_bytes,
+                      check_interrupt):
+        return
     parts = _split_into_parts(entries, part_bytes, shard_of_each_key(source_prefix, entries))
     parts_dir = destination_prefix.parent / ".parts"
     parts_dir.mkdir()

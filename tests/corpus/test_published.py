@@ -19,12 +19,7 @@ from published import VARIANTS
 MEAN_TOLERANCE = 1e-3  # of sqrt(var + eps)
 VARIANCE_TOLERANCE = 1e-3  # relative, of (var + eps)
 
-ITEM7 = ("issue 14 item 7: FusedBatchNormV3's float32 batch mean on 32x187x96 activations is off by up to "
-         "0.12 sqrt(var+eps)")
-EXPECTED_FAILURES = {
-    ("reference", "musicnn"): ITEM7,
-    ("reference", "musicnn-renamed"): ITEM7,
-}
+EXPECTED_FAILURES: dict = {}  # (check, variant) -> reason, for a failure found and not fixed yet
 
 
 def variants(check: str):

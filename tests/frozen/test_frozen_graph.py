@@ -185,3 +185,22 @@ def test_graph_frozen_in_training_mode_gets_a_notice(frozen, tmp_path):
     report = ckptfix.recalibrate(graph, np.load(model.calib), output=tmp_path / "fixed.pb", on_notice=notices.append)
     assert any("frozen in training mode (conv1/BatchNorm" in notice for notice in notices)
     assert notices[-1] in report.notices
+
+
+def test_one_graph_import_per_run(frozen, tmp_path, monkeypatch):
+    """The thawed model is imported once, by the measuring session (its saver is built beside a graph of the
+    statistics variables alone, imported on their own)."""
+    model, graph = frozen["fused"]
+    imports, import_graph_def = [], tf.compat.v1.import_graph_def
+
+    def counting_import(graph_def, *args, **kwargs):
+        imports.append(len(graph_def.node))
+        return import_graph_def(graph_def, *args, **kwargs)
+
+    monkeypatch.setattr(tf.compat.v1, "import_graph_def", counting_import)
+    report = ckptfix.recalibrate(graph, np.load(model.calib)[:64], output=tmp_path / "fixed.pb", batch_size=32,
+                                 agreement_samples=32)
+    assert report.agreement is not None
+    statistics = 2 * len(report.layers)
+    assert [n for n in imports if n > statistics] == [max(imports)], imports  # the model, once
+    assert len(imports) <= 2 and all(n == statistics for n in imports if n != max(imports)), imports

@@ -1,6 +1,7 @@
-"""The forward model reads fused BN nodes' own batch statistics instead of reducing again, imports no backprop,
-and stays exact: on every graph shape where a fused node runs (top level, the taken branch of a TF1 tf.cond, an
-If's else branch, a graph exported in inference mode), no reduction is added for it, and the statistics equal
+"""The forward model reads fused BN nodes' own batch mean instead of reducing again, imports no backprop, and stays
+exact: on every graph shape where a fused node runs (top level, the taken branch of a TF1 tf.cond, an If's else
+branch, a graph exported in inference mode), no float32 reduction is added for it -- only the two accurate sums
+(matrix products) shifted by its own mean, once per BN input (docs/performance.md) -- and the statistics equal
 numpy's on the BN inputs."""
 
 import numpy as np
@@ -24,9 +25,17 @@ def _forward_model(model) -> GraphModel:
     return GraphModel(meta_graph, layers, detect_feeds(index, layers, None, None), model.prefix)
 
 
-def _added_reductions(forward: GraphModel) -> list[str]:
+def _accurate_sums(forward: GraphModel) -> list[str]:
+    """The matrix products of the accurate sums (graph/model.py: ``_channel_sums``)."""
     return [op.name for op in forward.graph.get_operations()
-            if op.name.startswith("ckptfix/") and op.type in _REDUCTIONS]
+            if op.name.startswith("ckptfix/") and op.type in {"MatMul", "BatchMatMulV2"}]
+
+
+def _added_reductions(forward: GraphModel) -> list[str]:
+    """Reductions added over activations: those of the accurate sums reduce only the products' rows (one per
+    sample), and are counted with them."""
+    return [op.name for op in forward.graph.get_operations()
+            if op.name.startswith("ckptfix/") and op.type in _REDUCTIONS and "/accurate_sums" not in op.name]
 
 
 @pytest.mark.parametrize("variant", ["seed", "placeholder_cond", "tf2_control_flow", "inference_only", "nchw", "dense"])
@@ -34,6 +43,7 @@ def test_fused_layers_add_no_reduction(slim_model, variant):
     model = slim_model(variant)
     with _forward_model(model) as forward:
         assert _added_reductions(forward) == []
+        assert len(_accurate_sums(forward)) == 2 * sum(len(m) for m in forward._fetches.values())
         assert not [op.name for op in forward.graph.get_operations() if is_gradient(op.name)]
         batch = np.load(model.calib)[:8]
         moments, _ = forward.moments(batch)

@@ -160,3 +160,37 @@ def test_index_with_damaged_blocks_gives_no_usable_shard_map(single, tmp_path):
     damaged.write_bytes(bytes(data))
     found = shard_of_each_tensor(damaged)
     assert found is None or set(found) != set(tf.train.load_checkpoint(str(single)).get_variable_to_dtype_map())
+
+
+@pytest.mark.parametrize("fixture", ["single", "sharded"])
+def test_in_place_copy_writes_the_files_of_the_parts_route(fixture, request, tmp_path, monkeypatch):
+    """Shards that each fit in one part are copied as they are, the statistics (half, double, bfloat16) written
+    over the old bytes and the index's checksums patched: the very files the parts route writes."""
+    from ckptfix.io import checkpoint_writer
+
+    prefix = request.getfixturevalue(fixture)
+    taken = []
+    in_place = checkpoint_writer._copy_in_place
+    monkeypatch.setattr(checkpoint_writer, "_copy_in_place", lambda *a: taken.append(in_place(*a)) or taken[-1])
+    fast = _write(prefix, tmp_path / "fast")
+    monkeypatch.setattr(checkpoint_writer, "_copy_in_place", lambda *a: False)
+    parts = _write(prefix, tmp_path / "parts")
+    assert taken == [True]
+    _assert_same_but_statistics(prefix, fast)
+    assert _digests(fast.parent) == _digests(parts.parent)
+
+
+def test_in_place_copy_is_verified_byte_for_byte(single, tmp_path, monkeypatch):
+    """A copied shard that differs from the input outside the statistics is caught, and nothing is kept."""
+    from ckptfix.errors import OutputError
+    from ckptfix.io import checkpoint_writer
+
+    def corrupting_copy(source, target):
+        data = bytearray(Path(source).read_bytes())
+        data[len(data) // 2] ^= 0xFF  # inside the conv weights (the statistics' keys sort first)
+        Path(target).write_bytes(bytes(data))
+
+    monkeypatch.setattr(checkpoint_writer.shutil, "copyfile", corrupting_copy)
+    with pytest.raises(OutputError, match="did not read back"):
+        _write(single, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
