@@ -13,16 +13,9 @@ The graph is rewritten on a copy of the GraphDef (the caller's MetaGraphDef is n
   layers between the two modes; the training flag, when there is one, is always fed False, so every other
   op (dropout, unselected BN layers) runs as saved in inference mode.
 
-Per batch, for every BN input ``x`` of a selected layer, per-channel *shifted sums* are fetched -- ``count``, a
-shift ``s`` close to the batch mean, ``s1 = sum(x - s)`` and ``s2 = sum((x - s)**2)`` over all axes but the
-channel axis -- for all layers in one ``session.run``; only these vectors leave the device. The host forms
-``mean = s + s1 / n`` and ``M2 = s2 - s1**2 / n`` in float64 (:meth:`GraphModel.moments`). The sums are
-matrix products with vectors of ones (:func:`_row_sums`): a GEMM kernel accumulates in blocks, so its float32
-error stays ~1e-7 of the sum, where TensorFlow's CPU ``reduce_sum`` / ``reduce_mean`` over the outer axes and
-``FusedBatchNormV3``'s own statistics accumulate the ``n`` values one after another (on a 32x299x299
-activation with mean 100 and std 1, the fused node's batch mean is off by 2 std). The shift keeps ``s1``
-small and ``s2 - s1**2 / n`` free of cancellation when ``|mean| >> std`` (docs/performance.md). Each BN site that
-runs with the flag fed False gets both modes:
+Per batch, for every BN input ``x`` of a selected layer, its accurate per-channel *shifted sums*
+(:mod:`ckptfix.graph.sums`) are fetched, for all layers in one ``session.run``; only these vectors leave the
+device, and the host forms the count, mean and M2 in float64. Each BN site that runs with the flag fed False gets both modes:
 
 * a top-level fused node is *twinned* (:func:`_twin`): ``Switch(x, mode)`` feeds the node itself in training
   mode (``exponential_avg_factor=1``) or an inference-mode copy reading the moving variables, and a ``Merge``
@@ -57,22 +50,12 @@ from ckptfix.graph.batchnorm import BatchNormLayer, FusedNode
 from ckptfix.graph.feeds import Feeds
 from ckptfix.graph.index import IF_OPS, is_gradient, parse_input
 from ckptfix.graph.session import SessionModel, clear_devices, editable_nodes, first_line, import_graph, restore
+from ckptfix.graph.sums import SharedConstants, ShiftedSums, batch_moments, shifted_sums
 from ckptfix.stats import BatchMoments
 
 _IDENTITY_OPS = frozenset({"Identity", "RefIdentity", "Snapshot"})
 _SWITCH_OPS = frozenset({"Switch", "RefSwitch"})
 _BATCH_BRANCH_SUFFIX = "_ckptfix_batch_statistics"
-
-
-class _Moments(NamedTuple):
-    """Graph tensors of one BN input's shifted sums (flat, per channel; module docstring): ``count`` the shape of
-    ``x`` (its size over the channels: the values per channel), the ``shift``, ``s1 = sum(x - shift)`` and
-    ``s2 = sum((x - shift)**2)``."""
-
-    count: object
-    shift: object
-    s1: object
-    s2: object
 
 
 class _Rewrite(NamedTuple):
@@ -285,72 +268,6 @@ def _channel_axes(x, channels_last: bool | None, reference_shape=None) -> list[i
     return [offset + i for i, d in enumerate(dims) if d != 1]
 
 
-class _Constants(dict):
-    """Constants shared by the accurate sums of every BN input (one per value: creating ops in a big graph is slow)."""
-
-    def get_constant(self, value, dtype):
-        import tensorflow as tf
-
-        key = (repr(value), dtype)
-        if key not in self:
-            self[key] = tf.constant(value, dtype)
-        return self[key]
-
-
-def _row_sums(values, channels: int | None, constants: _Constants):
-    """Per-channel sums of ``values`` (channels last) over each row: ``ones[1, k] @ values[b, k, channels]`` with
-    ``b`` the first axis and ``k`` the product of the axes between (static sizes; else one row of every value).
-
-    Returns the sums ``[b, 1, channels]`` and ``k``. A matrix product accumulates in blocks (CPU GEMM kernels,
-    cuBLAS): its float32 sum of ``k`` values is accurate to ~1e-7 relative, where ``tf.reduce_sum`` over outer
-    axes on CPU adds the values in a row (error growing with their number, docs/performance.md).
-    """
-    import tensorflow as tf
-
-    dims = values.shape.as_list()
-    if None in dims[1:-1] or channels is None:
-        matrix = tf.reshape(values, tf.stack([1, -1, tf.shape(values)[-1]]))
-        k = tf.shape(matrix)[1]
-        return tf.matmul(tf.ones(tf.stack([1, k]), values.dtype), matrix), tf.cast(k, tf.float32)
-    k = int(np.prod(dims[1:-1], dtype=np.int64))
-    matrix = tf.reshape(values, constants.get_constant([-1, k, channels], tf.int32))
-    return tf.matmul(constants.get_constant(np.ones((1, k), np.float32), tf.float32), matrix), \
-        constants.get_constant(float(k), tf.float32)
-
-
-def _shifted_sums(x, channel_axes: list[int], constants: _Constants, shift=None) -> _Moments:
-    """The shifted sums of ``x`` (float32) per channel; ``shift`` (flat, per channel) defaults to ``reduce_mean(x)``
-    (float32: within a few standard deviations of the mean, which is all a shift needs).
-
-    ``s1`` sums each row unshifted (one pass over ``x``, no ``x - shift`` written) and shifts the row sums:
-    ``sum_rows(row - k * shift)``; ``s2`` sums ``squared_difference(x, shift)`` by rows, then the rows. ``count``
-    is the shape of ``x`` (the host divides its size by the channels).
-    """
-    import tensorflow as tf
-
-    values = tf.cast(x, tf.float32)
-    rank = values.shape.rank
-    axes = [a for a in range(rank) if a not in channel_axes]
-    if not axes:
-        raise GraphError(f"BN input {x.name} has no axis to reduce over besides its channels.")
-    if axes + channel_axes != list(range(rank)):  # channels last
-        values = tf.transpose(values, axes + channel_axes)
-    if len(channel_axes) != 1:  # several channel axes: one flat channel axis
-        values = tf.reshape(values, tf.concat([tf.shape(values)[:len(axes)], [-1]], 0))
-    sizes = [x.shape[a] for a in channel_axes]
-    channels = int(np.prod(sizes)) if None not in sizes else None
-    rows_axes = constants.get_constant([0, 1], tf.int32)
-    if shift is None:
-        shift = tf.reduce_mean(values, axis=list(range(len(axes))))
-    elif shift.shape.rank != 1:
-        shift = tf.reshape(shift, [-1])
-    with tf.compat.v1.name_scope("accurate_sums"):
-        rows, k = _row_sums(values, channels, constants)
-        s1 = tf.reduce_sum(rows - k * shift, axis=rows_axes)
-        s2 = tf.reduce_sum(_row_sums(tf.math.squared_difference(values, shift), channels, constants)[0], axis=rows_axes)
-    return _Moments(tf.shape(x, out_type=tf.int64), shift, s1, s2)
-
-
 def _through_identity(tensor):
     while tensor.op.type in _IDENTITY_OPS:
         tensor = tensor.op.inputs[0]
@@ -382,7 +299,7 @@ class GraphModel(SessionModel):
         self.inference_unavailable: str | None = rewrite.inference_unavailable
         self.graph = import_graph(rewrite.graph_def, device)
         self._assigns: dict[str, tuple] = {}
-        self._constants = _Constants()
+        self._constants = SharedConstants()
         with self.graph.as_default(), tf.device(device):
             self.inputs = [self.graph.get_tensor_by_name(name) for name in feeds.inputs]
             self.training_flag = None if feeds.training_flag is None else self.graph.get_tensor_by_name(feeds.training_flag)
@@ -410,11 +327,11 @@ class GraphModel(SessionModel):
 
         return tf.where(self.use_batch_statistics, tf.cast(batch_value, moving_value.dtype), moving_value)
 
-    def _layer_moments(self, layer: BatchNormLayer, fused: list[FusedNode], reads: dict, flag: str | None) -> list[_Moments]:
+    def _layer_moments(self, layer: BatchNormLayer, fused: list[FusedNode], reads: dict, flag: str | None) -> list[ShiftedSums]:
         """Wire the layer's BN sites to ``select(use_batch_statistics, ...)``; per BN input, flat moment tensors."""
         import tensorflow as tf
 
-        by_input: dict[str, _Moments] = {}
+        by_input: dict[str, ShiftedSums] = {}
         for site in layer.nonfused_sites:
             x = self.graph.get_tensor_by_name(site.input.name)
             for (node, position), variable in ((site.mean_use, layer.mean_variable), (site.variance_use, layer.variance_variable)):
@@ -422,7 +339,7 @@ class GraphModel(SessionModel):
                 used = op.inputs[position]
                 moments = by_input.get(x.name)
                 if moments is None:
-                    moments = by_input[x.name] = _shifted_sums(x, _channel_axes(x, None, used.shape), self._constants)
+                    moments = by_input[x.name] = shifted_sums(x, _channel_axes(x, None, used.shape), self._constants)
                 n = tf.cast(tf.reduce_prod(moments.count), tf.float32) / tf.cast(tf.size(moments.s1), tf.float32)
                 if variable == layer.mean_variable:
                     batch = moments.shift + moments.s1 / n
@@ -435,13 +352,13 @@ class GraphModel(SessionModel):
             name = _normalised_input(op).name
             if name not in by_input:  # the input as taken in batch mode (the Switch's true output)
                 x = op.inputs[0]
-                by_input[name] = _shifted_sums(x, _channel_axes(x, node.channels_last), self._constants,
+                by_input[name] = shifted_sums(x, _channel_axes(x, node.channels_last), self._constants,
                                                shift=op.outputs[1])
         for tensor in layer.inputs:  # BN inputs of nodes not fed above (inside branch functions)
             if tensor.name not in by_input:
                 x = self.graph.get_tensor_by_name(tensor.name)
                 axes = _channel_axes(x, layer.channels_last)
-                by_input[tensor.name] = _shifted_sums(x, axes, self._constants, shift=self._if_batch_mean(layer, x))
+                by_input[tensor.name] = shifted_sums(x, axes, self._constants, shift=self._if_batch_mean(layer, x))
         return list(by_input.values())
 
     def _if_batch_mean(self, layer: BatchNormLayer, x):
@@ -511,13 +428,9 @@ class GraphModel(SessionModel):
         result, k = {}, 0
         for name, per_input in self._fetches.items():
             result[name] = []
-            for _ in per_input:  # mean = shift + s1 / n, M2 = s2 - s1**2 / n (module docstring), in float64
-                shape, shift, s1, s2 = (np.asarray(v, np.float64) for v in values[k : k + 4])
+            for _ in per_input:
+                result[name].append(batch_moments(*values[k : k + 4]))
                 k += 4
-                count = int(np.prod(shape)) // max(s1.size, 1)  # values per channel
-                n = max(count, 1)
-                m2 = np.maximum(s2 - s1 * s1 / n, 0.0)
-                result[name].append(BatchMoments(int(count), shift + s1 / n, m2))
         return result, (values[k] if output is not None else None)
 
     def inference_outputs(self, batch, output: str) -> np.ndarray:

@@ -7,11 +7,12 @@ model with ``training=True`` would move the moving statistics, and a Keras 3 BN 
 ``trainable=False`` stays in inference mode even then.) Per channel the replacement computes, inside the
 ``tf.function``::
 
-    count = values per channel,  mean = reduce_mean(x),  M2 = reduce_sum((x - mean)**2)
-    y = gamma * (x - mean) / sqrt(M2 / count + epsilon) + beta     (gamma = 1, beta = 0 when absent)
+    mean, variance = tf.nn.moments(x)     (float32, what Keras's training mode normalises with)
+    y = gamma * (x - mean) / sqrt(variance + epsilon) + beta     (gamma = 1, beta = 0 when absent)
 
-in float32 on the device; only the per-channel vectors reach the host, where they are merged in float64 by
-:class:`ckptfix.stats.PooledMoments` exactly as for TF1 graphs. A layer called several times (shared
+and records the accurate shifted sums of ``x`` around that mean (:mod:`ckptfix.graph.sums`, the same sums as
+for TF1 graphs); only the per-channel vectors reach the host, where they become count / mean / M2 in float64
+and are merged by :class:`ckptfix.stats.PooledMoments` exactly as for TF1 graphs. A layer called several times (shared
 weights) contributes every call.
 """
 
@@ -24,6 +25,7 @@ from typing import Iterator
 import numpy as np
 
 from ckptfix.errors import GraphError
+from ckptfix.graph.sums import SharedConstants, batch_moments, shifted_sums
 from ckptfix.keras.batchnorm import KerasBatchNorm
 from ckptfix.stats.pooled import BatchMoments
 
@@ -33,7 +35,7 @@ _MISSING = object()
 _TRACING = threading.Lock()
 
 
-def _batch_statistics_call(bn: KerasBatchNorm, recorded: dict[str, list]):
+def _batch_statistics_call(bn: KerasBatchNorm, recorded: dict[str, list], constants: SharedConstants):
     import tensorflow as tf
 
     layer = bn.layer
@@ -45,13 +47,10 @@ def _batch_statistics_call(bn: KerasBatchNorm, recorded: dict[str, list]):
         rank = x.shape.rank
         if rank is None:
             raise GraphError(f"BN layer {bn.name} has an input of unknown rank: build the model with a known input rank.")
-        channel_axes = {axis % rank for axis in bn.channel_axes}
+        channel_axes = sorted({axis % rank for axis in bn.channel_axes})
         reduce_axes = [axis for axis in range(rank) if axis not in channel_axes]
-        mean = tf.reduce_mean(x, axis=reduce_axes, keepdims=True)
-        m2 = tf.reduce_sum(tf.square(x - mean), axis=reduce_axes, keepdims=True)
-        count = tf.size(x, out_type=tf.int64) // tf.size(mean, out_type=tf.int64)
-        recorded.setdefault(bn.name, []).append((count, tf.reshape(mean, [-1]), tf.reshape(m2, [-1])))
-        variance = m2 / tf.cast(count, tf.float32)
+        mean, variance = tf.nn.moments(x, axes=reduce_axes, keepdims=True)
+        recorded.setdefault(bn.name, []).append(shifted_sums(x, channel_axes, constants, shift=mean))
         gamma = None if getattr(layer, "gamma", None) is None else tf.reshape(tf.cast(layer.gamma, tf.float32), tf.shape(mean))
         beta = None if getattr(layer, "beta", None) is None else tf.reshape(tf.cast(layer.beta, tf.float32), tf.shape(mean))
         outputs = tf.nn.batch_normalization(x, mean, variance, beta, gamma, layer.epsilon)
@@ -64,9 +63,10 @@ def _batch_statistics_call(bn: KerasBatchNorm, recorded: dict[str, list]):
 def batch_statistics(layers: list[KerasBatchNorm], recorded: dict[str, list]) -> Iterator[None]:
     """Within the block, each layer's ``call`` normalises with batch moments and records them; restored after."""
     saved = [(bn.layer, bn.layer.__dict__.get("call", _MISSING)) for bn in layers]
+    constants = SharedConstants()
     try:
         for bn in layers:
-            object.__setattr__(bn.layer, "call", _batch_statistics_call(bn, recorded))
+            object.__setattr__(bn.layer, "call", _batch_statistics_call(bn, recorded, constants))
         yield
     finally:
         for layer, original in saved:
@@ -129,7 +129,7 @@ class BatchStatisticsForward:
         if unused:
             raise GraphError(f"BN layer {unused[0]} is not called by the model's forward pass: nothing to measure it on.")
         per_layer = {
-            name: [BatchMoments(int(count), mean.numpy(), m2.numpy()) for count, mean, m2 in calls]
+            name: [batch_moments(*(value.numpy() for value in sums)) for sums in calls]
             for name, calls in moments.items()
         }
         return per_layer, outputs
