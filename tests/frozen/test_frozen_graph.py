@@ -204,3 +204,16 @@ def test_one_graph_import_per_run(frozen, tmp_path, monkeypatch):
     statistics = 2 * len(report.layers)
     assert [n for n in imports if n > statistics] == [max(imports)], imports  # the model, once
     assert len(imports) <= 2 and all(n == statistics for n in imports if n != max(imports)), imports
+
+
+def test_two_logical_cpus_match_one_device(frozen, tmp_path):
+    """Issue 16 through the frozen-graph source: whole batches on two devices, the one-device statistics."""
+    from scaling.helpers import assert_same_statistics, run_api
+
+    model, graph = frozen["nonfused"]
+    options = dict(batch_size=24, shuffle=True, seed=4)
+    one = ckptfix.diagnose(graph, np.load(model.calib), **options).to_dict()
+    two = run_api(graph, model.calib, tmp_path / "two.json", logical_cpus=2, command="diagnose", **options)
+    assert_same_statistics(one, two)
+    assert [row["device"] for row in two["devices"]] == ["/CPU:0", "/CPU:1"]
+    assert all(row["batches"] > 0 for row in two["devices"])
