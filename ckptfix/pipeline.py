@@ -26,6 +26,7 @@ from ckptfix.data import DataKeys, open_calibration_data
 from ckptfix.data.batching import first_samples, samples_in
 from ckptfix.diagnostics import agreement as output_agreement
 from ckptfix.errors import CkptfixError, DataError, NoBatchNormError
+from ckptfix.interrupts import interrupts_between_steps
 from ckptfix.options import Options
 from ckptfix.report import (DeviceReport, DiagnosisReport, InspectedLayer, InspectionReport, LayerReport,
                             RecalibrationReport)
@@ -133,8 +134,10 @@ def _stream(pool: DevicePool, batches, layers: list[Layer], keep: int, progress:
                 yield batch, submitted < keep, batches.describe_last if last is None else last.describe
                 submitted += samples_in(batch)
 
-    with _progress_bar(progress, batches.num_samples if cluster.size == 1 else None) as bar:
+    with interrupts_between_steps() as check_interrupt, \
+            _progress_bar(progress, batches.num_samples if cluster.size == 1 else None) as bar:
         for ran in pool.run(share()):
+            check_interrupt()  # Ctrl-C between batches: inside a TensorFlow call it can be lost
             wanted = keep - seen.num_samples
             for name, calls in ran.moments.items():
                 for moment in calls:
@@ -149,6 +152,7 @@ def _stream(pool: DevicePool, batches, layers: list[Layer], keep: int, progress:
             seen.devices[ran.device].samples += samples
             seen.devices[ran.device].batches += 1
             bar.update(samples)
+        check_interrupt()
     return seen
 
 

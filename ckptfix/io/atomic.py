@@ -28,16 +28,15 @@ import fcntl
 import glob
 import os
 import shutil
-import signal
 import socket
 import sys
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from ckptfix.errors import OutputError, error_reason
+from ckptfix.interrupts import interrupts_between_steps
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
@@ -111,7 +110,7 @@ def atomic_output(destination: Path, *, overwrite: bool, is_folder: bool) -> Ite
     """
     destination = Path(destination)
     try:
-        with _exclusive_lock(destination), _interrupts_between_steps() as check_interrupt:
+        with _exclusive_lock(destination), interrupts_between_steps() as check_interrupt:
             remove_stale_staging(destination)
             staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(destination, "tmp"), dir=destination.parent))
             try:
@@ -138,33 +137,6 @@ def _is_op_error(error: BaseException) -> bool:
     """A TensorFlow op error (e.g. SaveV2 on a full disk: ResourceExhausted); TensorFlow is not imported here."""
     tensorflow = sys.modules.get("tensorflow")
     return tensorflow is not None and isinstance(error, tensorflow.errors.OpError)
-
-
-@contextlib.contextmanager
-def _interrupts_between_steps() -> Iterator[Callable[[], None]]:
-    """Note Ctrl-C while writing and raise it (KeyboardInterrupt) only where the returned check is called.
-
-    Two reasons: a KeyboardInterrupt raised inside a TensorFlow call can apparently be lost (a CLI run
-    interrupted while writing once finished and exited 0; our guess is a conversion fallback inside TF that
-    clears Python errors), and one raised between the renames that put the output in place could lose it.
-    A Ctrl-C after the last check lets the write finish.
-    Only Python's default SIGINT handler in the main thread is replaced; any other is left alone.
-    """
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-        yield lambda: None
-        return
-    received = []
-    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-
-    def check() -> None:
-        if received:
-            raise KeyboardInterrupt
-
-    try:
-        yield check
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # ---------------------------------------------------------------------------------------- staging and lock
