@@ -14,26 +14,31 @@ from __future__ import annotations
 import numpy as np
 
 
+def _m2(shift, s1, center, s2, n):
+    """M2 from shifted sums, as ``graph/sums.py``'s ``batch_moments`` forms it."""
+    return s2 - n * (shift + s1 / n - center) ** 2
+
+
 def main() -> None:
     from ckptfix import _quiet
 
     _quiet.silence_tensorflow()
     import tensorflow as tf
 
-    from ckptfix.graph.model import _Constants, _shifted_sums
+    from ckptfix.graph.sums import FUSED_SQUARES_MAX_COUNT, SharedConstants, shifted_sums
 
     rng = np.random.default_rng(1)
-    means, stds, eps = np.array([100.0, 0.673], np.float32), np.array([1.0, 0.032], np.float32), 1e-3
+    means, stds, eps = np.array([100.0, 0.673, 500.0], np.float32), np.array([1.0, 0.032, 1.0], np.float32), 1e-3
     print("| values per channel per batch | route | mean error / sqrt(var+eps) | variance error / (var+eps) |")
     print("| --- | --- | --- | --- |")
-    for height, width in [(35, 35), (187, 96), (299, 299)]:
-        x = rng.standard_normal((32, height, width, 2), np.float32) * stds + means
-        flat = x.reshape(-1, 2).astype(np.float64)
+    for height, width in [(35, 35), (45, 45), (64, 64), (187, 96), (299, 299)]:
+        x = rng.standard_normal((32, height, width, 3), np.float32) * stds + means
+        flat = x.reshape(-1, 3).astype(np.float64)
         n = flat.shape[0]
         reference_mean, reference_variance = flat.mean(0), flat.var(0, ddof=1)
         tensor = tf.constant(x)
         _, fused_mean, fused_variance, *_ = tf.raw_ops.FusedBatchNormV3(
-            x=tensor, scale=tf.ones(2), offset=tf.zeros(2), mean=tf.zeros(0), variance=tf.zeros(0), epsilon=eps,
+            x=tensor, scale=tf.ones(3), offset=tf.zeros(3), mean=tf.zeros(0), variance=tf.zeros(0), epsilon=eps,
             is_training=True)
         m = fused_mean.numpy().astype(np.float64)
         routes = {"fused outputs 1/2 (before)": (m, fused_variance.numpy().astype(np.float64) * (n - 1))}
@@ -47,8 +52,14 @@ def main() -> None:
         wide = tf.cast(tensor, tf.float64)
         mean64 = tf.reduce_mean(wide, [0, 1, 2])
         routes["float64 `reduce_mean`, `reduce_sum`"] = (mean64.numpy(), tf.reduce_sum(tf.square(wide - mean64), [0, 1, 2]).numpy())
-        _, shift, s1, s2 = (np.asarray(t, np.float64) for t in _shifted_sums(tensor, [3], _Constants(), shift=fused_mean))
-        routes["**shifted by the fused mean, matrix product (now)**"] = (shift + s1 / n, s2 - s1 * s1 / n)
+        _, shift, s1, center, s2 = (np.asarray(t, np.float64) for t in shifted_sums(tensor, [3], SharedConstants(), shift=fused_mean))
+        around_shift = tf.matmul(tf.ones([1, height * width]), tf.reshape(tf.math.squared_difference(tensor, fused_mean),
+                                                                        [32, height * width, 3]))
+        old_s2 = tf.reduce_sum(around_shift, [0, 1]).numpy().astype(np.float64)
+        routes["squares around the fused mean, matrix products (before)"] = (shift + s1 / n, _m2(shift, s1, shift, old_s2, n))
+        routes[f"**matrix products, squares around the center (now, above {FUSED_SQUARES_MAX_COUNT:,})**"] = (shift + s1 / n, _m2(shift, s1, center, s2, n))
+        fused_squares = fused_variance.numpy().astype(np.float64) * (n - 1)
+        routes[f"**fused variance, mean by a matrix product (now, up to {FUSED_SQUARES_MAX_COUNT:,})**"] = (shift + s1 / n, _m2(shift, s1, shift, fused_squares, n))
         scale = np.sqrt(reference_variance + eps)
         for k, (name, (mean, m2)) in enumerate(routes.items()):
             mean_error = np.max(np.abs(mean - reference_mean) / scale)

@@ -89,9 +89,10 @@ class _Closure:
                 stack.extend(_node_name(text) for text in self.index.nodes[name].input)
         return seen
 
-    def downstream(self, start: str) -> set[str]:
+    def downstream(self, *starts: str) -> set[str]:
+        """``starts`` and every node that depends on one of them."""
         seen: set[str] = set()
-        stack = [start]
+        stack = list(starts)
         while stack:
             name = stack.pop()
             if name not in seen:
@@ -145,7 +146,7 @@ def _train_ops(meta_graph_def, index: GraphIndex, closure: _Closure) -> tuple[li
     steps = set(_collection(meta_graph_def, "global_step")) | {
         node.name for node in index.nodes.values() if node.op in VARIABLE_OPS and node.name.endswith("global_step")
     }
-    downstream = set().union(*(closure.downstream(name) for name in applies))
+    downstream = closure.downstream(*applies)
     covering = [name for name in downstream if set(applies) <= closure.of([name])]
     increments = [
         name for name in covering
@@ -169,10 +170,10 @@ def find_cause(meta_graph_def) -> Cause:
     evidence = [train_op, *candidates[1:], *identified_by[:3]]  # a few of the optimizer's apply ops
     assignments = _update_assignments(index, _moving_statistics(index))
     # members of UPDATE_OPS that run none of the recognised assignments are update ops of their own
-    recognised = set(assignments)
+    running_one = closure.downstream(*assignments)  # the nodes that run a recognised assignment
     update_ops = assignments + [
         name for name in _collection(meta_graph_def, UPDATE_OPS_KEY)
-        if name in index.nodes and not closure.of([name]) & recognised
+        if name in index.nodes and name not in running_one
     ]
     if not update_ops:
         return Cause(UNKNOWN, f"cause unknown: the train op {train_op} exists but the graph holds no BN update "

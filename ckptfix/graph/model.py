@@ -49,8 +49,10 @@ from ckptfix.errors import DataError, GraphError
 from ckptfix.graph.batchnorm import BatchNormLayer, FusedNode
 from ckptfix.graph.feeds import Feeds
 from ckptfix.graph.index import IF_OPS, is_gradient, parse_input
-from ckptfix.graph.session import SessionModel, clear_devices, editable_nodes, first_line, import_graph, restore
-from ckptfix.graph.sums import SharedConstants, ShiftedSums, batch_moments, shifted_sums
+from ckptfix.graph.session import (SessionModel, clear_devices, editable_nodes, first_line, import_graph,
+                                  measuring_config, restore)
+from ckptfix.graph.sums import (FUSED_SQUARES_MAX_COUNT, FusedInputSums, SharedConstants, ShiftedSums, SumsFetch,
+                                shifted_sums)
 from ckptfix.stats import BatchMoments
 
 _IDENTITY_OPS = frozenset({"Identity", "RefIdentity", "Snapshot"})
@@ -316,22 +318,25 @@ class GraphModel(SessionModel):
                     layer.name: self._layer_moments(layer, fused_by_layer.get(layer.name, []), reads, feeds.training_flag)
                     for layer in layers
                 }
-            self.session = tf.compat.v1.Session(graph=self.graph)
+            self.session = tf.compat.v1.Session(graph=self.graph, config=measuring_config())
         restore(self.session, meta_graph.saver_def, checkpoint_prefix)
         self._feed_list = self.inputs + ([self.training_flag] if self.training_flag is not None else [])
-        self._flat = [tensor for moments in self._fetches.values() for m in moments for tensor in m]
-        self._callables: dict[str | None, object] = {}
+        self._device = device
+        self._sums = [sums for per_input in self._fetches.values() for sums in per_input]
+        self._callables: dict[tuple, object] = {}
+        self._larger: set[int] = set()  # BN inputs found larger than predicted: matrix-product route from then on
 
     def _select(self, batch_value, moving_value):
         import tensorflow as tf
 
         return tf.where(self.use_batch_statistics, tf.cast(batch_value, moving_value.dtype), moving_value)
 
-    def _layer_moments(self, layer: BatchNormLayer, fused: list[FusedNode], reads: dict, flag: str | None) -> list[ShiftedSums]:
-        """Wire the layer's BN sites to ``select(use_batch_statistics, ...)``; per BN input, flat moment tensors."""
+    def _layer_moments(self, layer: BatchNormLayer, fused: list[FusedNode], reads: dict,
+                       flag: str | None) -> list[ShiftedSums | FusedInputSums]:
+        """Wire the layer's BN sites to ``select(use_batch_statistics, ...)``; per BN input, its sums."""
         import tensorflow as tf
 
-        by_input: dict[str, ShiftedSums] = {}
+        by_input: dict[str, ShiftedSums | FusedInputSums] = {}
         for site in layer.nonfused_sites:
             x = self.graph.get_tensor_by_name(site.input.name)
             for (node, position), variable in ((site.mean_use, layer.mean_variable), (site.variance_use, layer.variance_variable)):
@@ -341,10 +346,11 @@ class GraphModel(SessionModel):
                 if moments is None:
                     moments = by_input[x.name] = shifted_sums(x, _channel_axes(x, None, used.shape), self._constants)
                 n = tf.cast(tf.reduce_prod(moments.count), tf.float32) / tf.cast(tf.size(moments.s1), tf.float32)
+                mean = moments.shift + moments.s1 / n
                 if variable == layer.mean_variable:
-                    batch = moments.shift + moments.s1 / n
+                    batch = mean
                 else:  # biased, as the layer normalises with it
-                    batch = tf.maximum(moments.s2 - tf.square(moments.s1) / n, 0.0) / n
+                    batch = tf.maximum(moments.s2 / n - tf.square(mean - moments.center), 0.0)
                 moving = used if flag is not None else tf.reshape(tf.cast(reads[variable], used.dtype), tf.shape(used))
                 op._update_input(position, self._select(tf.reshape(tf.cast(batch, used.dtype), tf.shape(used)), moving))
         for node in fused:  # twinned (see _twin): shifted by the training node's own batch mean
@@ -352,8 +358,8 @@ class GraphModel(SessionModel):
             name = _normalised_input(op).name
             if name not in by_input:  # the input as taken in batch mode (the Switch's true output)
                 x = op.inputs[0]
-                by_input[name] = shifted_sums(x, _channel_axes(x, node.channels_last), self._constants,
-                                               shift=op.outputs[1])
+                by_input[name] = FusedInputSums(x, _channel_axes(x, node.channels_last), self._constants,
+                                                mean=op.outputs[1], variance=op.outputs[2])
         for tensor in layer.inputs:  # BN inputs of nodes not fed above (inside branch functions)
             if tensor.name not in by_input:
                 x = self.graph.get_tensor_by_name(tensor.name)
@@ -406,32 +412,62 @@ class GraphModel(SessionModel):
             for t in self.inputs
         ]
 
-    def _callable(self, output: str | None):
-        if output not in self._callables:
-            fetches = self._flat + ([self.graph.get_tensor_by_name(output)] if output is not None else [])
-            self._callables[output] = self.session.make_callable(fetches, feed_list=self._feed_list)
-        return self._callables[output]
+    def _routes(self, rows: int) -> tuple[bool, ...]:
+        """Per BN input (in ``_sums`` order), whether its squares are summed by a matrix product for a batch whose BN
+        inputs have ``rows`` rows (:class:`FusedInputSums`; always for the others)."""
+        return tuple(not isinstance(sums, FusedInputSums) or k in self._larger or sums.needs_accurate(rows)
+                     for k, sums in enumerate(self._sums))
 
-    def moments(self, batch, output: str | None = None) -> tuple[dict[str, list[BatchMoments]], np.ndarray | None]:
-        """Forward one batch with the selected layers on batch statistics: per layer, the moments of each of its
-        BN inputs; with ``output``, that tensor's value from the same run (else None)."""
+    def _callable(self, output: str | None, routes: tuple[bool, ...]):
+        """One callable per output and routes; a route's ops are added to the graph the first time it is needed."""
         import tensorflow as tf
 
-        arrays = self.input_values(batch)
-        run = self._callable(output)
+        key = (output, routes)
+        if key not in self._callables:
+            with self.graph.as_default(), tf.device(self._device), tf.compat.v1.name_scope("ckptfix/"):
+                chosen = [sums if not isinstance(sums, FusedInputSums) else sums.accurate() if accurate else sums.from_variance
+                          for sums, accurate in zip(self._sums, routes)]
+                fetch = SumsFetch(chosen)
+            fetches = fetch.tensors + ([self.graph.get_tensor_by_name(output)] if output is not None else [])
+            self._callables[key] = (self.session.make_callable(fetches, feed_list=self._feed_list), fetch)
+        return self._callables[key]
+
+    def _run(self, arrays: list, output: str | None, routes: tuple[bool, ...]) -> tuple[list[BatchMoments], object]:
+        """Per BN input its moments, and the value of ``output`` (None without)."""
+        import tensorflow as tf
+
+        run, fetch = self._callable(output, routes)
         try:
             values = run(*arrays) if self.training_flag is None else run(*arrays, False)
         except tf.errors.InvalidArgumentError as error:
             shapes = ", ".join(f"{t.name} {tuple(a.shape)}" for t, a in zip(self.inputs, arrays))
             what = f"of shape {arrays[0].shape}" if len(arrays) == 1 else f"({shapes})"
             raise DataError(f"the model rejected a calibration batch {what}: {first_line(error)}") from None
+        count = len(fetch.tensors)
+        return fetch.moments(values[:count]), (values[count] if output is not None else None)
+
+    def moments(self, batch, output: str | None = None) -> tuple[dict[str, list[BatchMoments]], np.ndarray | None]:
+        """Forward one batch with the selected layers on batch statistics: per layer, the moments of each of its
+        BN inputs; with ``output``, that tensor's value from the same run (else None).
+
+        A fused node's squares come from its own variance when the batch is small enough (``_routes``, predicted
+        from the first input's batch size); a BN input found larger than predicted gets the batch run again with
+        the matrix-product route for it."""
+        arrays = self.input_values(batch)
+        rows = int(np.shape(arrays[0])[0]) if np.ndim(arrays[0]) else 1
+        routes = self._routes(rows)
+        moments, value = self._run(arrays, output, routes)
+        larger = frozenset(k for k, (sums, accurate) in enumerate(zip(self._sums, routes))
+                           if not accurate and not 1 < moments[k].count <= FUSED_SQUARES_MAX_COUNT)
+        if larger:
+            self._larger |= larger
+            routes = self._routes(rows)
+            moments, value = self._run(arrays, output, routes)
         result, k = {}, 0
         for name, per_input in self._fetches.items():
-            result[name] = []
-            for _ in per_input:
-                result[name].append(batch_moments(*values[k : k + 4]))
-                k += 4
-        return result, (values[k] if output is not None else None)
+            result[name] = moments[k : k + len(per_input)]
+            k += len(per_input)
+        return result, value
 
     def inference_outputs(self, batch, output: str) -> np.ndarray:
         """The value of ``output`` for one batch, with the selected layers on the moving statistics in the session."""

@@ -42,6 +42,21 @@ def import_graph(graph_def, device: str | None = None):
     return graph
 
 
+def measuring_config():
+    """The session config of a measuring graph: Grappler's optimisers run once over the graph, not twice, and
+    without the memory optimiser (its rewrites are for training: recomputing or swapping activations kept for
+    gradients, and the graph has none). Both change only the first ``session.run`` of each fetch list, whose
+    graph optimisation is a fixed cost of every run (docs/performance.md); the optimised graph runs as fast."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import rewriter_config_pb2
+
+    config = tf.compat.v1.ConfigProto()
+    rewrite = config.graph_options.rewrite_options
+    rewrite.meta_optimizer_iterations = rewriter_config_pb2.RewriterConfig.ONE
+    rewrite.memory_optimization = rewriter_config_pb2.RewriterConfig.NO_MEM_OPT
+    return config
+
+
 def restore(session, saver_def, prefix: str) -> None:
     """Run the graph's own saver restore op on ``prefix``; errors name the likely fix."""
     import tensorflow as tf

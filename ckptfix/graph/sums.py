@@ -1,17 +1,25 @@
 """Accurate per-channel batch moments as TensorFlow ops, shared by every measuring session (TF1 graphs, frozen
 graphs, SavedModels, Keras models).
 
-For a BN input ``x`` the device computes, per channel, a *shift* ``s`` close to the batch mean and the shifted sums
-``s1 = sum(x - s)``, ``s2 = sum((x - s)**2)`` over every axis but the channels, in float32; only these vectors and
-the shape of ``x`` leave the device. The host forms, in float64 (:func:`batch_moments`)::
+For a BN input ``x`` the device computes, per channel, over every axis but the channels, in float32: a *shift*
+``s`` near the batch mean, ``s1 = sum(x - s)``, the *center* ``c = s + s1 / n`` (the batch mean to float32
+precision) and ``s2 = sum((x - c)**2)``; only these vectors and the shape of ``x`` leave the device. The host
+forms, in float64 (:func:`batch_moments`)::
 
-    n = size(x) / channels,   mean = s + s1 / n,   M2 = max(s2 - s1**2 / n, 0)
+    n = size(x) / channels,   mean = s + s1 / n,   M2 = max(s2 - n * (mean - c)**2, 0)
 
 The sums are matrix products with a vector of ones per sample row (:func:`_row_sums`): a GEMM accumulates in
 blocks, so its float32 sum stays ~1e-7 relative, where TensorFlow's CPU ``reduce_sum`` / ``reduce_mean`` over
 outer axes and ``FusedBatchNormV3``'s own statistics add the values one after another (issue 14 item 7: 0.12
-of sqrt(var + eps) on a published model's 32x187x96 activation). The shift keeps ``s1`` small and ``M2`` free of
-cancellation when ``|mean| >> std`` (docs/performance.md).
+of sqrt(var + eps) on a published model's 32x187x96 activation; 9 std at 32x299x299 with |mean| = 500 std).
+The shift keeps ``s1`` small; the center, formed on the device from ``s1``, keeps ``s2`` free of cancellation
+however far the shift was from the mean (docs/performance.md).
+
+A training-mode fused node already computes ``sum((x - m)**2)`` around its own mean ``m``, as float32 values
+added one after another: accurate to ~3e-5 relative up to ``FUSED_SQUARES_MAX_COUNT`` values per channel
+(measured, benchmarks/moment_accuracy.py). :class:`FusedInputSums` uses it there (``s = c = m``,
+``s2 = variance * (n - 1)`` from the node's Bessel-corrected variance, ``s1`` still the accurate product) and
+the second product only above, saving one elementwise pass and one product over ``x`` per BN input.
 """
 
 from __future__ import annotations
@@ -24,16 +32,21 @@ from ckptfix.errors import GraphError
 from ckptfix.stats import BatchMoments
 
 
+#: above this many values per channel per batch, the squares are summed by a matrix product, not taken from a fused
+#: node's own variance (module docstring): measured <= 3e-5 relative up to here with |mean| up to 500 std
+FUSED_SQUARES_MAX_COUNT = 1 << 17
+
+
 class ShiftedSums(NamedTuple):
     """Graph tensors of one BN input's shifted sums (flat, per channel; module docstring): ``count`` the shape of
-    ``x`` (its size over the channels: the values per channel), the ``shift``, ``s1 = sum(x - shift)`` and
-    ``s2 = sum((x - shift)**2)``."""
+    ``x`` (its size over the channels: the values per channel), the ``shift``, ``s1 = sum(x - shift)``, the
+    ``center`` and ``s2 = sum((x - center)**2)``."""
 
     count: object
     shift: object
     s1: object
+    center: object
     s2: object
-
 
 
 class SharedConstants(dict):
@@ -69,13 +82,23 @@ def _row_sums(values, channels: int | None, constants: SharedConstants):
         constants.get_constant(float(k), tf.float32)
 
 
-def shifted_sums(x, channel_axes: list[int], constants: SharedConstants, shift=None) -> ShiftedSums:
-    """The shifted sums of ``x`` (float32) per channel; ``shift`` (flat, per channel) defaults to ``reduce_mean(x)``
-    (float32: within a few standard deviations of the mean, which is all a shift needs).
+class _FirstSums(NamedTuple):
+    """``x`` as float32 ``values`` with one channel axis, last; its ``channels`` (None when not static), the ``shift``
+    and ``s1`` of :func:`_first_sums`; ``count`` the shape of ``x``."""
+
+    values: object
+    channels: int | None
+    count: object
+    shift: object
+    s1: object
+
+
+def _first_sums(x, channel_axes: list[int], constants: SharedConstants, shift=None) -> _FirstSums:
+    """``s1`` of ``x`` (float32) per channel; ``shift`` (flat, per channel) defaults to ``reduce_mean(x)`` (float32:
+    within a few standard deviations of the mean, which is all a shift needs).
 
     ``s1`` sums each row unshifted (one pass over ``x``, no ``x - shift`` written) and shifts the row sums:
-    ``sum_rows(row - k * shift)``; ``s2`` sums ``squared_difference(x, shift)`` by rows, then the rows. ``count``
-    is the shape of ``x`` (the host divides its size by the channels).
+    ``sum_rows(row - k * shift)``.
     """
     import tensorflow as tf
 
@@ -98,13 +121,117 @@ def shifted_sums(x, channel_axes: list[int], constants: SharedConstants, shift=N
     with tf.compat.v1.name_scope("accurate_sums"):
         rows, k = _row_sums(values, channels, constants)
         s1 = tf.reduce_sum(rows - k * shift, axis=rows_axes)
-        s2 = tf.reduce_sum(_row_sums(tf.math.squared_difference(values, shift), channels, constants)[0], axis=rows_axes)
-    return ShiftedSums(tf.shape(x, out_type=tf.int64), shift, s1, s2)
+    return _FirstSums(values, channels, tf.shape(x, out_type=tf.int64), shift, s1)
 
 
-def batch_moments(shape, shift, s1, s2) -> BatchMoments:
-    """The host side (module docstring): fetched ``shape`` of ``x``, ``shift``, ``s1``, ``s2`` -> count, mean, M2 in float64."""
-    shift, s1, s2 = (np.asarray(v, np.float64).reshape(-1) for v in (shift, s1, s2))
+def _squares(first: _FirstSums, constants: SharedConstants) -> ShiftedSums:
+    """Complete ``first`` with the center and ``s2``: ``squared_difference(x, center)`` summed by rows, then the rows."""
+    import tensorflow as tf
+
+    with tf.compat.v1.name_scope("accurate_sums"):
+        n = tf.cast(tf.size(first.values) // tf.size(first.s1), tf.float32)
+        center = first.shift + first.s1 / n
+        squares = _row_sums(tf.math.squared_difference(first.values, center), first.channels, constants)[0]
+        s2 = tf.reduce_sum(squares, axis=constants.get_constant([0, 1], tf.int32))
+    return ShiftedSums(first.count, first.shift, first.s1, center, s2)
+
+
+def shifted_sums(x, channel_axes: list[int], constants: SharedConstants, shift=None) -> ShiftedSums:
+    """The shifted sums of ``x`` per channel (module docstring); ``shift`` as in :func:`_first_sums`. ``count`` is the
+    shape of ``x`` (the host divides its size by the channels)."""
+    return _squares(_first_sums(x, channel_axes, constants, shift), constants)
+
+
+class VarianceSums(NamedTuple):
+    """A fused node's route for its input (module docstring): ``count``, ``shift`` (the node's mean) and ``s1`` as in
+    :class:`ShiftedSums`; ``variance`` the node's Bessel-corrected batch variance, ``sum((x - shift)**2) / (n - 1)``."""
+
+    count: object
+    shift: object
+    s1: object
+    variance: object
+
+
+class FusedInputSums:
+    """Both routes for the input ``x`` of a training-mode fused node with batch ``mean`` (output 1) and
+    Bessel-corrected ``variance`` (output 2) (module docstring): :attr:`from_variance` takes the squares from the
+    node, :meth:`accurate` sums them (its ops are added to the graph on first use: call it in the graph's context).
+
+    :attr:`values_per_row` is the static size of ``x`` over its first axis and its channels (None if unknown): with
+    ``r`` rows a batch has ``r * values_per_row`` values per channel, which :meth:`needs_accurate` compares with
+    ``FUSED_SQUARES_MAX_COUNT``.
+    """
+
+    def __init__(self, x, channel_axes: list[int], constants: SharedConstants, mean, variance) -> None:
+        self._first = _first_sums(x, channel_axes, constants, mean)
+        self._constants = constants
+        self._accurate: ShiftedSums | None = None
+        self.from_variance = VarianceSums(self._first.count, self._first.shift, self._first.s1, variance)
+        dims = x.shape.as_list()
+        inner = [d for axis, d in enumerate(dims) if axis and axis not in channel_axes]
+        self.values_per_row = None if None in inner or 0 in channel_axes else int(np.prod(inner, dtype=np.int64))
+
+    def needs_accurate(self, rows: int) -> bool:
+        """Whether a batch of ``rows`` rows (the first axis of ``x``) needs :meth:`accurate`."""
+        count = None if self.values_per_row is None else rows * self.values_per_row
+        return count is None or not 1 < count <= FUSED_SQUARES_MAX_COUNT
+
+    def accurate(self) -> ShiftedSums:
+        if self._accurate is None:
+            self._accurate = _squares(self._first, self._constants)
+        return self._accurate
+
+
+def _moments_from_sums(n, shift, s1, center, s2) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and M2 in float64 from the sums (module docstring); ``n`` per channel, or one count for all."""
+    mean = shift + s1 / n
+    return mean, np.maximum(s2 - n * np.square(mean - center), 0.0)
+
+
+def batch_moments(shape, shift, s1, center, s2) -> BatchMoments:
+    """The host side of one BN input's :class:`ShiftedSums` (module docstring): fetched ``shape`` of ``x``, ``shift``,
+    ``s1``, ``center``, ``s2`` -> count, mean, M2 in float64."""
+    shift, s1, center, s2 = (np.asarray(v, np.float64).reshape(-1) for v in (shift, s1, center, s2))
     count = int(np.prod(np.asarray(shape, np.int64))) // max(s1.size, 1)  # values per channel
-    n = max(count, 1)
-    return BatchMoments(count, shift + s1 / n, np.maximum(s2 - s1 * s1 / n, 0.0))
+    return BatchMoments(count, *_moments_from_sums(max(count, 1), shift, s1, center, s2))
+
+
+class SumsFetch:
+    """Every BN input's sums of one run as two fetched tensors, and their moments formed on the host at once.
+
+    ``tensors``: the float32 per-channel vectors of all inputs concatenated (every shift, then every ``s1``, every
+    center, every ``s2`` or variance), and their shapes concatenated (int64), then their channel counts when not
+    static. ``session.run`` costs ~20 us per fetched tensor in Python (hundreds per batch for a deep network) and
+    the host formula runs once over all channels instead of once per input.
+    """
+
+    def __init__(self, sums: list[ShiftedSums | VarianceSums]) -> None:
+        import tensorflow as tf
+
+        def flat(tensor):
+            tensor = tf.cast(tensor, tf.float32)
+            return tensor if tensor.shape.rank == 1 else tf.reshape(tensor, [-1])
+
+        self._ranks = [int(s.count.shape[0]) for s in sums]
+        self._channels = [s.s1.shape.num_elements() for s in sums]
+        self._from_variance = [isinstance(s, VarianceSums) for s in sums]
+        groups = ([s.shift for s in sums], [s.s1 for s in sums],
+                  [s.shift if isinstance(s, VarianceSums) else s.center for s in sums],
+                  [s.variance if isinstance(s, VarianceSums) else s.s2 for s in sums])
+        self.tensors = [tf.concat([flat(t) for group in groups for t in group], 0),
+                        tf.concat([s.count for s in sums], 0)]
+        if None in self._channels:
+            self.tensors.append(tf.stack([tf.size(s.s1, out_type=tf.int64) for s in sums]))
+
+    def moments(self, values: list[np.ndarray]) -> list[BatchMoments]:
+        """``values``: the fetched ``tensors`` -> one :class:`BatchMoments` per input, in order."""
+        channels = self._channels if len(values) == 2 else [int(c) for c in values[2]]
+        shapes = np.split(np.asarray(values[1], np.int64), np.cumsum(self._ranks)[:-1])
+        counts = [int(np.prod(shape)) // max(c, 1) for shape, c in zip(shapes, channels)]
+        shift, s1, center, s2 = np.asarray(values[0], np.float64).reshape(4, -1)
+        n = np.repeat(np.maximum(counts, 1), channels).astype(np.float64)
+        bessel = np.repeat(self._from_variance, channels)
+        s2 = np.where(bessel, s2 * (n - 1), s2)
+        mean, m2 = _moments_from_sums(n, shift, s1, center, s2)
+        edges = np.cumsum(channels)[:-1]
+        return [BatchMoments(count, m, v) for count, m, v in zip(counts, np.split(mean, edges), np.split(m2, edges))]

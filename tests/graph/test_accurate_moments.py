@@ -93,13 +93,15 @@ def test_statistics_match_float64_on_large_offset_activations(large_activation_m
 
 
 def test_one_accurate_sum_per_moment_and_bn_input(large_activation_model):
-    """Per BN input, exactly two matrix-product sums (shifted first and second moments): none duplicated for the
-    two uses of a non-fused layer's input, no float32 reduction added for a top-level fused node."""
-    variant, prefix, _ = large_activation_model
+    """Per BN input, exactly two matrix-product sums (shifted first and second moments) at this size (above
+    FUSED_SQUARES_MAX_COUNT values per channel): none duplicated for the two uses of a non-fused layer's input, no
+    float32 reduction added for a top-level fused node."""
+    variant, prefix, data = large_activation_model
     meta_graph = load_meta_graph(prefix + ".meta")
     index = GraphIndex(meta_graph.graph_def)
     layers = find_batchnorm_layers(index)
     with GraphModel(meta_graph, layers, detect_feeds(index, layers, None, None), prefix) as model:
+        model.moments(data[:32])
         added = [op for op in model.graph.get_operations() if op.name.startswith("ckptfix/")]
         sums = [op.name for op in added if op.type in {"MatMul", "BatchMatMulV2"}]
         means = [op.name for op in added if op.type in {"Mean", "Sum", "SquaredDifference"} and "/accurate_sums" not in op.name]
@@ -108,3 +110,56 @@ def test_one_accurate_sum_per_moment_and_bn_input(large_activation_model):
     # the shift: reduce_mean for the non-fused layer; the fused node's own mean where the graph returns it (a top-level
     # node), else (an If that returns only y) reduce_mean
     assert len(means) == (1 if variant == "baked" else 2), means
+
+
+def _reshaping_model(folder, rows_per_sample: int):
+    """One fused BN node (training mode baked in) on the input reshaped to ``rows_per_sample`` rows per sample: its BN
+    input has more rows than the batch has samples."""
+    graph = tf.Graph()
+    with graph.as_default():
+        images = v1.placeholder(tf.float32, [None, *SHAPE, len(MEANS)], name="images")
+        x = tf.reshape(images, [-1, SHAPE[0], SHAPE[1] // rows_per_sample, len(MEANS)])
+        with v1.variable_scope("fused"):
+            gamma = v1.get_variable("gamma", [len(MEANS)], initializer=v1.ones_initializer())
+            beta = v1.get_variable("beta", [len(MEANS)], initializer=v1.zeros_initializer())
+            moving_mean = v1.get_variable("moving_mean", [len(MEANS)], initializer=v1.zeros_initializer(), trainable=False)
+            moving_variance = v1.get_variable("moving_variance", [len(MEANS)], initializer=v1.ones_initializer(),
+                                              trainable=False)
+            y, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
+                x=x, scale=gamma, offset=beta, mean=moving_mean.read_value(), variance=moving_variance.read_value(),
+                epsilon=1e-3, exponential_avg_factor=0.01, is_training=True)
+            for update in (moving_mean.assign(mean), moving_variance.assign(variance)):
+                v1.add_to_collection(v1.GraphKeys.UPDATE_OPS, update)
+        tf.reduce_mean(y, axis=[1, 2], name="logits")
+        with v1.Session(graph=graph) as session:
+            session.run(v1.global_variables_initializer())
+            return v1.train.Saver().save(session, str(folder / "model.ckpt"))
+
+
+@pytest.mark.parametrize("samples", [2, 8])
+def test_fused_variance_route_by_values_per_batch(tmp_path, samples):
+    """A top-level fused node's squares come from its own variance up to FUSED_SQUARES_MAX_COUNT values per channel
+    per batch (one matrix product), from a second product above; a BN input with more rows than the batch has
+    samples (a reshape) is found larger than predicted and its batch run again with the second product. Both routes
+    match float64 within 1e-3 on means 500 std from zero."""
+    from ckptfix.graph.sums import FUSED_SQUARES_MAX_COUNT
+
+    prefix = _reshaping_model(tmp_path, rows_per_sample=2)
+    meta_graph = load_meta_graph(prefix + ".meta")
+    index = GraphIndex(meta_graph.graph_def)
+    layers = find_batchnorm_layers(index)
+    batch = (np.random.default_rng(3).standard_normal((samples, *SHAPE, len(MEANS)), np.float32) * STDS + MEANS)
+    values = batch.reshape(-1, len(MEANS)).astype(np.float64)
+    with GraphModel(meta_graph, layers, detect_feeds(index, layers, None, None), prefix) as model:
+        per_layer, _ = model.moments(batch)
+        (moments,) = per_layer.values()
+        products = [op for op in model.graph.get_operations() if op.name.startswith("ckptfix/")
+                    and op.type in {"MatMul", "BatchMatMulV2"}]
+    predicted = samples * SHAPE[0] * (SHAPE[1] // 2)
+    assert predicted <= FUSED_SQUARES_MAX_COUNT
+    assert len(products) == (1 if moments[0].count <= FUSED_SQUARES_MAX_COUNT else 2)
+    assert moments[0].count == values.shape[0] == 2 * predicted
+    variance = values.var(0)
+    scale = np.sqrt(variance + 1e-3)
+    assert np.max(np.abs(moments[0].mean - values.mean(0)) / scale) <= 1e-3
+    assert np.max(np.abs(moments[0].m2 / values.shape[0] - variance) / (variance + 1e-3)) <= 1e-3

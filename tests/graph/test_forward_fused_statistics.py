@@ -1,8 +1,9 @@
 """The forward model reads fused BN nodes' own batch mean instead of reducing again, imports no backprop, and stays
 exact: on every graph shape where a fused node runs (top level, the taken branch of a TF1 tf.cond, an If's else
-branch, a graph exported in inference mode), no float32 reduction is added for it -- only the two accurate sums
-(matrix products) shifted by its own mean, once per BN input (docs/performance.md) -- and the statistics equal
-numpy's on the BN inputs."""
+branch, a graph exported in inference mode), no float32 reduction is added for it -- only the accurate sums
+(matrix products) shifted by its own mean, once per BN input: one for a top-level node at these sizes (its squares
+from its own variance), two inside If branches (docs/performance.md) -- and the statistics equal numpy's on the BN
+inputs."""
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from ckptfix.graph.feeds import detect_feeds
 from ckptfix.graph.model import GraphModel
 from ckptfix.graph.index import GraphIndex, is_gradient
 from ckptfix.graph.meta import load_meta_graph
+from ckptfix.graph.sums import FusedInputSums
 from fixtures.runner import bn_inputs
 
 _REDUCTIONS = {"Mean", "Sum", "SquaredDifference"}
@@ -42,11 +44,14 @@ def _added_reductions(forward: GraphModel) -> list[str]:
 def test_fused_layers_add_no_reduction(slim_model, variant):
     model = slim_model(variant)
     with _forward_model(model) as forward:
-        assert _added_reductions(forward) == []
-        assert len(_accurate_sums(forward)) == 2 * sum(len(m) for m in forward._fetches.values())
         assert not [op.name for op in forward.graph.get_operations() if is_gradient(op.name)]
         batch = np.load(model.calib)[:8]
         moments, _ = forward.moments(batch)
+        assert _added_reductions(forward) == []
+        inputs = [sums for per_input in forward._fetches.values() for sums in per_input]
+        top_level = [sums for sums in inputs if isinstance(sums, FusedInputSums)]
+        assert bool(top_level) == (variant != "tf2_control_flow")
+        assert len(_accurate_sums(forward)) == 2 * len(inputs) - len(top_level)
     assert set(moments) == set(model.info["bn_layers"])
     for name, per_input in moments.items():
         for moment in per_input:
