@@ -7,8 +7,11 @@ three ways, interleaved batch by batch in one session so that machine load hits 
 * forward: the output (logits) alone -- the forward pass on batch statistics, nothing else fetched;
 * fused fetch (before): the output and every fused node's own outputs 1 and 2 (batch mean, Bessel variance),
   what ckptfix fetched before: float32 sums accumulated one value after another;
-* accurate (now): ``GraphModel.moments(batch, output)``: the output and, per BN input, the shifted sums
-  ``sum(x - m)``, ``sum((x - m)**2)`` as matrix products with ones (``m``: the fused node's own mean).
+* both products: the output and, per BN input, the shifted sums ``sum(x - m)``, ``sum((x - c)**2)`` as matrix
+  products with ones (``m``: the fused node's own mean, ``c`` the center), the route above
+  ``FUSED_SQUARES_MAX_COUNT`` values per channel per batch;
+* now: ``GraphModel.moments(batch, output)``: the route the batch's size takes (at 75x75 every layer is below
+  the threshold: one product for ``s1``, the squares from the fused node's own variance).
 
 Per side: the sum over batches of each batch's seconds (median of ``--runs`` passes over the batches, the first
 pass, with graph optimisation, left out), and the ratio to the forward side.
@@ -67,8 +70,10 @@ def main() -> None:
             def call(run):
                 return lambda batch: run(batch) if model.training_flag is None else run(batch, False)
 
+            products = tuple(True for _ in model._sums)  # the matrix-product route for every BN input
             sides = {"forward (output only)": call(forward), "fused fetch (before)": call(before),
-                     "accurate sums (now)": lambda batch: model.moments(batch, info["logits"])}
+                     "both products": lambda batch: model._run([batch], info["logits"], products),
+                     "now": lambda batch: model.moments(batch, info["logits"])}
             seconds = {name: [] for name in sides}
             for run in range(args.runs + 1):
                 totals = dict.fromkeys(sides, 0.0)

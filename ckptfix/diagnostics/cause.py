@@ -157,9 +157,10 @@ def _train_ops(meta_graph_def, index: GraphIndex, closure: _Closure) -> tuple[li
     return sorted(chosen, key=lambda name: len(closure.of([name])))[:1], applies
 
 
-def find_cause(meta_graph_def) -> Cause:
-    """Whether the training graph's train op runs its BN update ops (see the module docstring)."""
-    index = GraphIndex(meta_graph_def.graph_def)
+def find_cause(meta_graph_def, index: GraphIndex | None = None) -> Cause:
+    """Whether the training graph's train op runs its BN update ops (see the module docstring); ``index``: of
+    ``meta_graph_def.graph_def``, when the caller has one."""
+    index = index if index is not None else GraphIndex(meta_graph_def.graph_def)
     closure = _Closure(index)
     candidates, identified_by = _train_ops(meta_graph_def, index, closure)
     if not candidates:

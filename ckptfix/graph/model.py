@@ -300,7 +300,8 @@ class GraphModel(SessionModel):
         rewrite = _rewrite_graph_def(meta_graph, layers, feeds.training_flag)
         self.inference_unavailable: str | None = rewrite.inference_unavailable
         self.graph = import_graph(rewrite.graph_def, device)
-        self._assigns: dict[str, tuple] = {}
+        self._device = device
+        self._assigns: dict[str, tuple] = {}  # variable -> placeholder, assign op, dtype (see _assign)
         self._constants = SharedConstants()
         with self.graph.as_default(), tf.device(device):
             self.inputs = [self.graph.get_tensor_by_name(name) for name in feeds.inputs]
@@ -309,19 +310,16 @@ class GraphModel(SessionModel):
             self._functions = {f.signature.name: f for f in rewrite.graph_def.library.function}
             self._mode_ifs = rewrite.mode_ifs
             with tf.compat.v1.name_scope("ckptfix/"):
-                reads = {variable: self._add_assign(variable)
-                         for layer in layers for variable in (layer.mean_variable, layer.variance_variable)}
                 fused_by_layer: dict[str, list[FusedNode]] = {}
                 for layer, node in rewrite.fused:
                     fused_by_layer.setdefault(layer.name, []).append(node)
                 self._fetches = {
-                    layer.name: self._layer_moments(layer, fused_by_layer.get(layer.name, []), reads, feeds.training_flag)
+                    layer.name: self._layer_moments(layer, fused_by_layer.get(layer.name, []), feeds.training_flag)
                     for layer in layers
                 }
             self.session = tf.compat.v1.Session(graph=self.graph, config=measuring_config())
         restore(self.session, meta_graph.saver_def, checkpoint_prefix)
         self._feed_list = self.inputs + ([self.training_flag] if self.training_flag is not None else [])
-        self._device = device
         self._sums = [sums for per_input in self._fetches.values() for sums in per_input]
         self._callables: dict[tuple, object] = {}
         self._larger: set[int] = set()  # BN inputs found larger than predicted: matrix-product route from then on
@@ -331,8 +329,7 @@ class GraphModel(SessionModel):
 
         return tf.where(self.use_batch_statistics, tf.cast(batch_value, moving_value.dtype), moving_value)
 
-    def _layer_moments(self, layer: BatchNormLayer, fused: list[FusedNode], reads: dict,
-                       flag: str | None) -> list[ShiftedSums | FusedInputSums]:
+    def _layer_moments(self, layer: BatchNormLayer, fused: list[FusedNode], flag: str | None) -> list[ShiftedSums | FusedInputSums]:
         """Wire the layer's BN sites to ``select(use_batch_statistics, ...)``; per BN input, its sums."""
         import tensorflow as tf
 
@@ -351,7 +348,7 @@ class GraphModel(SessionModel):
                     batch = mean
                 else:  # biased, as the layer normalises with it
                     batch = tf.maximum(moments.s2 / n - tf.square(mean - moments.center), 0.0)
-                moving = used if flag is not None else tf.reshape(tf.cast(reads[variable], used.dtype), tf.shape(used))
+                moving = used if flag is not None else tf.reshape(tf.cast(self._read(variable), used.dtype), tf.shape(used))
                 op._update_input(position, self._select(tf.reshape(tf.cast(batch, used.dtype), tf.shape(used)), moving))
         for node in fused:  # twinned (see _twin): shifted by the training node's own batch mean
             op = self.graph.get_operation_by_name(node.node)
@@ -388,21 +385,31 @@ class GraphModel(SessionModel):
                 return caller.outputs[mean_k]
         return None
 
-    def _add_assign(self, variable: str):
-        """A placeholder + assign op for one variable (kept for :meth:`assign_statistics`); returns a read of it."""
+    def _read(self, variable: str):
+        """A read of the variable op ``variable`` (in the graph's context)."""
         import tensorflow as tf
 
         op = self.graph.get_operation_by_name(variable)
-        dtype = tf.as_dtype(op.get_attr("dtype"))
-        value = tf.compat.v1.placeholder(dtype)
         if op.type == "VarHandleOp":
-            assign = tf.raw_ops.AssignVariableOp(resource=op.outputs[0], value=value)
-            read = tf.raw_ops.ReadVariableOp(resource=op.outputs[0], dtype=dtype)
-        else:
-            assign = tf.compat.v1.assign(op.outputs[0], value, validate_shape=False).op
-            read = tf.identity(op.outputs[0])
-        self._assigns[variable] = (value, assign, dtype)
-        return read
+            return tf.raw_ops.ReadVariableOp(resource=op.outputs[0], dtype=tf.as_dtype(op.get_attr("dtype")))
+        return tf.identity(op.outputs[0])
+
+    def _assign(self, variable: str) -> tuple:
+        """A placeholder and an assign op for ``variable``, added to the graph on first use (the agreement check's
+        :meth:`assign_statistics`; a run without it never builds them)."""
+        import tensorflow as tf
+
+        if variable not in self._assigns:
+            op = self.graph.get_operation_by_name(variable)
+            dtype = tf.as_dtype(op.get_attr("dtype"))
+            with self.graph.as_default(), tf.device(self._device), tf.compat.v1.name_scope("ckptfix/"):
+                value = tf.compat.v1.placeholder(dtype)
+                if op.type == "VarHandleOp":
+                    assign = tf.raw_ops.AssignVariableOp(resource=op.outputs[0], value=value)
+                else:
+                    assign = tf.compat.v1.assign(op.outputs[0], value, validate_shape=False).op
+            self._assigns[variable] = (value, assign, dtype)
+        return self._assigns[variable]
 
     @property
     def input_specs(self) -> list[InputSpec]:
@@ -484,7 +491,7 @@ class GraphModel(SessionModel):
         """Assign new values (variable op name -> array) to moving statistics in the session, in one run."""
         assigns, feed = [], {}
         for variable, array in values.items():
-            placeholder, assign, dtype = self._assigns[variable]
+            placeholder, assign, dtype = self._assign(variable)
             shape = self.graph.get_operation_by_name(variable).get_attr("shape")
             feed[placeholder] = np.asarray(array).astype(dtype.as_numpy_dtype).reshape([d.size for d in shape.dim])
             assigns.append(assign)

@@ -102,4 +102,5 @@ def open_source(checkpoint, options) -> Iterator[Source]:
         yield GraphSource(files, meta_graph, label=str(files.prefix), graph_label=f"built by {_model_label(model)}")
     else:
         files = locate_checkpoint(checkpoint, options.meta)
-        yield GraphSource(files, load_meta_graph(files.meta), label=str(files.prefix), graph_label=str(files.meta))
+        yield GraphSource(files, load_meta_graph(files.meta), label=str(files.prefix), graph_label=str(files.meta),
+                          training_graph=True)

@@ -40,7 +40,7 @@ def _reader(prefix):
         raise CheckpointError(f"cannot read checkpoint {prefix}: {str(error).strip().splitlines()[0]}") from None
 
 
-def _epsilon(index: GraphIndex, found) -> float | None:
+def layer_epsilon(index: GraphIndex, found) -> float | None:
     """The epsilon of the layer's first fused node (its ``epsilon`` attribute); None for non-fused arithmetic."""
     for fused in found.fused_nodes:
         node = index.node(fused.node, fused.function)
@@ -49,7 +49,7 @@ def _epsilon(index: GraphIndex, found) -> float | None:
     return None
 
 
-class _GraphSession:
+class GraphSession:
     """A :class:`~ckptfix.sources.base.Session` over a :class:`GraphModel`, speaking in layer names."""
 
     def __init__(self, model: GraphModel, layers: list[Layer], feeds, output_name: str | None) -> None:
@@ -82,9 +82,13 @@ class GraphSource:
 
     model_format = None
 
-    def __init__(self, files: CheckpointFiles, meta_graph, *, label: str, graph_label: str) -> None:
+    def __init__(self, files: CheckpointFiles, meta_graph, *, label: str, graph_label: str,
+                 training_graph: bool = False) -> None:
+        """``training_graph``: ``meta_graph`` is the checkpoint's own ``.meta``, the graph training ran (where
+        :meth:`cause` looks), not one built by ``--model`` or thawed from a frozen graph."""
         self.files, self.meta_graph = files, meta_graph
         self.label, self.graph_label = label, graph_label
+        self.training_graph = training_graph
         self.notices = [files.notice] if files.notice else []
         self.index = GraphIndex(meta_graph.graph_def)
         found = find_batchnorm_layers(self.index)
@@ -114,7 +118,7 @@ class GraphSource:
             self.layers.append(Layer(
                 name=bn.name, kind=bn.kind, mean_key=mean_key, variance_key=variance_key,
                 stored_mean=stored[0], stored_variance=stored[1], dtype=dtypes[mean_key].name,
-                bessel=bn.bessel, epsilon=_epsilon(self.index, bn), found=bn,
+                bessel=bn.bessel, epsilon=layer_epsilon(self.index, bn), found=bn,
             ))
 
     def _training_notices(self, chosen, feeds, notice: Notice) -> None:
@@ -130,7 +134,7 @@ class GraphSource:
             notice(f"{switched} inference-mode fused BN node(s) switched to batch statistics")
 
     @contextlib.contextmanager
-    def session(self, layers: list[Layer], data_keys, options, notice: Notice, device: str | None = None) -> Iterator[_GraphSession]:
+    def session(self, layers: list[Layer], data_keys, options, notice: Notice, device: str | None = None) -> Iterator[GraphSession]:
         found = [layer.found for layer in self.layers]
         chosen = [layer.found for layer in layers]
         # inputs and flag of every BN layer: unselected ones run as saved in the agreement check's forward pass
@@ -142,11 +146,11 @@ class GraphSource:
             output_name, output_notice = resolve_output(model.graph, model.inputs, options.output_tensor, fed)
             if output_notice:
                 notice(output_notice)
-            yield _GraphSession(model, layers, feeds, output_name)
+            yield GraphSession(model, layers, feeds, output_name)
 
     def cause(self) -> Cause | None:
         """Read from the checkpoint's ``.meta`` (a training graph); a built or frozen graph has no training ops."""
-        return find_cause(self.meta_graph) if self.files.meta is not None and self.graph_label == str(self.files.meta) else None
+        return find_cause(self.meta_graph, self.index) if self.training_graph else None
 
     def check_output(self, output: Path | None, overwrite: bool) -> Path:
         return check_output_dir(self.files, Path(output) if output is not None else default_output_dir(self.files), overwrite)

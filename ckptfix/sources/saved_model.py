@@ -34,7 +34,7 @@ from ckptfix.graph.saved_model import SignatureGraph, load_signature_graph
 from ckptfix.io.atomic import atomic_output, check_destination
 from ckptfix.io.checkpoint_writer import copy_checkpoint
 from ckptfix.sources.base import Layer, Notice
-from ckptfix.sources.graph import _epsilon, _GraphSession
+from ckptfix.sources.graph import GraphSession, layer_epsilon
 
 FORMAT = "savedmodel-graph"
 _BOOL = 10  # DT_BOOL
@@ -87,7 +87,7 @@ def _layer_name(bn, mean_key: str) -> str:
     return scope if scope and last.startswith("moving_mean") else path
 
 
-class _SavedModelSession(_GraphSession):
+class _SavedModelSession(GraphSession):
     """The graph session, its inputs named (and batch dicts keyed) by signature input keys."""
 
     def __init__(self, model: GraphModel, layers: list[Layer], feeds: Feeds, fed: dict[str, str],
@@ -150,7 +150,7 @@ class SavedModelSource:
             self.layers.append(Layer(
                 name=name, kind=bn.kind, mean_key=mean_key, variance_key=variance_key,
                 stored_mean=stored[0], stored_variance=stored[1], dtype=dtypes[mean_key].name,
-                bessel=bn.bessel, epsilon=_epsilon(self.index, bn), found=bn,
+                bessel=bn.bessel, epsilon=layer_epsilon(self.index, bn), found=bn,
             ))
 
     def _output(self, output_tensor: str | None, notice: Notice) -> str:
