@@ -43,14 +43,17 @@ def import_graph(graph_def, device: str | None = None):
 
 
 def measuring_config():
-    """The session config of a measuring graph: Grappler's optimisers run once over the graph, not twice, and
-    without the memory optimiser (its rewrites are for training: recomputing or swapping activations kept for
+    """The session config of a measuring graph: the process's own (what ``tf.compat.v1.Session`` takes by default:
+    logical devices, thread pools, soft placement) with Grappler's optimisers run once over the graph, not twice,
+    and without the memory optimiser (its rewrites serve training: recomputing or swapping activations kept for
     gradients, and the graph has none). Both change only the first ``session.run`` of each fetch list, whose
     graph optimisation is a fixed cost of every run (docs/performance.md); the optimised graph runs as fast."""
     import tensorflow as tf
     from tensorflow.core.protobuf import rewriter_config_pb2
+    from tensorflow.python.eager import context
 
     config = tf.compat.v1.ConfigProto()
+    config.CopyFrom(context.context().config)
     rewrite = config.graph_options.rewrite_options
     rewrite.meta_optimizer_iterations = rewriter_config_pb2.RewriterConfig.ONE
     rewrite.memory_optimization = rewriter_config_pb2.RewriterConfig.NO_MEM_OPT
