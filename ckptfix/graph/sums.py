@@ -24,6 +24,7 @@ the second product only above, saving one elementwise pass and one product over 
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -226,12 +227,12 @@ class SumsFetch:
     def moments(self, values: list[np.ndarray]) -> list[BatchMoments]:
         """``values``: the fetched ``tensors`` -> one :class:`BatchMoments` per input, in order."""
         channels = self._channels if len(values) == 2 else [int(c) for c in values[2]]
-        shapes = np.split(np.asarray(values[1], np.int64), np.cumsum(self._ranks)[:-1])
-        counts = [int(np.prod(shape)) // max(c, 1) for shape, c in zip(shapes, channels)]
+        shapes, ends = np.asarray(values[1], np.int64).tolist(), np.cumsum(self._ranks).tolist()
+        counts = [math.prod(shapes[end - rank : end]) // max(c, 1) for rank, end, c in zip(self._ranks, ends, channels)]
         shift, s1, center, s2 = np.asarray(values[0], np.float64).reshape(4, -1)
         n = np.repeat(np.maximum(counts, 1), channels).astype(np.float64)
         bessel = np.repeat(self._from_variance, channels)
         s2 = np.where(bessel, s2 * (n - 1), s2)
         mean, m2 = _moments_from_sums(n, shift, s1, center, s2)
-        edges = np.cumsum(channels)[:-1]
-        return [BatchMoments(count, m, v) for count, m, v in zip(counts, np.split(mean, edges), np.split(m2, edges))]
+        ends = np.cumsum(channels).tolist()
+        return [BatchMoments(count, mean[end - c : end], m2[end - c : end]) for count, c, end in zip(counts, channels, ends)]
