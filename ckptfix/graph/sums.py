@@ -130,7 +130,7 @@ def _squares(first: _FirstSums, constants: SharedConstants) -> ShiftedSums:
     import tensorflow as tf
 
     with tf.compat.v1.name_scope("accurate_sums"):
-        n = tf.cast(tf.size(first.values) // tf.size(first.s1), tf.float32)
+        n = tf.cast(tf.size(first.values, out_type=tf.int64) // tf.size(first.s1, out_type=tf.int64), tf.float32)
         center = first.shift + first.s1 / n
         squares = _row_sums(tf.math.squared_difference(first.values, center), first.channels, constants)[0]
         s2 = tf.reduce_sum(squares, axis=constants.get_constant([0, 1], tf.int32))
