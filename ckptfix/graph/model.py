@@ -302,6 +302,7 @@ class GraphModel(SessionModel):
         self.graph = import_graph(rewrite.graph_def, device)
         self._device = device
         self._assigns: dict[str, tuple] = {}  # variable -> placeholder, assign op, dtype (see _assign)
+        self._reads: dict[str, object] = {}  # variable -> its read (see _read)
         self._constants = SharedConstants()
         with self.graph.as_default(), tf.device(device):
             self.inputs = [self.graph.get_tensor_by_name(name) for name in feeds.inputs]
@@ -386,13 +387,16 @@ class GraphModel(SessionModel):
         return None
 
     def _read(self, variable: str):
-        """A read of the variable op ``variable`` (in the graph's context)."""
+        """A read of the variable op ``variable`` (in the graph's context), one per variable however many sites use it."""
         import tensorflow as tf
 
-        op = self.graph.get_operation_by_name(variable)
-        if op.type == "VarHandleOp":
-            return tf.raw_ops.ReadVariableOp(resource=op.outputs[0], dtype=tf.as_dtype(op.get_attr("dtype")))
-        return tf.identity(op.outputs[0])
+        if variable not in self._reads:
+            op = self.graph.get_operation_by_name(variable)
+            if op.type == "VarHandleOp":
+                self._reads[variable] = tf.raw_ops.ReadVariableOp(resource=op.outputs[0], dtype=tf.as_dtype(op.get_attr("dtype")))
+            else:
+                self._reads[variable] = tf.identity(op.outputs[0])
+        return self._reads[variable]
 
     def _assign(self, variable: str) -> tuple:
         """A placeholder and an assign op for ``variable``, added to the graph on first use (the agreement check's
