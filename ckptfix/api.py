@@ -8,11 +8,13 @@ keyword arguments, or takes one ready-made, and runs :mod:`ckptfix.pipeline` on 
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 from typing import Iterator
 
 from ckptfix import _quiet
-from ckptfix.options import Options
+from ckptfix.errors import CkptfixError
+from ckptfix.options import FLAGS, Options
 from ckptfix.report import DiagnosisReport, InspectionReport, RecalibrationReport
 
 
@@ -26,6 +28,41 @@ def _eager() -> Iterator[None]:
 
     with context.eager_mode():
         yield
+
+
+def run(command: str, checkpoint, data, options: Options):
+    """Run ``command`` (``recalibrate``, ``diagnose``, ``inspect``) with ready-made ``options``, in eager mode;
+    errors name the command-line flags (the CLI's entry; the functions below name keywords instead)."""
+    from ckptfix import pipeline
+
+    with _eager():
+        if command == "inspect":
+            return pipeline.inspect(checkpoint, options)
+        return getattr(pipeline, command)(checkpoint, data, options)
+
+
+def _keyword(flag: str) -> str:
+    """How the API names what the CLI calls ``flag``: ``output=``, ``overwrite=True``."""
+    names = [name for name, text in FLAGS.items() if flag in text.split("/")]
+    if not names:
+        return flag
+    name = names[0]
+    default = Options.__dataclass_fields__[name].default
+    return f"{name}=True" if default is False else f"{name}="
+
+
+_FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z-]*|-o)(?![\w-])")
+
+
+@contextlib.contextmanager
+def _keywords() -> Iterator[None]:
+    """Errors raised inside name the keyword arguments, not the CLI's flags (``pass overwrite=True``)."""
+    try:
+        yield
+    except CkptfixError as error:
+        error.args = (_FLAG.sub(lambda m: _keyword(m.group(1)), str(error)).replace("output=/output=", "output="),
+                      *error.args[1:])
+        raise
 
 
 def recalibrate(checkpoint: str | Path, data, options: Options | None = None, **keywords) -> RecalibrationReport:
@@ -43,29 +80,28 @@ def recalibrate(checkpoint: str | Path, data, options: Options | None = None, **
             ``include``...; see :class:`Options` for each).
 
     Returns:
-        A :class:`RecalibrationReport`. Raises a :class:`~ckptfix.errors.CkptfixError` subclass on any user
-        error, before anything is written.
+        A :class:`RecalibrationReport`. Raises a :class:`~ckptfix.errors.CkptfixError` subclass naming the
+        keyword on any user error, before anything is written: :class:`~ckptfix.errors.OptionError` for a bad
+        keyword value, :class:`~ckptfix.errors.RepairRefused` (with ``.report``, what was measured) when the
+        repair gate refuses and ``force`` is not set (docs/user-guide.md, "Reliability").
 
     Batches run on ``devices`` (default: every visible GPU, else the CPU). When ``TF_CONFIG`` names a cluster,
     this process is one worker of it: it runs its share of the batches, the statistics are combined over the
     cluster, and only the chief (``report.worker == 0``) writes; docs/scaling-out.md.
     """
-    from ckptfix import pipeline
-
-    with _eager():
-        return pipeline.recalibrate(checkpoint, data, Options.build(options, keywords, "recalibrate"))
+    with _keywords():
+        return run("recalibrate", checkpoint, data, Options.build(options, keywords, "recalibrate"))
 
 
 def diagnose(checkpoint: str | Path, data, options: Options | None = None, **keywords) -> DiagnosisReport:
     """Measure how stale the stored statistics are, exactly as :func:`recalibrate` would, writing nothing.
 
-    Takes :func:`recalibrate`'s options less the output ones. ``report.stale`` is the verdict; see
-    :mod:`ckptfix.diagnostics.drift` for the per-layer metrics and thresholds.
+    Takes :func:`recalibrate`'s options less ``output``, ``overwrite`` and ``force``, plus ``against``.
+    ``report.verdict`` is ``fresh``, ``stale``, ``differs`` or ``inconclusive`` (:class:`DiagnosisReport`);
+    see :mod:`ckptfix.diagnostics.drift` for the per-layer metrics and thresholds.
     """
-    from ckptfix import pipeline
-
-    with _eager():
-        return pipeline.diagnose(checkpoint, data, Options.build(options, keywords, "diagnose"))
+    with _keywords():
+        return run("diagnose", checkpoint, data, Options.build(options, keywords, "diagnose"))
 
 
 def inspect(checkpoint: str | Path, options: Options | None = None, **keywords) -> InspectionReport:
@@ -74,7 +110,5 @@ def inspect(checkpoint: str | Path, options: Options | None = None, **keywords) 
     Takes the model options of :func:`recalibrate` and ``against``: another file of the same kind (e.g. the
     pretrained checkpoint) whose identical statistics are flagged (not for frozen graphs).
     """
-    from ckptfix import pipeline
-
-    with _eager():
-        return pipeline.inspect(checkpoint, Options.build(options, keywords, "inspect"))
+    with _keywords():
+        return run("inspect", checkpoint, None, Options.build(options, keywords, "inspect"))

@@ -36,6 +36,28 @@ class OutputError(CkptfixError):
     """The output location is unusable (exists, is the input, is not writable)."""
 
 
+class OptionError(CkptfixError, ValueError):
+    """An option's value is of the wrong type or out of range (a usage error: exit 2, as the CLI's own)."""
+
+    exit_code = 2
+
+
+class KeywordError(OptionError, TypeError):
+    """An API call with a keyword argument its command does not take (a TypeError, as in any Python call)."""
+
+
+class RepairRefused(CkptfixError):
+    """The repair gate refused to write: the run's own evidence contradicts the new statistics, or the data is
+    too thin or degenerate to support them (:mod:`ckptfix.diagnostics.gate`). ``report`` is what was measured;
+    nothing was written. ``--force`` / ``force=True`` writes anyway."""
+
+    exit_code = 5
+
+    def __init__(self, message: str, report=None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
 class UnsafeModelError(GraphError):
     """Loading the model would run Python code stored in the file (a Lambda layer) and --unsafe was not given."""
 

@@ -9,6 +9,7 @@ No TensorFlow import here: the CLI imports this module before TensorFlow is quie
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -17,7 +18,7 @@ from typing import Any, Callable, ClassVar
 
 from ckptfix.data.preprocessing import PRESETS
 from ckptfix.data.sources import FORMATS
-from ckptfix.errors import CkptfixError, DataError
+from ckptfix.errors import CkptfixError, DataError, KeywordError, OptionError
 from ckptfix.graph.feeds import input_names
 from ckptfix.keras.formats import MODEL_FORMATS
 from ckptfix.scaling.devices import parse_devices
@@ -47,7 +48,7 @@ DataFormat = _choices("DataFormat", FORMATS)
 Preset = _choices("Preset", PRESETS)
 
 
-def _choice(enum: type[Enum], value, option: str, error: type[CkptfixError] = CkptfixError):
+def _choice(enum: type[Enum], value, option: str, error: type[CkptfixError] = OptionError):
     """``value`` as a member of ``enum``; else ``error`` naming the choices."""
     if value is None or isinstance(value, enum):
         return value
@@ -62,12 +63,61 @@ def _compile(pattern: str | None, option: str) -> None:
         try:
             re.compile(pattern)
         except re.error as error:
-            raise CkptfixError(f"{option} {pattern!r} is not a valid regular expression ({error}).") from None
+            raise OptionError(f"{option} {pattern!r} is not a valid regular expression ({error}).") from None
 
 
 def _at_least(value: int | None, minimum: int, option: str) -> None:
     if value is not None and value < minimum:
-        raise CkptfixError(f"{option} must be at least {minimum} (got {value}).")
+        raise OptionError(f"{option} must be at least {minimum} (got {value}).")
+
+
+#: the types each field takes (besides None where its default is None); anything else is an OptionError
+_TYPES: dict[str, tuple[type, ...]] = {
+    "batch_size": (int,), "num_samples": (int,), "seed": (int,), "agreement_samples": (int,),
+    "central_crop": (int, float), "shuffle": (bool,), "unsafe": (bool,), "strict": (bool,), "overwrite": (bool,),
+    "progress": (bool,), "allow_unsafe_ops": (bool,), "force": (bool,),
+    "signature": (str,), "training_flag": (str,), "include": (str,), "exclude": (str,), "output_tensor": (str,),
+    "feature": (str,), "model_args": (dict,), "input_shape": (str, tuple, list),
+    "image_size": (str, tuple, list), "devices": (str, int, tuple, list),
+    "input_name": (str, tuple, list),
+}
+_PATHS = ("meta", "architecture", "output", "against", "report", "summary", "plot")
+
+
+def _check_type(name: str, value) -> None:
+    """An OptionError naming the option when ``value`` is not of the field's type (``True`` is no number)."""
+    if value is None:
+        return
+    if name in _PATHS:
+        expected: tuple[type, ...] = (str, os.PathLike)
+    elif name in _TYPES:
+        expected = _TYPES[name]
+    else:
+        return
+    numeric = any(t in (int, float) for t in expected) and bool not in expected
+    if not isinstance(value, expected) or (numeric and isinstance(value, bool)):
+        names = " or ".join("path" if t is os.PathLike else t.__name__ for t in expected)
+        raise OptionError(f"{flag(name)} takes {names}, not {type(value).__name__} ({value!r}).")
+
+
+#: the command-line flag of each Options field that has one (the API names the keyword instead)
+FLAGS: dict[str, str] = {
+    "meta": "--meta", "model": "--model", "model_args": "--model-arg/--num-classes", "input_shape": "--input-shape",
+    "arg_scope": "--arg-scope", "model_format": "--model-format", "architecture": "--architecture",
+    "unsafe": "--unsafe", "signature": "--signature", "training_flag": "--training-flag",
+    "batch_size": "--batch-size", "num_samples": "--num-samples", "shuffle": "--shuffle", "seed": "--seed",
+    "input_name": "--input", "preprocess": "--preprocess", "image_size": "--image-size",
+    "central_crop": "--central-crop", "data_format": "--format", "feature": "--feature", "strict": "--strict",
+    "include": "--include", "exclude": "--exclude", "estimator": "--estimator", "output_tensor": "--output-tensor",
+    "agreement_samples": "--agreement-samples", "allow_unsafe_ops": "--allow-unsafe-ops", "devices": "--devices",
+    "output": "-o/--output", "overwrite": "--overwrite", "against": "--against", "report": "--report",
+    "summary": "--summary", "plot": "--plot", "force": "--force", "progress": "--progress",
+}
+
+
+def flag(name: str) -> str:
+    """The command-line flag of field ``name`` (the field's name when it has none)."""
+    return FLAGS.get(name, name)
 
 
 _MODEL = ("meta", "model", "model_args", "input_shape", "arg_scope", "model_format", "architecture", "unsafe",
@@ -96,7 +146,8 @@ class Options:
             [--signature].
         training_flag: the boolean training-flag tensor, fed False (default: detected) [--training-flag].
     Data:
-        batch_size (>= 1), num_samples (>= 1; default all), shuffle, seed: how calibration batches are drawn.
+        batch_size (>= 1; default: the fixed batch size of the graph's input when it has one, as in training,
+            else 32), num_samples (>= 1; default all), shuffle, seed: how calibration batches are drawn.
         input_name: the tensor(s) batches are fed to (default: detected), normalised to a tuple of names from
             one name, ``"a,b"``, or a list of either. Without it, every input candidate is fed when the data
             keys an array by each one's name (``.npz`` members, dict keys) [--input].
@@ -127,11 +178,17 @@ class Options:
             graph or a Keras ``.keras`` / ``.h5`` / ``.weights.h5`` file, a file (default
             ``<name>-recalibrated.<ext>`` beside it; a frozen graph's suffix picks binary or text) [-o].
         overwrite: replace an existing output [--overwrite].
-        against: inspect only: another checkpoint whose identical statistics are flagged [--against].
+        against: inspect and diagnose: another checkpoint (e.g. the pretrained one) whose identical statistics
+            are flagged; in ``diagnose`` they are evidence of staleness [--against].
+        report, summary, plot: side outputs written after the run (atomically, only when it succeeds): the JSON
+            report, a Markdown summary, a picture in any format matplotlib writes, by extension (``.png``,
+            ``.pdf``, ``.svg``...). Checked with the other paths before any work (:mod:`ckptfix.io.outputs`)
+            [--report, --summary, --plot].
+        force: write statistics the repair gate refuses (:mod:`ckptfix.diagnostics.gate`) [--force].
         progress: a tqdm bar on stderr [--progress]. on_notice: called with each one-line notice.
 
     Which command takes which: ``recalibrate`` all but ``against``; ``diagnose`` all but ``output``,
-    ``overwrite`` and ``against``; ``inspect`` only the model options and ``against``.
+    ``overwrite`` and ``force``; ``inspect`` only the model options and ``against``.
     """
 
     meta: Path | None = None
@@ -144,7 +201,7 @@ class Options:
     unsafe: bool = False
     signature: str | None = None
     training_flag: str | None = None
-    batch_size: int = 32
+    batch_size: int | None = None
     num_samples: int | None = None
     shuffle: bool = True
     seed: int = 0
@@ -165,6 +222,10 @@ class Options:
     output: Path | None = None
     overwrite: bool = False
     against: Path | None = None
+    report: Path | None = None
+    summary: Path | None = None
+    plot: Path | None = None
+    force: bool = False
     progress: bool = False
     on_notice: Callable[[str], None] | None = None
 
@@ -174,6 +235,9 @@ class Options:
     def __post_init__(self) -> None:
         def normalise(name: str, value) -> None:
             object.__setattr__(self, name, value)
+
+        for field in dataclasses.fields(self):
+            _check_type(field.name, getattr(self, field.name))
 
         normalise("estimator", _choice(Estimator, self.estimator, "--estimator"))
         normalise("model_format", _choice(ModelFormat, self.model_format, "--model-format"))
@@ -189,8 +253,8 @@ class Options:
         normalise("input_name", None if names is None else tuple(names))
         normalise("devices", parse_devices(self.devices))
         if self.model is None and any((self.model_args, self.input_shape, self.arg_scope)):
-            raise CkptfixError("--num-classes, --model-arg, --input-shape and --arg-scope apply only with --model.")
-        for name in ("meta", "architecture", "output", "against"):
+            raise OptionError("--num-classes, --model-arg, --input-shape and --arg-scope apply only with --model.")
+        for name in _PATHS:
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 normalise(name, Path(value))
@@ -205,11 +269,12 @@ class Options:
         taken = cls.COMMANDS[command]
         for name in keywords:
             if name not in taken:
-                raise TypeError(f"{command}() got an unexpected keyword argument {name!r}")
+                raise KeywordError(f"{command}() got an unexpected keyword argument {name!r} "
+                                  f"(it takes {', '.join(sorted(taken - {'on_notice'}))}).")
         if options is None:
             return cls(**keywords)
         if not isinstance(options, cls):
-            raise TypeError(f"{command}() options must be a ckptfix.options.Options, not {type(options).__name__}")
+            raise KeywordError(f"{command}() options must be a ckptfix.options.Options, not {type(options).__name__}.")
         return dataclasses.replace(options, **keywords) if keywords else options
 
     @property
@@ -231,6 +296,6 @@ class Options:
 _ALL = frozenset(f.name for f in dataclasses.fields(Options))
 Options.COMMANDS.update(
     recalibrate=_ALL - {"against"},
-    diagnose=_ALL - {"output", "overwrite", "against"},
+    diagnose=_ALL - {"output", "overwrite", "force"},
     inspect=frozenset({*_MODEL, "against"}),
 )

@@ -15,9 +15,12 @@ sums combined over the cluster, and only the chief writes.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import re
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -25,9 +28,12 @@ import numpy as np
 from ckptfix.data import DataKeys, open_calibration_data
 from ckptfix.data.batching import first_samples, samples_in
 from ckptfix.diagnostics import agreement as output_agreement
-from ckptfix.errors import CkptfixError, DataError, NoBatchNormError
-from ckptfix.interrupts import interrupts_between_steps
-from ckptfix.options import Options
+from ckptfix.diagnostics import gate as repair_gate
+from ckptfix.diagnostics.drift import DEFAULT_EPSILON
+from ckptfix.errors import CkptfixError, DataError, NoBatchNormError, RepairRefused
+from ckptfix.interrupts import commit_scope, interrupts_between_steps
+from ckptfix.io.outputs import Place, check_run_paths, staged_files
+from ckptfix.options import Options, flag
 from ckptfix.report import (DeviceReport, DiagnosisReport, InspectedLayer, InspectionReport, LayerReport,
                             RecalibrationReport)
 from ckptfix.scaling import Cluster, DevicePool, join_cluster, resolve_devices
@@ -92,6 +98,8 @@ def _layer_report(layer: Layer, pooled: PooledMoments, estimator: Estimator) -> 
     mean, variance = pooled.mean_and_variance(estimator, bessel=layer.bessel)
     if not (np.isfinite(mean).all() and np.isfinite(variance).all()):  # never write non-finite statistics
         raise DataError(f"BN layer {layer.name}: the pooled statistics are not finite (overflow?): nothing was written.")
+    epsilon = DEFAULT_EPSILON if layer.epsilon is None else layer.epsilon
+    mean_errors, variance_errors = pooled.standard_errors(epsilon)
     return LayerReport(
         name=layer.name,
         kind=layer.kind,
@@ -104,7 +112,9 @@ def _layer_report(layer: Layer, pooled: PooledMoments, estimator: Estimator) -> 
         new_mean=mean,
         old_variance=layer.stored_variance,
         new_variance=variance,
-        **({} if layer.epsilon is None else {"epsilon": layer.epsilon}),
+        epsilon=epsilon,
+        mean_standard_error=float(mean_errors.max()),
+        variance_relative_error=float(variance_errors.max()),
     )
 
 
@@ -118,6 +128,25 @@ class _Stream:
     num_samples: int = 0
     num_batches: int = 0
     devices: dict[str, DeviceReport] = field(default_factory=dict)  # what each device of this worker took
+    variety: _Variety = field(default_factory=lambda: _Variety())
+
+
+class _Variety:
+    """Whether the samples seen differ: the first sample is kept until one differs from it (then nothing is)."""
+
+    def __init__(self) -> None:
+        self.first = None
+        self.varied = False
+
+    def see(self, batch) -> None:
+        if self.varied:
+            return
+        arrays = [np.asarray(v) for v in (batch.values() if isinstance(batch, dict) else [batch])]
+        if self.first is None:
+            self.first = [a[:1].copy() for a in arrays]
+        self.varied = any(not np.array_equal(a, np.broadcast_to(f, a.shape)) for a, f in zip(arrays, self.first))
+        if self.varied:
+            self.first = None
 
 
 def _stream(pool: DevicePool, batches, layers: list[Layer], keep: int, progress: bool, cluster: Cluster) -> _Stream:
@@ -146,6 +175,7 @@ def _stream(pool: DevicePool, batches, layers: list[Layer], keep: int, progress:
             if wanted > 0:
                 seen.kept.append(first_samples(ran.batch, wanted))
                 seen.kept_outputs.append(np.asarray(ran.output)[:wanted])
+            seen.variety.see(ran.batch)
             samples = samples_in(ran.batch)
             seen.num_samples += samples
             seen.num_batches += 1
@@ -192,10 +222,12 @@ def preprocessing_mismatch(first: Layer, reports: Sequence[LayerReport]) -> str 
 
 @dataclass
 class Measurement:
-    """A measuring pass's results: the report fields, and the new values by checkpoint key."""
+    """A measuring pass's results: the report fields, the new values by checkpoint key, and the evidence that
+    drifted statistics are stale (:func:`staleness_evidence`)."""
 
     fields: dict
     new_values: dict[str, np.ndarray]
+    evidence: list[str] = field(default_factory=list)
 
 
 def _sessions(stack: contextlib.ExitStack, source: Source, layers, data_keys, options: Options, notice) -> DevicePool:
@@ -216,9 +248,69 @@ def _quiet_notice(message: str) -> None:
     """The other devices' sessions repeat the first one's notices: dropped."""
 
 
-def measure(source: Source, data, options: Options, cluster: Cluster | None = None) -> Measurement:
-    """One pass over the calibration data: new statistics per chosen layer, and the output agreement (run by
-    the chief of a cluster)."""
+#: the batch size when neither --batch-size nor the graph's input fixes one
+DEFAULT_BATCH_SIZE = 32
+
+
+def batch_size(options: Options, session: Session, notice) -> int:
+    """``--batch-size``, else the fixed batch dimension of the graph's first input (a training graph fed by a
+    queue or a fixed placeholder records the batch size it trained with), else :data:`DEFAULT_BATCH_SIZE`."""
+    if options.batch_size is not None:
+        return options.batch_size
+    for spec in session.input_specs:
+        fixed = None if not spec.shape else spec.shape[0]
+        if fixed is not None and fixed > 1:
+            notice(f"batch size {fixed}, the fixed batch dimension of the graph's input {spec.name} (as in training; "
+                   "--batch-size sets another)")
+            return int(fixed)
+    return DEFAULT_BATCH_SIZE
+
+
+def _same_as(other, layer: Layer) -> bool:
+    """Whether another file's (``--against``) statistics for ``layer`` equal the stored ones, byte for byte."""
+    mean, variance = other(layer.mean_key), other(layer.variance_key)
+    return (mean is not None and variance is not None
+            and np.array_equal(mean.astype(np.float64).reshape(-1), layer.stored_mean)
+            and np.array_equal(variance.astype(np.float64).reshape(-1), layer.stored_variance)
+            and str(mean.dtype) == layer.dtype)
+
+
+def _initial(layer: Layer) -> bool:
+    return bool(np.all(layer.stored_mean == 0) and np.all(layer.stored_variance == 1))
+
+
+#: inference mode "far from training mode" with the stored statistics: top-1 agreement below this, or a
+#: relative output error above FAR_ERROR (evidence of staleness, ckptfix.report.DiagnosisReport)
+FAR_TOP1, FAR_ERROR = 0.5, 0.5
+
+
+def staleness_evidence(layers: Sequence[Layer], reports: Sequence[LayerReport], agreement, cause, other) -> list[str]:
+    """What shows that drifted statistics are stale rather than from other data: drifted layers holding the
+    initial 0/1 values or ``--against``'s bytes, a cause found in the training graph, or inference mode far
+    from training mode on the calibration data."""
+    drifted = {report.name for report in reports if report.drift.stale}
+    chosen = [layer for layer in layers if layer.name in drifted]
+    evidence = []
+    initial = [layer.name for layer in chosen if _initial(layer)]
+    if initial:
+        evidence.append(f"{len(initial)} drifted layer(s) hold the initial 0/1 statistics ({initial[0]}...)")
+    if other is not None:
+        same = [layer.name for layer in chosen if _same_as(other, layer)]
+        if same:
+            evidence.append(f"{len(same)} drifted layer(s) are identical to --against ({same[0]}...)")
+    if cause is not None and cause.found:
+        evidence.append(cause.message)
+    if agreement is not None and (agreement.top1_before < FAR_TOP1 or agreement.relative_error_before > FAR_ERROR):
+        evidence.append(f"inference mode with the stored statistics agrees with training mode on only "
+                        f"{agreement.top1_before:.0%} of the samples (relative output error "
+                        f"{agreement.relative_error_before:.3g})")
+    return evidence if drifted else []
+
+
+def measure(source: Source, data, options: Options, cluster: Cluster | None = None, other=None) -> Measurement:
+    """One pass over the calibration data: new statistics per chosen layer, the output agreement (run by the
+    chief of a cluster), the repair gate's findings and the evidence of staleness (``other``: a reader of
+    ``--against``'s statistics)."""
     cluster = cluster or Cluster()
     notice = Notices(options.on_notice)
     for message in source.notices:
@@ -231,10 +323,11 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
     with contextlib.ExitStack() as stack:
         pool = _sessions(stack, source, layers, named.keys, options, notice)
         session = pool.sessions[0][1]
+        size = batch_size(options, session, notice)
         batches = open_calibration_data(
             named.data,
             inputs=session.input_specs,
-            batch_size=options.batch_size,
+            batch_size=size,
             num_samples=options.num_samples,
             shuffle=options.shuffle,
             seed=options.seed,
@@ -267,10 +360,16 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
                 notice(f"no output agreement: {session.inference_unavailable} (training mode is baked into the graph)")
             else:
                 agreement = _agreement(session, stream, reports)
+        num_batches = sum(device.batches for device in devices)
+        gate = repair_gate.check(reports, num_samples=num_samples, num_batches=num_batches, batch_size=size,
+                                 samples_identical=not stream.variety.varied, agreement=agreement)
+        for warning in gate.warnings:
+            notice(warning)
+        cause = source.cause()
         fields = dict(
             checkpoint=source.label,
             num_samples=num_samples,
-            num_batches=sum(device.batches for device in devices),
+            num_batches=num_batches,
             estimator=Estimator(options.estimator).value,
             input_tensor=",".join(session.input_names),
             input_tensors=list(session.input_names),
@@ -283,32 +382,105 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
             samples_skipped=batches.samples_skipped,
             skipped_files=batches.skipped_files,
             model_format=source.model_format,
-            cause=source.cause(),
+            cause=cause,
             devices=devices,
             worker=cluster.rank,
             num_workers=cluster.size,
+            gate=gate,
         )
+        evidence = staleness_evidence(layers, reports, agreement, cause, other)
     new_values = {key: value for r in reports for key, value in ((r.mean_key, r.new_mean), (r.variance_key, r.new_variance))}
-    return Measurement(fields, new_values)
+    return Measurement(fields, new_values, evidence)
+
+
+def _run_paths(source: Source, data, options: Options, destination: Path | None) -> None:
+    """Every output of the run against every input and each other, before any work (:mod:`ckptfix.io.outputs`)."""
+    inputs = [Place(path, "the model's input") for path in source.inputs]
+    if isinstance(data, (str, os.PathLike)):
+        inputs.append(Place(Path(data), "the calibration data"))
+    for name in ("meta", "architecture", "against"):
+        if getattr(options, name, None) is not None:
+            inputs.append(Place(getattr(options, name), flag(name)))
+    sides = [Place(getattr(options, name), flag(name)) for name in ("report", "summary", "plot")
+             if getattr(options, name) is not None]
+    if options.plot is not None:
+        from ckptfix.render.plot import image_format
+
+        image_format(options.plot)
+    check_run_paths(None if destination is None else Place(destination, "-o/--output"), sides, inputs)
+
+
+def _side_outputs(report, options: Options) -> list[tuple[Path, bytes, str]]:
+    """The side outputs asked for (JSON report, Markdown summary, picture): (path, content, what)."""
+    content = report.to_dict()
+    made = []
+    if options.report is not None:
+        made.append((options.report, (json.dumps(content, indent=2) + "\n").encode(), "report"))
+    if options.summary is not None:
+        from ckptfix.render.summary import markdown_summary
+
+        made.append((options.summary, markdown_summary(content).encode(), "summary"))
+    if options.plot is not None:
+        from ckptfix.render.plot import image_format, plot_report
+
+        made.append((options.plot, plot_report(content, image_format(options.plot)), "plot"))
+    return made
+
+
+def _refusal(gate, command: str) -> str:
+    """The one message of a gate refusal: the first reasons, and what to do."""
+    more = f" (and {len(gate.reasons) - 1} more reason(s))" if len(gate.reasons) > 1 else ""
+    if command == "recalibrate":
+        return (f"repair refused, nothing was written: {gate.reasons[0]}{more}. "
+                "Pass --force to write these statistics anyway.")
+    return f"no verdict: {gate.reasons[0]}{more}."
 
 
 def recalibrate(checkpoint, data, options: Options) -> RecalibrationReport:
     """Measure, then write a copy of CKPT with only the chosen layers' moving statistics replaced (in a
-    cluster: by the chief only; the report of another worker names the chief's destination)."""
+    cluster: by the chief only; the report of another worker names the chief's destination).
+
+    The repair gate (:mod:`ckptfix.diagnostics.gate`) refuses to write (:class:`RepairRefused`, carrying the
+    report) unless ``options.force``. Side outputs are staged before the model is written and renamed into
+    place after it. The commit point is the swap of the repaired model into place (:mod:`ckptfix.io.atomic`):
+    before it, Ctrl-C leaves nothing written; after it, Ctrl-C is ignored until the call returns
+    (:func:`ckptfix.interrupts.commit_scope`).
+    """
     cluster = join_cluster()  # before the model is loaded: joining renames the process's devices
     with open_source(checkpoint, options) as source:
         destination = source.check_output(options.output, options.overwrite)  # a bad -o fails before the pass
+        _run_paths(source, data, options, destination)
         measured = measure(source, data, options, cluster)
-        written = source.write(measured.new_values, destination, options.overwrite) if cluster.chief else destination
-    output_dir = destination if destination.is_dir() else destination.parent
-    return RecalibrationReport(**measured.fields, output_checkpoint=str(written), output_dir=str(output_dir))
+        gate = measured.fields["gate"]
+        output_dir = destination.parent if source.writes_file else destination
+        if not gate.passed and not options.force:
+            report = RecalibrationReport(**measured.fields, output_checkpoint="", output_dir="")
+            raise RepairRefused(_refusal(gate, "recalibrate"), report)
+        if not gate.passed:
+            measured.fields["notices"].append("written despite the repair gate (--force): " + "; ".join(gate.reasons))
+        if not cluster.chief:
+            return RecalibrationReport(**measured.fields, output_checkpoint=str(destination), output_dir=str(output_dir))
+        report = RecalibrationReport(**measured.fields, output_checkpoint=str(source.written_path(destination)),
+                                     output_dir=str(output_dir))
+        with commit_scope(), staged_files(_side_outputs(report, options)):
+            source.write(measured.new_values, destination, options.overwrite)
+    return report
 
 
 def diagnose(checkpoint, data, options: Options) -> DiagnosisReport:
-    """Measure only: how far the stored statistics are from the recomputed ones; nothing is written."""
+    """Measure only: how far the stored statistics are from the recomputed ones, and whether that is stale
+    (``report.verdict``); nothing is written but the side outputs asked for. A gate refusal is the
+    ``inconclusive`` verdict."""
     cluster = join_cluster()
-    with open_source(checkpoint, options) as source:
-        return DiagnosisReport(**measure(source, data, options, cluster).fields)
+    with open_source(checkpoint, options) as source, contextlib.ExitStack() as stack:
+        _run_paths(source, data, options, None)
+        other = None if options.against is None else stack.enter_context(source.stored_values(options.against))
+        measured = measure(source, data, options, cluster, other)
+        report = DiagnosisReport(**measured.fields, evidence=measured.evidence)
+        if cluster.chief:
+            with staged_files(_side_outputs(report, options)):
+                pass
+        return report
 
 
 def _summary(values: np.ndarray) -> tuple[float, float, float]:
@@ -330,15 +502,10 @@ def inspect(checkpoint, options: Options) -> InspectionReport:
         inspected = []
         for layer in source.layers:
             flags = []
-            if np.all(layer.stored_mean == 0) and np.all(layer.stored_variance == 1):
+            if _initial(layer):
                 flags.append("initial")
-            if other is not None:
-                mean, variance = other(layer.mean_key), other(layer.variance_key)
-                if mean is not None and variance is not None and \
-                        np.array_equal(mean.astype(np.float64).reshape(-1), layer.stored_mean) and \
-                        np.array_equal(variance.astype(np.float64).reshape(-1), layer.stored_variance) and \
-                        str(mean.dtype) == layer.dtype:
-                    flags.append("same-as-against")
+            if other is not None and _same_as(other, layer):
+                flags.append("same-as-against")
             inspected.append(InspectedLayer(
                 name=layer.name, kind=layer.kind, channels=layer.channels, dtype=layer.dtype,
                 mean_key=layer.mean_key, variance_key=layer.variance_key,

@@ -14,6 +14,7 @@ import numpy as np
 from ckptfix.diagnostics.agreement import Agreement
 from ckptfix.diagnostics.cause import Cause
 from ckptfix.diagnostics.drift import DEFAULT_EPSILON, LayerDrift, layer_drift
+from ckptfix.diagnostics.gate import Gate
 
 SCHEMA_VERSION = 1
 DEFAULT_ROWS = 15
@@ -42,6 +43,11 @@ def _truncate(rows: list, show_all: bool, what: str) -> tuple[list, str]:
     return rows[:DEFAULT_ROWS], f"... and {len(rows) - DEFAULT_ROWS} more {what} (--all shows every one)"
 
 
+def _finite_or_none(value: float) -> float | None:
+    """JSON has no inf/nan: an undefined figure is null."""
+    return float(value) if np.isfinite(value) else None
+
+
 def _with_model_format(model_format: str | None, content: dict) -> dict:
     return content if model_format is None else {**content, "model_format": model_format}
 
@@ -67,6 +73,11 @@ class LayerReport:
     old_variance: np.ndarray
     new_variance: np.ndarray
     epsilon: float = DEFAULT_EPSILON
+    #: worst channel's standard error of the new mean in units of sqrt(var + eps), and relative standard error
+    #: of var + eps, from the variation between batches (:meth:`ckptfix.stats.PooledMoments.standard_errors`;
+    #: inf with one batch)
+    mean_standard_error: float = float("nan")
+    variance_relative_error: float = float("nan")
 
     @property
     def mean_change(self) -> float:
@@ -98,6 +109,8 @@ class LayerReport:
             "mean_change": self.mean_change,
             "variance_change": self.variance_change,
             "drift": self.drift.to_dict(),
+            "uncertainty": {"mean_standard_error": _finite_or_none(self.mean_standard_error),
+                            "variance_relative_error": _finite_or_none(self.variance_relative_error)},
             "old_mean": self.old_mean.tolist(),
             "new_mean": self.new_mean.tolist(),
             "old_variance": self.old_variance.tolist(),
@@ -147,6 +160,8 @@ class _Measured:
     devices: list[DeviceReport] = field(default_factory=list)
     worker: int = 0
     num_workers: int = 1
+    #: the repair gate's findings (:mod:`ckptfix.diagnostics.gate`): reasons it refuses for, warnings
+    gate: Gate | None = None
 
     def devices_summary(self) -> str | None:
         """One line on the devices and workers that ran, when there were several (else None)."""
@@ -177,6 +192,7 @@ class _Measured:
             "skipped_files": list(self.skipped_files),
             "cause": None if self.cause is None else self.cause.to_dict(),
             "devices": [device.to_dict() for device in self.devices],
+            "gate": None if self.gate is None else self.gate.to_dict(),
         })
 
 
@@ -211,19 +227,39 @@ class RecalibrationReport(_Measured):
 
 @dataclass(frozen=True)
 class DiagnosisReport(_Measured):
-    """What :func:`ckptfix.diagnose` measured: per-layer drift, output agreement, and the verdict."""
+    """What :func:`ckptfix.diagnose` measured: per-layer drift, output agreement, and the verdict.
+
+    ``verdict``: ``inconclusive`` when the repair gate refuses (the data cannot support a verdict: too thin,
+    degenerate, or a repair would make the model worse); ``fresh`` when no layer drifts past the thresholds of
+    :mod:`ckptfix.diagnostics.drift`; ``stale`` when layers drift and ``evidence`` shows a training bug (initial
+    0/1 statistics, statistics identical to ``--against``, a cause found in the training graph, inference mode
+    far from training mode on this data); ``differs`` when layers drift without such evidence: the stored
+    statistics differ from this data (a domain shift looks the same), and recalibrating would adapt the model
+    to it.
+    """
+
+    evidence: list[str] = field(default_factory=list)
 
     @property
     def stale_layers(self) -> list[str]:
+        """The layers whose drift passes the thresholds (stale or differing, as the verdict says)."""
         return [layer.name for layer in self.layers if layer.drift.stale]
 
     @property
+    def verdict(self) -> str:
+        if self.gate is not None and not self.gate.passed:
+            return "inconclusive"
+        if not self.stale_layers:
+            return "fresh"
+        return "stale" if self.evidence else "differs"
+
+    @property
     def stale(self) -> bool:
-        return bool(self.stale_layers)
+        return self.verdict == "stale"
 
     def to_dict(self) -> dict:
-        return {**self._common_dict("diagnosis"), "verdict": "stale" if self.stale else "fresh",
-                "stale_layers": self.stale_layers}
+        return {**self._common_dict("diagnosis"), "verdict": self.verdict, "stale_layers": self.stale_layers,
+                "evidence": list(self.evidence)}
 
     def format_table(self, show_all: bool = False) -> str:
         """Layers stalest first: RMS mean shift (in new σ), RMS |log variance ratio|, worst channel, a drift bar."""

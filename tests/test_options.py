@@ -24,7 +24,8 @@ def test_enums_are_the_owning_modules_lists():
 
 def test_defaults_are_the_api_defaults():
     options = Options()
-    assert (options.batch_size, options.shuffle, options.seed, options.agreement_samples) == (32, True, 0, 256)
+    # batch_size None: the graph input's fixed batch size, else 32 (ckptfix.pipeline.batch_size)
+    assert (options.batch_size, options.shuffle, options.seed, options.agreement_samples) == (None, True, 0, 256)
     assert options.estimator is Estimator.POOLED and options.preprocess is Preset.INCEPTION
     assert options.feature == "image/encoded" and options.input_name is None and options.model_format is None
 
@@ -99,7 +100,7 @@ def test_options_are_frozen_and_replace_revalidates():
 
 @pytest.mark.parametrize("command, refused", [
     ("recalibrate", ["against"]),
-    ("diagnose", ["output", "overwrite", "against"]),
+    ("diagnose", ["output", "overwrite", "force"]),
     ("inspect", ["batch_size", "output", "estimator", "training_flag", "progress", "on_notice", "data_format"]),
 ])
 def test_keywords_a_command_does_not_take_are_type_errors(command, refused):
@@ -111,7 +112,7 @@ def test_keywords_a_command_does_not_take_are_type_errors(command, refused):
 def test_keywords_each_command_takes():
     fields = {f.name for f in dataclasses.fields(Options)}
     assert Options.COMMANDS["recalibrate"] == fields - {"against"}
-    assert Options.COMMANDS["diagnose"] == fields - {"output", "overwrite", "against"}
+    assert Options.COMMANDS["diagnose"] == fields - {"output", "overwrite", "force"}
     assert Options.COMMANDS["inspect"] == {
         "meta", "model", "model_args", "input_shape", "arg_scope", "model_format", "architecture", "unsafe", "signature",
         "against"}
@@ -134,7 +135,7 @@ def test_the_api_refuses_unknown_keywords_before_any_work(tmp_path):
         ckptfix.recalibrate(tmp_path / "missing", tmp_path / "data", against="x")
     with pytest.raises(TypeError, match="unexpected keyword argument 'batch_size'"):
         ckptfix.inspect(tmp_path / "missing", batch_size=4)
-    with pytest.raises(CkptfixError, match="--estimator must be one of"):
+    with pytest.raises(CkptfixError, match="estimator= must be one of"):  # the API names the keyword
         ckptfix.diagnose(tmp_path / "missing", tmp_path / "data", Options(), estimator="median")
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import inspect
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Callable, List, Optional
@@ -18,7 +19,7 @@ from typing import Annotated, Callable, List, Optional
 import typer
 
 from ckptfix import _quiet
-from ckptfix.errors import CkptfixError, OutputError
+from ckptfix.errors import CkptfixError, RepairRefused
 from ckptfix.options import DataFormat, Estimator, ModelFormat, Options, Preset
 from ckptfix.report import DEFAULT_ROWS
 
@@ -77,7 +78,7 @@ Architecture = Annotated[Optional[Path], typer.Option(help="A .keras file or con
 Signature = Annotated[Optional[str], typer.Option(metavar="NAME", help="SavedModel signature to measure (default: serving_default).", rich_help_panel=MODEL)]
 TrainingFlag = Annotated[Optional[str], typer.Option(metavar="TENSOR", help="Boolean training-flag tensor, fed False (default: detected).", rich_help_panel=MODEL)]
 
-BatchSize = Annotated[int, typer.Option(help="Samples per forward pass.", rich_help_panel=DATA)]
+BatchSize = Annotated[Optional[int], typer.Option(help="Samples per forward pass (default: the graph input's fixed batch size, else 32).", rich_help_panel=DATA)]
 NumSamples = Annotated[Optional[int], typer.Option(help="Stop after this many samples (default: all).", rich_help_panel=DATA)]
 Shuffle = Annotated[bool, typer.Option("--shuffle/--no-shuffle", help="Shuffle the samples (--no-shuffle: sorted files, array order).", rich_help_panel=DATA)]
 Seed = Annotated[int, typer.Option(help="Seed of the shuffle.", rich_help_panel=DATA)]
@@ -94,7 +95,7 @@ Exclude = Annotated[Optional[str], typer.Option(metavar="REGEX", help="Skip BN l
 EstimatorOption = Annotated[Estimator, typer.Option("--estimator", help="pooled: exact statistics of all samples; batch-mean: mean of per-batch ones.", rich_help_panel=STATISTICS)]
 OutputTensor = Annotated[Optional[str], typer.Option(metavar="TENSOR", help="Output compared in the agreement check (default: detected logits).", rich_help_panel=STATISTICS)]
 AgreementSamples = Annotated[int, typer.Option(help="How many of the first samples the agreement check uses.", rich_help_panel=STATISTICS)]
-Against = Annotated[Optional[Path], typer.Option(metavar="CKPT", help="Another checkpoint (e.g. the pretrained one): flag statistics identical to it.", rich_help_panel=STATISTICS)]
+Against = Annotated[Optional[Path], typer.Option(metavar="CKPT", help="Another checkpoint (e.g. the pretrained one): statistics identical to it are flagged (evidence of staleness).", rich_help_panel=STATISTICS)]
 
 Output = Annotated[Optional[Path], typer.Option("-o", "--output", help="Output folder (default: <checkpoint folder>-recalibrated); a file for .pb/.pbtxt/.keras/.h5 inputs (default: <name>-recalibrated.<ext>).", rich_help_panel=OUTPUT)]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.", rich_help_panel=OUTPUT)]
@@ -102,7 +103,8 @@ Report = Annotated[Optional[Path], typer.Option(help="Also write the report as J
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print the report as JSON (notices stay on stderr).", rich_help_panel=OUTPUT)]
 ShowAll = Annotated[bool, typer.Option("--all/--truncate", help=f"Show every layer, or only the first {DEFAULT_ROWS}.", rich_help_panel=OUTPUT)]
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar on stderr.", rich_help_panel=OUTPUT)]
-Plot = Annotated[Optional[Path], typer.Option(metavar="FILE.png", help="Also draw the per-layer drift and the agreement as a PNG (needs ckptfix[plot]).", rich_help_panel=OUTPUT)]
+Plot = Annotated[Optional[Path], typer.Option(metavar="FILE.png", help="Also draw the per-layer drift and the agreement (.png, .pdf, .svg...; needs the plot extra).", rich_help_panel=OUTPUT)]
+Force = Annotated[bool, typer.Option("--force", help="Write statistics the repair gate refuses (worse agreement, too little or degenerate data).", rich_help_panel=OUTPUT)]
 Summary = Annotated[Optional[Path], typer.Option(metavar="FILE.md", help="Also write the facts as a Markdown table (CI step summaries).", rich_help_panel=OUTPUT)]
 Devices = Annotated[Optional[str], typer.Option(parser=_devices, metavar="all|N|/GPU:0,...", help="Where whole batches run: all GPUs (else the CPU), the first N, or device names; same statistics on any number. Workers: see TF_CONFIG in docs/scaling-out.md.", rich_help_panel=DATA)]
 Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="Show TensorFlow's own log output.", rich_help_panel=OUTPUT)]
@@ -140,9 +142,16 @@ def _close_progress_bars() -> None:
 
 
 def _run(action: Callable[[], int | None]) -> None:
-    """Run a command body, turning user errors into a short message and their exit code."""
+    """Run a command body, turning user errors into a short message and their exit code. Once the output is in
+    place (the commit point, :func:`ckptfix.interrupts.commit_scope`) Ctrl-C is ignored to the end of the
+    process: the run completes its report and exits 0."""
+    from ckptfix.interrupts import commit_scope, ignore_interrupts
+
     try:
-        code = action()
+        with commit_scope() as scope:
+            code = action()
+            if scope.committed:
+                ignore_interrupts()
     except CkptfixError as error:
         if os.environ.get("CKPTFIX_DEBUG") == "1":
             raise
@@ -160,37 +169,11 @@ def _print_json(content: dict) -> None:
     typer.echo(json.dumps(content, indent=2))
 
 
-def _write_text(path: Path, text: str, what: str) -> None:
-    try:
-        path.write_text(text)
-    except OSError as error:
-        raise OutputError(f"cannot write the {what} to {path}: {error.strerror}.") from None
-
-
-def _check_forms(plot: Path | None) -> None:
-    """Before a long run: the extra output forms asked for can be made."""
-    if plot is not None:
-        from ckptfix.render.plot import check_plotting
-
-        check_plotting()
-
-
-def _write_forms(result, report: Path | None = None, plot: Path | None = None, summary: Path | None = None) -> None:
-    """The report's file forms asked for: JSON, PNG picture, Markdown summary."""
-    content = result.to_dict()
-    if report is not None:
-        _write_text(report, json.dumps(content, indent=2) + "\n", "report")
-    if plot is not None:
-        from ckptfix.render.plot import plot_report
-
-        try:
-            plot_report(content, plot)
-        except OSError as error:
-            raise OutputError(f"cannot write the plot to {plot}: {error.strerror}.") from None
-    if summary is not None:
-        from ckptfix.render.summary import markdown_summary
-
-        _write_text(summary, markdown_summary(content), "summary")
+def _echo_written(options_paths) -> None:
+    """Name each side output written (stderr, so --json stays parseable)."""
+    for path in options_paths:
+        if path is not None:
+            typer.echo(f"wrote {path}", err=True)
 
 
 def _echo_cause(result, stale: bool) -> None:
@@ -219,7 +202,7 @@ STATISTICS_OPTIONS = (
     ("include", Include, None), ("exclude", Exclude, None), ("estimator", EstimatorOption, Estimator.POOLED),
     ("output_tensor", OutputTensor, None), ("agreement_samples", AgreementSamples, 256),
 )
-WRITE_OPTIONS = (("output", Output, None), ("overwrite", Overwrite, False))
+WRITE_OPTIONS = (("output", Output, None), ("overwrite", Overwrite, False), ("force", Force, False))
 REPORT_OPTIONS = (("report", Report, None), ("plot", Plot, None), ("summary", Summary, None))
 PRINT_OPTIONS = (("json_output", JsonOutput, False),)
 RUN_OPTIONS = (("progress", Progress, True), ("verbose", Verbose, False))
@@ -250,16 +233,15 @@ def recalibrate(ctx, checkpoint, data, report, plot, summary, json_output, show_
     """Recompute every BN layer's moving mean/variance from calibration data and write a new checkpoint."""
 
     def action() -> None:
-        from ckptfix.api import recalibrate as run
+        from ckptfix.api import run
         from ckptfix.data.batching import name_few
 
-        _check_forms(plot)
-        result = run(checkpoint, data, _options(ctx))
+        result = run("recalibrate", checkpoint, data, _options(ctx))
         if result.worker != 0:
             typer.echo(f"worker {result.worker} of {result.num_workers}: statistics combined; the chief (worker 0) "
                        f"writes {result.output_checkpoint} and reports.")
             return
-        _write_forms(result, report, plot, summary)
+        _echo_written((report, summary, plot))
         if json_output:
             _print_json(result.to_dict())
             return
@@ -281,19 +263,19 @@ def recalibrate(ctx, checkpoint, data, report, plot, summary, json_output, show_
 
 
 @_command(CKPT_ARGUMENT, DATA_ARGUMENT, MODEL_OPTIONS, FEED_OPTIONS, DATA_OPTIONS, STATISTICS_OPTIONS,
-          REPORT_OPTIONS, PRINT_OPTIONS, RUN_OPTIONS, SAFETY_OPTIONS, show_all=False)
+          (("against", Against, None),), REPORT_OPTIONS, PRINT_OPTIONS, RUN_OPTIONS, SAFETY_OPTIONS, show_all=False)
 def diagnose(ctx, checkpoint, data, model, report, plot, summary, json_output, show_all, **_) -> None:
-    """Measure how stale the stored statistics are (writes nothing). Exit 0 fresh, 3 stale, 1 error."""
+    """Measure how stale the stored statistics are (writes nothing). Exit 0 fresh (or differs), 3 stale, 5
+    inconclusive, 1 error."""
 
     def action() -> int:
-        from ckptfix.api import diagnose as run
+        from ckptfix.api import run
 
-        _check_forms(plot)
-        result = run(checkpoint, data, _options(ctx))
+        result = run("diagnose", checkpoint, data, _options(ctx))
         if result.worker != 0:
             typer.echo(f"worker {result.worker} of {result.num_workers}: statistics combined; the chief (worker 0) reports.")
             return 0
-        _write_forms(result, report, plot, summary)
+        _echo_written((report, summary, plot))
         if json_output:
             _print_json(result.to_dict())
         else:
@@ -302,15 +284,25 @@ def diagnose(ctx, checkpoint, data, model, report, plot, summary, json_output, s
                 typer.echo(result.devices_summary())
             if result.agreement is not None:
                 typer.echo("\n" + result.agreement.summary())
-            verdict = (f"STALE: {len(result.stale_layers)} of {len(result.layers)} BN layers; "
-                       f"repair with: ckptfix recalibrate {checkpoint} {data}"
-                       + (" and the same --model options" if model else "")) if result.stale else \
-                f"fresh: all {len(result.layers)} BN layers match the calibration data"
-            typer.echo(f"\n{verdict} ({result.num_samples} samples)")
+            typer.echo(f"\n{_verdict(result, checkpoint, data, model)} ({result.num_samples} samples)")
             _echo_cause(result, result.stale)
-        return STALE_EXIT_CODE if result.stale else 0
+        return {"stale": STALE_EXIT_CODE, "inconclusive": RepairRefused.exit_code}.get(result.verdict, 0)
 
     _run(action)
+
+
+def _verdict(result, checkpoint, data, model) -> str:
+    """The diagnosis in one line (see :class:`ckptfix.report.DiagnosisReport` for the verdicts)."""
+    drifted = f"{len(result.stale_layers)} of {len(result.layers)} BN layers"
+    repair = f"ckptfix recalibrate {checkpoint} {data}" + (" and the same --model options" if model else "")
+    if result.verdict == "inconclusive":
+        return f"INCONCLUSIVE: {result.gate.reasons[0]}"
+    if result.verdict == "stale":
+        return f"STALE: {drifted} ({result.evidence[0]}); repair with: {repair}"
+    if result.verdict == "differs":
+        return (f"DIFFERS: the stored statistics of {drifted} differ from this data, with no sign of a training bug "
+                f"(a domain shift looks the same); recalibrating would adapt the model to this data: {repair}")
+    return f"fresh: all {len(result.layers)} BN layers match the calibration data"
 
 
 @_command(CKPT_ARGUMENT, MODEL_OPTIONS, (("against", Against, None),), PRINT_OPTIONS, (("verbose", Verbose, False),),
@@ -319,9 +311,9 @@ def inspect_(ctx, checkpoint, json_output, show_all, **_) -> None:
     """List every BN layer and its stored statistics; flag never-updated ones. Needs no data; exit 0."""
 
     def action() -> None:
-        from ckptfix.api import inspect as run
+        from ckptfix.api import run
 
-        result = run(checkpoint, _options(ctx))
+        result = run("inspect", checkpoint, None, _options(ctx))
         if json_output:
             _print_json(result.to_dict())
             return
@@ -364,4 +356,34 @@ def main() -> None:
     os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
     _quiet.silence_tensorflow(verbose=verbose)
     with _quiet.native_stderr_silenced(enabled=not verbose):
-        app()
+        sys.exit(_main())
+
+
+def _main() -> int:
+    """The app's exit code; a bad option value or usage is one line and exit 2, as :class:`OptionError` is."""
+    try:
+        code = app(standalone_mode=False)
+    except Exception as error:
+        # click's UsageError (bundled by recent typer, a dependency of older ones): matched by name
+        if not any(kind.__name__ == "UsageError" for kind in type(error).__mro__):
+            raise
+        message = _usage_message(error)
+        if not message:  # no arguments: the help was printed
+            return 2
+        typer.echo(f"error: {message}", err=True)
+        context = getattr(error, "ctx", None)
+        typer.echo(f"see '{context.command_path if context is not None else 'ckptfix'} --help'.", err=True)
+        return 2
+    except KeyboardInterrupt:
+        typer.echo("interrupted: nothing was written.", err=True)
+        return 130
+    return code if isinstance(code, int) else 0
+
+
+def _usage_message(error) -> str:
+    """click's message without the validation library's wording (``Input should be a valid integer...``)."""
+    message = error.format_message()
+    message = re.sub(r"Value error, ", "", message)
+    message = re.sub(r"Input should be a valid (\w+)(, unable to parse string as an? \w+)?", r"expected \1", message)
+    message = re.sub(r"'(--?[\w-]+)'", r"\1", message.replace("Invalid value for ", ""))
+    return message.strip()

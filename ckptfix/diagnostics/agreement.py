@@ -25,6 +25,9 @@ class Agreement:
     top1_after: float
     relative_error_before: float
     relative_error_after: float
+    #: samples (or frames) whose top-1 agreed with the stored statistics and not with the new ones, and conversely
+    top1_lost: int = 0
+    top1_gained: int = 0
 
     def summary(self) -> str:
         return (
@@ -41,11 +44,17 @@ class Agreement:
             "top1_after": self.top1_after,
             "relative_error_before": self.relative_error_before,
             "relative_error_after": self.relative_error_after,
+            "top1_lost": self.top1_lost,
+            "top1_gained": self.top1_gained,
         }
 
 
 def top1_agreement(outputs: np.ndarray, reference: np.ndarray) -> float:
-    return float(np.mean(np.argmax(outputs, axis=-1) == np.argmax(reference, axis=-1)))
+    return float(np.mean(_agrees(outputs, reference)))
+
+
+def _agrees(outputs: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    return np.argmax(outputs, axis=-1) == np.argmax(reference, axis=-1)
 
 
 def relative_error(outputs: np.ndarray, reference: np.ndarray) -> float:
@@ -55,6 +64,7 @@ def relative_error(outputs: np.ndarray, reference: np.ndarray) -> float:
 
 def compare(output_tensor: str, batch_outputs: np.ndarray, before: np.ndarray, after: np.ndarray) -> Agreement:
     """Agreement figures from the three output arrays of the same samples."""
+    agreed_before, agreed_after = _agrees(before, batch_outputs), _agrees(after, batch_outputs)
     return Agreement(
         output_tensor=output_tensor,
         num_samples=len(batch_outputs),
@@ -62,4 +72,6 @@ def compare(output_tensor: str, batch_outputs: np.ndarray, before: np.ndarray, a
         top1_after=top1_agreement(after, batch_outputs),
         relative_error_before=relative_error(before, batch_outputs),
         relative_error_after=relative_error(after, batch_outputs),
+        top1_lost=int(np.sum(agreed_before & ~agreed_after)),
+        top1_gained=int(np.sum(~agreed_before & agreed_after)),
     )

@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from ckptfix.errors import OutputError, error_reason
-from ckptfix.interrupts import interrupts_between_steps
+from ckptfix.interrupts import commit, interrupts_between_steps
+from ckptfix.io.outputs import overlap, umask
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
@@ -45,30 +46,34 @@ _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
 # ---------------------------------------------------------------------------------------- output checks
 
 
-def _ensure_writable_folder(folder: Path) -> None:
-    """Create ``folder`` if needed and check it is writable, or raise an OutputError naming -o/--output."""
-    if not folder.exists():
-        try:
-            folder.mkdir(parents=True)
-        except OSError as error:
-            raise OutputError(f"cannot create {folder}: {error.strerror}; choose another -o/--output.") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
+def _nearest_existing(folder: Path) -> Path:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def _check_writable_folder(folder: Path) -> None:
+    """``folder``, or the nearest of its ancestors that exists (the write creates the rest), is a writable folder;
+    else an OutputError naming -o/--output. Nothing is created here: a run that fails later leaves no trace."""
+    existing = _nearest_existing(folder)
+    if not existing.is_dir():
+        raise OutputError(f"cannot write to {folder}: {existing} is not a folder; choose another -o/--output.")
+    if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write to {folder}: choose a writable -o/--output.")
 
 
 def check_destination(output: Path, inputs: Sequence[Path], *, is_folder: bool, overwrite: bool, what: str) -> Path:
     """Refuse an output that is, sits inside or contains one of ``inputs`` (``what`` names them in the
-    message), exists as the wrong kind, or exists (a non-empty folder) without ``overwrite``; create its
-    parent folder if needed. Returns the absolute output path."""
+    message), exists as the wrong kind, exists (a non-empty folder) without ``overwrite``, or whose folder
+    cannot be created or written. Returns the absolute output path; creates nothing."""
     output = Path(output).expanduser().absolute()
     resolved = output.resolve()
     for item in (Path(path).resolve() for path in inputs):
-        if resolved == item:
+        how = overlap(resolved, item)
+        if how == "is":
             raise OutputError(f"output {output} is {what}: choose another -o/--output (the input is never changed).")
-        if item in resolved.parents:
-            raise OutputError(f"output {output} is inside {what}: choose another -o/--output.")
-        if resolved in item.parents:
-            raise OutputError(f"output {output} contains {what}: choose another -o/--output.")
+        if how is not None:
+            raise OutputError(f"output {output} {how} {what}: choose another -o/--output.")
     if output.exists():
         if is_folder and not output.is_dir():
             raise OutputError(f"output {output} exists and is not a folder: choose another -o/--output.")
@@ -78,10 +83,7 @@ def check_destination(output: Path, inputs: Sequence[Path], *, is_folder: bool, 
             raise OutputError(f"output {output} exists and is not empty: pass --overwrite or choose another -o.")
         if not overwrite and not is_folder:
             raise OutputError(f"output {output} exists: pass --overwrite or choose another -o/--output.")
-    parent = output.parent
-    if parent.exists() and not parent.is_dir():
-        raise OutputError(f"cannot write to {output}: {parent} is not a folder; choose another -o/--output.")
-    _ensure_writable_folder(parent)
+    _check_writable_folder(output.parent)
     return output
 
 
@@ -110,13 +112,16 @@ def atomic_output(destination: Path, *, overwrite: bool, is_folder: bool) -> Ite
     """
     destination = Path(destination)
     try:
+        destination.parent.mkdir(parents=True, exist_ok=True, mode=0o777)
         with _exclusive_lock(destination), interrupts_between_steps() as check_interrupt:
             remove_stale_staging(destination)
             staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(destination, "tmp"), dir=destination.parent))
+            os.chmod(staging, 0o777 & ~umask())  # mkdtemp makes 0700; a folder output gets what mkdir would give
             try:
                 yield Staged(staging if is_folder else staging / destination.name, staging, check_interrupt)
                 check_interrupt()
                 _move_into_place(staging if is_folder else staging / destination.name, destination, overwrite)
+                commit()  # the commit point: from here a Ctrl-C no longer undoes the run
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
     except Exception as error:

@@ -229,7 +229,7 @@ def default_output(source: KerasSource) -> Path:
     return folder.with_name(folder.name + "-recalibrated")
 
 
-def _is_file_format(source: KerasSource) -> bool:
+def is_file_format(source: KerasSource) -> bool:
     return source.model_format in ("keras", "h5", "weights-h5")
 
 
@@ -241,7 +241,7 @@ def check_output(source: KerasSource, output: Path, overwrite: bool) -> Path:
     if source.model_format == "weights-h5" and not output.name.endswith(".weights.h5"):
         raise OutputError(f"output {output}: Keras 3 only loads weights named *.weights.h5; choose such a -o/--output.")
     inputs = [source.path] + ([source.prefix.parent] if source.prefix is not None else [])
-    return check_destination(output, inputs, is_folder=not _is_file_format(source), overwrite=overwrite,
+    return check_destination(output, inputs, is_folder=not is_file_format(source), overwrite=overwrite,
                              what=f"the input {source.path}")
 
 
@@ -285,7 +285,7 @@ def write_output(
     checkpoint prefix for TF2 checkpoints).
     """
     fmt = source.model_format
-    with atomic_output(output, overwrite=overwrite, is_folder=not _is_file_format(source)) as staged:
+    with atomic_output(output, overwrite=overwrite, is_folder=not is_file_format(source)) as staged:
         loaded = staged.path
         if fmt == "keras":
             _write_archive(source.path, staged.path, new_values, staged.folder)
@@ -304,4 +304,9 @@ def write_output(
             write_state_file(staged.path, source.prefix.name)
         staged.check_interrupt()
         verify(loaded)
-    return output / source.prefix.name if fmt == "tf-checkpoint" else output
+    return written_path(source, output)
+
+
+def written_path(source: KerasSource, output: Path) -> Path:
+    """What a write to ``output`` gives to restore: the checkpoint prefix for TF2 checkpoints, else ``output``."""
+    return output / source.prefix.name if source.model_format == "tf-checkpoint" else output

@@ -12,6 +12,7 @@ canvas of its own, so the caller's pyplot state and backend are left alone.
 
 from __future__ import annotations
 
+import io
 import textwrap
 from pathlib import Path
 
@@ -24,9 +25,16 @@ _STALE, _FRESH = "#d62728", "#1f77b4"
 _MAX_LABELS = 40  # past this many layers, only every k-th layer is labelled
 
 
-def check_plotting() -> None:
-    """Fail fast (before a long run) when ``--plot`` cannot be honoured."""
-    _matplotlib()
+def image_format(path: str | Path) -> str:
+    """The picture format ``path``'s extension names (``png``, ``pdf``, ``svg``...), checked before a long run:
+    a CkptfixError when matplotlib is missing or does not write that format."""
+    Figure, FigureCanvasAgg, _, _ = _matplotlib()
+    supported = FigureCanvasAgg(Figure()).get_supported_filetypes()
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in supported:
+        raise CkptfixError(f"--plot {path}: name the file with a picture format's extension "
+                           f"({', '.join('.' + name for name in sorted(supported))}).")
+    return suffix
 
 
 def _matplotlib():
@@ -55,8 +63,9 @@ def _short_names(names: list[str]) -> list[str]:
     return short
 
 
-def plot_report(report: dict, path: str | Path) -> Path:
-    """Draw a recalibration or diagnosis report dict (``to_dict()``) as a PNG at ``path``; returns the path."""
+def plot_report(report: dict, image: str) -> bytes:
+    """Draw a recalibration or diagnosis report dict (``to_dict()``) as an ``image`` file (``png``, ``pdf``...:
+    :func:`image_format`); returns its bytes."""
     Figure, FigureCanvasAgg, Line2D, Patch = _matplotlib()
     layers = facts.layers(report)
     count = max(len(layers), 1)
@@ -108,9 +117,9 @@ def plot_report(report: dict, path: str | Path) -> Path:
     if found is not None:
         title += "\n" + textwrap.shorten(f"[{found['code']}] {found['message']}", int(width * 14))
     figure.suptitle(title, fontsize=10, x=0.01, ha="left")
-    path = Path(path)
-    figure.savefig(path, format="png")
-    return path
+    content = io.BytesIO()
+    figure.savefig(content, format=image)
+    return content.getvalue()
 
 
 def _draw_agreement(axes, report: dict) -> None:

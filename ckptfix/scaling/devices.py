@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
-from ckptfix.errors import CkptfixError
+from ckptfix.errors import CkptfixError, OptionError
 
 _NAME = re.compile(r"^/?(?:device:)?(CPU|GPU|TPU):(\d+)$", re.IGNORECASE)
 
@@ -30,24 +30,24 @@ def parse_devices(value) -> str | int | tuple[str, ...] | None:
     if value is None or (isinstance(value, str) and value.strip().lower() == "all"):
         return None if value is None else "all"
     if isinstance(value, bool):
-        raise CkptfixError(f"--devices must be all, a count or device names like /GPU:0,/GPU:1 (got {value}).")
+        raise OptionError(f"--devices must be all, a count or device names like /GPU:0,/GPU:1 (got {value}).")
     if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
         count = int(value)
         if count < 1:
-            raise CkptfixError(f"--devices must be at least 1 (got {count}).")
+            raise OptionError(f"--devices must be at least 1 (got {count}).")
         return count
     parts = value.split(",") if isinstance(value, str) else [p for item in value for p in str(item).split(",")]
     names = []
     for part in (p.strip() for p in parts):
         match = _NAME.match(part)
         if match is None:
-            raise CkptfixError(f"--devices: {part!r} is not a device name: use all, a count, or names like /GPU:0,/GPU:1.")
+            raise OptionError(f"--devices: {part!r} is not a device name: use all, a count, or names like /GPU:0,/GPU:1.")
         name = f"/{match.group(1).upper()}:{int(match.group(2))}"
         if name in names:
-            raise CkptfixError(f"--devices names {name} twice: name each device once.")
+            raise OptionError(f"--devices names {name} twice: name each device once.")
         names.append(name)
     if not names:
-        raise CkptfixError("--devices is empty: use all, a count, or names like /GPU:0,/GPU:1.")
+        raise OptionError("--devices is empty: use all, a count, or names like /GPU:0,/GPU:1.")
     return tuple(names)
 
 

@@ -103,8 +103,16 @@ class Source(Protocol):
         ``device`` (``/GPU:1``...): the forward pass is placed there (one session per device, see
         :mod:`ckptfix.scaling`); None: TensorFlow places it."""
 
+    #: the paths the source reads (files and folders), which no output may touch (:mod:`ckptfix.io.outputs`)
+    inputs: list[Path]
+    #: whether the repaired model is one file (frozen graph, .keras, .h5) rather than a folder
+    writes_file: bool
+
     def check_output(self, output: Path | None, overwrite: bool) -> Path:
         """The destination to write to (default beside the input), checked before any work."""
+
+    def written_path(self, destination: Path) -> Path:
+        """What :meth:`write` to ``destination`` gives to restore (a checkpoint prefix, a file or a folder)."""
 
     def write(self, new_values: Mapping[str, np.ndarray], destination: Path, overwrite: bool) -> Path:
         """Write the repaired copy (``new_values`` by checkpoint key); returns what to restore (prefix or file)."""

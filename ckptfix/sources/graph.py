@@ -27,7 +27,7 @@ from ckptfix.graph.outputs import resolve_output
 from ckptfix.graph.safety import check_forward_ops
 from ckptfix.io.checkpoint_reader import open_reader
 from ckptfix.io.checkpoint_writer import check_output_dir, default_output_dir, write_recalibrated_checkpoint
-from ckptfix.io.locate import CheckpointFiles, locate_checkpoint
+from ckptfix.io.locate import CheckpointFiles, Prefix, locate_checkpoint
 from ckptfix.sources.base import Layer, Notice
 
 
@@ -152,6 +152,16 @@ class GraphSource:
         """Read from the checkpoint's ``.meta`` (a training graph); a built or frozen graph has no training ops."""
         return find_cause(self.meta_graph, self.index) if self.training_graph else None
 
+    writes_file = False
+
+    @property
+    def inputs(self) -> list[Path]:
+        """The checkpoint's folder and its graph."""
+        return [self.files.prefix.parent] + ([self.files.meta] if self.files.meta is not None else [])
+
+    def written_path(self, destination: Path) -> Path:
+        return Prefix(destination, self.files.prefix.name)
+
     def check_output(self, output: Path | None, overwrite: bool) -> Path:
         return check_output_dir(self.files, Path(output) if output is not None else default_output_dir(self.files), overwrite)
 
@@ -180,6 +190,15 @@ class FrozenGraphSource(GraphSource):
                        f"({training[0]}...): they normalise with batch statistics and ignore these constants; "
                        "freeze the model with is_training=False")
             yield session
+
+    writes_file = True
+
+    @property
+    def inputs(self) -> list[Path]:
+        return [self.frozen.path]
+
+    def written_path(self, destination: Path) -> Path:
+        return destination
 
     def check_output(self, output: Path | None, overwrite: bool) -> Path:
         return check_output_path(self.frozen.path, output, overwrite)

@@ -21,7 +21,8 @@ from ckptfix.errors import CkptfixError, NoBatchNormError, OutputError
 from ckptfix.keras.batchnorm import find_batchnorm_layers
 from ckptfix.keras.formats import KerasSource, load_source, restore_object_checkpoint
 from ckptfix.keras.measure import BatchStatisticsForward, InferenceForward
-from ckptfix.keras.storage import StoredValues, check_keys, check_output, default_output, variable_keys, write_output
+from ckptfix.keras.storage import (StoredValues, check_keys, check_output, default_output, is_file_format, variable_keys,
+                                   write_output, written_path)
 from ckptfix.sources.base import Layer, Notice
 
 
@@ -127,6 +128,18 @@ class KerasModelSource:
     def cause(self) -> None:
         """Keras files keep no training graph to read a cause from."""
         return None
+
+    @property
+    def writes_file(self) -> bool:
+        return is_file_format(self.source)
+
+    @property
+    def inputs(self) -> list[Path]:
+        """The Keras file or folder, and a TF2 checkpoint's folder."""
+        return [self.source.path] + ([self.source.prefix.parent] if self.source.prefix is not None else [])
+
+    def written_path(self, destination: Path) -> Path:
+        return written_path(self.source, destination)
 
     def check_output(self, output: Path | None, overwrite: bool) -> Path:
         return check_output(self.source, Path(output) if output is not None else default_output(self.source), overwrite)

@@ -188,6 +188,15 @@ class SavedModelSource:
         """A SavedModel keeps no training graph."""
         return None
 
+    writes_file = False
+
+    @property
+    def inputs(self) -> list[Path]:
+        return [self.path]
+
+    def written_path(self, destination: Path) -> Path:
+        return destination
+
     def check_output(self, output: Path | None, overwrite: bool) -> Path:
         destination = Path(output) if output is not None else self.path.with_name(self.path.name + "-recalibrated")
         return check_destination(destination, [self.path], is_folder=True, overwrite=overwrite,
