@@ -75,7 +75,7 @@ def test_usage_error_exits_2(data_file):
     assert run_cli("recalibrate", "--batch-size", "x", "a", data_file).returncode == 2
 
 
-# A bad --estimator is now a usage error (exit 2): tests/cli/test_options.py.
+# Every bad option value is a usage error, exit 2, one line (a bad --estimator: tests/cli/test_options.py).
 @pytest.mark.parametrize("option", [["--batch-size", "0"], ["--num-samples", "0"]])
 def test_bad_option_values(no_bn_checkpoint, data_file, option):
-    assert_clean_error(run_cli("recalibrate", no_bn_checkpoint, data_file, *option), 1, option[0])
+    assert_clean_error(run_cli("recalibrate", no_bn_checkpoint, data_file, *option), 2, option[0])

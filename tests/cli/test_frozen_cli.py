@@ -97,4 +97,4 @@ def test_model_option_repairs_a_checkpoint_without_meta(slim_model, tmp_path):
                     "--input-shape", "12x12x3", pythonpath=code)
     assert_clean_error(wrong, 1, "conv1/weights [3, 3, 3, 16] vs [3, 3, 3, 8]", "--num-classes / --model-arg")
     stray = run_cli("inspect", prefix, "--num-classes", "4")
-    assert_clean_error(stray, 1, "apply only with --model")
+    assert_clean_error(stray, 2, "apply only with --model")  # a bad option value: exit 2

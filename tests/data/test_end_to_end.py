@@ -55,7 +55,8 @@ def test_cli_strict_refuses_and_reports_json(photo_folder, tmp_path):
     assert result.exit_code == 1 and "zz_" in result.output and "--strict" in result.output
     assert not (tmp_path / "a").exists()
     result = runner.invoke(app, ["recalibrate", model.prefix, str(folder), "-o", str(tmp_path / "b"), "--no-progress",
-                                 "--num-samples", "40", "--seed", "1", "--report", str(tmp_path / "r.json")])
+                                 "--num-samples", "40", "--batch-size", "10", "--seed", "1", "--report",
+                                 str(tmp_path / "r.json")])
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "r.json").read_text())
     assert saved["num_samples"] == 40 and "image file(s)" in saved["data_source"]

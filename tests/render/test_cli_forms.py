@@ -43,7 +43,7 @@ def test_keras_reports_have_no_cause_to_read(tmp_path):
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization()])
     model.save(tmp_path / "m.keras")
-    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32))
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(256, 4)).astype(np.float32))
     result = ckptfix("diagnose", tmp_path / "m.keras", tmp_path / "x.npy", "--json", "--no-progress")
     assert result.returncode in (0, 3), result.stderr
     assert json.loads(result.stdout)["cause"] is None

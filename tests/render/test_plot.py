@@ -11,6 +11,12 @@ from ckptfix.render.plot import plot_report
 from render.reports import synthetic_report
 
 
+def render(report: dict, path):
+    """plot_report's PNG bytes written to ``path`` (as the pipeline writes side outputs)."""
+    path.write_bytes(plot_report(report, "png"))
+    return path
+
+
 def read_png(path):
     image = imread(path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -24,7 +30,7 @@ def distinct_colours(image) -> int:
 
 @pytest.mark.parametrize("layers", [5, 150])
 def test_synthetic_reports_render_at_readable_sizes(tmp_path, layers):
-    path = plot_report(synthetic_report(layers), tmp_path / "drift.png")
+    path = render(synthetic_report(layers), tmp_path / "drift.png")
     image = read_png(path)
     height, width = image.shape[:2]
     assert height >= 600 and width >= 800
@@ -36,7 +42,7 @@ def test_synthetic_reports_render_at_readable_sizes(tmp_path, layers):
 
 
 def test_a_real_diagnosis_renders(real_report, tmp_path):
-    path = plot_report({**real_report, "cause": {"code": "update-ops-not-run", "message": "cause: example",
+    path = render({**real_report, "cause": {"code": "update-ops-not-run", "message": "cause: example",
                                                  "train_op": "Adam", "update_ops": [], "evidence": []}},
                        tmp_path / "real.png")
     image = read_png(path)
@@ -46,14 +52,26 @@ def test_a_real_diagnosis_renders(real_report, tmp_path):
 
 def test_without_agreement_the_panel_says_so(tmp_path):
     report = {**synthetic_report(3), "agreement": None}
-    assert distinct_colours(read_png(plot_report(report, tmp_path / "no-agreement.png"))) > 20
+    assert distinct_colours(read_png(render(report, tmp_path / "no-agreement.png"))) > 20
+
+
+def test_the_extension_picks_the_format_and_others_are_refused(tmp_path):
+    from ckptfix.errors import CkptfixError
+    from ckptfix.render.plot import image_format
+
+    assert image_format(tmp_path / "drift.pdf") == "pdf" and image_format("d.SVG") == "svg"
+    assert plot_report(synthetic_report(3), "pdf").startswith(b"%PDF")
+    assert b"<svg" in plot_report(synthetic_report(3), "svg")[:400]
+    for bad in ("drift.xyz", "drift"):
+        with pytest.raises(CkptfixError, match="picture format"):
+            image_format(bad)
 
 
 def test_without_matplotlib_a_one_line_error_names_the_extra(tmp_path):
     code = ("import sys; sys.modules['matplotlib'] = None\n"
             "from ckptfix.render.plot import plot_report\n"
             "from ckptfix.errors import CkptfixError\n"
-            "try:\n    plot_report({'kind': 'diagnosis', 'layers': []}, 'x.png')\n"
+            "try:\n    plot_report({'kind': 'diagnosis', 'layers': []}, 'png')\n"
             "except CkptfixError as error:\n    print(error)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert result.stdout.strip() == "--plot needs matplotlib: pip install 'ckptfix[plot]'", result.stderr
