@@ -41,10 +41,11 @@ def workspace(slim_model, tmp_path) -> dict:
     shutil.copytree(model.train_dir, tmp_path / "train")
     data = tmp_path / "work" / "data"
     shutil.copytree(model.images_dir, data)
-    np.save(data / "x.npy", np.load(model.calib)[:4])
+    np.save(tmp_path / "work" / "x.npy", np.load(model.calib)[:64])
     (tmp_path / "work" / "notes.txt").write_text("mine")
     prefix = tmp_path / "train" / Path(model.prefix).name
-    return {"root": tmp_path, "prefix": prefix, "ckpt": tmp_path / "train", "data": data, "calib": Path(model.calib)}
+    return {"root": tmp_path, "prefix": prefix, "ckpt": tmp_path / "train", "data": data,
+            "array": tmp_path / "work" / "x.npy"}
 
 
 def _inputs(w: dict) -> str:
@@ -71,17 +72,17 @@ def test_output_never_replaces_the_calibration_data(workspace, target):
     assert (w["data"].parent / "notes.txt").read_text() == "mine"
 
 
-@pytest.mark.parametrize("option, target", [
-    ("--report", lambda w: Path(str(w["prefix"]) + ".index")),
-    ("--summary", lambda w: w["data"] / "x.npy"),
-    ("--plot", lambda w: w["data"] / "img_000.png"),
-    ("--report", lambda w: w["ckpt"] / "report.json"),  # inside the checkpoint's folder
+@pytest.mark.parametrize("data, option, target", [
+    ("data", "--report", lambda w: Path(str(w["prefix"]) + ".index")),
+    ("array", "--summary", lambda w: w["array"]),  # the calibration array itself
+    ("data", "--plot", lambda w: w["data"] / "img_000.png"),
+    ("data", "--report", lambda w: w["ckpt"] / "report.json"),  # inside the checkpoint's folder
 ])
-def test_side_outputs_never_touch_an_input(workspace, option, target):
+def test_side_outputs_never_touch_an_input(workspace, data, option, target):
     w = workspace
     before = _inputs(w)
     out = w["root"] / "out"
-    result = run_cli("recalibrate", w["ckpt"], w["data"], "-o", out, option, target(w), "--no-progress")
+    result = run_cli("recalibrate", w["ckpt"], w[data], "-o", out, option, target(w), "--no-progress")
     _refused(w, before, result, 1, option, "inputs are never written", written=[out])
 
 
@@ -152,15 +153,27 @@ def test_a_repair_its_own_check_contradicts_is_refused(healthy, slim_model, tmp_
     assert "written despite the repair gate" in forced.stderr and out.is_dir()
 
 
-def test_agreement_contradiction_alone_is_refused(healthy, slim_model, tmp_path):
-    """Batch size 2 passes the data rules but the agreement check shows the model getting worse."""
-    report = None
+def test_the_refusal_carries_the_report_and_the_agreement_reason(healthy, slim_model, tmp_path):
     with pytest.raises(RepairRefused) as refused:
-        ckptfix.recalibrate(healthy, slim_model("seed").calib, output=tmp_path / "out", batch_size=2)
+        ckptfix.recalibrate(healthy, slim_model("seed").calib, output=tmp_path / "out", batch_size=1, num_samples=64)
     report = refused.value.report
-    assert "agreement check contradicts" in str(refused.value) and "force=True" in str(refused.value)
-    assert report.agreement.relative_error_after > report.agreement.relative_error_before
+    assert "force=True" in str(refused.value) and "--force" not in str(refused.value)
+    assert not report.gate.passed and report.output_checkpoint == ""
+    assert "1: BN on one sample" in report.gate.reasons[0]
+    assert report.agreement is not None and report.layers  # what was measured, for the pipeline to inspect
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("lost, gained, before, after, refused", [
+    (0, 0, 0.05, 0.05, False), (3, 1, 0.05, 0.05, False), (10, 0, 0.05, 0.05, True), (40, 30, 0.1, 0.1, False),
+    (0, 0, 0.05, 0.072, False), (0, 0, 0.05, 0.08, True), (0, 5, 1.2, 0.03, False),
+])
+def test_the_agreement_rule(lost, gained, before, after, refused):
+    from ckptfix.diagnostics.agreement import Agreement
+    from ckptfix.diagnostics.gate import contradiction
+
+    agreement = Agreement("logits", 64, 1.0, 1.0, before, after, top1_lost=lost, top1_gained=gained)
+    assert bool(contradiction(agreement)) is refused
 
 
 @pytest.mark.parametrize("samples", ["one", "zeros", "identical"])
@@ -187,23 +200,49 @@ def test_collapsed_channels_are_named(slim_model, tmp_path):
 
 
 def test_too_little_data_is_refused_and_standard_errors_reported(slim_model, tmp_path):
-    calib = np.load(slim_model("seed").calib)
+    """A dense BN layer sees one value per sample: 24 samples leave its statistics uncertain by ~0.2σ."""
+    model = slim_model("dense")
+    calib = np.load(model.calib)
     with pytest.raises(RepairRefused, match="too little data") as refused:
-        ckptfix.recalibrate(slim_model("seed").prefix, calib[:12], output=tmp_path / "out", batch_size=4)
-    layer = refused.value.report.layers[0]
-    assert layer.mean_standard_error > 0.1 or layer.variance_relative_error > 0.1
-    report = ckptfix.diagnose(slim_model("seed").prefix, calib, batch_size=32)
-    assert all(0 < layer.mean_standard_error < 0.1 for layer in report.layers)
+        ckptfix.recalibrate(model.prefix, calib[:24], output=tmp_path / "out", batch_size=8)
+    assert any(layer.mean_standard_error > 0.2 or layer.variance_relative_error > 0.25
+               for layer in refused.value.report.layers)
+    assert not (tmp_path / "out").exists()
+    report = ckptfix.diagnose(model.prefix, calib, batch_size=32)
+    assert all(0 < layer.mean_standard_error < 0.2 for layer in report.layers)
     assert report.to_dict()["gate"]["passed"] is True
 
 
-def test_healthy_checkpoint_on_other_data_differs_not_stale(healthy, slim_model, tmp_path):
+@pytest.fixture(scope="module")
+def trained_keras(tmp_path_factory):
+    """A small Keras 3 classifier trained with fit(): its BN statistics followed training (a healthy model)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(512, 8, 8, 3)).astype(np.float32)
+    y = (x[:, :4].mean(axis=(1, 2, 3)) > x[:, 4:].mean(axis=(1, 2, 3))).astype(np.int64)
+    model = keras.Sequential([
+        keras.Input((8, 8, 3)), keras.layers.Conv2D(8, 3, padding="same"), keras.layers.BatchNormalization(momentum=0.9),
+        keras.layers.ReLU(), keras.layers.Conv2D(8, 3, padding="same"), keras.layers.BatchNormalization(momentum=0.9),
+        keras.layers.ReLU(), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=32, epochs=5, verbose=0)
+    folder = tmp_path_factory.mktemp("trained")
+    model.save(folder / "model.keras")
+    np.save(folder / "same.npy", rng.normal(size=(256, 8, 8, 3)).astype(np.float32))
+    np.save(folder / "shifted.npy", (rng.normal(size=(256, 8, 8, 3)) * 1.6 + 0.3).astype(np.float32))
+    return folder
+
+
+def test_healthy_checkpoint_on_other_data_differs_not_stale(trained_keras, slim_model):
     """A domain shift moves healthy statistics; without evidence of a training bug the verdict is 'differs'."""
-    shifted = np.load(slim_model("seed").calib) * 0.8 + 0.15
-    np.save(tmp_path / "shifted.npy", shifted)
-    result = run_cli("diagnose", healthy, tmp_path / "shifted.npy", "--json", "--no-progress")
     import json
 
+    same = run_cli("diagnose", trained_keras / "model.keras", trained_keras / "same.npy", "--json", "--no-progress")
+    assert same.returncode == 0 and json.loads(same.stdout)["verdict"] == "fresh", same.stdout[-2000:]
+    result = run_cli("diagnose", trained_keras / "model.keras", trained_keras / "shifted.npy", "--json",
+                     "--no-progress")
     report = json.loads(result.stdout)
     assert report["stale_layers"], "the shift must move some layer past the drift thresholds"
     assert report["verdict"] == "differs" and report["evidence"] == []
