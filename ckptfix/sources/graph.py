@@ -24,6 +24,7 @@ from ckptfix.graph.index import GraphIndex
 from ckptfix.graph.meta import checkpoint_keys, partition_layout
 from ckptfix.graph.model import GraphModel
 from ckptfix.graph.outputs import resolve_output
+from ckptfix.graph.saver import check_restorable, unreadable_entry
 from ckptfix.graph.safety import check_forward_ops
 from ckptfix.io.checkpoint_reader import open_reader
 from ckptfix.io.checkpoint_writer import check_output_dir, default_output_dir, write_recalibrated_checkpoint
@@ -97,6 +98,7 @@ class GraphSource:
             raise NoBatchNormError(f"no BatchNorm layers in {where}: nothing to recalibrate.")
         keys = checkpoint_keys(meta_graph)
         reader = _reader(files.prefix)
+        self._check_restorable(reader)
         dtypes = reader.get_variable_to_dtype_map()
         self.layers = []
         for bn in found:
@@ -111,15 +113,23 @@ class GraphSource:
                 try:
                     stored.append(np.asarray(reader.get_tensor(key), np.float64).reshape(-1))
                 except Exception as error:  # a damaged shard: TensorFlow raises several kinds here
-                    raise CheckpointError(
-                        f"cannot read {key} from checkpoint {files.prefix} ({str(error).strip().splitlines()[0]}): "
-                        "restore the checkpoint from a good copy."
-                    ) from None
+                    raise unreadable_entry(files.prefix, key, error) from None
             self.layers.append(Layer(
                 name=bn.name, kind=bn.kind, mean_key=mean_key, variance_key=variance_key,
                 stored_mean=stored[0], stored_variance=stored[1], dtype=dtypes[mean_key].name,
                 bessel=bn.bessel, epsilon=layer_epsilon(self.index, bn), found=bn,
             ))
+
+    def _check_restorable(self, reader) -> None:
+        """Every entry the graph's saver restores is in the checkpoint with its variable's dtype and shape."""
+        if self.graph_label.startswith("built by"):
+            graph, own, fix = "the graph --model built", False, "--model builds another network than the one saved"
+        else:
+            # the .meta saved beside the checkpoint (or a frozen graph's own thawed statistics) wrote these keys
+            own = self.files.meta is None or Path(self.files.meta) == Path(self.files.prefix.file(".meta"))
+            graph = Path(self.graph_label).name
+            fix = f"{graph} is not the graph it was saved from: pass --meta with that graph"
+        check_restorable(self.meta_graph, reader, self.files.prefix, graph, own=own, other_graph_fix=fix)
 
     def _training_notices(self, chosen, feeds, notice: Notice) -> None:
         if feeds.training_flag is not None:
