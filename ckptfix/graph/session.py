@@ -69,7 +69,7 @@ def restore(session, saver_def, prefix: str) -> None:
     try:
         session.run(saver_def.restore_op_name, {saver_def.filename_tensor_name: prefix})
     except tf.errors.DataLossError as error:
-        from ckptfix.graph.saver import damaged_error
+        from ckptfix.io.checkpoint_reader import damaged_error
 
         raise damaged_error(error, prefix) from None
     except tf.errors.OpError as error:
