@@ -125,10 +125,11 @@ class GraphSource:
         if self.graph_label.startswith("built by"):
             graph, own, fix = "the graph --model built", False, "--model builds another network than the one saved"
         else:
-            # the .meta saved beside the checkpoint (or a frozen graph's own thawed statistics) wrote these keys
+            # the .meta saved beside the checkpoint (or a frozen graph's own thawed statistics) wrote these keys;
+            # any other is a --meta given by hand
             own = self.files.meta is None or Path(self.files.meta) == Path(self.files.prefix.file(".meta"))
-            graph = Path(self.graph_label).name
-            fix = f"{graph} is not the graph it was saved from: pass --meta with that graph"
+            graph = Path(self.graph_label).name if own else self.graph_label
+            fix = "it was saved from another graph than --meta: pass --meta with that graph"
         check_restorable(self.meta_graph, reader, self.files.prefix, graph, own=own, other_graph_fix=fix)
 
     def _training_notices(self, chosen, feeds, notice: Notice) -> None:
