@@ -128,6 +128,17 @@ def unreadable_entry(prefix, key: str, error: BaseException) -> CheckpointError:
                            "copy it again from a good source.")
 
 
+def stored_tensor(reader, prefix, key: str):
+    """The tensor the checkpoint ``reader`` reads (at ``prefix``) holds under ``key``, None without one; an entry
+    whose bytes cannot be read is a :class:`CheckpointError` naming it."""
+    if not reader.has_tensor(key):
+        return None
+    try:
+        return reader.get_tensor(key)
+    except Exception as error:  # a damaged shard: TensorFlow raises several kinds here
+        raise unreadable_entry(prefix, key, error) from None
+
+
 def damaged_error(error: BaseException, prefix) -> CheckpointError:
     """The error for a restore of ``prefix`` that failed with ``DataLossError`` (what :func:`check_expected` cannot
     see beforehand): the first entry that cannot be read back, named."""

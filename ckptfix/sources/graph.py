@@ -26,7 +26,7 @@ from ckptfix.graph.model import GraphModel
 from ckptfix.graph.outputs import resolve_output
 from ckptfix.graph.saver import check_restorable
 from ckptfix.graph.safety import check_forward_ops
-from ckptfix.io.checkpoint_reader import open_reader, unreadable_entry
+from ckptfix.io.checkpoint_reader import open_reader, stored_tensor
 from ckptfix.io.checkpoint_writer import check_output_dir, default_output_dir, write_recalibrated_checkpoint
 from ckptfix.io.locate import CheckpointFiles, locate_checkpoint
 from ckptfix.sources.base import Layer, Notice
@@ -106,14 +106,12 @@ class GraphSource:
             variance_key = keys.get(bn.variance_variable, bn.variance_variable)
             stored = []
             for key in (mean_key, variance_key):
-                if not reader.has_tensor(key):
+                value = stored_tensor(reader, files.prefix, key)
+                if value is None:
                     raise CheckpointError(
                         f"the checkpoint has no {key} (BN layer {bn.name}): pass --meta with the graph it was saved from."
                     )
-                try:
-                    stored.append(np.asarray(reader.get_tensor(key), np.float64).reshape(-1))
-                except Exception as error:  # a damaged shard: TensorFlow raises several kinds here
-                    raise unreadable_entry(files.prefix, key, error) from None
+                stored.append(np.asarray(value, np.float64).reshape(-1))
             self.layers.append(Layer(
                 name=bn.name, kind=bn.kind, mean_key=mean_key, variance_key=variance_key,
                 stored_mean=stored[0], stored_variance=stored[1], dtype=dtypes[mean_key].name,
@@ -171,8 +169,9 @@ class GraphSource:
         return write_recalibrated_checkpoint(self.files, new_values, destination, layout=layout, overwrite=overwrite)
 
     def stored_values(self, other):
-        reader = _reader(locate_checkpoint(other, meta=self.files.meta, need_meta=False).prefix)
-        return contextlib.nullcontext(lambda key: reader.get_tensor(key) if reader.has_tensor(key) else None)
+        prefix = locate_checkpoint(other, meta=self.files.meta, need_meta=False).prefix
+        reader = _reader(prefix)
+        return contextlib.nullcontext(lambda key: stored_tensor(reader, prefix, key))
 
 
 class FrozenGraphSource(GraphSource):

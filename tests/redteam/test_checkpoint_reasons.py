@@ -123,6 +123,29 @@ def test_flipped_bytes_in_a_statistic(copy):
     _check(run_cli("inspect", copy), copy.parent.parent, before, f"key {VARIANCE} fails its checksum in {SHARD}")
 
 
+def test_against_a_corrupt_checkpoint(copy, slim_model, tmp_path):
+    """``inspect --against`` reads the other checkpoint's statistics: a corrupt one is named, not a traceback."""
+    other = tmp_path / "other"
+    shutil.copytree(slim_model("seed").train_dir, other)
+    _flip(other / copy.name, VARIANCE)
+    before = _digest(tmp_path)
+    result = run_cli("inspect", copy, "--against", other / copy.name)
+    _check(result, tmp_path, before, f"key {VARIANCE} fails its checksum in {SHARD}")
+
+
+def test_error_reason_reads_past_graph_execution_error(copy):
+    """A session's error says "Graph execution error:" first; the reason, below the node's stack, is what counts."""
+    from ckptfix.errors import error_reason
+
+    _rewrite(copy, _retyped(VARIANCE, "float16"))
+    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+        read = tf.raw_ops.RestoreV2(prefix=str(copy), tensor_names=[VARIANCE], shape_and_slices=[""], dtypes=[tf.float32])
+        with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+            session.run(read)
+    assert str(raised.value.message).startswith("Graph execution error:")
+    assert error_reason(raised.value) == f"tensor_name = {VARIANCE}; expected dtype float does not equal original dtype half"
+
+
 def test_model_option_graph_checked_too(copy, slim_model, tmp_path):
     """The graph ``--model`` builds restores float32 where the checkpoint stores float16."""
     copy.with_name(copy.name + ".meta").unlink()
