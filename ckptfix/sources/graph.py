@@ -24,8 +24,8 @@ from ckptfix.graph.index import GraphIndex
 from ckptfix.graph.meta import checkpoint_keys, partition_layout
 from ckptfix.graph.model import GraphModel
 from ckptfix.graph.outputs import resolve_output
-from ckptfix.graph.saver import check_restorable
 from ckptfix.graph.safety import check_forward_ops
+from ckptfix.graph.saver import check_restorable
 from ckptfix.io.checkpoint_reader import open_reader, stored_tensor
 from ckptfix.io.checkpoint_writer import check_output_dir, default_output_dir, write_recalibrated_checkpoint
 from ckptfix.io.locate import CheckpointFiles, locate_checkpoint

@@ -122,8 +122,7 @@ class SavedModelSource:
         self.prefix = self.path / "variables" / "variables"
         self.reader = _reader(self.prefix)
         self.graph = load_signature_graph(self.path, signature, self.reader)
-        check_restorable(self.graph.meta_graph, self.reader, self.prefix, f"signature {self.graph.signature_name}",
-                         own=True, other_graph_fix="")
+        check_restorable(self.graph.meta_graph, self.reader, self.prefix, f"signature {self.graph.signature_name}", own=True)
         self.label = str(self.path)
         self.graph_label = f"signature {self.graph.signature_name}"
         self.notices: list[str] = []
