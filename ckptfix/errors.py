@@ -62,16 +62,36 @@ class UnsafeModelError(GraphError):
     """Loading the model would run Python code stored in the file (a Lambda layer) and --unsafe was not given."""
 
 
+def _graph_execution_reason(lines: list[str]) -> list[str]:
+    """The lines of a TensorFlow "Graph execution error:" message after its header: per failing node a
+    ``Detected at node ...`` line, the indented frames where the node was defined, and ``Node: '...'`` or
+    ``<stack traces unavailable>`` (``tensorflow/python/framework/error_interpolation.py``,
+    ``eager/polymorphic_function/atomic_function.py``); then the runtime's own message."""
+    rest = lines[1:]
+    while rest and (not rest[0].strip() or rest[0].startswith(("Detected at node ", "Node: ", " ", "\t"))
+                    or rest[0] == "<stack traces unavailable>"):
+        rest = rest[1:]
+    # several root errors: "2 root error(s) found." then "  (0) INVALID_ARGUMENT: <reason>" per error
+    if rest and re.match(r"\d+ root error\(s\) found", rest[0]):
+        causes = [re.sub(r"^\s*\(\d+\)\s+[A-Z_]+:\s*", "", line) for line in rest[1:] if re.match(r"\s*\(\d+\)", line)]
+        rest = causes or rest
+    return [line.strip() for line in rest if line.strip() and not line.strip().startswith("[[")]
+
+
 def error_reason(error: BaseException) -> str:
     """The readable first line of an OS or TensorFlow op error, for a one-line message.
 
     OSError: its ``strerror`` (no path). TensorFlow op errors: no ``{{function_node ...}}`` prefix, no
     ``[Op:...]`` suffix, and for file errors (``<path>; No space left on device``) the reason without the path.
+    A session's "Graph execution error:" (a first line that says nothing) gives the runtime's reason below its
+    stack of node definitions, e.g. ``Key conv1/BatchNorm/moving_variance not found in checkpoint``.
     """
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
     message = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\].*$", "", str(getattr(error, "message", error)))
     lines = message.strip().splitlines()
+    if lines and lines[0].strip() == "Graph execution error:":
+        lines = _graph_execution_reason(lines) or lines
     first = lines[0] if lines else type(error).__name__
     path, separator, reason = first.rpartition("; ")
     return reason if separator and path.startswith("/") else first

@@ -93,8 +93,8 @@ def _check_variables(variables, prefix: Path, label: str) -> None:
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise CheckpointError(
-            f"the checkpoint has no {', '.join(missing[:3])}{more} that {label} builds: check the function, its "
-            "scope and --model-arg options (the checkpoint must be the one this function was trained with)."
+            f"the checkpoint has no {', '.join(missing[:3])}{more} that {label} builds: the checkpoint is incomplete, or "
+            "check the function, its scope and --model-arg options (it must be the one the checkpoint was trained with)."
         )
     if mismatched:
         raise CheckpointError(

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from ckptfix.errors import CheckpointError, GraphError
+from ckptfix.errors import GraphError, error_reason
 
 
 def first_line(error: Exception) -> str:
-    """The first line of a TensorFlow error message (the rest is a stack of op names)."""
-    text = getattr(error, "message", None) or str(error)
-    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    """The reason a TensorFlow error gives (:func:`~ckptfix.errors.error_reason`: for a session's "Graph execution
+    error:", the runtime's message below its stack of node definitions)."""
+    return error_reason(error)
 
 
 def clear_devices(graph_def) -> None:
@@ -69,7 +69,9 @@ def restore(session, saver_def, prefix: str) -> None:
     try:
         session.run(saver_def.restore_op_name, {saver_def.filename_tensor_name: prefix})
     except tf.errors.DataLossError as error:
-        raise CheckpointError(f"checkpoint {prefix} is damaged ({first_line(error)}): restore it from a good copy.") from None
+        from ckptfix.io.checkpoint_reader import damaged_error
+
+        raise damaged_error(error, prefix) from None
     except tf.errors.OpError as error:
         raise GraphError(
             f"the checkpoint does not match the .meta graph ({first_line(error)}); pass --meta with the graph it was saved from."

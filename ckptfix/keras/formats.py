@@ -34,6 +34,7 @@ from ckptfix.user_code import resolve_function
 
 MODEL_FORMATS = ("keras", "h5", "weights-h5", "tf-checkpoint", "savedmodel", "tf1")
 _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+_VARIABLE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 @dataclass
@@ -89,16 +90,50 @@ def checkpoint_root(model, prefix: Path):
     return tf.train.Checkpoint(root=model), model
 
 
+def object_paths(model, prefix: Path) -> dict[int, str]:
+    """``id(variable)`` -> its key in the TF2 checkpoint at ``prefix``: ``<object path>/.ATTRIBUTES/VARIABLE_VALUE``,
+    the object path being TensorFlow's own traversal of the checkpoint's root (:func:`checkpoint_root`)."""
+    from tensorflow.python.checkpoint import graph_view, util
+
+    root = checkpoint_root(model, prefix)[1]
+    names = util.objects_ids_and_slot_variables_and_paths(graph_view.ObjectGraphView(root))[4]
+    return {id(obj): name + _VARIABLE_SUFFIX for obj, name in names.items()}
+
+
+def _check_entries(model, prefix: Path) -> None:
+    """Every model variable the checkpoint keeps is stored with the variable's dtype and shape (a restore would
+    fail on the first that is not, naming a dtype in C++ words or no key at all)."""
+    import tensorflow as tf
+
+    from ckptfix.io.checkpoint_reader import Expected, check_expected
+
+    keys = object_paths(model, prefix)
+    expected = []
+    for variable in model.variables:
+        if id(variable) in keys:
+            shape = tuple(variable.shape)
+            expected.append(Expected(keys[id(variable)], tf.as_dtype(variable.dtype), None if None in shape else shape))
+    check_expected(tf.train.load_checkpoint(str(prefix)), prefix, expected, "the model from --model/--architecture",
+                   "the checkpoint is incomplete, or the model is not the one it was saved from",
+                   "the model is not the one it was saved from, or the checkpoint was changed after saving")
+
+
 def restore_object_checkpoint(model, prefix: Path) -> None:
     """Read a TF2 object-based checkpoint into ``model``; every model variable must be matched."""
     import tensorflow as tf
 
+    from ckptfix.errors import error_reason
+    from ckptfix.io.checkpoint_reader import damaged_error
+
     try:
+        _check_entries(model, prefix)
         status = checkpoint_root(model, prefix)[0].read(str(prefix))
         status.assert_existing_objects_matched()
     except (AssertionError, tf.errors.OpError, ValueError) as error:
+        if isinstance(error, tf.errors.DataLossError) or "Checksum does not match" in error_reason(error):
+            raise damaged_error(error, prefix) from None
         raise CheckpointError(
-            f"checkpoint {prefix} does not fit the model from --model/--architecture: {str(error).strip().splitlines()[0][:200]}"
+            f"checkpoint {prefix} does not fit the model from --model/--architecture: {error_reason(error)[:200]}"
         ) from None
 
 

@@ -33,10 +33,9 @@ from ckptfix.errors import CheckpointError, OutputError
 from ckptfix.io.atomic import atomic_output, check_destination
 from ckptfix.io.checkpoint_writer import copy_checkpoint
 from ckptfix.io.locate import write_state_file
-from ckptfix.keras.formats import KerasSource, checkpoint_root
+from ckptfix.keras.formats import KerasSource, object_paths
 
 _ARCHIVE_WEIGHTS = "model.weights.h5"
-_VARIABLE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 # ---------------------------------------------------------------------------------------------------- keys
@@ -134,14 +133,6 @@ def _legacy_h5_paths(model, h5) -> dict[int, str]:
     return paths
 
 
-def _object_paths(model, prefix: Path) -> dict[int, str]:
-    from tensorflow.python.checkpoint import graph_view, util
-
-    root = checkpoint_root(model, prefix)[1]
-    names = util.objects_ids_and_slot_variables_and_paths(graph_view.ObjectGraphView(root))[4]
-    return {id(obj): name + _VARIABLE_SUFFIX for obj, name in names.items()}
-
-
 def variable_keys(source: KerasSource) -> dict[int, str]:
     """``id(variable)`` -> where the variable is stored in ``source``'s file (see the module docstring)."""
     if source.model_format in ("keras", "weights-h5"):
@@ -151,7 +142,7 @@ def variable_keys(source: KerasSource) -> dict[int, str]:
 
         with h5py.File(source.path, "r") as h5:
             return _legacy_h5_paths(source.model, h5)
-    return _object_paths(source.model, source.prefix)
+    return object_paths(source.model, source.prefix)
 
 
 # ---------------------------------------------------------------------------------------------------- reading

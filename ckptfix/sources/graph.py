@@ -25,7 +25,8 @@ from ckptfix.graph.meta import checkpoint_keys, partition_layout
 from ckptfix.graph.model import GraphModel
 from ckptfix.graph.outputs import resolve_output
 from ckptfix.graph.safety import check_forward_ops
-from ckptfix.io.checkpoint_reader import open_reader
+from ckptfix.graph.saver import check_restorable
+from ckptfix.io.checkpoint_reader import open_reader, stored_tensor
 from ckptfix.io.checkpoint_writer import check_output_dir, default_output_dir, write_recalibrated_checkpoint
 from ckptfix.io.locate import CheckpointFiles, Prefix, locate_checkpoint
 from ckptfix.sources.base import Layer, Notice
@@ -97,6 +98,7 @@ class GraphSource:
             raise NoBatchNormError(f"no BatchNorm layers in {where}: nothing to recalibrate.")
         keys = checkpoint_keys(meta_graph)
         reader = _reader(files.prefix)
+        self._check_restorable(reader)
         dtypes = reader.get_variable_to_dtype_map()
         self.layers = []
         for bn in found:
@@ -104,22 +106,29 @@ class GraphSource:
             variance_key = keys.get(bn.variance_variable, bn.variance_variable)
             stored = []
             for key in (mean_key, variance_key):
-                if not reader.has_tensor(key):
+                value = stored_tensor(reader, files.prefix, key)
+                if value is None:
                     raise CheckpointError(
                         f"the checkpoint has no {key} (BN layer {bn.name}): pass --meta with the graph it was saved from."
                     )
-                try:
-                    stored.append(np.asarray(reader.get_tensor(key), np.float64).reshape(-1))
-                except Exception as error:  # a damaged shard: TensorFlow raises several kinds here
-                    raise CheckpointError(
-                        f"cannot read {key} from checkpoint {files.prefix} ({str(error).strip().splitlines()[0]}): "
-                        "restore the checkpoint from a good copy."
-                    ) from None
+                stored.append(np.asarray(value, np.float64).reshape(-1))
             self.layers.append(Layer(
                 name=bn.name, kind=bn.kind, mean_key=mean_key, variance_key=variance_key,
                 stored_mean=stored[0], stored_variance=stored[1], dtype=dtypes[mean_key].name,
                 bessel=bn.bessel, epsilon=layer_epsilon(self.index, bn), found=bn,
             ))
+
+    def _check_restorable(self, reader) -> None:
+        """Every entry the graph's saver restores is in the checkpoint with its variable's dtype and shape."""
+        if self.graph_label.startswith("built by"):
+            graph, own, fix = "the graph --model built", False, "--model builds another network than the one saved"
+        else:
+            # the .meta saved beside the checkpoint (or a frozen graph's own thawed statistics) wrote these keys;
+            # any other is a --meta given by hand
+            own = self.files.meta is None or Path(self.files.meta) == Path(self.files.prefix.file(".meta"))
+            graph = Path(self.graph_label).name if own else self.graph_label
+            fix = "it was saved from another graph than --meta: pass --meta with that graph"
+        check_restorable(self.meta_graph, reader, self.files.prefix, graph, own=own, other_graph_fix=fix)
 
     def _training_notices(self, chosen, feeds, notice: Notice) -> None:
         if feeds.training_flag is not None:
@@ -170,8 +179,9 @@ class GraphSource:
         return write_recalibrated_checkpoint(self.files, new_values, destination, layout=layout, overwrite=overwrite)
 
     def stored_values(self, other):
-        reader = _reader(locate_checkpoint(other, meta=self.files.meta, need_meta=False).prefix)
-        return contextlib.nullcontext(lambda key: reader.get_tensor(key) if reader.has_tensor(key) else None)
+        prefix = locate_checkpoint(other, meta=self.files.meta, need_meta=False).prefix
+        reader = _reader(prefix)
+        return contextlib.nullcontext(lambda key: stored_tensor(reader, prefix, key))
 
 
 class FrozenGraphSource(GraphSource):

@@ -31,7 +31,9 @@ from ckptfix.graph.index import GraphIndex
 from ckptfix.graph.model import GraphModel
 from ckptfix.graph.safety import check_forward_ops
 from ckptfix.graph.saved_model import SignatureGraph, load_signature_graph
+from ckptfix.graph.saver import check_restorable
 from ckptfix.io.atomic import atomic_output, check_destination
+from ckptfix.io.checkpoint_reader import stored_tensor
 from ckptfix.io.checkpoint_writer import copy_checkpoint
 from ckptfix.sources.base import Layer, Notice
 from ckptfix.sources.graph import GraphSession, layer_epsilon
@@ -120,6 +122,7 @@ class SavedModelSource:
         self.prefix = self.path / "variables" / "variables"
         self.reader = _reader(self.prefix)
         self.graph = load_signature_graph(self.path, signature, self.reader)
+        check_restorable(self.graph.meta_graph, self.reader, self.prefix, f"signature {self.graph.signature_name}", own=True)
         self.label = str(self.path)
         self.graph_label = f"signature {self.graph.signature_name}"
         self.notices: list[str] = []
@@ -146,7 +149,8 @@ class SavedModelSource:
             base = _layer_name(bn, mean_key)
             name = base if base not in names else f"{base}_{names[base]}"
             names[base] = names.get(base, 0) + 1
-            stored = [np.asarray(self.reader.get_tensor(key), np.float64).reshape(-1) for key in (mean_key, variance_key)]
+            stored = [np.asarray(stored_tensor(self.reader, self.prefix, key), np.float64).reshape(-1)
+                      for key in (mean_key, variance_key)]
             self.layers.append(Layer(
                 name=name, kind=bn.kind, mean_key=mean_key, variance_key=variance_key,
                 stored_mean=stored[0], stored_variance=stored[1], dtype=dtypes[mean_key].name,
@@ -223,8 +227,9 @@ class SavedModelSource:
         other = Path(other).expanduser()
         if not is_saved_model(other):
             raise CheckpointError(f"--against {other}: not a SavedModel folder (no saved_model.pb).")
-        reader = _reader(other / "variables" / "variables")
-        yield lambda key: reader.get_tensor(key) if reader.has_tensor(key) else None
+        prefix = other / "variables" / "variables"
+        reader = _reader(prefix)
+        yield lambda key: stored_tensor(reader, prefix, key)
 
 
 def _check_copied(source: Path, staged: Path) -> None:
