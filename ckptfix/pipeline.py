@@ -295,7 +295,7 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
 def recalibrate(checkpoint, data, options: Options) -> RecalibrationReport:
     """Measure, then write a copy of CKPT with only the chosen layers' moving statistics replaced (in a
     cluster: by the chief only; the report of another worker names the chief's destination)."""
-    cluster = join_cluster()  # before the model is loaded: joining renames the process's devices
+    cluster = join_cluster(options.cluster_timeout)  # before the model is loaded: joining renames the devices
     with open_source(checkpoint, options) as source:
         destination = source.check_output(options.output, options.overwrite)  # a bad -o fails before the pass
         measured = measure(source, data, options, cluster)
@@ -306,7 +306,7 @@ def recalibrate(checkpoint, data, options: Options) -> RecalibrationReport:
 
 def diagnose(checkpoint, data, options: Options) -> DiagnosisReport:
     """Measure only: how far the stored statistics are from the recomputed ones; nothing is written."""
-    cluster = join_cluster()
+    cluster = join_cluster(options.cluster_timeout)
     with open_source(checkpoint, options) as source:
         return DiagnosisReport(**measure(source, data, options, cluster).fields)
 

@@ -14,9 +14,16 @@ Each worker pools its own batches in batch order; the partial sums per layer (co
 batch-mean sums, float64) are all-gathered with ``MultiWorkerMirroredStrategy``'s collective ops and merged in
 rank order with Chan's update (:meth:`ckptfix.stats.PooledMoments.merge`), the same on every worker. The
 result equals the one-process statistics to float64 rounding. A worker that dies is reported by TensorFlow's
-coordination service (missing heartbeats, ~10 s); one that hangs by the collective timeout
-(``CKPTFIX_WORKER_TIMEOUT`` seconds, default 3600). Either way every other worker stops with
-:class:`WorkerError` and nothing is written.
+coordination service (missing heartbeats, ~10 s); one that hangs by the collective timeout. Either way every
+other worker stops with :class:`WorkerError` and nothing is written.
+
+**Start-up is bounded by the same timeout** (``--cluster-timeout`` / ``CKPTFIX_WORKER_TIMEOUT`` seconds, default
+3600). The coordination service is configured before the strategy is built (MultiWorkerMirroredStrategy keeps a
+service that is already configured): every task registers at a barrier (``cluster_register_with_barrier``)
+with ``cluster_register_timeout_in_ms`` set to it. Without the barrier, TensorFlow 2.21's leader waits for the
+others in its device-propagation barrier, whose timeout is a fixed hour; with it, a task that never starts, or
+dies before it registers, makes every other one fail with the list of the tasks missing at the barrier (the
+leader's answer), or with the leader's own silence when the leader is the missing one.
 """
 
 from __future__ import annotations
@@ -30,8 +37,10 @@ import numpy as np
 from ckptfix.errors import CkptfixError
 from ckptfix.stats import PooledMoments
 
-#: collective timeout (seconds) for a worker that is alive but never sends its statistics
+#: how long (seconds) a worker waits for the others: to register at start-up, and to send their statistics
 DEFAULT_TIMEOUT_SECONDS = 3600
+#: where the timeout is read from when ``--cluster-timeout`` is not given
+TIMEOUT_VARIABLE = "CKPTFIX_WORKER_TIMEOUT"
 
 
 class WorkerError(CkptfixError):
@@ -105,7 +114,7 @@ class Cluster:
         import tensorflow as tf
 
         if isinstance(error, tf.errors.DeadlineExceededError):
-            return f"not every worker sent its statistics within {self.timeout:g} s (CKPTFIX_WORKER_TIMEOUT)"
+            return f"not every worker sent its statistics within {self.timeout:g} s (--cluster-timeout)"
         text = str(getattr(error, "message", error))
         others = sorted({self.tasks.index((job, int(k))) for job, k in re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", text)
                          if (job, int(k)) in self.tasks} - {self.rank})
@@ -145,14 +154,69 @@ def read_tf_config(environ=os.environ) -> tuple[int, list[tuple[str, int]]] | No
     return ranked.index(place), ranked
 
 
+def cluster_timeout(timeout: float | None = None, environ=os.environ) -> float:
+    """Seconds a worker waits for the others: ``timeout`` (``--cluster-timeout``), else ``CKPTFIX_WORKER_TIMEOUT``,
+    else :data:`DEFAULT_TIMEOUT_SECONDS`."""
+    if timeout is not None:
+        return float(timeout)
+    text = environ.get(TIMEOUT_VARIABLE, "").strip()
+    if not text:
+        return float(DEFAULT_TIMEOUT_SECONDS)
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise WorkerError(f"{TIMEOUT_VARIABLE}={text} is not a number of seconds above 0: fix it or unset it.")
+    return value
+
+
+def never_joined(text: str, tasks: list[tuple[str, int]], rank: int) -> str | None:
+    """Which workers TensorFlow's failed registration says never joined: the tasks missing at the registration
+    barrier (the leader's list: at most two names, and the count), or the leader itself when it never answered."""
+    def name(task: tuple[str, int]) -> str:
+        place = tasks.index(task)
+        return f"worker {place}" + ("" if task == ("worker", place) else " (TF_CONFIG task {} {})".format(*task))
+
+    named = [(job, int(k)) for job, k in re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", text)]
+    if "Wait_for_all_tasks_to_register" in text:
+        listed = text.split("timed out task names:")[-1]
+        missing = [task for task in named if task in tasks and f"task:{task[1]}" in listed and task != tasks[rank]]
+        reached = re.search(r"reached the barrier: (\d+)/(\d+)", text)
+        more = (int(reached.group(2)) - int(reached.group(1)) - len(missing)) if reached else 0
+        if missing:
+            return ", ".join(dict.fromkeys(name(task) for task in missing)) + (f" and {more} more" if more > 0 else "")
+    if "RegisterTask" in text and tasks[0] in named and rank != 0:
+        return f"{name(tasks[0])} (the cluster's leader)"
+    return None
+
+
 _JOINED: dict[str, Cluster] = {}
 
 
-def join_cluster() -> Cluster:
+def _configure_registration(tasks: list[tuple[str, int]], timeout: float) -> None:
+    """The coordination service MultiWorkerMirroredStrategy would configure, with registration at a barrier
+    bounded by ``timeout``; a service the process configured already is kept."""
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.eager import context
+
+    if context.context().coordination_service is not None:
+        return
+    jobs = [coordination_config_pb2.CoordinatedJob(name=job, num_tasks=sum(1 for j, _ in tasks if j == job))
+            for job in dict.fromkeys(job for job, _ in tasks)]
+    milliseconds = max(1, int(timeout * 1000))
+    context.context().configure_coordination_service(
+        service_type="standalone", service_leader="/job:{}/replica:0/task:{}".format(*tasks[0]),
+        coordinated_jobs=jobs, cluster_register_timeout_in_ms=milliseconds)
+    context.context().coordination_service.cluster_register_with_barrier = True
+
+
+def join_cluster(timeout: float | None = None) -> Cluster:
     """This process's :class:`Cluster`: one process when ``TF_CONFIG`` names no cluster, else a worker of it.
 
     Joining starts MultiWorkerMirroredStrategy (its gRPC server and collective ops), before the model is loaded:
-    TensorFlow renames the process's devices then. Once per process and ``TF_CONFIG``.
+    TensorFlow renames the process's devices then. It waits at most :func:`cluster_timeout` seconds for every
+    task to register; a task missing then is a :class:`WorkerError` naming it. Once per process and ``TF_CONFIG``.
     """
     place = read_tf_config()
     if place is None:
@@ -161,13 +225,19 @@ def join_cluster() -> Cluster:
     if key not in _JOINED:
         import tensorflow as tf
 
-        timeout = float(os.environ.get("CKPTFIX_WORKER_TIMEOUT", DEFAULT_TIMEOUT_SECONDS))
-        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout)
+        seconds = cluster_timeout(timeout)
+        rank, tasks = place
+        _configure_registration(tasks, seconds)
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=seconds)
         try:
             strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
         except (ValueError, RuntimeError, tf.errors.OpError) as error:
-            raise WorkerError(f"cannot join the TF_CONFIG cluster: {str(error).strip().splitlines()[0]}") from None
-        rank, tasks = place
-        _JOINED[key] = Cluster(rank, len(tasks), tasks, strategy, timeout)
+            text = str(getattr(error, "message", error))
+            missing = never_joined(text, tasks, rank) if isinstance(error, tf.errors.DeadlineExceededError) else None
+            if missing is not None:
+                raise WorkerError(f"{Cluster(rank, len(tasks)).describe()}: {missing} did not join the TF_CONFIG "
+                                  f"cluster within {seconds:g} s (--cluster-timeout); nothing was written: start every "
+                                  "worker, or raise --cluster-timeout above the spread of their start times.") from None
+            raise WorkerError(f"cannot join the TF_CONFIG cluster: {text.strip().splitlines()[0]}") from None
+        _JOINED[key] = Cluster(rank, len(tasks), tasks, strategy, seconds)
     return _JOINED[key]
-

@@ -87,7 +87,7 @@ def test_a_dead_worker_is_named_by_its_rank(rank, text, reason):
     cluster = Cluster(rank=rank, size=2, tasks=[("worker", 0), ("worker", 1)])
     assert cluster._failure(tf.errors.UnavailableError(None, None, text)).startswith(reason)
     timed_out = cluster._failure(tf.errors.DeadlineExceededError(None, None, "timeout"))
-    assert timed_out == "not every worker sent its statistics within 3600 s (CKPTFIX_WORKER_TIMEOUT)"
+    assert timed_out == "not every worker sent its statistics within 3600 s (--cluster-timeout)"
     chief = Cluster(rank=1, size=2, tasks=[("chief", 0), ("worker", 0)])
     assert chief._failure(tf.errors.UnavailableError(None, None, CHIEF_DIED.replace("worker/replica:0/task:0",
                                                                                      "chief/replica:0/task:0"))

@@ -35,8 +35,11 @@ def _no_worker_left():
             process.communicate()
 
 
-def _worker(ports, index, *args, stderr=subprocess.PIPE):
+def _worker(ports, index, *args, stderr=subprocess.PIPE, user_logging=False):
+    """A ``ckptfix`` worker; ``user_logging``: TensorFlow's log level left to ckptfix, as a user's shell does."""
     env = environment(TF_CONFIG=tf_config(ports, index))
+    if user_logging:
+        env.pop("TF_CPP_MIN_LOG_LEVEL")
     process = subprocess.Popen([sys.executable, "-m", "ckptfix", *map(str, args)], env=env, text=True,
                                stdout=subprocess.PIPE, stderr=stderr)
     _SPAWNED.append(process)
@@ -124,3 +127,25 @@ def test_a_killed_worker_stops_the_other_cleanly(slim_model, tmp_path, killed):
     assert "Traceback" not in err
     assert time.monotonic() - killed_at < 120
     assert not (tmp_path / "out0").exists() and not (tmp_path / "out1").exists()
+
+
+@pytest.mark.parametrize("started", [0, 1])
+def test_a_worker_that_never_starts_stops_the_other_within_the_timeout(slim_model, tmp_path, started):
+    """Issue 26: TensorFlow's own wait for a missing task is an hour; --cluster-timeout bounds it, the error names
+    the missing worker (the leader's list when the chief runs, the leader itself when it is the missing one)."""
+    model = slim_model("seed")
+    timeout = 8
+    ports = free_ports(2)
+    began = time.monotonic()
+    worker = _worker(ports, started, "recalibrate", model.prefix, model.calib, "-o", tmp_path / "out",
+                     "--cluster-timeout", timeout, "--no-progress", user_logging=True)
+    code, out, err = _finish(worker, timeout=120)
+    took = time.monotonic() - began
+
+    missing = 1 - started
+    assert code == 1, err[-3000:]
+    assert err.startswith(f"error: worker {started} of 2: worker {missing}"), err[-3000:]
+    assert f"did not join the TF_CONFIG cluster within {timeout} s (--cluster-timeout); nothing was written" in err
+    assert "Traceback" not in err and len(err.splitlines()) <= 2, err
+    assert not (tmp_path / "out").exists()
+    assert timeout <= took < timeout + 60, took  # start-up (TensorFlow's import) and shutdown on top of the wait
