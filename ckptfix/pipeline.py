@@ -121,18 +121,17 @@ class _Stream:
 
 
 def _stream(pool: DevicePool, batches, layers: list[Layer], keep: int, progress: bool, cluster: Cluster) -> _Stream:
-    """Run every batch of this worker's share once (``cluster.owns``), on the pool's devices; pool each layer's
+    """Run every batch of ``batches`` (this worker's share) once, on the pool's devices; pool each layer's
     moments in batch order; keep the share's first ``keep`` samples and their outputs."""
     seen = _Stream({layer.name: PooledMoments(layer.channels) for layer in layers},
                    devices={device: DeviceReport(device, cluster.rank) for device, _ in pool.sessions})
 
     def share():
         submitted = 0
-        for index, batch in enumerate(batches):
-            if cluster.owns(index):
-                last = getattr(batches, "last", None)  # names this batch in errors, whenever they are raised
-                yield batch, submitted < keep, batches.describe_last if last is None else last.describe
-                submitted += samples_in(batch)
+        for batch in batches:
+            last = getattr(batches, "last", None)  # names this batch in errors, whenever they are raised
+            yield batch, submitted < keep, batches.describe_last if last is None else last.describe
+            submitted += samples_in(batch)
 
     with interrupts_between_steps() as check_interrupt, \
             _progress_bar(progress, batches.num_samples if cluster.size == 1 else None) as bar:
@@ -238,6 +237,7 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
             num_samples=options.num_samples,
             shuffle=options.shuffle,
             seed=options.seed,
+            share=(cluster.rank, cluster.size),
             preprocess=options.preprocess,
             on_warning=notice,
             **options.data_options,
@@ -252,8 +252,9 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
         if batches.merged_last:
             notice("the last batch had {} samples, fewer than half a batch: merged into the one before ({} samples)"
                    .format(*batches.merged_last))
-        pooled, shares = cluster.combine(stream.pooled, [share.to_dict() for share in stream.devices.values()])
-        devices = [DeviceReport(**share) for share in shares]
+        pooled, facts = cluster.combine(stream.pooled, dict(devices=[share.to_dict() for share in stream.devices.values()],
+                                                            skipped=batches.skipped_files, count=batches.samples_skipped))
+        devices = [DeviceReport(**share) for fact in facts for share in fact["devices"]]
         num_samples = sum(device.samples for device in devices)
         if num_samples == 0:
             raise CkptfixError("the calibration data yielded no samples: pass a folder or array with at least one sample.")
@@ -280,8 +281,8 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
             notices=notice.messages,
             agreement=agreement,
             data_source=batches.source,
-            samples_skipped=batches.samples_skipped,
-            skipped_files=batches.skipped_files,
+            samples_skipped=sum(fact["count"] for fact in facts),
+            skipped_files=[name for fact in facts for name in fact["skipped"]],
             model_format=source.model_format,
             cause=source.cause(),
             devices=devices,

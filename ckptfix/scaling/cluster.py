@@ -70,15 +70,16 @@ class Cluster:
     def describe(self) -> str:
         return f"worker {self.rank} of {self.size}"
 
-    def combine(self, pooled: dict[str, PooledMoments], shares: list[dict]) -> tuple[dict[str, PooledMoments], list[dict]]:
-        """Every worker's partial ``pooled`` moments merged in rank order, and every worker's device ``shares``
-        (rank order); the same answer on every worker. One process: returned as they are."""
+    def combine(self, pooled: dict[str, PooledMoments], facts: dict) -> tuple[dict[str, PooledMoments], list[dict]]:
+        """Every worker's partial ``pooled`` moments merged in rank order, and every worker's ``facts`` (JSON: its
+        devices' shares, the files it skipped), in rank order; the same answer on every worker. One process:
+        ``pooled`` and ``[facts]``."""
         if self.size == 1:
-            return pooled, shares
+            return pooled, [facts]
         names = list(pooled)
         vector = np.concatenate([[float(self.rank)], *(pooled[name].to_array() for name in names)])
         rows = self._gather(vector)
-        encoded = np.frombuffer(json.dumps(shares).encode(), np.uint8).astype(np.float64)
+        encoded = np.frombuffer(json.dumps(facts).encode(), np.uint8).astype(np.float64)
         lengths = self._gather(np.array([float(self.rank), encoded.size]))
         width = int(lengths[:, 1].max())
         texts = self._gather(np.concatenate([[float(self.rank), encoded.size], encoded, np.zeros(width - encoded.size)]))
@@ -91,7 +92,7 @@ class Cluster:
                 offset += size
         everyone = []
         for row in sorted(texts, key=lambda r: r[0]):
-            everyone.extend(json.loads(row[2 : 2 + int(row[1])].astype(np.uint8).tobytes().decode()))
+            everyone.append(json.loads(row[2 : 2 + int(row[1])].astype(np.uint8).tobytes().decode()))
         return merged, everyone
 
     def _gather(self, vector: np.ndarray) -> np.ndarray:
