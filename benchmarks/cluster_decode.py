@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _models  # noqa: E402
+
+sys.path.insert(0, str(_models.ROOT / "tests"))
+from scaling.helpers import free_ports, tf_config  # noqa: E402  (the worker tests' loopback cluster)
 
 
 def _jpegs(folder: Path, count: int, width: int, height: int) -> int:
@@ -51,17 +53,6 @@ def _jpegs(folder: Path, count: int, width: int, height: int) -> int:
         (folder / f"img_{k:05d}.jpg").write_bytes(encoded)
         total += len(encoded)
     return total
-
-
-def _ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def _start(code: Path, args, prefix: str, folder: Path, log: Path, tf_config: str | None):
@@ -91,6 +82,18 @@ def _opened(log: Path, folder: Path) -> tuple[int, int]:
     return len(names), len(set(names))
 
 
+def _decode_seconds(folder: Path, size: int, batch_size: int) -> float:
+    """Seconds per file of ckptfix's own image pipeline alone (decode, ``inception`` preprocessing to ``size``)."""
+    sys.path.insert(0, str(_models.ROOT))
+    from ckptfix.data import open_calibration_data
+
+    opened = open_calibration_data(folder, input_name="images:0", input_shape=(None, size, size, 3),
+                                   batch_size=batch_size, shuffle=False)
+    began = time.perf_counter()
+    count = sum(len(batch) for batch in opened)
+    return (time.perf_counter() - began) / count
+
+
 def _largest_difference(one: dict, other: dict) -> float:
     """The largest difference of the statistics: variances relative, means in standard deviations."""
     worst = 0.0
@@ -108,9 +111,8 @@ def _measure(code: Path, args, prefix: str, folder: Path, work: Path) -> list[li
     one = json.loads(out)
     opens, files = _opened(log, folder)
     rows.append(["1 process", "-", f"{opens} ({files} distinct)", f"{seconds:.1f}", f"{one['num_batches']}", "-"])
-    ports = _ports(2)
-    configs = [json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": k}})
-               for k in range(2)]
+    ports = free_ports(2)
+    configs = [tf_config(ports, k) for k in range(2)]
     logs = [work / f"worker{k}.strace" for k in range(2)]
     started = [_start(code, args, prefix, folder, logs[k], configs[k]) for k in range(2)]
     finished = [_finish(s) for s in started]
@@ -144,6 +146,9 @@ def main() -> None:
         print(f"model: tf-slim ResNet-v1-50, {info['bn_layers']} BN layers, input {args.image_size}x{args.image_size}x3; "
               f"data: {args.files} JPEG files {args.width}x{args.height} ({size / args.files / 1024:.0f} kB each), "
               f"batches of {args.batch_size}")
+        for size in sorted({args.image_size, 299}):
+            print(f"ckptfix's image pipeline alone (decode + inception preprocessing to {size}x{size}, parallel map): "
+                  f"{1000 * _decode_seconds(work / 'images', size, args.batch_size):.2f} ms per file")
         header = ["run", "batches run", "folder files opened (decoded)", "wall s (process start to exit)",
                   "batches in all", "largest difference vs 1 process"]
         for code in [_models.ROOT, *args.code]:

@@ -86,3 +86,10 @@ def test_a_bad_file_or_record_is_skipped_by_its_share_only(tmp_path, kind):
     assert sorted(len(names) for names in skipped) == [0, 1] and skipped[0] + skipped[1] == [bad]
     opened, got = shares[0] if skipped[0] else shares[1]
     assert sum(len(b) for b in got) == opened.num_samples - 1  # its batch is one sample short, the others whole
+
+
+def test_batches_given_from_python_are_read_whole_and_the_others_dropped():
+    given = [np.full((3, 6, 5, 3), k, np.float32) for k in range(5)]  # the caller's batches: nothing to assign
+    opened, got = _batches(iter(given), share=(1, 2))
+    assert [b.index for b in got] == [1, 3]
+    assert [float(b.values["images:0"][0, 0, 0, 0]) for b in got] == [1.0, 3.0]
