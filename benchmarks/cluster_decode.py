@@ -11,7 +11,7 @@ each process under ``strace -f --seccomp-bpf -e trace=openat``: the files of the
 its decode work (TensorFlow's ``read_file`` opens a file once per decode). With ``--code DIR`` the same runs use
 another ckptfix source tree as well (e.g. the code before issue 26: ``git archive main ckptfix | tar -x -C DIR``),
 for a before/after comparison. The chief's statistics are compared with the one process's, and each process's
-wall time (from its start, TensorFlow's import included, to its exit) is printed.
+wall time (from its start, TensorFlow's import included, to its exit) and CPU time are printed.
 
     .venv/bin/python benchmarks/cluster_decode.py                      # 512 files: ~3 min on 2 loaded cores
     .venv/bin/python benchmarks/cluster_decode.py --code /tmp/ckptfix-main
@@ -60,25 +60,31 @@ def _start(code: Path, args, prefix: str, folder: Path, log: Path, tf_config: st
     env["PYTHONPATH"] = str(code)
     if tf_config:
         env["TF_CONFIG"] = tf_config
-    command = ["strace", "-f", "--seccomp-bpf", "-e", "trace=openat", "-o", str(log), sys.executable, "-m", "ckptfix",
+    # bash's ``times`` prints the CPU seconds (user, system) of what it ran, strace and ckptfix, on its last line
+    wrapper = ["bash", "-c", '"$@"; code=$?; times >&2; exit $code', "ckptfix"]
+    command = wrapper + ["strace", "-f", "--seccomp-bpf", "-e", "trace=openat", "-o", str(log), sys.executable, "-m", "ckptfix",
                "diagnose", prefix, str(folder), "--json", "--no-progress", "--batch-size", str(args.batch_size),
                "--agreement-samples", "0"]
     return time.monotonic(), subprocess.Popen(command, env=env, cwd=str(log.parent), text=True,
                                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def _finish(started) -> tuple[float, str]:
+def _finish(started) -> tuple[float, float, str]:
+    """(wall seconds, CPU seconds, stdout) of a started process."""
     began, process = started
     out, err = process.communicate(timeout=1800)
     if process.returncode not in (0, 3):
         raise SystemExit(f"ckptfix exited {process.returncode}: {err[-2000:]}")
-    return time.monotonic() - began, out
+    user, system = (float(m) * 60 + float(s) for m, s in re.findall(r"(\d+)m([\d.]+)s", err.splitlines()[-1]))
+    return time.monotonic() - began, user + system, out
 
 
 def _opened(log: Path, folder: Path) -> tuple[int, int]:
-    """(opens, distinct files) of ``folder``'s files in an strace log, failed opens excluded."""
-    pattern = re.compile(r'openat\([^"]*"' + re.escape(str(folder)) + r'/([^"]+)".*= (-?\d+)')
-    names = [m.group(1) for m in map(pattern.search, log.read_text().splitlines()) if m and int(m.group(2)) >= 0]
+    """(opens, distinct files) of ``folder``'s files in an strace log. A call another thread interrupts is logged
+    as ``openat(... <unfinished ...>`` and its result on a later line: counted unless it failed at once."""
+    pattern = re.compile(r'openat\([^"]*"' + re.escape(str(folder)) + r'/([^"]+)"')
+    names = [m.group(1) for line in log.read_text().splitlines()
+             if (m := pattern.search(line)) and not re.search(r"= -1 E", line)]
     return len(names), len(set(names))
 
 
@@ -107,10 +113,10 @@ def _largest_difference(one: dict, other: dict) -> float:
 def _measure(code: Path, args, prefix: str, folder: Path, work: Path) -> list[list[str]]:
     rows = []
     log = work / "one.strace"
-    seconds, out = _finish(_start(code, args, prefix, folder, log, None))
+    seconds, cpu, out = _finish(_start(code, args, prefix, folder, log, None))
     one = json.loads(out)
     opens, files = _opened(log, folder)
-    rows.append(["1 process", "-", f"{opens} ({files} distinct)", f"{seconds:.1f}", f"{one['num_batches']}", "-"])
+    rows.append(["1 process", f"{one['num_batches']}", f"{opens} ({files} distinct)", f"{seconds:.1f}", f"{cpu:.1f}", "-"])
     ports = free_ports(2)
     configs = [tf_config(ports, k) for k in range(2)]
     logs = [work / f"worker{k}.strace" for k in range(2)]
@@ -121,8 +127,9 @@ def _measure(code: Path, args, prefix: str, folder: Path, work: Path) -> list[li
     difference = _largest_difference(one, chief)
     for k in range(2):
         opens, files = _opened(logs[k], folder)
-        rows.append([f"2 workers: worker {k}", f"{batches.get(k, 0)}", f"{opens} ({files} distinct)",
-                     f"{finished[k][0]:.1f}", f"{chief['num_batches']}", f"{difference:.1e}" if k == 0 else ""])
+        rows.append([f"2 workers: worker {k}", f"{batches.get(k, 0)} of {chief['num_batches']}",
+                     f"{opens} ({files} distinct)", f"{finished[k][0]:.1f}", f"{finished[k][1]:.1f}",
+                     f"{difference:.1e}" if k == 0 else ""])
     return rows
 
 
@@ -150,7 +157,7 @@ def main() -> None:
             print(f"ckptfix's image pipeline alone (decode + inception preprocessing to {size}x{size}, parallel map): "
                   f"{1000 * _decode_seconds(work / 'images', size, args.batch_size):.2f} ms per file")
         header = ["run", "batches run", "folder files opened (decoded)", "wall s (process start to exit)",
-                  "batches in all", "largest difference vs 1 process"]
+                  "CPU s (user + system, strace included)", "largest difference vs 1 process"]
         for code in [_models.ROOT, *args.code]:
             print(f"\ncode: {code}")
             print(_models.table(header, _measure(code.resolve(), args, info["prefix"], work / "images", work)), flush=True)

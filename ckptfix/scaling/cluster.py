@@ -7,8 +7,9 @@ TensorFlow's collective ops.
 
 Workers are ranked chief first (when there is a ``chief`` job), then ``worker`` 0, 1, ...; rank 0 is the chief,
 the one process that writes the output and reports. With ``W`` workers, **batch i (counted from 0 in the
-order the data gives them, after --shuffle/--seed) runs on the worker of rank i mod W**; every worker reads
-the same data in the same order and skips the batches of the others.
+order the data gives them, after --shuffle/--seed) runs on the worker of rank i mod W**; every worker is given
+the same data, lays the batches out on the positions of its reading order before reading anything, and reads
+and decodes only its own (:class:`ckptfix.data.batching.Share`).
 
 Each worker pools its own batches in batch order; the partial sums per layer (count, mean, M2, and the
 batch-mean sums, float64) are all-gathered with ``MultiWorkerMirroredStrategy``'s collective ops and merged in
@@ -117,11 +118,9 @@ class Cluster:
         if isinstance(error, tf.errors.DeadlineExceededError):
             return f"not every worker sent its statistics within {self.timeout:g} s (--cluster-timeout)"
         text = str(getattr(error, "message", error))
-        others = sorted({self.tasks.index((job, int(k))) for job, k in re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", text)
-                         if (job, int(k)) in self.tasks} - {self.rank})
+        others = sorted({self.tasks.index(task) for task in _tasks_in(text) if task in self.tasks} - {self.rank})
         if others:
-            named = ", ".join(f"worker {rank}" + ("" if self.tasks[rank] == ("worker", rank) else
-                                                   " (TF_CONFIG task {} {})".format(*self.tasks[rank])) for rank in others)
+            named = ", ".join(_worker_name(self.tasks, self.tasks[rank]) for rank in others)
             return f"{named} stopped answering (died, killed or cut off)"
         return f"another worker failed or stopped answering ({type(error).__name__})"
 
@@ -175,21 +174,27 @@ def cluster_timeout(timeout: float | None = None, environ=os.environ) -> float:
 def never_joined(text: str, tasks: list[tuple[str, int]], rank: int) -> str | None:
     """Which workers TensorFlow's failed registration says never joined: the tasks missing at the registration
     barrier (the leader's list: at most two names, and the count), or the leader itself when it never answered."""
-    def name(task: tuple[str, int]) -> str:
-        place = tasks.index(task)
-        return f"worker {place}" + ("" if task == ("worker", place) else " (TF_CONFIG task {} {})".format(*task))
-
-    named = [(job, int(k)) for job, k in re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", text)]
-    if "Wait_for_all_tasks_to_register" in text:
-        listed = text.split("timed out task names:")[-1]
-        missing = [task for task in named if task in tasks and f"task:{task[1]}" in listed and task != tasks[rank]]
+    if "Wait_for_all_tasks_to_register" in text and "timed out task names:" in text:
+        listed = text.split("timed out task names:")[1].split("Additional GRPC")[0]
+        missing = list(dict.fromkeys(task for task in _tasks_in(listed) if task in tasks and task != tasks[rank]))
         reached = re.search(r"reached the barrier: (\d+)/(\d+)", text)
         more = (int(reached.group(2)) - int(reached.group(1)) - len(missing)) if reached else 0
         if missing:
-            return ", ".join(dict.fromkeys(name(task) for task in missing)) + (f" and {more} more" if more > 0 else "")
-    if "RegisterTask" in text and tasks[0] in named and rank != 0:
-        return f"{name(tasks[0])} (the cluster's leader)"
+            return ", ".join(_worker_name(tasks, task) for task in missing) + (f" and {more} more" if more > 0 else "")
+    if "RegisterTask" in text and tasks[0] in _tasks_in(text) and rank != 0:
+        return f"{_worker_name(tasks, tasks[0])} (the cluster's leader)"
     return None
+
+
+def _tasks_in(text: str) -> list[tuple[str, int]]:
+    """The ``(job, index)`` of every task a TensorFlow message names (``/job:worker/replica:0/task:1``)."""
+    return [(job, int(k)) for job, k in re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", text)]
+
+
+def _worker_name(tasks: list[tuple[str, int]], task: tuple[str, int]) -> str:
+    """``worker 2``, by rank; with the TF_CONFIG task when it differs (``worker 0 (TF_CONFIG task chief 0)``)."""
+    rank = tasks.index(task)
+    return f"worker {rank}" + ("" if task == ("worker", rank) else " (TF_CONFIG task {} {})".format(*task))
 
 
 _JOINED: dict[str, Cluster] = {}
