@@ -122,7 +122,7 @@ def _measure(code: Path, args, prefix: str, folder: Path, work: Path) -> list[li
     logs = [work / f"worker{k}.strace" for k in range(2)]
     started = [_start(code, args, prefix, folder, logs[k], configs[k]) for k in range(2)]
     finished = [_finish(s) for s in started]
-    chief = json.loads(finished[0][1])
+    chief = json.loads(finished[0][2])
     batches = {row["worker"]: row["batches"] for row in chief["devices"]}
     difference = _largest_difference(one, chief)
     for k in range(2):

@@ -64,10 +64,6 @@ class Cluster:
     def chief(self) -> bool:
         return self.rank == 0
 
-    def owns(self, batch_index: int) -> bool:
-        """Whether batch ``batch_index`` (from 0, in data order) runs here: ``batch_index mod size == rank``."""
-        return batch_index % self.size == self.rank
-
     def describe(self) -> str:
         return f"worker {self.rank} of {self.size}"
 

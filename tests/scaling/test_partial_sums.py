@@ -42,8 +42,11 @@ def test_partial_sums_merged_in_rank_order_equal_one_pass(workers):
 
 
 def test_batches_are_shared_round_robin():
-    cluster = Cluster(rank=1, size=3)
-    assert [i for i in range(10) if cluster.owns(i)] == [1, 4, 7]
+    from ckptfix.data.batching import Share
+
+    assert [i for i in range(10) if Share(1, 3).owns(i)] == [1, 4, 7]
+    positions, batches = Share(1, 3).positions(21, 4)  # batches 0..4, the last of 5 (a rest of 1 merged)
+    assert batches.tolist() == [1] * 4 + [4] * 5 and positions.tolist() == [4, 5, 6, 7, 16, 17, 18, 19, 20]
 
 
 def _config(cluster, task):
