@@ -252,8 +252,9 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
         if batches.merged_last:
             notice("the last batch had {} samples, fewer than half a batch: merged into the one before ({} samples)"
                    .format(*batches.merged_last))
-        pooled, facts = cluster.combine(stream.pooled, dict(devices=[share.to_dict() for share in stream.devices.values()],
-                                                            skipped=batches.skipped_files, count=batches.samples_skipped))
+        mine = dict(devices=[share.to_dict() for share in stream.devices.values()], skipped=batches.skipped_files,
+                    count=batches.samples_skipped)  # every worker's, in rank order, from the combine
+        pooled, facts = cluster.combine(stream.pooled, mine)
         devices = [DeviceReport(**share) for fact in facts for share in fact["devices"]]
         num_samples = sum(device.samples for device in devices)
         if num_samples == 0:
