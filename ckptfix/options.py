@@ -170,6 +170,10 @@ class Options:
             a count (the first that many), or names (``"/GPU:0,/GPU:1"``, or a list); default: all. The
             statistics equal the one-device run's to float64 rounding. Under a ``TF_CONFIG`` cluster each
             process is one worker and these are its local devices [--devices].
+        cluster_timeout: under a ``TF_CONFIG`` cluster, how long (seconds, > 0) a worker waits for the others: for
+            every task to register at start-up (a worker that never starts is then an error naming it, nothing
+            written), and for their statistics at the end; default: ``CKPTFIX_WORKER_TIMEOUT``, else 3600
+            (docs/scaling-out.md) [--cluster-timeout].
     Safety:
         allow_unsafe_ops: run a forward pass containing ops that execute Python or write files
             (:mod:`ckptfix.graph.safety`); only for graphs you trust [--allow-unsafe-ops].
@@ -219,6 +223,7 @@ class Options:
     agreement_samples: int = 256
     allow_unsafe_ops: bool = False
     devices: str | int | tuple[str, ...] | None = None
+    cluster_timeout: float | None = None
     output: Path | None = None
     overwrite: bool = False
     against: Path | None = None
@@ -252,6 +257,8 @@ class Options:
         names = input_names(self.input_name)
         normalise("input_name", None if names is None else tuple(names))
         normalise("devices", parse_devices(self.devices))
+        if self.cluster_timeout is not None and not 0 < self.cluster_timeout < float("inf"):
+            raise CkptfixError(f"--cluster-timeout must be a number of seconds above 0 (got {self.cluster_timeout}).")
         if self.model is None and any((self.model_args, self.input_shape, self.arg_scope)):
             raise OptionError("--num-classes, --model-arg, --input-shape and --arg-scope apply only with --model.")
         for name in _PATHS:

@@ -150,18 +150,17 @@ class _Variety:
 
 
 def _stream(pool: DevicePool, batches, layers: list[Layer], keep: int, progress: bool, cluster: Cluster) -> _Stream:
-    """Run every batch of this worker's share once (``cluster.owns``), on the pool's devices; pool each layer's
+    """Run every batch of ``batches`` (this worker's share) once, on the pool's devices; pool each layer's
     moments in batch order; keep the share's first ``keep`` samples and their outputs."""
     seen = _Stream({layer.name: PooledMoments(layer.channels) for layer in layers},
                    devices={device: DeviceReport(device, cluster.rank) for device, _ in pool.sessions})
 
     def share():
         submitted = 0
-        for index, batch in enumerate(batches):
-            if cluster.owns(index):
-                last = getattr(batches, "last", None)  # names this batch in errors, whenever they are raised
-                yield batch, submitted < keep, batches.describe_last if last is None else last.describe
-                submitted += samples_in(batch)
+        for batch in batches:
+            last = getattr(batches, "last", None)  # names this batch in errors, whenever they are raised
+            yield batch, submitted < keep, batches.describe_last if last is None else last.describe
+            submitted += samples_in(batch)
 
     with interrupts_between_steps() as check_interrupt, \
             _progress_bar(progress, batches.num_samples if cluster.size == 1 else None) as bar:
@@ -333,6 +332,7 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
             num_samples=options.num_samples,
             shuffle=options.shuffle,
             seed=options.seed,
+            share=(cluster.rank, cluster.size),
             preprocess=options.preprocess,
             on_warning=notice,
             **options.data_options,
@@ -347,8 +347,10 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
         if batches.merged_last:
             notice("the last batch had {} samples, fewer than half a batch: merged into the one before ({} samples)"
                    .format(*batches.merged_last))
-        pooled, shares = cluster.combine(stream.pooled, [share.to_dict() for share in stream.devices.values()])
-        devices = [DeviceReport(**share) for share in shares]
+        mine = dict(devices=[share.to_dict() for share in stream.devices.values()], skipped=batches.skipped_files,
+                    count=batches.samples_skipped)  # every worker's, in rank order, from the combine
+        pooled, facts = cluster.combine(stream.pooled, mine)
+        devices = [DeviceReport(**share) for fact in facts for share in fact["devices"]]
         num_samples = sum(device.samples for device in devices)
         if num_samples == 0:
             raise CkptfixError("the calibration data yielded no samples: pass a folder or array with at least one sample.")
@@ -381,8 +383,8 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
             notices=notice.messages,
             agreement=agreement,
             data_source=batches.source,
-            samples_skipped=batches.samples_skipped,
-            skipped_files=batches.skipped_files,
+            samples_skipped=sum(fact["count"] for fact in facts),
+            skipped_files=[name for fact in facts for name in fact["skipped"]],
             model_format=source.model_format,
             cause=cause,
             devices=devices,
@@ -448,7 +450,7 @@ def recalibrate(checkpoint, data, options: Options) -> RecalibrationReport:
     before it, Ctrl-C leaves nothing written; after it, Ctrl-C is ignored until the call returns
     (:func:`ckptfix.interrupts.commit_scope`).
     """
-    cluster = join_cluster()  # before the model is loaded: joining renames the process's devices
+    cluster = join_cluster(options.cluster_timeout)  # before the model is loaded: joining renames the devices
     with open_source(checkpoint, options) as source:
         destination = source.check_output(options.output, options.overwrite)  # a bad -o fails before the pass
         _run_paths(source, data, options, destination)
@@ -473,7 +475,7 @@ def diagnose(checkpoint, data, options: Options) -> DiagnosisReport:
     """Measure only: how far the stored statistics are from the recomputed ones, and whether that is stale
     (``report.verdict``); nothing is written but the side outputs asked for. A gate refusal is the
     ``inconclusive`` verdict."""
-    cluster = join_cluster()
+    cluster = join_cluster(options.cluster_timeout)
     with open_source(checkpoint, options) as source, contextlib.ExitStack() as stack:
         _run_paths(source, data, options, None)
         other = None if options.against is None else stack.enter_context(source.stored_values(options.against))

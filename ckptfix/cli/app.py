@@ -107,6 +107,7 @@ Plot = Annotated[Optional[Path], typer.Option(metavar="FILE.png", help="Also dra
 Force = Annotated[bool, typer.Option("--force", help="Write statistics the repair gate refuses (worse agreement, too little or degenerate data).", rich_help_panel=OUTPUT)]
 Summary = Annotated[Optional[Path], typer.Option(metavar="FILE.md", help="Also write the facts as a Markdown table (CI step summaries).", rich_help_panel=OUTPUT)]
 Devices = Annotated[Optional[str], typer.Option(parser=_devices, metavar="all|N|/GPU:0,...", help="Where whole batches run: all GPUs (else the CPU), the first N, or device names; same statistics on any number. Workers: see TF_CONFIG in docs/scaling-out.md.", rich_help_panel=DATA)]
+ClusterTimeout = Annotated[Optional[float], typer.Option(metavar="SECONDS", help="TF_CONFIG workers: how long each waits for the others to join at start-up and to send their statistics (default: $CKPTFIX_WORKER_TIMEOUT, else 3600).", rich_help_panel=DATA)]
 Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="Show TensorFlow's own log output.", rich_help_panel=OUTPUT)]
 
 Unsafe = Annotated[bool, typer.Option("--unsafe", help="Keras safe mode off: load Lambda layers holding Python code (trust the file).", rich_help_panel=SAFETY)]
@@ -196,7 +197,7 @@ DATA_OPTIONS = (
     ("batch_size", BatchSize, 32), ("num_samples", NumSamples, None), ("shuffle", Shuffle, True), ("seed", Seed, 0),
     ("input_name", InputName, None), ("preprocess", Preprocess, "inception"), ("image_size", ImageSize, None),
     ("central_crop", CentralCrop, None), ("data_format", DataFormatOption, None), ("feature", Feature, "image/encoded"),
-    ("strict", Strict, False), ("devices", Devices, None),
+    ("strict", Strict, False), ("devices", Devices, None), ("cluster_timeout", ClusterTimeout, None),
 )
 STATISTICS_OPTIONS = (
     ("include", Include, None), ("exclude", Exclude, None), ("estimator", EstimatorOption, Estimator.POOLED),

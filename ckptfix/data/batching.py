@@ -9,6 +9,13 @@ every layer after them, inputs unlike those of training (one sample through a de
 A last batch with fewer than half a batch of samples is therefore merged into the one before it (that
 forward pass has up to 1.5 x ``batch_size`` samples); the caller gets a notice. Data smaller than one batch
 is one batch. Whether a layer still sees a single value per channel is checked on the moments by the API.
+
+**A share of the batches** (:class:`Share`: a ``TF_CONFIG`` worker's, batch i when i mod count == index).
+Where the reading order is known before anything is decoded (files, array rows, records), the batches are laid
+out on the positions of that order (:func:`batch_of`: position p is in batch ``min(p // batch_size, last)``,
+the same batches as above when every sample is usable), and a reader reads and decodes only the positions of
+its own batches (each :class:`Chunk` then carries its samples' batch). Other sources are read whole and the
+batches of the others dropped.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ class Chunk:
 
     values: dict[str, np.ndarray]
     names: Sequence[str]
+    #: each sample's batch, when batches were assigned before reading (:class:`Share`)
+    batches: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -193,3 +202,70 @@ class Rebatcher:
             yield _concat(held)
         else:
             yield from held
+
+
+def batch_count(total: int, batch_size: int) -> int:
+    """How many batches ``total`` samples make: full ones, the rest one more unless :func:`too_small` (merged)."""
+    full, rest = divmod(total, batch_size)
+    if full == 0:
+        return 1 if rest else 0
+    return full + (1 if rest and not too_small(rest, batch_size) else 0)
+
+
+def merged_rest(total: int, batch_size: int) -> tuple[int, int] | None:
+    """``(last batch's size, merged size)`` when ``total`` samples end in a too-small batch merged, else None."""
+    full, rest = divmod(total, batch_size)
+    return (rest, batch_size + rest) if full and too_small(rest, batch_size) else None
+
+
+def batch_of(positions: np.ndarray, total: int, batch_size: int) -> np.ndarray:
+    """The batch of each position in a reading order of ``total`` samples: ``min(p // batch_size, last)``."""
+    return np.minimum(np.asarray(positions) // batch_size, batch_count(total, batch_size) - 1)
+
+
+@dataclass(frozen=True)
+class Share:
+    """The batches one reader yields: batch i when ``i mod count == index`` (rank ``index`` of ``count`` workers)."""
+
+    index: int = 0
+    count: int = 1
+
+    def owns(self, batch: int) -> bool:
+        return batch % self.count == self.index
+
+    def positions(self, total: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(positions, their batches)``: the positions of a reading order of ``total`` samples in this share's
+        batches, in order."""
+        batches = batch_of(np.arange(total), total, batch_size)
+        mine = batches % self.count == self.index
+        return np.flatnonzero(mine), batches[mine]
+
+
+def with_batches(chunks: Iterable[Chunk], batches: np.ndarray) -> Iterator[Chunk]:
+    """``chunks`` of consecutive samples (none dropped) with each sample's batch from ``batches``, in order."""
+    start = 0
+    for chunk in chunks:
+        yield Chunk(chunk.values, chunk.names, batches[start : start + len(chunk)])
+        start += len(chunk)
+
+
+def assigned_batches(chunks: Iterable[Chunk]) -> Iterator[Batch]:
+    """Chunks whose samples carry their batch (assigned before reading, in order) -> one :class:`Batch` per
+    batch, numbered as assigned; a sample that could not be read leaves its batch one short."""
+    pending: list[Chunk] = []
+    current = None
+    for chunk in chunks:
+        ids = np.asarray(chunk.batches)
+        cuts = [0, *(np.flatnonzero(np.diff(ids)) + 1), len(ids)]
+        for start, stop in zip(cuts[:-1], cuts[1:]):
+            if start == stop:
+                continue
+            if current is not None and ids[start] != current:
+                whole = _concat(pending)
+                yield _finite(Batch(whole.values, list(whole.names), current))
+                pending = []
+            current = int(ids[start])
+            pending.append(Chunk({k: v[start:stop] for k, v in chunk.values.items()}, chunk.names[start:stop]))
+    if pending:
+        whole = _concat(pending)
+        yield _finite(Batch(whole.values, list(whole.names), current))

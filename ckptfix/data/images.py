@@ -97,9 +97,11 @@ def pipeline_options():
 
 
 def image_chunks(
-    files: Sequence[Path], prep: ImagePreprocessing, spec: InputSpec, skips: SkipLog, read_batch: int
+    files: Sequence[Path], prep: ImagePreprocessing, spec: InputSpec, skips: SkipLog, read_batch: int,
+    batches: np.ndarray | None = None,
 ) -> Iterator[Chunk]:
-    """Decoded, preprocessed samples of ``files`` in order, in chunks of up to ``read_batch``."""
+    """Decoded, preprocessed samples of ``files`` in order, in chunks of up to ``read_batch``; with ``batches``
+    (each file's batch, assigned before reading), each chunk carries its samples' batch."""
     import tensorflow as tf
 
     paths = [str(f) for f in files]
@@ -125,7 +127,7 @@ def image_chunks(
         if not ok.all():
             bad = int(np.argmin(ok))
             raise wrong_shape(padded[bad], paths[positions[bad]], prep, spec)
-        yield Chunk({spec.name: samples}, [paths[p] for p in positions])
+        yield Chunk({spec.name: samples}, [paths[p] for p in positions], None if batches is None else batches[positions])
     for missing in range(expected, len(paths)):
         skips.skip(paths[missing], decode_error(paths[missing]))
 
@@ -162,4 +164,4 @@ def array_image_chunks(
                 bad = int(np.argmin(ok))
                 raise wrong_shape(padded[bad], chunk.names[bad], preps[name], by_name[name])
             values[name] = samples
-        yield Chunk(values, chunk.names)
+        yield Chunk(values, chunk.names, chunk.batches)

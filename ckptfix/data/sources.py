@@ -10,6 +10,11 @@ Order: without shuffling, files in sorted path order and array rows in order. Wi
 access by positioned reads), image files in a permutation of the file list, TFRecord files in a permutation
 of the file list with records mixed in a bounded buffer (:data:`~ckptfix.data.tfrecord.SHUFFLE_BUFFER`).
 ``num_samples`` stops reading once that many samples were batched.
+
+Shares (``share=(index, count)``, a ``TF_CONFIG`` worker's; :class:`~ckptfix.data.batching.Share`): files,
+array rows and TFRecord records are assigned to batches by their position in the order above (bounded by
+``num_samples`` positions) before anything is read, and only the share's positions are read and decoded; a
+``tf.data.Dataset`` or an iterable is read whole and the other batches dropped.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from ckptfix.data.arrays import indexed_chunks, open_array_files, read_npz
-from ckptfix.data.batching import Batch, Chunk, Rebatcher, SkipLog
+from ckptfix.data.batching import (Batch, Chunk, Rebatcher, Share, SkipLog, assigned_batches, merged_rest,
+                                   with_batches)
 from ckptfix.data.images import array_image_chunks, image_chunks
 from ckptfix.data.preprocessing import resolve_preprocessing
 from ckptfix.data.python import dataset_chunks, in_memory, inputs_of, iterable_chunks
@@ -93,7 +99,9 @@ class CalibrationBatches:
     ``skipped_files`` / ``samples_skipped`` tell what was skipped, ``merged_last`` whether a too-small last
     batch was merged ``(its size, the merged size)``, and :meth:`describe_last` names the last batch.
     ``preprocessing`` describes what image files, or integer arrays taken as images (``integer_images``), went
-    through; None for data used as given.
+    through; None for data used as given. Only the batches of ``share`` are yielded (numbered in the whole
+    data); ``assigned``: the chunks are already the share's, their samples carrying their batch, and
+    ``merged_last`` is the layout's.
     """
 
     def __init__(
@@ -109,9 +117,13 @@ class CalibrationBatches:
         skips: SkipLog,
         preprocessing: str | None = None,
         integer_images: bool = False,
+        share: Share = Share(),
+        assigned: tuple[int, int] | None = None,
     ) -> None:
         self._chunks = chunks
         self._rebatcher = Rebatcher(batch_size, num_samples, fixed)
+        self.share = share
+        self._assigned = assigned  # (samples laid out, batch size)
         self.inputs = list(inputs)
         self.num_samples = expected
         self.source = source
@@ -138,20 +150,22 @@ class CalibrationBatches:
 
     @property
     def merged_last(self) -> tuple[int, int] | None:
-        return self._rebatcher.merged
+        return merged_rest(*self._assigned) if self._assigned else self._rebatcher.merged
 
     def describe_last(self) -> str:
         return "no batch yet" if self.last is None else self.last.describe()
 
     def batches(self) -> Iterator[Batch]:
-        """The :class:`Batch` objects (values per input and a name per sample)."""
+        """The :class:`Batch` objects of the share (values per input and a name per sample)."""
         seen = 0
-        for batch in self._rebatcher(self._chunks()):
-            self.last = batch
+        produced = assigned_batches(self._chunks()) if self._assigned else self._rebatcher(self._chunks())
+        for batch in produced:
             seen += len(batch)
-            yield batch
+            if self.share.owns(batch.index):
+                self.last = batch
+                yield batch
         self.skips.finish()
-        if seen == 0:
+        if seen == 0 and not self._assigned:  # a share may be empty: the run checks the whole
             if self.skips.skipped:
                 raise DataError(
                     f"no usable sample in {self.source}: all {len(self.skips.skipped)} file(s) were skipped "
@@ -282,6 +296,7 @@ def open_calibration_data(
     num_samples: int | None = None,
     shuffle: bool = True,
     seed: int = 0,
+    share: tuple[int, int] = (0, 1),
     preprocess="inception",
     image_size=None,
     central_crop: float | None = None,
@@ -298,6 +313,7 @@ def open_calibration_data(
     name, ``module:function`` or a callable, see :mod:`ckptfix.data.preprocessing`) at the input's size or
     ``image_size``. Files that cannot be decoded are skipped with ``on_warning(message)`` (an error with
     ``strict``). Nothing is read until the result is iterated, except file headers and TFRecord framing.
+    ``share=(index, count)``: only batches i with i mod count == index are read (see the module docstring).
     """
     if inputs is None:
         if input_name is None:
@@ -306,7 +322,8 @@ def open_calibration_data(
     inputs = list(inputs)
     dtypes = {spec.name: spec.dtype for spec in inputs}
     skips = SkipLog(strict=strict, warn=on_warning or (lambda message: None))
-    common = dict(inputs=inputs, batch_size=batch_size, num_samples=num_samples, skips=skips)
+    shared = Share(*share)
+    common = dict(inputs=inputs, batch_size=batch_size, num_samples=num_samples, skips=skips, share=shared)
     bounded = (lambda n: n if num_samples is None else min(n, num_samples))
 
     size = _parse_image_size(image_size)
@@ -327,8 +344,14 @@ def open_calibration_data(
         preps = integer_images(arrays.integer)
         order = _order(len(arrays), shuffle, seed, num_samples)
         read = {spec.name: spec.dtype for spec in _read_specs(inputs, preps)}
-        chunks = preprocessed(lambda: indexed_chunks(arrays, order, batch_size, read), preps)
-        return CalibrationBatches(chunks, expected=len(order), fixed=True, source=source, **described(preps), **common)
+        if shared.count == 1:
+            chunks = preprocessed(lambda: indexed_chunks(arrays, order, batch_size, read), preps)
+            return CalibrationBatches(chunks, expected=len(order), fixed=True, source=source, **described(preps),
+                                      **common)
+        positions, batches = shared.positions(len(order), batch_size)
+        rows = lambda: with_batches(indexed_chunks(arrays, order[positions], batch_size, read), batches)  # noqa: E731
+        return CalibrationBatches(preprocessed(rows, preps), expected=len(positions), fixed=True, source=source,
+                                  assigned=(len(order), batch_size), **described(preps), **common)
 
     def is_integer(dtypes: dict[str, np.dtype]) -> Callable[[str], bool]:
         return lambda name: name in dtypes and np.issubdtype(dtypes[name], np.integer)
@@ -367,11 +390,16 @@ def open_calibration_data(
     if kind == "images":
         prep = resolve_preprocessing(preprocess, spec.shape, size, central_crop)
         ordered = [files[i] for i in _order(len(files), shuffle, seed, None)]
-        chunks = lambda: image_chunks(ordered, prep, spec, skips, batch_size)  # noqa: E731
         source = f"{len(files)} image file(s) in {where}"
-        return CalibrationBatches(
-            chunks, expected=bounded(len(files)), fixed=True, source=source, preprocessing=prep.description, **common
-        )
+        if shared.count == 1:
+            chunks = lambda: image_chunks(ordered, prep, spec, skips, batch_size)  # noqa: E731
+            return CalibrationBatches(chunks, expected=bounded(len(files)), fixed=True, source=source,
+                                      preprocessing=prep.description, **common)
+        positions, batches = shared.positions(bounded(len(files)), batch_size)
+        mine = [ordered[p] for p in positions]
+        chunks = lambda: image_chunks(mine, prep, spec, skips, batch_size, batches)  # noqa: E731
+        return CalibrationBatches(chunks, expected=len(mine), fixed=True, source=source, preprocessing=prep.description,
+                                  assigned=(bounded(len(files)), batch_size), **common)
     scanned = [scan(f) for f in files]
     ordered = [scanned[i] for i in _order(len(scanned), shuffle, seed, None)]
     record_kind = feature_kind(ordered, feature)
@@ -379,8 +407,11 @@ def open_calibration_data(
     preps = integer_images(lambda name: record_kind == "int64")
     read_spec = _read_specs(inputs, preps)[0]
     total = sum(f.records for f in scanned)
-    chunks = lambda: record_chunks(ordered, feature, record_kind, prep, read_spec, skips, batch_size, shuffle, seed)  # noqa: E731
+    layout = None if shared.count == 1 else (bounded(total), batch_size)
+    chunks = lambda: record_chunks(ordered, feature, record_kind, prep, read_spec, skips, batch_size, shuffle, seed,  # noqa: E731
+                                   shared, layout)
     source = f"{total} records in {len(files)} TFRecord file(s) in {where} (feature {feature})"
     images = described(preps) if preps else dict(preprocessing=None if prep is None else prep.description)
-    return CalibrationBatches(preprocessed(chunks, preps), expected=bounded(total), fixed=True, source=source,
-                              **images, **common)
+    expected = bounded(total) if layout is None else len(shared.positions(*layout)[0])
+    return CalibrationBatches(preprocessed(chunks, preps), expected=expected, fixed=True, source=source,
+                              assigned=layout, **images, **common)

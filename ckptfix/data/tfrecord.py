@@ -10,7 +10,10 @@ reading through the gzip stream): this counts the records, for the progress bar 
 and finds a truncated file, whose complete records are used and whose tail is reported as skipped.
 Streaming interleaves the (shuffled) files, shuffles serialized records in a bounded buffer, decodes with a
 parallel map and drops records that fail (``ignore_errors``); every element carries its file and record
-number, so the records that never arrive are named at the end.
+number, so the records that never arrive are named at the end. For a share of the batches
+(:class:`~ckptfix.data.batching.Share`), the records are numbered in that stream and assigned to batches
+before they are parsed and decoded; only the share's are decoded (the others' serialized bytes are read and
+dropped), and only they are checked for loss.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ckptfix.data.batching import Chunk, SkipLog
+from ckptfix.data.batching import Chunk, Share, SkipLog, batch_count
 from ckptfix.data.images import _parallel_calls, decode_and_preprocess, pipeline_options, wrong_shape
 from ckptfix.data.preprocessing import ImagePreprocessing
 from ckptfix.data.spec import InputSpec, show_shape
@@ -126,8 +129,11 @@ def record_chunks(
     read_batch: int,
     shuffle: bool,
     seed: int,
+    share: Share = Share(),
+    layout: tuple[int, int] | None = None,
 ) -> Iterator[Chunk]:
-    """Samples from the records of ``files`` (in that order, interleaved), in chunks of up to ``read_batch``."""
+    """Samples from the records of ``files`` (in that order, interleaved), in chunks of up to ``read_batch``. With
+    ``layout`` ``(records laid out, batch size)``, only the records of ``share``'s batches, carrying their batch."""
     import tensorflow as tf
 
     names = [str(f.path) for f in files]
@@ -147,7 +153,7 @@ def record_chunks(
     else:
         parse_spec = {feature: tf.io.FixedLenFeature([], tf.string)}
 
-    def parse(file_index, record_index, serialized):
+    def parse(file_index, record_index, serialized, batch=None):
         if kind == "image":
             encoded = tf.io.parse_single_example(serialized, parse_spec)[feature]
             sample, ok, padded = decode_and_preprocess(encoded, prep, spec)
@@ -158,7 +164,7 @@ def record_chunks(
             sample = tf.cond(
                 ok, lambda: tf.reshape(tf.cast(values, dtype), sample_shape), lambda: tf.zeros(sample_shape, dtype)
             )
-        return sample, ok, padded, file_index, record_index
+        return sample, ok, padded, file_index, record_index, tf.constant(-1, tf.int64) if batch is None else batch
 
     def records_of(file_index, path, compression, count):
         return (
@@ -177,20 +183,31 @@ def record_chunks(
         )
     )
     cycle = min(_INTERLEAVE, len(files)) if shuffle else 1
-    dataset = files_dataset.interleave(
-        records_of, cycle_length=cycle, num_parallel_calls=min(cycle, _parallel_calls()), deterministic=True
-    )
-    if shuffle:
-        dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=False)
+
+    def stream():
+        """(file, record, serialized[, batch]) in reading order; with ``layout``, the share's records only."""
+        dataset = files_dataset.interleave(
+            records_of, cycle_length=cycle, num_parallel_calls=min(cycle, _parallel_calls()), deterministic=True
+        )
+        if shuffle:
+            dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=False)
+        if layout is None:
+            return dataset
+        total, batch_size = layout  # numbered in the stream, assigned to batches, the others' dropped undecoded
+        last = batch_count(total, batch_size) - 1
+        return (dataset.take(total).enumerate()
+                .map(lambda k, element: (*element, tf.minimum(k // batch_size, last)))
+                .filter(lambda f, r, serialized, batch: tf.equal(batch % share.count, share.index)))
+
     dataset = (
-        dataset.map(parse, num_parallel_calls=_parallel_calls(), deterministic=True)
+        stream().map(parse, num_parallel_calls=_parallel_calls(), deterministic=True)
         .ignore_errors()
         .batch(read_batch)
         .prefetch(2)
         .with_options(pipeline_options())
     )
     seen = [np.zeros(f.records, bool) for f in files]
-    for samples, ok, padded, file_indices, record_indices in dataset.as_numpy_iterator():
+    for samples, ok, padded, file_indices, record_indices, batches in dataset.as_numpy_iterator():
         labels = [f"{names[f]}#{r}" for f, r in zip(file_indices, record_indices)]
         if not ok.all():
             bad = int(np.argmin(ok))
@@ -202,9 +219,10 @@ def record_chunks(
             )
         for f, r in zip(file_indices, record_indices):
             seen[f][r] = True
-        yield Chunk({spec.name: samples}, labels)
-    for record_file, flags in zip(files, seen):
-        missing = np.flatnonzero(~flags)
+        yield Chunk({spec.name: samples}, labels, None if layout is None else batches)
+    wanted = None if layout is None else _share_records(stream(), files, seen, share.positions(*layout)[0].size)
+    for k, (record_file, flags) in enumerate(zip(files, seen)):
+        missing = np.flatnonzero(~flags if wanted is None else wanted[k] & ~flags)
         if len(missing):
             shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
             skips.skip(
@@ -213,3 +231,14 @@ def record_chunks(
                 count=len(missing),
             )
 
+
+
+def _share_records(stream, files: Sequence[RecordFile], seen: list[np.ndarray], expected: int) -> list[np.ndarray]:
+    """Which records a share holds (file -> flags): ``seen`` when all ``expected`` arrived, else read from the share's
+    ``stream`` again (serialized records only, nothing decoded) to name the lost ones."""
+    if sum(int(flags.sum()) for flags in seen) >= expected:
+        return seen
+    wanted = [np.zeros(f.records, bool) for f in files]
+    for f, r, *_ in stream.as_numpy_iterator():
+        wanted[f][r] = True
+    return wanted

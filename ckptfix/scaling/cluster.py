@@ -7,16 +7,24 @@ TensorFlow's collective ops.
 
 Workers are ranked chief first (when there is a ``chief`` job), then ``worker`` 0, 1, ...; rank 0 is the chief,
 the one process that writes the output and reports. With ``W`` workers, **batch i (counted from 0 in the
-order the data gives them, after --shuffle/--seed) runs on the worker of rank i mod W**; every worker reads
-the same data in the same order and skips the batches of the others.
+order the data gives them, after --shuffle/--seed) runs on the worker of rank i mod W**; every worker is given
+the same data, lays the batches out on the positions of its reading order before reading anything, and reads
+and decodes only its own (:class:`ckptfix.data.batching.Share`).
 
 Each worker pools its own batches in batch order; the partial sums per layer (count, mean, M2, and the
 batch-mean sums, float64) are all-gathered with ``MultiWorkerMirroredStrategy``'s collective ops and merged in
 rank order with Chan's update (:meth:`ckptfix.stats.PooledMoments.merge`), the same on every worker. The
 result equals the one-process statistics to float64 rounding. A worker that dies is reported by TensorFlow's
-coordination service (missing heartbeats, ~10 s); one that hangs by the collective timeout
-(``CKPTFIX_WORKER_TIMEOUT`` seconds, default 3600). Either way every other worker stops with
-:class:`WorkerError` and nothing is written.
+coordination service (missing heartbeats, ~10 s); one that hangs by the collective timeout. Either way every
+other worker stops with :class:`WorkerError` and nothing is written.
+
+**Start-up is bounded by the same timeout** (``--cluster-timeout`` / ``CKPTFIX_WORKER_TIMEOUT`` seconds, default
+3600). The coordination service is configured before the strategy is built (MultiWorkerMirroredStrategy keeps a
+service that is already configured): every task registers at a barrier (``cluster_register_with_barrier``)
+with ``cluster_register_timeout_in_ms`` set to it. Without the barrier, TensorFlow 2.21's leader waits for the
+others in its device-propagation barrier, whose timeout is a fixed hour; with it, a task that never starts, or
+dies before it registers, makes every other one fail with the list of the tasks missing at the barrier (the
+leader's answer), or with the leader's own silence when the leader is the missing one.
 """
 
 from __future__ import annotations
@@ -30,8 +38,10 @@ import numpy as np
 from ckptfix.errors import CkptfixError
 from ckptfix.stats import PooledMoments
 
-#: collective timeout (seconds) for a worker that is alive but never sends its statistics
+#: how long (seconds) a worker waits for the others: to register at start-up, and to send their statistics
 DEFAULT_TIMEOUT_SECONDS = 3600
+#: where the timeout is read from when ``--cluster-timeout`` is not given
+TIMEOUT_VARIABLE = "CKPTFIX_WORKER_TIMEOUT"
 
 
 class WorkerError(CkptfixError):
@@ -54,22 +64,19 @@ class Cluster:
     def chief(self) -> bool:
         return self.rank == 0
 
-    def owns(self, batch_index: int) -> bool:
-        """Whether batch ``batch_index`` (from 0, in data order) runs here: ``batch_index mod size == rank``."""
-        return batch_index % self.size == self.rank
-
     def describe(self) -> str:
         return f"worker {self.rank} of {self.size}"
 
-    def combine(self, pooled: dict[str, PooledMoments], shares: list[dict]) -> tuple[dict[str, PooledMoments], list[dict]]:
-        """Every worker's partial ``pooled`` moments merged in rank order, and every worker's device ``shares``
-        (rank order); the same answer on every worker. One process: returned as they are."""
+    def combine(self, pooled: dict[str, PooledMoments], facts: dict) -> tuple[dict[str, PooledMoments], list[dict]]:
+        """Every worker's partial ``pooled`` moments merged in rank order, and every worker's ``facts`` (JSON: its
+        devices' shares, the files it skipped), in rank order; the same answer on every worker. One process:
+        ``pooled`` and ``[facts]``."""
         if self.size == 1:
-            return pooled, shares
+            return pooled, [facts]
         names = list(pooled)
         vector = np.concatenate([[float(self.rank)], *(pooled[name].to_array() for name in names)])
         rows = self._gather(vector)
-        encoded = np.frombuffer(json.dumps(shares).encode(), np.uint8).astype(np.float64)
+        encoded = np.frombuffer(json.dumps(facts).encode(), np.uint8).astype(np.float64)
         lengths = self._gather(np.array([float(self.rank), encoded.size]))
         width = int(lengths[:, 1].max())
         texts = self._gather(np.concatenate([[float(self.rank), encoded.size], encoded, np.zeros(width - encoded.size)]))
@@ -82,7 +89,7 @@ class Cluster:
                 offset += size
         everyone = []
         for row in sorted(texts, key=lambda r: r[0]):
-            everyone.extend(json.loads(row[2 : 2 + int(row[1])].astype(np.uint8).tobytes().decode()))
+            everyone.append(json.loads(row[2 : 2 + int(row[1])].astype(np.uint8).tobytes().decode()))
         return merged, everyone
 
     def _gather(self, vector: np.ndarray) -> np.ndarray:
@@ -105,13 +112,11 @@ class Cluster:
         import tensorflow as tf
 
         if isinstance(error, tf.errors.DeadlineExceededError):
-            return f"not every worker sent its statistics within {self.timeout:g} s (CKPTFIX_WORKER_TIMEOUT)"
+            return f"not every worker sent its statistics within {self.timeout:g} s (--cluster-timeout)"
         text = str(getattr(error, "message", error))
-        others = sorted({self.tasks.index((job, int(k))) for job, k in re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", text)
-                         if (job, int(k)) in self.tasks} - {self.rank})
+        others = sorted({self.tasks.index(task) for task in _tasks_in(text) if task in self.tasks} - {self.rank})
         if others:
-            named = ", ".join(f"worker {rank}" + ("" if self.tasks[rank] == ("worker", rank) else
-                                                   " (TF_CONFIG task {} {})".format(*self.tasks[rank])) for rank in others)
+            named = ", ".join(_worker_name(self.tasks, self.tasks[rank]) for rank in others)
             return f"{named} stopped answering (died, killed or cut off)"
         return f"another worker failed or stopped answering ({type(error).__name__})"
 
@@ -145,14 +150,75 @@ def read_tf_config(environ=os.environ) -> tuple[int, list[tuple[str, int]]] | No
     return ranked.index(place), ranked
 
 
+def cluster_timeout(timeout: float | None = None, environ=os.environ) -> float:
+    """Seconds a worker waits for the others: ``timeout`` (``--cluster-timeout``), else ``CKPTFIX_WORKER_TIMEOUT``,
+    else :data:`DEFAULT_TIMEOUT_SECONDS`."""
+    if timeout is not None:
+        return float(timeout)
+    text = environ.get(TIMEOUT_VARIABLE, "").strip()
+    if not text:
+        return float(DEFAULT_TIMEOUT_SECONDS)
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise WorkerError(f"{TIMEOUT_VARIABLE}={text} is not a number of seconds above 0: fix it or unset it.")
+    return value
+
+
+def never_joined(text: str, tasks: list[tuple[str, int]], rank: int) -> str | None:
+    """Which workers TensorFlow's failed registration says never joined: the tasks missing at the registration
+    barrier (the leader's list: at most two names, and the count), or the leader itself when it never answered."""
+    if "Wait_for_all_tasks_to_register" in text and "timed out task names:" in text:
+        listed = text.split("timed out task names:")[1].split("Additional GRPC")[0]
+        missing = list(dict.fromkeys(task for task in _tasks_in(listed) if task in tasks and task != tasks[rank]))
+        reached = re.search(r"reached the barrier: (\d+)/(\d+)", text)
+        more = (int(reached.group(2)) - int(reached.group(1)) - len(missing)) if reached else 0
+        if missing:
+            return ", ".join(_worker_name(tasks, task) for task in missing) + (f" and {more} more" if more > 0 else "")
+    if "RegisterTask" in text and tasks[0] in _tasks_in(text) and rank != 0:
+        return f"{_worker_name(tasks, tasks[0])} (the cluster's leader)"
+    return None
+
+
+def _tasks_in(text: str) -> list[tuple[str, int]]:
+    """The ``(job, index)`` of every task a TensorFlow message names (``/job:worker/replica:0/task:1``)."""
+    return [(job, int(k)) for job, k in re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", text)]
+
+
+def _worker_name(tasks: list[tuple[str, int]], task: tuple[str, int]) -> str:
+    """``worker 2``, by rank; with the TF_CONFIG task when it differs (``worker 0 (TF_CONFIG task chief 0)``)."""
+    rank = tasks.index(task)
+    return f"worker {rank}" + ("" if task == ("worker", rank) else " (TF_CONFIG task {} {})".format(*task))
+
+
 _JOINED: dict[str, Cluster] = {}
 
 
-def join_cluster() -> Cluster:
+def _configure_registration(tasks: list[tuple[str, int]], timeout: float) -> None:
+    """The coordination service MultiWorkerMirroredStrategy would configure, with registration at a barrier
+    bounded by ``timeout``; a service the process configured already is kept."""
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.eager import context
+
+    if context.context().coordination_service is not None:
+        return
+    jobs = [coordination_config_pb2.CoordinatedJob(name=job, num_tasks=sum(1 for j, _ in tasks if j == job))
+            for job in dict.fromkeys(job for job, _ in tasks)]
+    milliseconds = max(1, int(timeout * 1000))
+    context.context().configure_coordination_service(
+        service_type="standalone", service_leader="/job:{}/replica:0/task:{}".format(*tasks[0]),
+        coordinated_jobs=jobs, cluster_register_timeout_in_ms=milliseconds)
+    context.context().coordination_service.cluster_register_with_barrier = True
+
+
+def join_cluster(timeout: float | None = None) -> Cluster:
     """This process's :class:`Cluster`: one process when ``TF_CONFIG`` names no cluster, else a worker of it.
 
     Joining starts MultiWorkerMirroredStrategy (its gRPC server and collective ops), before the model is loaded:
-    TensorFlow renames the process's devices then. Once per process and ``TF_CONFIG``.
+    TensorFlow renames the process's devices then. It waits at most :func:`cluster_timeout` seconds for every
+    task to register; a task missing then is a :class:`WorkerError` naming it. Once per process and ``TF_CONFIG``.
     """
     place = read_tf_config()
     if place is None:
@@ -161,13 +227,19 @@ def join_cluster() -> Cluster:
     if key not in _JOINED:
         import tensorflow as tf
 
-        timeout = float(os.environ.get("CKPTFIX_WORKER_TIMEOUT", DEFAULT_TIMEOUT_SECONDS))
-        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout)
+        seconds = cluster_timeout(timeout)
+        rank, tasks = place
+        _configure_registration(tasks, seconds)
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=seconds)
         try:
             strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
         except (ValueError, RuntimeError, tf.errors.OpError) as error:
-            raise WorkerError(f"cannot join the TF_CONFIG cluster: {str(error).strip().splitlines()[0]}") from None
-        rank, tasks = place
-        _JOINED[key] = Cluster(rank, len(tasks), tasks, strategy, timeout)
+            text = str(getattr(error, "message", error))
+            missing = never_joined(text, tasks, rank) if isinstance(error, tf.errors.DeadlineExceededError) else None
+            if missing is not None:
+                raise WorkerError(f"{Cluster(rank, len(tasks)).describe()}: {missing} did not join the TF_CONFIG "
+                                  f"cluster within {seconds:g} s (--cluster-timeout); nothing was written: start every "
+                                  "worker, or raise --cluster-timeout above the spread of their start times.") from None
+            raise WorkerError(f"cannot join the TF_CONFIG cluster: {text.strip().splitlines()[0]}") from None
+        _JOINED[key] = Cluster(rank, len(tasks), tasks, strategy, seconds)
     return _JOINED[key]
-

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from ckptfix.errors import CkptfixError
 from ckptfix.scaling.cluster import Cluster, WorkerError, read_tf_config
 from ckptfix.stats import BatchMoments, Estimator, PooledMoments
 
@@ -41,8 +42,11 @@ def test_partial_sums_merged_in_rank_order_equal_one_pass(workers):
 
 
 def test_batches_are_shared_round_robin():
-    cluster = Cluster(rank=1, size=3)
-    assert [i for i in range(10) if cluster.owns(i)] == [1, 4, 7]
+    from ckptfix.data.batching import Share
+
+    assert [i for i in range(10) if Share(1, 3).owns(i)] == [1, 4, 7]
+    positions, batches = Share(1, 3).positions(21, 4)  # batches 0..4, the last of 5 (a rest of 1 merged)
+    assert batches.tolist() == [1] * 4 + [4] * 5 and positions.tolist() == [4, 5, 6, 7, 16, 17, 18, 19, 20]
 
 
 def _config(cluster, task):
@@ -87,8 +91,47 @@ def test_a_dead_worker_is_named_by_its_rank(rank, text, reason):
     cluster = Cluster(rank=rank, size=2, tasks=[("worker", 0), ("worker", 1)])
     assert cluster._failure(tf.errors.UnavailableError(None, None, text)).startswith(reason)
     timed_out = cluster._failure(tf.errors.DeadlineExceededError(None, None, "timeout"))
-    assert timed_out == "not every worker sent its statistics within 3600 s (CKPTFIX_WORKER_TIMEOUT)"
+    assert timed_out == "not every worker sent its statistics within 3600 s (--cluster-timeout)"
     chief = Cluster(rank=1, size=2, tasks=[("chief", 0), ("worker", 0)])
     assert chief._failure(tf.errors.UnavailableError(None, None, CHIEF_DIED.replace("worker/replica:0/task:0",
                                                                                      "chief/replica:0/task:0"))
                           ).startswith("worker 0 (TF_CONFIG task chief 0) stopped answering")
+
+
+# what TensorFlow 2.21 raised at start-up with registration at a barrier: the leader when worker 1 never started
+# (the list names at most two tasks, the count all), and worker 1 when the leader never started
+NEVER_REGISTERED = ("Barrier timed out. Id: [Init]Wait_for_all_tasks_to_register::0. This usually happens because a task "
+                    "triggered the barrier too early or too slowly. Please look at the task logs (both timed out and "
+                    "first task) to debug further.\n# of tasks that reached the barrier: 1/{size}.\nThe first task at "
+                    "the barrier: /job:worker/replica:0/task:0. Some timed out task names:\n{names}\n\n"
+                    "Additional GRPC error information from remote target /job:worker/replica:0/task:0 while calling "
+                    "/tensorflow.CoordinationService/RegisterTask")
+LEADER_NEVER_STARTED = ("Deadline Exceeded\nAdditional GRPC error information from remote target "
+                        "/job:worker/replica:0/task:0 while calling /tensorflow.CoordinationService/RegisterTask:\n"
+                        ":UNKNOWN:Error received from peer  {grpc_message:\"Deadline Exceeded\", grpc_status:4}")
+
+
+def test_the_workers_that_never_joined_are_named_by_their_rank():
+    from ckptfix.scaling.cluster import never_joined
+
+    two = [("worker", 0), ("worker", 1)]
+    assert never_joined(NEVER_REGISTERED.format(size=2, names="/job:worker/replica:0/task:1"), two, 0) == "worker 1"
+    four = [("chief", 0), ("worker", 0), ("worker", 1), ("worker", 2)]
+    text = NEVER_REGISTERED.replace("job:worker/replica:0/task:0", "job:chief/replica:0/task:0").format(
+        size=4, names="/job:worker/replica:0/task:0\n/job:worker/replica:0/task:2")
+    assert never_joined(text, four, 0) == "worker 1 (TF_CONFIG task worker 0), worker 3 (TF_CONFIG task worker 2) and 1 more"
+    assert never_joined(LEADER_NEVER_STARTED, two, 1) == "worker 0 (the cluster's leader)"
+    assert never_joined("Deadline Exceeded", two, 1) is None
+
+
+def test_the_cluster_timeout_comes_from_the_option_then_the_environment():
+    from ckptfix.options import Options
+    from ckptfix.scaling.cluster import cluster_timeout
+
+    assert cluster_timeout(None, {}) == 3600
+    assert cluster_timeout(None, {"CKPTFIX_WORKER_TIMEOUT": "90"}) == 90
+    assert cluster_timeout(5, {"CKPTFIX_WORKER_TIMEOUT": "90"}) == 5
+    with pytest.raises(WorkerError, match=r"CKPTFIX_WORKER_TIMEOUT=soon is not a number of seconds above 0"):
+        cluster_timeout(None, {"CKPTFIX_WORKER_TIMEOUT": "soon"})
+    with pytest.raises(CkptfixError, match=r"--cluster-timeout must be a number of seconds above 0 \(got 0\)"):
+        Options(cluster_timeout=0)

@@ -4,6 +4,7 @@ a worker killed mid-run (chief or not) makes the other stop with a clear error, 
 bounded time."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import pytest
 
 import ckptfix
 from diagnostics.schema import validate_report
-from scaling.helpers import TIMEOUT_SECONDS, assert_same_statistics, environment, free_ports, tf_config
+from scaling.helpers import ROOT, TIMEOUT_SECONDS, assert_same_statistics, environment, free_ports, tf_config
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "keras"))
 
@@ -35,8 +36,11 @@ def _no_worker_left():
             process.communicate()
 
 
-def _worker(ports, index, *args, stderr=subprocess.PIPE):
-    env = environment(TF_CONFIG=tf_config(ports, index))
+def _worker(ports, index, *args, stderr=subprocess.PIPE, user_logging=False, **env_extra):
+    """A ``ckptfix`` worker; ``user_logging``: TensorFlow's log level left to ckptfix, as a user's shell does."""
+    env = environment(TF_CONFIG=tf_config(ports, index), **env_extra)
+    if user_logging:
+        env.pop("TF_CPP_MIN_LOG_LEVEL")
     process = subprocess.Popen([sys.executable, "-m", "ckptfix", *map(str, args)], env=env, text=True,
                                stdout=subprocess.PIPE, stderr=stderr)
     _SPAWNED.append(process)
@@ -97,6 +101,28 @@ def test_two_workers_diagnose_a_keras_model_and_the_chief_reports(tmp_path):
     assert out == "worker 1 of 2: statistics combined; the chief (worker 0) reports.\n"
 
 
+def test_two_workers_each_decode_half_an_image_folder_and_match_one_process(slim_model, tmp_path):
+    """Issue 26: files are assigned to batches before decoding; each worker decodes only its batches' files (the
+    preprocessing function logs every image it gets), and the statistics are the one process's."""
+    model = slim_model("seed")  # 64 PNGs: 8 batches of 8, batches 0, 2, 4, 6 on worker 0 and 1, 3, 5, 7 on worker 1
+    options = dict(batch_size=8, seed=2, preprocess="scaling.decode_log:preprocess")
+    one = ckptfix.diagnose(model.prefix, model.images_dir, **options).to_dict()
+    ports, log = free_ports(2), tmp_path / "decoded"
+    tests = str(Path(__file__).parents[1])
+    workers = [_worker(ports, k, "diagnose", model.prefix, model.images_dir, "--json", "--batch-size", 8, "--seed", 2,
+                       "--preprocess", options["preprocess"], CKPTFIX_DECODE_LOG=str(log),
+                       PYTHONPATH=os.pathsep.join([str(ROOT), tests])) for k in range(2)]
+    (chief_code, chief_out, chief_err), (code, _, err) = (_finish(w) for w in workers)
+
+    assert chief_code in (0, 3) and code == 0, (chief_err + err)[-3000:]
+    chief = json.loads(chief_out)
+    assert_same_statistics(one, chief)
+    assert [(row["worker"], row["batches"], row["samples"]) for row in chief["devices"]] == [(0, 4, 32), (1, 4, 32)]
+    decoded = [Path(f"{log}.{k}").read_text().split() for k in range(2)]
+    assert [len(images) for images in decoded] == [32, 32]  # each worker decoded half the folder, once
+    assert not set(decoded[0]) & set(decoded[1]) and len(set(decoded[0]) | set(decoded[1])) == 64
+
+
 @pytest.mark.parametrize("killed", [1, 0])
 def test_a_killed_worker_stops_the_other_cleanly(slim_model, tmp_path, killed):
     model = slim_model("seed")
@@ -124,3 +150,25 @@ def test_a_killed_worker_stops_the_other_cleanly(slim_model, tmp_path, killed):
     assert "Traceback" not in err
     assert time.monotonic() - killed_at < 120
     assert not (tmp_path / "out0").exists() and not (tmp_path / "out1").exists()
+
+
+@pytest.mark.parametrize("started", [0, 1])
+def test_a_worker_that_never_starts_stops_the_other_within_the_timeout(slim_model, tmp_path, started):
+    """Issue 26: TensorFlow's own wait for a missing task is an hour; --cluster-timeout bounds it, the error names
+    the missing worker (the leader's list when the chief runs, the leader itself when it is the missing one)."""
+    model = slim_model("seed")
+    timeout = 8
+    ports = free_ports(2)
+    began = time.monotonic()
+    worker = _worker(ports, started, "recalibrate", model.prefix, model.calib, "-o", tmp_path / "out",
+                     "--cluster-timeout", timeout, "--no-progress", user_logging=True)
+    code, out, err = _finish(worker, timeout=120)
+    took = time.monotonic() - began
+
+    missing = 1 - started
+    assert code == 1, err[-3000:]
+    assert err.startswith(f"error: worker {started} of 2: worker {missing}"), err[-3000:]
+    assert f"did not join the TF_CONFIG cluster within {timeout} s (--cluster-timeout); nothing was written" in err
+    assert "Traceback" not in err and len(err.splitlines()) <= 2, err
+    assert not (tmp_path / "out").exists()
+    assert timeout <= took < timeout + 60, took  # start-up (TensorFlow's import) and shutdown on top of the wait
