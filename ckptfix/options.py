@@ -71,7 +71,7 @@ def _at_least(value: int | None, minimum: int, option: str) -> None:
 
 
 _MODEL = ("meta", "model", "model_args", "input_shape", "arg_scope", "model_format", "architecture", "unsafe",
-          "signature")
+          "signature", "custom_objects")
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,11 @@ class Options:
         model: ``"package.module:function"`` or a callable (runs your code). For a TF1 checkpoint without a
             ``.meta``: the function that builds its graph, called like slim's nets_factory (see
             :mod:`ckptfix.graph.model_fn`); for a Keras / TF2 file without an architecture: returns the built
-            model [--model].
+            model; for a full-model ``.h5``: builds the architecture, and the file's weights are loaded into it
+            (when its saved config cannot be deserialised) [--model].
+        custom_objects: the custom classes of a Keras file (custom layers), as Keras' ``custom_objects``:
+            a ``{name: class}`` dict, or ``"package.module"`` (imported: the classes it defines or registers)
+            / ``"package.module:NAME"`` (a dict of them), or a list of those [--import, repeatable].
         model_args, input_shape, arg_scope: with a graph-building ``model`` only: keyword arguments for it
             (``num_classes`` among them), the per-sample input shape (``"HxWxC"``; default: its
             ``default_image_size``), a slim arg_scope function to build it under [--model-arg/--num-classes,
@@ -140,6 +144,7 @@ class Options:
     input_shape: str | tuple | None = None
     arg_scope: str | Callable | None = None
     model_format: ModelFormat | None = None
+    custom_objects: dict | str | tuple[str, ...] | None = None
     architecture: Path | None = None
     unsafe: bool = False
     signature: str | None = None
@@ -185,6 +190,8 @@ class Options:
         _at_least(self.agreement_samples, 0, "--agreement-samples")
         _compile(self.include, "--include")
         _compile(self.exclude, "--exclude")
+        if isinstance(self.custom_objects, (list, str)):
+            normalise("custom_objects", tuple([self.custom_objects] if isinstance(self.custom_objects, str) else self.custom_objects))
         names = input_names(self.input_name)
         normalise("input_name", None if names is None else tuple(names))
         normalise("devices", parse_devices(self.devices))

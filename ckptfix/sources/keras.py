@@ -95,7 +95,8 @@ class KerasModelSource:
     def __init__(self, checkpoint, model_format: str, options) -> None:
         self._options = options
         self.source: KerasSource = load_source(
-            checkpoint, model_format, model=options.model, architecture=options.architecture, unsafe=options.unsafe
+            checkpoint, model_format, model=options.model, architecture=options.architecture, unsafe=options.unsafe,
+            custom_objects=options.custom_objects,
         )
         self.model_format = self.source.model_format
         self.label, self.graph_label = str(self.source.path), ""
@@ -152,9 +153,11 @@ class KerasModelSource:
             if source.loader == "tf_keras.models.load_model":
                 import tf_keras
 
-                reloaded = tf_keras.models.load_model(str(staged), compile=False, safe_mode=not unsafe).weights
+                reloaded = tf_keras.models.load_model(str(staged), compile=False, safe_mode=not unsafe,
+                                                      custom_objects=source.custom_objects).weights
             elif source.loader in ("keras.saving.load_model", "keras.models.load_model"):
-                reloaded = keras.saving.load_model(str(staged), compile=False, safe_mode=not unsafe).weights
+                reloaded = keras.saving.load_model(str(staged), compile=False, safe_mode=not unsafe,
+                                                   custom_objects=source.custom_objects).weights
             elif fmt in ("weights-h5", "h5"):
                 source.model.load_weights(str(staged))
                 reloaded = source.model.weights
@@ -172,6 +175,7 @@ class KerasModelSource:
     @contextlib.contextmanager
     def stored_values(self, other) -> Iterator[Callable[[str], np.ndarray | None]]:
         opts = self._options
-        other_source = load_source(other, self.model_format, model=opts.model, architecture=opts.architecture, unsafe=opts.unsafe)
+        other_source = load_source(other, self.model_format, model=opts.model, architecture=opts.architecture, unsafe=opts.unsafe,
+                                   custom_objects=opts.custom_objects)
         with StoredValues(other_source) as values:
             yield lambda key: values.get(key) if values.has(key) else None
