@@ -116,7 +116,8 @@ class Options:
             bytes and run as saved [--include, --exclude].
         estimator: an :class:`Estimator`: ``pooled`` (exact statistics of all values) or ``batch-mean``
             (mean of per-batch ones) [--estimator].
-        output_tensor: the output compared in the agreement check (default: detected logits) [--output-tensor].
+        output_tensor: the output compared in the agreement check (default: detected logits; a Keras model:
+            one of its output names, default all of them) [--output-tensor].
         agreement_samples: how many of the first samples the agreement check uses (>= 0) [--agreement-samples].
     Execution:
         devices: where whole batches run (docs/scaling-out.md): ``"all"`` (every visible GPU, else the CPU),
@@ -228,7 +229,7 @@ class Options:
     def tf1_only(self) -> list[str]:
         """The flags set that apply only to TF1 graphs (a Keras model is called with ``training=False``)."""
         flags = {
-            "--training-flag": self.training_flag, "--output-tensor": self.output_tensor,
+            "--training-flag": self.training_flag,
             "--allow-unsafe-ops": self.allow_unsafe_ops, "--model-arg/--num-classes": self.model_args,
             "--input-shape": self.input_shape, "--arg-scope": self.arg_scope,
         }

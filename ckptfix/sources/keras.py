@@ -20,7 +20,7 @@ from ckptfix.data.spec import InputSpec
 from ckptfix.errors import CkptfixError, NoBatchNormError, OutputError
 from ckptfix.keras.batchnorm import find_batchnorm_layers
 from ckptfix.keras.formats import KerasSource, load_source, restore_object_checkpoint
-from ckptfix.keras.measure import BatchStatisticsForward, InferenceForward
+from ckptfix.keras.measure import BatchStatisticsForward, InferenceForward, host, output_names
 from ckptfix.keras.storage import StoredValues, check_keys, check_output, default_output, variable_keys, write_output
 from ckptfix.sources.base import Layer, Notice
 
@@ -48,16 +48,17 @@ def _input_specs(model, names: tuple[str, ...] | None) -> list[InputSpec]:
 class _KerasSession:
     """A :class:`~ckptfix.sources.base.Session` over the loaded model (BN call swap / variable assignment)."""
 
-    def __init__(self, model, layers: list[Layer], specs: list[InputSpec], device: str | None = None) -> None:
+    def __init__(self, model, layers: list[Layer], specs: list[InputSpec], device: str | None = None,
+                 output: str | None = None) -> None:
         self._device = device  # every forward call placed there (tf.device); the variables stay where loaded
         self._layers = {layer.name: layer.found for layer in layers}
-        self._forward = BatchStatisticsForward(model, [layer.found for layer in layers])
-        self._inference = InferenceForward(model)
+        self._forward = BatchStatisticsForward(model, [layer.found for layer in layers], output)
+        self._inference = InferenceForward(model, output)
         self._assigned = contextlib.ExitStack()
         self.input_specs = specs
         self.input_names = [spec.name for spec in specs]
         self.training_flag = None
-        self.output_name = "output"
+        self.output_name = ",".join(output_names(model, output))  # all the outputs, or --output-tensor's
         self.inference_unavailable = None
 
     def _model_inputs(self, batch):
@@ -69,7 +70,7 @@ class _KerasSession:
 
         with tf.device(self._device):
             moments, outputs = self._forward.run(self._model_inputs(batch))
-            return moments, outputs.numpy() if keep_output else None
+            return moments, host(outputs) if keep_output else None
 
     def inference_outputs(self, batch) -> np.ndarray:
         import tensorflow as tf
@@ -119,7 +120,8 @@ class KerasModelSource:
 
     @contextlib.contextmanager
     def session(self, layers: list[Layer], data_keys, options, notice: Notice, device: str | None = None) -> Iterator[_KerasSession]:
-        session = _KerasSession(self.source.model, layers, _input_specs(self.source.model, options.input_name), device)
+        session = _KerasSession(self.source.model, layers, _input_specs(self.source.model, options.input_name), device,
+                                options.output_tensor)
         try:
             yield session
         finally:

@@ -94,3 +94,32 @@ def test_import_is_refused_where_no_keras_class_is_loaded(tmp_path):
     graph.write_bytes(b"")
     with pytest.raises(CkptfixError, match="--import"):
         ckptfix.inspect(graph, custom_objects="custom_layers")
+
+
+def test_agreement_on_a_sequence_model_with_two_outputs_counts_frames_per_output(custom_h5, tmp_path):
+    """Issue 24 item 3: per-frame figures are said to be per frame, each output is compared and named, and
+    --output-tensor picks one output."""
+    import json
+
+    from diagnostics.schema import validate_report
+
+    path, data = custom_h5
+    samples, frames = 32, cl.FRAMES - 2  # the valid convolution drops two frames
+    done = run_cli("diagnose", path, data, "--import", "custom_layers", "--batch-size", BATCH, "--no-shuffle",
+                   "--no-progress", "--report", tmp_path / "r.json")
+    assert done.returncode == 3, done.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    validate_report(report)
+    agreement = report["agreement"]
+    assert agreement["unit"] == "frame" and agreement["num_compared"] == samples * frames
+    assert [one["output_tensor"] for one in agreement["outputs"]] == ["tags", "roots"]
+    assert agreement["top1_after"] == min(one["top1_after"] for one in agreement["outputs"])
+    assert f"on {samples * frames:,} frames ({samples} samples) of each of 2 outputs" in done.stdout
+    assert f"of {samples} samples" not in done.stdout
+
+    one = ckptfix.diagnose(path, data, custom_objects=cl.CUSTOM_OBJECTS, batch_size=BATCH, shuffle=False,
+                           output_tensor="roots")
+    assert one.agreement.output_tensor == "roots" and not one.agreement.outputs
+    assert one.agreement.to_dict() == agreement["outputs"][1]
+    with pytest.raises(ckptfix.errors.GraphError, match="tags, roots"):
+        ckptfix.diagnose(path, data, custom_objects=cl.CUSTOM_OBJECTS, output_tensor="logits")
