@@ -251,10 +251,12 @@ def _load_failure(error: Exception, path: Path, loader: str, config, custom_obje
     that supplies them; a failure with the user's classes named with the classes' origin."""
     import importlib
 
-    keras_module = importlib.import_module("tf_keras" if loader == "tf_keras" else "keras")
-    unknown = _unknown_classes(config, keras_module, custom_objects) if config is not None else []
-    if not unknown and "Unknown" in str(error):
-        unknown = re.findall(r"Unknown \w+: '?(\w+)'?", str(error))[:1]
+    unknown = []
+    named = re.findall(r"Unknown \w+: '?(\w+)'?|Could not locate (?:class|function) '(\w+)'", str(error))
+    if named:  # tf_keras: "Unknown layer: 'X'"; Keras 3: "Could not locate class 'X'" -- the first one only
+        keras_module = importlib.import_module("tf_keras" if loader == "tf_keras" else "keras")
+        unknown = (_unknown_classes(config, keras_module, custom_objects) if config is not None else []) \
+            or [next(name for name in named[0] if name)]
     if unknown:
         return CheckpointError(
             f"{loader} cannot load {path}: unknown layer class {', '.join(unknown)} (a custom layer): pass --import "
@@ -428,7 +430,7 @@ def _load_source(path: Path, model_format: str, model, architecture, unsafe: boo
             _refuse_python_lambdas([_archive_config(path)], str(path), unsafe)
             loaded = _tf_keras_load(path, unsafe, objects, specs, _archive_config(path))
             return KerasSource("keras", path, loaded, keras_version=version, loader="tf_keras.models.load_model")
-        loaded = _keras_load(path, unsafe, objects, specs)
+        loaded = _keras_load(path, unsafe, objects, specs, _archive_config(path))
         return KerasSource("keras", path, loaded, keras_version=version, loader="keras.saving.load_model")
     if model_format == "weights-h5":
         built = _weights_only_model(model, architecture, unsafe, path, "a Keras 3 .weights.h5 file", objects)

@@ -48,6 +48,32 @@ Squeeze = _squeeze_class()
 CUSTOM_OBJECTS = {"Squeeze": Squeeze}
 
 
+def _keras3_class():
+    import keras
+
+    class Twice(keras.layers.Layer):
+        """A Keras 3 custom layer (no config beyond the base's)."""
+
+        def call(self, x):
+            return x * 2.0
+
+    Twice.__module__ = __name__
+    return Twice
+
+
+KERAS3_OBJECTS = {"Twice": _keras3_class()}
+
+
+def keras3_model():
+    """A Keras 3 model with a custom layer after a Dense + BN (for a .keras archive)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    x = keras.layers.BatchNormalization(name="bn")(keras.layers.Dense(3)(inputs))
+    return keras.Model(inputs, KERAS3_OBJECTS["Twice"](name="twice")(x))
+
+
 def build_model():
     """The architecture, built by code (what ``--model`` takes when a saved config cannot be deserialised)."""
     tf_keras = _tf_keras()

@@ -123,3 +123,24 @@ def test_agreement_on_a_sequence_model_with_two_outputs_counts_frames_per_output
     assert one.agreement.to_dict() == agreement["outputs"][1]
     with pytest.raises(ckptfix.errors.GraphError, match="tags, roots"):
         ckptfix.diagnose(path, data, custom_objects=cl.CUSTOM_OBJECTS, output_tensor="logits")
+
+
+def test_keras3_archive_with_a_custom_layer(tmp_path):
+    path, data = tmp_path / "twice.keras", cl.sequences(16, seed=2)[:, 0, :4, 0]
+    cl.keras3_model().save(path)
+    with pytest.raises(CheckpointError, match="unknown layer class Twice .* custom_objects="):
+        ckptfix.inspect(path)
+    report = ckptfix.recalibrate(path, data, custom_objects="custom_layers:KERAS3_OBJECTS", batch_size=8,
+                                 shuffle=False, output=tmp_path / "fixed.keras")
+    _, variance = _numpy_statistics(np.asarray(data, np.float64) @ _dense_kernel(path), -1, False)
+    np.testing.assert_allclose(report.layers[0].new_variance, variance, rtol=1e-5)
+    assert report.agreement.output_tensor == "twice"
+    assert report.agreement.relative_error_after < report.agreement.relative_error_before
+
+
+def _dense_kernel(path) -> np.ndarray:
+    import keras
+
+    model = keras.saving.load_model(path, custom_objects=cl.KERAS3_OBJECTS)
+    (dense,) = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    return np.asarray(dense.kernel, np.float64)
