@@ -305,7 +305,7 @@ def diagnose(ctx, checkpoint, data, model, report, plot, summary, json_output, s
                 typer.echo("\n" + result.agreement.summary())
             verdict = (f"STALE: {len(result.stale_layers)} of {len(result.layers)} BN layers; "
                        f"repair with: ckptfix recalibrate {checkpoint} {data}"
-                       + (" and the same --model/--import options" if model or ctx.params.get("custom_objects") else "")) if result.stale else \
+                       + (" and the same --model options" if model else "")) if result.stale else \
                 f"fresh: all {len(result.layers)} BN layers match the calibration data"
             typer.echo(f"\n{verdict} ({result.num_samples} samples)")
             _echo_cause(result, result.stale)
