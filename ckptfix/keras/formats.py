@@ -430,7 +430,7 @@ def _load_source(path: Path, model_format: str, model, architecture, unsafe: boo
             _refuse_python_lambdas([_archive_config(path)], str(path), unsafe)
             loaded = _tf_keras_load(path, unsafe, objects, specs, _archive_config(path))
             return KerasSource("keras", path, loaded, keras_version=version, loader="tf_keras.models.load_model")
-        loaded = _keras_load(path, unsafe, objects, specs, _archive_config(path))
+        loaded = _keras_load(path, unsafe, objects, specs, _archive_config(path, required=False))
         return KerasSource("keras", path, loaded, keras_version=version, loader="keras.saving.load_model")
     if model_format == "weights-h5":
         built = _weights_only_model(model, architecture, unsafe, path, "a Keras 3 .weights.h5 file", objects)
@@ -479,13 +479,17 @@ def _archive_version(path: Path) -> str | None:
         return None
 
 
-def _archive_config(path: Path) -> dict:
+def _archive_config(path: Path, required: bool = True) -> dict | None:
+    """The model config of a ``.keras`` archive; None when unreadable and not ``required`` (Keras' own load
+    then says why)."""
     import zipfile
 
     try:
         with zipfile.ZipFile(path) as archive:
             return json.loads(archive.read("config.json"))
     except (zipfile.BadZipFile, KeyError, ValueError, OSError) as error:
+        if not required:
+            return None
         raise CheckpointError(f"cannot read the config of {path}: {_first_line(error)}") from None
 
 
