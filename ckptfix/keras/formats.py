@@ -258,9 +258,10 @@ def _load_failure(error: Exception, path: Path, loader: str, config, custom_obje
         unknown = (_unknown_classes(config, keras_module, custom_objects) if config is not None else []) \
             or [next(name for name in named[0] if name)]
     if unknown:
+        what = "class {} (a custom layer)" if len(unknown) == 1 else "classes {} (custom layers)"
         return CheckpointError(
-            f"{loader} cannot load {path}: unknown layer class {', '.join(unknown)} (a custom layer): pass --import "
-            "MODULE, the module that defines or registers it (MODULE:NAME for a dict of custom objects; API: "
+            f"{loader} cannot load {path}: unknown layer {what.format(', '.join(unknown))}: pass --import MODULE, "
+            "the module that defines or registers it (MODULE:NAME for a dict of custom objects; API: "
             "custom_objects=), or --model MODULE:FN building the model."
         )
     message = f"{loader} cannot load {path}"
@@ -268,9 +269,10 @@ def _load_failure(error: Exception, path: Path, loader: str, config, custom_obje
         message += f" with the classes of {_objects_label(specs)}"
         keras3 = _keras3_classes(custom_objects) if loader == "tf_keras" else []
         if keras3:
+            verb = "subclasses" if len(keras3) == 1 else "subclass"
             return CheckpointError(
-                f"{message}: {_reason(error)}. {', '.join(keras3)} {'subclasses' if len(keras3) == 1 else 'subclass'} Keras 3's Layer, but this Keras 2-era file loads "
-                "with tf_keras: define them on tf_keras (import tf_keras as keras), or pass --model MODULE:FN."
+                f"{message}: {_reason(error)}. {', '.join(keras3)} {verb} Keras 3's Layer, but this Keras 2-era file "
+                "loads with tf_keras: define them on tf_keras (import tf_keras as keras), or pass --model MODULE:FN."
             )
     return CheckpointError(f"{message}: {_reason(error)}")
 
