@@ -121,7 +121,7 @@ def flag(name: str) -> str:
 
 
 _MODEL = ("meta", "model", "model_args", "input_shape", "arg_scope", "model_format", "architecture", "unsafe",
-          "signature")
+          "signature", "custom_objects")
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,11 @@ class Options:
         model: ``"package.module:function"`` or a callable (runs your code). For a TF1 checkpoint without a
             ``.meta``: the function that builds its graph, called like slim's nets_factory (see
             :mod:`ckptfix.graph.model_fn`); for a Keras / TF2 file without an architecture: returns the built
-            model [--model].
+            model; for a full-model ``.h5``: builds the architecture, and the file's weights are loaded into it
+            (when its saved config cannot be deserialised) [--model].
+        custom_objects: the custom classes of a Keras file (custom layers), as Keras' ``custom_objects``:
+            a ``{name: class}`` dict, or ``"package.module"`` (imported: the classes it defines or registers)
+            / ``"package.module:NAME"`` (a dict of them), or a list of those [--import, repeatable].
         model_args, input_shape, arg_scope: with a graph-building ``model`` only: keyword arguments for it
             (``num_classes`` among them), the per-sample input shape (``"HxWxC"``; default: its
             ``default_image_size``), a slim arg_scope function to build it under [--model-arg/--num-classes,
@@ -163,7 +167,8 @@ class Options:
             bytes and run as saved [--include, --exclude].
         estimator: an :class:`Estimator`: ``pooled`` (exact statistics of all values) or ``batch-mean``
             (mean of per-batch ones) [--estimator].
-        output_tensor: the output compared in the agreement check (default: detected logits) [--output-tensor].
+        output_tensor: the output compared in the agreement check (default: detected logits; a Keras model:
+            one of its output names, default all of them) [--output-tensor].
         agreement_samples: how many of the first samples the agreement check uses (>= 0) [--agreement-samples].
     Execution:
         devices: where whole batches run (docs/scaling-out.md): ``"all"`` (every visible GPU, else the CPU),
@@ -201,6 +206,7 @@ class Options:
     input_shape: str | tuple | None = None
     arg_scope: str | Callable | None = None
     model_format: ModelFormat | None = None
+    custom_objects: dict | str | tuple[str, ...] | None = None
     architecture: Path | None = None
     unsafe: bool = False
     signature: str | None = None
@@ -254,6 +260,8 @@ class Options:
         _at_least(self.agreement_samples, 0, "--agreement-samples")
         _compile(self.include, "--include")
         _compile(self.exclude, "--exclude")
+        if isinstance(self.custom_objects, (list, str)):
+            normalise("custom_objects", tuple([self.custom_objects] if isinstance(self.custom_objects, str) else self.custom_objects))
         names = input_names(self.input_name)
         normalise("input_name", None if names is None else tuple(names))
         normalise("devices", parse_devices(self.devices))
@@ -293,7 +301,7 @@ class Options:
     def tf1_only(self) -> list[str]:
         """The flags set that apply only to TF1 graphs (a Keras model is called with ``training=False``)."""
         flags = {
-            "--training-flag": self.training_flag, "--output-tensor": self.output_tensor,
+            "--training-flag": self.training_flag,
             "--allow-unsafe-ops": self.allow_unsafe_ops, "--model-arg/--num-classes": self.model_args,
             "--input-shape": self.input_shape, "--arg-scope": self.arg_scope,
         }

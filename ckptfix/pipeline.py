@@ -173,7 +173,7 @@ def _stream(pool: DevicePool, batches, layers: list[Layer], keep: int, progress:
                     seen.pooled[name].add(moment)
             if wanted > 0:
                 seen.kept.append(first_samples(ran.batch, wanted))
-                seen.kept_outputs.append(np.asarray(ran.output)[:wanted])
+                seen.kept_outputs.append(first_samples(ran.output if isinstance(ran.output, dict) else np.asarray(ran.output), wanted))
             seen.variety.see(ran.batch)
             samples = samples_in(ran.batch)
             seen.num_samples += samples
@@ -186,11 +186,13 @@ def _stream(pool: DevicePool, batches, layers: list[Layer], keep: int, progress:
 
 
 def _agreement(session: Session, stream: _Stream, reports: list[LayerReport]):
-    """Inference-mode outputs on the kept batches with the stored, then the new statistics, vs batch mode."""
-    before = np.concatenate([session.inference_outputs(batch) for batch in stream.kept])
+    """Inference-mode outputs on the kept batches with the stored, then the new statistics, vs batch mode (an
+    output array per batch, or a dict of them for a model with several outputs)."""
+    join = output_agreement.concatenate
+    before = join([session.inference_outputs(batch) for batch in stream.kept])
     session.assign_statistics({r.name: (r.new_mean, r.new_variance) for r in reports})
-    after = np.concatenate([session.inference_outputs(batch) for batch in stream.kept])
-    return output_agreement.compare(session.output_name, np.concatenate(stream.kept_outputs), before, after)
+    after = join([session.inference_outputs(batch) for batch in stream.kept])
+    return output_agreement.compare(session.output_name, join(stream.kept_outputs), before, after)
 
 
 #: RMS over channels of the first BN layer's mean shift, in stored standard deviations, above which the

@@ -115,6 +115,7 @@ def test_keywords_each_command_takes():
     assert Options.COMMANDS["diagnose"] == fields - {"output", "overwrite", "force"}
     assert Options.COMMANDS["inspect"] == {
         "meta", "model", "model_args", "input_shape", "arg_scope", "model_format", "architecture", "unsafe", "signature",
+        "custom_objects",
         "against"}
     assert Options.build(None, {"against": "x"}, "inspect").against == Path("x")
 
@@ -146,5 +147,5 @@ def test_data_options_and_tf1_only_flags():
     assert Options().tf1_only() == []
     flagged = Options(training_flag="is_training", output_tensor="logits", allow_unsafe_ops=True, model="m:f",
                       model_args={"num_classes": 2}, input_shape="8x8x3", arg_scope="m:scope")
-    assert flagged.tf1_only() == ["--training-flag", "--output-tensor", "--allow-unsafe-ops",
+    assert flagged.tf1_only() == ["--training-flag", "--allow-unsafe-ops",
                                   "--model-arg/--num-classes", "--input-shape", "--arg-scope"]

@@ -67,13 +67,14 @@ Checkpoint = Annotated[str, typer.Argument(help="Checkpoint prefix, folder with 
 Data = Annotated[Path, typer.Argument(help="Folder or file of calibration samples: images, .npy/.npz, or TFRecords.")]
 
 Meta = Annotated[Optional[Path], typer.Option(help="The .meta graph, if not beside the checkpoint.", rich_help_panel=MODEL)]
-Model = Annotated[Optional[str], typer.Option(metavar="MODULE:FN", help="Runs your code. TF1 checkpoint without .meta: builds its graph (like slim's nets_factory); Keras/TF2 file without architecture: returns the model.", rich_help_panel=MODEL)]
+Model = Annotated[Optional[str], typer.Option(metavar="MODULE:FN", help="Runs your code. TF1 checkpoint without .meta: builds its graph (like slim's nets_factory); Keras/TF2 file: returns the model the file's weights are loaded into.", rich_help_panel=MODEL)]
 NumClasses = Annotated[Optional[int], typer.Option(help="With --model: its num_classes.", rich_help_panel=MODEL)]
 ModelArg = Annotated[Optional[list[str]], typer.Option(metavar="KEY=VALUE", help="With --model: a keyword argument (Python literal); repeatable.", rich_help_panel=MODEL)]
 ModelInputShape = Annotated[Optional[str], typer.Option(metavar="HxWxC", help="With --model: per-sample input shape (default: its default_image_size).", rich_help_panel=MODEL)]
 ArgScope = Annotated[Optional[str], typer.Option(metavar="MODULE:FN", help="With --model: returns the slim arg_scope to build under.", rich_help_panel=MODEL)]
 # Keras / TF2 models (docs/keras.md). --model-format, not --format: --format picks the calibration data kind.
 ModelFormatOption = Annotated[Optional[ModelFormat], typer.Option("--model-format", metavar="FORMAT", help=f"{_listed(ModelFormat)} (default: detected from CKPT).", rich_help_panel=MODEL)]
+CustomObjects = Annotated[Optional[List[str]], typer.Option("--import", metavar="MODULE[:NAME]", help="Runs your code. Keras file with custom layers: the module defining or registering them (MODULE:NAME: a dict of custom objects); repeatable.", rich_help_panel=MODEL)]
 Architecture = Annotated[Optional[Path], typer.Option(help="A .keras file or config .json: the architecture, for files without one.", rich_help_panel=MODEL)]
 Signature = Annotated[Optional[str], typer.Option(metavar="NAME", help="SavedModel signature to measure (default: serving_default).", rich_help_panel=MODEL)]
 TrainingFlag = Annotated[Optional[str], typer.Option(metavar="TENSOR", help="Boolean training-flag tensor, fed False (default: detected).", rich_help_panel=MODEL)]
@@ -190,7 +191,7 @@ DATA_ARGUMENT = (("data", Data, _REQUIRED),)
 MODEL_OPTIONS = (
     ("meta", Meta, None), ("model", Model, None), ("num_classes", NumClasses, None), ("model_arg", ModelArg, None),
     ("input_shape", ModelInputShape, None), ("arg_scope", ArgScope, None), ("model_format", ModelFormatOption, None),
-    ("architecture", Architecture, None), ("signature", Signature, None),
+    ("architecture", Architecture, None), ("signature", Signature, None), ("custom_objects", CustomObjects, None),
 )
 FEED_OPTIONS = (("training_flag", TrainingFlag, None),)
 DATA_OPTIONS = (

@@ -107,14 +107,17 @@ def collapsed_channels(layer) -> np.ndarray:
 
 
 def contradiction(agreement) -> list[str]:
-    """Why the agreement check says the new statistics make the model worse (empty: it does not)."""
+    """Why the agreement check says the new statistics make the model worse (empty: it does not); a model with
+    several outputs is judged output by output."""
     reasons = []
-    lost, gained = agreement.top1_lost, agreement.top1_gained
-    if lost - gained > max(2.0, 2.0 * math.sqrt(lost + gained)):
-        reasons.append(f"the agreement check contradicts the repair: top-1 agreement with training mode falls from "
-                       f"{agreement.top1_before:.0%} to {agreement.top1_after:.0%} ({lost} lost, {gained} gained)")
-    before, after = agreement.relative_error_before, agreement.relative_error_after
-    if after > ERROR_GROWTH * before + ERROR_SLACK:
-        reasons.append(f"the agreement check contradicts the repair: the relative output error grows from "
-                       f"{before:.3g} to {after:.3g}")
+    for one in agreement.outputs or (agreement,):
+        where = f" of {one.output_tensor}" if agreement.outputs else ""
+        lost, gained = one.top1_lost, one.top1_gained
+        if lost - gained > max(2.0, 2.0 * math.sqrt(lost + gained)):
+            reasons.append(f"the agreement check contradicts the repair: top-1 agreement{where} with training mode "
+                           f"falls from {one.top1_before:.0%} to {one.top1_after:.0%} ({lost} lost, {gained} gained)")
+        before, after = one.relative_error_before, one.relative_error_after
+        if after > ERROR_GROWTH * before + ERROR_SLACK:
+            reasons.append(f"the agreement check contradicts the repair: the relative output error{where} grows "
+                           f"from {before:.3g} to {after:.3g}")
     return reasons

@@ -5,9 +5,11 @@ Candidates are float tensors of static shape ``(batch, K)`` with ``K > 1`` produ
 a loss, and computable from what is fed: a tensor that needs a placeholder or an input-pipeline op (queue,
 iterator, reader) the calibration data does not feed -- labels -- is not the model's output. Among them, those
 with no other candidate downstream are final. Final candidates that are one tensor seen through activations
-and reshapes (logits and the softmax / sigmoid of them) are one output: the logits. Several outputs left are
-narrowed to the one whose name says ``logits`` (not ``aux``). Otherwise nothing is chosen and the caller asks
-for ``--output-tensor``.
+and reshapes (logits and the softmax / sigmoid of them) are one output: the logits. Siblings computed from
+the same tensor through reshapes / squeezes and a monotone activation (a 4-D logits tensor feeding both
+``predictions/Softmax`` and the ``Squeeze`` a loss reads) are one output too: the one through the activation,
+the predictions a user reads. Several outputs left are narrowed to the one whose name says ``logits`` (not
+``aux``). Otherwise nothing is chosen and the caller asks for ``--output-tensor``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from ckptfix.graph.index import is_gradient
 
 _HEAD_OPS = frozenset({"BiasAdd", "MatMul", "Softmax", "Sigmoid", "Squeeze", "Reshape", "Add", "AddV2", "Identity"})
 _SAME_OUTPUT_OPS = frozenset({"Softmax", "Sigmoid", "Reshape", "Squeeze", "Identity"})
+_ACTIVATION_OPS = frozenset({"Softmax", "Sigmoid"})
 _UNFED_SOURCES = ("Placeholder", "Dequeue", "IteratorGetNext", "ReaderRead")
 
 
@@ -43,6 +46,16 @@ def _same_output_root(tensor, names: set[str]):
         if current.name in names:
             root = current
     return root
+
+
+def _same_output_base(tensor) -> tuple[object, bool]:
+    """The tensor ``tensor`` is computed from through activations and reshapes only, whether or not it is a
+    candidate (a 4-D logits tensor is not), and whether an activation is on that path."""
+    current, activated = tensor, False
+    while current.op.type in _SAME_OUTPUT_OPS and current.op.inputs:
+        activated = activated or current.op.type in _ACTIVATION_OPS
+        current = current.op.inputs[0]
+    return current, activated
 
 
 def _forward_ops(graph, input_tensor) -> list:
@@ -86,6 +99,9 @@ def detect_output(graph, input_tensor, fed=()) -> list[str]:
     roots = {_same_output_root(t, names).name: _same_output_root(t, names) for t in final}
     if len(roots) == 1:  # logits and their softmax: one output, the logits
         final = list(roots.values())
+    elif len({_same_output_base(t)[0].name for t in final}) == 1:  # siblings of one tensor: the predictions
+        activated = [t for t in final if _same_output_base(t)[1]]
+        final = activated if len(activated) == 1 else final
     if len(final) > 1:
         logits = [t for t in final if "logits" in t.name.lower() and "aux" not in t.name.lower()]
         final = logits if len(logits) == 1 else final

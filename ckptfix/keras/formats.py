@@ -6,8 +6,8 @@ Formats (``--model-format``; detected from the path otherwise):
 name          what it is                                             the model comes from
 ============  =====================================================  =====================================
 keras         ``.keras`` archive (config + model.weights.h5)          the archive (tf_keras' archives: with tf_keras)
-h5            legacy Keras ``.h5`` / ``.hdf5`` (Keras 2 / tf.keras)   the file (full model); ``--model`` /
-                                                                      ``--architecture`` for weights-only files
+h5            legacy Keras ``.h5`` / ``.hdf5`` (Keras 2 / tf.keras)   the file (full model), or ``--model`` /
+                                                                      ``--architecture`` with the file's weights
 weights-h5    Keras 3 ``.weights.h5``                                 ``--model`` or ``--architecture``
 tf-checkpoint TF2 object-based checkpoint (``tf.train.Checkpoint``,   ``--model`` or ``--architecture``
               tf_keras ``save_weights``): index with
@@ -20,17 +20,24 @@ tf1           a TF1 checkpoint with its ``.meta`` (the graph path)    --
 
 Loading runs in Keras' safe mode unless ``unsafe`` is set: a ``Lambda`` layer holding Python bytecode is
 refused (``--unsafe`` allows it). ``--model package.module:function`` always runs the named function.
+
+Custom classes (a custom layer in a saved config) are Keras' ``custom_objects``: ``--import package.module``
+imports the module defining or registering them (``--import module:NAME``: a dict of them; API
+``custom_objects=``); the loader gets them, and a file naming classes it does not know is an error listing them.
+A Keras 2-era file loads with tf_keras, so its custom classes must subclass tf_keras' ``Layer`` (Keras 2 code
+on TensorFlow >= 2.16 imports ``tf_keras as keras``); a Keras 3 class there is named in the error.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ckptfix.errors import CheckpointError, CkptfixError, UnsafeModelError
 from ckptfix.io.locate import STATE_FILE, prefix_named_by, read_state_file
-from ckptfix.user_code import resolve_function
+from ckptfix.user_code import import_custom_objects, resolve_function
 
 MODEL_FORMATS = ("keras", "h5", "weights-h5", "tf-checkpoint", "savedmodel", "tf1")
 _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
@@ -52,6 +59,8 @@ class KerasSource:
     loader: str = ""
     #: which checkpoint a TF2 folder's state file from another machine was taken to mean (None: as named)
     notice: str | None = None
+    #: Keras custom objects the model was loaded with (``--import``), for loading the output back
+    custom_objects: dict = field(default_factory=dict)
 
 
 def _checkpoint_prefix(path: Path) -> tuple[Path | None, str | None]:
@@ -220,14 +229,103 @@ def _savedmodel_configs(path: Path) -> list:
     return configs
 
 
-def _keras_load(path: Path, unsafe: bool):
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _reason(error: Exception, limit: int = 200) -> str:
+    """The informative line of a Keras load error: a failure inside a layer's ``call`` is reported as
+    "Exception encountered when calling X.call()." then the cause, in bold."""
+    lines = [_ANSI.sub("", line).strip() for line in str(error).splitlines()]
+    lines = [line for line in lines if line and not line.startswith(("Exception encountered", "Arguments received", "•"))]
+    line = lines[0] if lines else type(error).__name__
+    return line if len(line) <= limit else line[:limit] + " ..."
+
+
+def _layer_classes(config) -> list[str]:
+    """The class names of the layers a saved model config builds (wrapped layers included), in order."""
+    found: list[str] = []
+
+    def visit(node, is_layer: bool) -> None:
+        if isinstance(node, dict):
+            if is_layer and isinstance(node.get("class_name"), str) and node["class_name"] not in found:
+                found.append(node["class_name"])
+            for key, value in node.items():
+                visit(value, key in ("layers", "layer"))
+        elif isinstance(node, list):
+            for value in node:
+                visit(value, is_layer)
+
+    visit(config, False)
+    return found
+
+
+def _unknown_classes(config, keras_module, custom_objects: dict) -> list[str]:
+    """Layer classes of ``config`` that ``keras_module`` (keras or tf_keras) cannot resolve by itself or from
+    ``custom_objects`` (registered classes resolve by their registered name, which a saved config may not use)."""
+    known = {"Functional", "Model", "Sequential"}
+    return [name for name in _layer_classes(config) if name not in known and name not in custom_objects
+            and not hasattr(keras_module.layers, name) and keras_module.utils.get_registered_object(name) is None]
+
+
+def _objects_label(specs) -> str:
+    if specs is None or isinstance(specs, dict):
+        return "custom_objects="
+    return " ".join(f"--import {spec}" for spec in ([specs] if isinstance(specs, str) else specs))
+
+
+def _keras3_classes(custom_objects: dict) -> list[str]:
+    """The custom classes that subclass a Keras 3 class (which tf_keras does not run as its own)."""
+    import inspect
+
+    return [name for name, value in custom_objects.items() if inspect.isclass(value)
+            and any(base.__module__.startswith("keras.") for base in value.__mro__)]
+
+
+def _load_failure(error: Exception, path: Path, loader: str, config, custom_objects: dict, specs) -> CheckpointError:
+    """The user error for a model file its loader cannot build: unknown custom classes named with the option
+    that supplies them; a failure with the user's classes named with the classes' origin."""
+    import importlib
+
+    unknown = []
+    named = re.findall(r"Unknown \w+: '?(\w+)'?|Could not locate (?:class|function) '(\w+)'", str(error))
+    if named:  # tf_keras: "Unknown layer: 'X'"; Keras 3: "Could not locate class 'X'" -- the first one only
+        keras_module = importlib.import_module("tf_keras" if loader == "tf_keras" else "keras")
+        unknown = (_unknown_classes(config, keras_module, custom_objects) if config is not None else []) \
+            or [next(name for name in named[0] if name)]
+    if unknown:
+        what = "class {} (a custom layer)" if len(unknown) == 1 else "classes {} (custom layers)"
+        return CheckpointError(
+            f"{loader} cannot load {path}: unknown layer {what.format(', '.join(unknown))}: pass --import MODULE, "
+            "the module that defines or registers it (MODULE:NAME for a dict of custom objects; API: "
+            "custom_objects=), or --model MODULE:FN building the model."
+        )
+    message = f"{loader} cannot load {path}"
+    if custom_objects:
+        message += f" with the classes of {_objects_label(specs)}"
+        keras3 = _keras3_classes(custom_objects) if loader == "tf_keras" else []
+        if keras3:
+            verb = "subclasses" if len(keras3) == 1 else "subclass"
+            return CheckpointError(
+                f"{message}: {_reason(error)}. {', '.join(keras3)} {verb} Keras 3's Layer, but this Keras 2-era file "
+                "loads with tf_keras: define them on tf_keras (import tf_keras as keras), or pass --model MODULE:FN."
+            )
+    return CheckpointError(f"{message}: {_reason(error)}")
+
+
+def _load_errors(custom_objects: dict) -> tuple:
+    """What a load raises for a file it cannot build; with the user's classes, anything their code raises."""
+    return (Exception,) if custom_objects else (ValueError, TypeError, KeyError, OSError)
+
+
+def _keras_load(path: Path, unsafe: bool, custom_objects: dict | None = None, specs=None, config=None):
     import keras
 
+    custom_objects = custom_objects or {}
     try:
-        return keras.saving.load_model(str(path), compile=False, safe_mode=not unsafe)
-    except (ValueError, TypeError, KeyError, OSError) as error:
+        return keras.saving.load_model(str(path), compile=False, safe_mode=not unsafe, custom_objects=custom_objects)
+    except _load_errors(custom_objects) as error:
         _check_safe(error, str(path))
-        raise CheckpointError(f"Keras cannot load {path}: {_first_line(error)}") from None
+        raise _load_failure(error, path, "Keras", config, custom_objects, specs) from None
 
 
 def _has_tf_keras() -> bool:
@@ -236,15 +334,16 @@ def _has_tf_keras() -> bool:
     return importlib.util.find_spec("tf_keras") is not None
 
 
-def _tf_keras_load(path: Path, unsafe: bool):
+def _tf_keras_load(path: Path, unsafe: bool, custom_objects: dict | None = None, specs=None, config=None):
     """A Keras 2-era file with the Keras 2 code (tf_keras): its layers keep their own semantics (fused BN)."""
     import tf_keras
 
+    custom_objects = custom_objects or {}
     try:
-        return tf_keras.models.load_model(str(path), compile=False, safe_mode=not unsafe)
-    except (ValueError, TypeError, KeyError, OSError) as error:
+        return tf_keras.models.load_model(str(path), compile=False, safe_mode=not unsafe, custom_objects=custom_objects)
+    except _load_errors(custom_objects) as error:
         _check_safe(error, str(path))
-        raise CheckpointError(f"tf_keras cannot load {path}: {_first_line(error)}") from None
+        raise _load_failure(error, path, "tf_keras", config, custom_objects, specs) from None
 
 
 def _from_function(model) -> object:
@@ -257,7 +356,7 @@ def _from_function(model) -> object:
     return built
 
 
-def _from_architecture(architecture: Path, unsafe: bool):
+def _from_architecture(architecture: Path, unsafe: bool, custom_objects: dict | None = None):
     """A model from a ``.keras`` file (its weights are then replaced) or a model config ``.json``."""
     import keras
 
@@ -265,24 +364,24 @@ def _from_architecture(architecture: Path, unsafe: bool):
     if not architecture.is_file():
         raise CkptfixError(f"--architecture {architecture} does not exist: pass a .keras file or a model config .json.")
     if architecture.name.lower().endswith(".keras"):
-        return _keras_load(architecture, unsafe)
+        return _keras_load(architecture, unsafe, custom_objects)
     try:
         from keras.src.saving import serialization_lib
 
         config = json.loads(architecture.read_text())
         _refuse_python_lambdas([config], f"--architecture {architecture}", unsafe)
         with serialization_lib.SafeModeScope(not unsafe):
-            return keras.models.model_from_json(json.dumps(config))
+            return keras.models.model_from_json(json.dumps(config), custom_objects=custom_objects)
     except (ValueError, TypeError, KeyError) as error:
         _check_safe(error, str(architecture))
         raise CkptfixError(f"--architecture {architecture}: not a Keras model config ({str(error).splitlines()[0]}).") from None
 
 
-def _weights_only_model(model, architecture, unsafe: bool, path: Path, what: str):
+def _weights_only_model(model, architecture, unsafe: bool, path: Path, what: str, custom_objects: dict | None = None):
     if model is not None:
         return _from_function(model)
     if architecture is not None:
-        return _from_architecture(architecture, unsafe)
+        return _from_architecture(architecture, unsafe, custom_objects)
     raise CkptfixError(
         f"{path} is {what}, which holds no architecture: pass --model package.module:function (returning the "
         "built Keras model) or --architecture model.keras|config.json."
@@ -335,9 +434,25 @@ def _attribute(h5, name: str) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def load_source(checkpoint, model_format: str, *, model=None, architecture=None, unsafe: bool = False) -> KerasSource:
-    """Resolve ``checkpoint`` in ``model_format`` and load its model with the stored weights."""
+def load_source(checkpoint, model_format: str, *, model=None, architecture=None, unsafe: bool = False,
+                custom_objects=None) -> KerasSource:
+    """Resolve ``checkpoint`` in ``model_format`` and load its model with the stored weights (``custom_objects``:
+    the specs of :func:`ckptfix.user_code.import_custom_objects`)."""
     path = Path(checkpoint).expanduser()
+    objects = import_custom_objects(custom_objects)
+    source = _load_source(path, model_format, model, architecture, unsafe, objects, custom_objects)
+    source.custom_objects = objects
+    return source
+
+
+def _load_weights(built, path: Path) -> None:
+    try:
+        built.load_weights(str(path))
+    except (ValueError, KeyError, OSError) as error:
+        raise CheckpointError(f"{path} does not fit the model from --model/--architecture: {str(error).splitlines()[0]}") from None
+
+
+def _load_source(path: Path, model_format: str, model, architecture, unsafe: bool, objects: dict, specs) -> KerasSource:
     if model_format not in MODEL_FORMATS:
         raise CkptfixError(f"--model-format must be one of {', '.join(MODEL_FORMATS)} (got {model_format}).")
     if model_format in ("keras", "h5", "weights-h5") and not path.is_file():
@@ -350,45 +465,44 @@ def load_source(checkpoint, model_format: str, *, model=None, architecture=None,
             if not _has_tf_keras():
                 raise CkptfixError(f"{path} was written by tf_keras (Keras {version}): install tf_keras to load it.")
             _refuse_python_lambdas([_archive_config(path)], str(path), unsafe)
-            return KerasSource("keras", path, _tf_keras_load(path, unsafe), keras_version=version, loader="tf_keras.models.load_model")
-        return KerasSource("keras", path, _keras_load(path, unsafe), keras_version=version, loader="keras.saving.load_model")
+            loaded = _tf_keras_load(path, unsafe, objects, specs, _archive_config(path))
+            return KerasSource("keras", path, loaded, keras_version=version, loader="tf_keras.models.load_model")
+        loaded = _keras_load(path, unsafe, objects, specs, _archive_config(path, required=False))
+        return KerasSource("keras", path, loaded, keras_version=version, loader="keras.saving.load_model")
     if model_format == "weights-h5":
-        built = _weights_only_model(model, architecture, unsafe, path, "a Keras 3 .weights.h5 file")
-        try:
-            built.load_weights(str(path))
-        except (ValueError, KeyError, OSError) as error:
-            raise CheckpointError(f"{path} does not fit the model from --model/--architecture: {str(error).splitlines()[0]}") from None
+        built = _weights_only_model(model, architecture, unsafe, path, "a Keras 3 .weights.h5 file", objects)
+        _load_weights(built, path)
         return KerasSource("weights-h5", path, built, loader="model.load_weights")
     if model_format == "h5":
         with _h5_file(path) as h5:
             config_text = _attribute(h5, "model_config")
             version = _attribute(h5, "keras_version") or (_attribute(h5["model_weights"], "keras_version") if "model_weights" in h5 else None)
-        if config_text is not None:
-            _refuse_python_lambdas([json.loads(config_text)], str(path), unsafe)
-        if config_text is None:
-            built = _weights_only_model(model, architecture, unsafe, path, "a legacy weights-only .h5 file")
-            try:
-                built.load_weights(str(path))
-            except (ValueError, KeyError, OSError) as error:
-                raise CheckpointError(f"{path} does not fit the model from --model/--architecture: {str(error).splitlines()[0]}") from None
+        config = None if config_text is None else json.loads(config_text)
+        if config is not None and model is None and architecture is None:
+            _refuse_python_lambdas([config], str(path), unsafe)
+        if config is None or model is not None or architecture is not None:
+            # --model / --architecture on a full-model file: the user's architecture (the saved config may not
+            # deserialise), the file's weights
+            built = _weights_only_model(model, architecture, unsafe, path, "a legacy weights-only .h5 file", objects)
+            _load_weights(built, path)
             loaded, loader = built, "model.load_weights"
         elif version and version.startswith(("1.", "2.")) and _has_tf_keras():
-            loaded, loader = _tf_keras_load(path, unsafe), "tf_keras.models.load_model"
+            loaded, loader = _tf_keras_load(path, unsafe, objects, specs, config), "tf_keras.models.load_model"
         else:
-            loaded, loader = _keras_load(path, unsafe), "keras.models.load_model"
+            loaded, loader = _keras_load(path, unsafe, objects, specs, config), "keras.models.load_model"
         conventions = {}
         if loader == "keras.models.load_model" and version and version.startswith(("1.", "2.")):
-            conventions = _legacy_conventions(json.loads(config_text), loaded)
+            conventions = _legacy_conventions(config, loaded)
         return KerasSource("h5", path, loaded, legacy_bessel=conventions, keras_version=version, loader=loader)
     if model_format == "tf-checkpoint":
         prefix, notice = _checkpoint_prefix(path)
         if prefix is None or not _is_object_checkpoint(prefix):
             raise CheckpointError(f"{path} is not a TF2 object-based checkpoint (no index with {_OBJECT_GRAPH_KEY}).")
-        built = _weights_only_model(model, architecture, unsafe, path, "a TF2 object-based checkpoint")
+        built = _weights_only_model(model, architecture, unsafe, path, "a TF2 object-based checkpoint", objects)
         restore_object_checkpoint(built, prefix)
         return KerasSource("tf-checkpoint", path, built, prefix=prefix, loader="tf.train.Checkpoint.read", notice=notice)
     if model_format == "savedmodel":
-        return _load_savedmodel(path, model, architecture, unsafe)
+        return _load_savedmodel(path, model, architecture, unsafe, objects, specs)
     raise CkptfixError("--model-format tf1 is a TF1 checkpoint: it takes the TF1 path.")
 
 
@@ -402,22 +516,26 @@ def _archive_version(path: Path) -> str | None:
         return None
 
 
-def _archive_config(path: Path) -> dict:
+def _archive_config(path: Path, required: bool = True) -> dict | None:
+    """The model config of a ``.keras`` archive; None when unreadable and not ``required`` (Keras' own load
+    then says why)."""
     import zipfile
 
     try:
         with zipfile.ZipFile(path) as archive:
             return json.loads(archive.read("config.json"))
     except (zipfile.BadZipFile, KeyError, ValueError, OSError) as error:
+        if not required:
+            return None
         raise CheckpointError(f"cannot read the config of {path}: {_first_line(error)}") from None
 
 
-def _load_savedmodel(path: Path, model, architecture, unsafe: bool) -> KerasSource:
+def _load_savedmodel(path: Path, model, architecture, unsafe: bool, objects: dict, specs) -> KerasSource:
     prefix = path / "variables" / "variables"
     if not prefix.with_name("variables.index").is_file():
         raise CheckpointError(f"SavedModel {path} has no variables/variables.index: nothing to repair.")
     if model is not None or architecture is not None:
-        built = _weights_only_model(model, architecture, unsafe, path, "a SavedModel")
+        built = _weights_only_model(model, architecture, unsafe, path, "a SavedModel", objects)
         restore_object_checkpoint(built, prefix)
         return KerasSource("savedmodel", path, built, prefix=prefix, loader="tf.train.Checkpoint.read")
     if not (path / "keras_metadata.pb").is_file():
@@ -428,5 +546,5 @@ def _load_savedmodel(path: Path, model, architecture, unsafe: bool) -> KerasSour
     if not _has_tf_keras():
         raise CkptfixError(f"SavedModel {path} was written by tf_keras: install tf_keras to load it.")
     _refuse_python_lambdas(_savedmodel_configs(path), f"SavedModel {path}", unsafe)
-    loaded = _tf_keras_load(path, unsafe)
+    loaded = _tf_keras_load(path, unsafe, objects, specs)
     return KerasSource("savedmodel", path, loaded, prefix=prefix, loader="tf_keras.models.load_model")

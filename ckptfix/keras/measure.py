@@ -83,19 +83,43 @@ def _device_scope() -> str:
     return context.context().device_name or ""
 
 
-def first_output(outputs):
+def named_outputs(model, outputs, chosen: str | None = None):
+    """The model's output tensor, or ``{name: tensor}`` for a model with several outputs (named as the model
+    names them: its ``output_names``, a dict's keys); ``chosen``: only that output."""
     import tensorflow as tf
 
-    return tf.nest.flatten(outputs)[0]
+    if isinstance(outputs, dict):
+        named = dict(outputs)
+    else:
+        flat = tf.nest.flatten(outputs)
+        names = list(getattr(model, "output_names", None) or [])
+        names = names if len(names) == len(flat) and len(set(names)) == len(names) else [f"output_{k}" for k in range(len(flat))]
+        named = dict(zip(names, flat))
+    if chosen is not None:
+        return named[chosen]
+    return next(iter(named.values())) if len(named) == 1 else named
+
+
+def output_names(model, chosen: str | None = None) -> list[str]:
+    """The names :func:`named_outputs` gives the outputs of ``model`` (built), without running it."""
+    outputs = getattr(model, "outputs", None)
+    if not outputs:
+        return ["output"]
+    names = list(getattr(model, "output_names", None) or [])
+    if len(names) != len(outputs) or len(set(names)) != len(names):
+        names = [f"output_{k}" for k in range(len(outputs))]
+    if chosen is not None and chosen not in names:
+        raise GraphError(f"--output-tensor {chosen}: the model's outputs are {', '.join(names)}: pass one of them.")
+    return [chosen] if chosen is not None else names
 
 
 class BatchStatisticsForward:
-    """``run(batch)`` -> ``{layer name: [BatchMoments, ...]}`` and the model's (first) output, in one call.
+    """``run(batch)`` -> ``{layer name: [BatchMoments, ...]}`` and the model's output(s), in one call.
 
     Only the per-channel vectors are copied to the host for every batch; the output stays on the device
     unless the caller keeps it (the agreement check's first batches)."""
 
-    def __init__(self, model, layers: list[KerasBatchNorm]) -> None:
+    def __init__(self, model, layers: list[KerasBatchNorm], output: str | None = None) -> None:
         import tensorflow as tf
 
         self._model, self._layers, self._recorded = model, layers, {}
@@ -103,7 +127,7 @@ class BatchStatisticsForward:
 
         def forward(x):
             self._recorded.clear()
-            outputs = first_output(model(x, training=False))
+            outputs = named_outputs(model, model(x, training=False), output)
             moments = {name: self._recorded.get(name, []) for name in self._names}
             return outputs, moments
 
@@ -111,7 +135,7 @@ class BatchStatisticsForward:
         self._traced: set = set()
 
     def run(self, batch) -> tuple[dict[str, list[BatchMoments]], object]:
-        """Per-layer moments (host) and the output tensor (left on the device; ``.numpy()`` it if needed).
+        """Per-layer moments (host) and the output tensor(s) (left on the device; ``.numpy()`` if needed).
 
         ``batch``: an array, or a list of arrays in the model's input order. The call swap is needed only
         while ``tf.function`` traces (a new input signature or device); calls it has traced run without it,
@@ -135,16 +159,22 @@ class BatchStatisticsForward:
         return per_layer, outputs
 
 
-class InferenceForward:
-    """The model's (first) output in inference mode; :meth:`using` swaps in other moving statistics."""
+def host(outputs):
+    """Output tensor(s) as numpy: an array, or a dict of them."""
+    return {name: value.numpy() for name, value in outputs.items()} if isinstance(outputs, dict) else outputs.numpy()
 
-    def __init__(self, model) -> None:
+
+class InferenceForward:
+    """The model's output(s) in inference mode; :meth:`using` swaps in other moving statistics."""
+
+    def __init__(self, model, output: str | None = None) -> None:
         import tensorflow as tf
 
-        self._forward = tf.function(lambda x: first_output(model(x, training=False)), reduce_retracing=True)
+        self._forward = tf.function(lambda x: named_outputs(model, model(x, training=False), output), reduce_retracing=True)
 
-    def outputs(self, batch) -> np.ndarray:
-        return self._forward(batch).numpy()
+    def outputs(self, batch):
+        """An array, or ``{name: array}`` for several outputs."""
+        return host(self._forward(batch))
 
     @staticmethod
     @contextlib.contextmanager

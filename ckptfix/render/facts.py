@@ -46,13 +46,25 @@ def headline(report: dict) -> str:
     return f"diagnosis: {verdict} ({stale} of {len(facts)} BN layers)"
 
 
+def compared(agreement: dict, outputs: bool = True) -> str:
+    """What the agreement's top-1 counted: ``"256 samples"``, ``"1,024 frames (16 samples)"``, and which output(s)
+    (``"of logits:0"``, ``"worst of 4 outputs (a, b, c, d)"``)."""
+    unit, count, samples = agreement.get("unit", "sample"), agreement.get("num_compared"), agreement["num_samples"]
+    units = f"{samples:,} samples" if unit in ("sample", "mixed") or count is None else f"{count:,} {unit}s ({samples:,} samples)"
+    several = agreement.get("outputs") or []
+    which = f"worst of {len(several)} outputs ({agreement['output_tensor'].replace(',', ', ')})" if several \
+        else f"of {agreement['output_tensor']}"
+    return f"{units}, {which}" if outputs else units
+
+
 def agreement_line(report: dict) -> str | None:
-    """``"top-1 agreement 25% -> 100% of 256 samples (relative error 1.84 -> 0.011)"``; None when not measured."""
+    """``"top-1 agreement 25% -> 100% of 256 samples, of logits:0 (relative error 1.84 -> 0.011)"``; None when
+    not measured."""
     agreement = report.get("agreement")
     if not agreement:
         return None
     return (f"top-1 agreement of inference with training mode {agreement['top1_before']:.0%} -> "
-            f"{agreement['top1_after']:.0%} of {agreement['num_samples']} samples (relative output error "
+            f"{agreement['top1_after']:.0%} of {compared(agreement)} (relative output error "
             f"{agreement['relative_error_before']:.3g} -> {agreement['relative_error_after']:.3g})")
 
 

@@ -139,4 +139,4 @@ def _draw_agreement(axes, report: dict) -> None:
     axes.set_xticklabels(["stored\nstatistics", "recomputed\nstatistics"])
     axes.set_ylim(0, 125)
     axes.set_yticks([0, 25, 50, 75, 100])
-    axes.set_ylabel(f"top-1 agreement with training mode (%), {agreement['num_samples']} samples")
+    axes.set_ylabel(f"top-1 agreement with training mode (%),\n{facts.compared(agreement, outputs=False)}")

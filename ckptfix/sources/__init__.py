@@ -67,12 +67,16 @@ def open_source(checkpoint, options) -> Iterator[Source]:
     """The model source CKPT names, with ``options``' model options (``meta``, ``model``, ``model_format``...)."""
     from ckptfix.graph.frozen import is_frozen_graph, thaw
 
-    if _graph_level_saved_model(checkpoint, options):
+    graph_level = _graph_level_saved_model(checkpoint, options)
+    keras_format = None if graph_level else _keras_format(checkpoint, options)
+    if keras_format is None and options.custom_objects:
+        raise CkptfixError(f"--import (custom_objects=) applies to Keras files with custom layers; {checkpoint} is "
+                           "repaired at graph level, where no Keras class is loaded: leave it out.")
+    if graph_level:
         from ckptfix.sources.saved_model import SavedModelSource
 
         yield SavedModelSource(checkpoint, options.signature)
         return
-    keras_format = _keras_format(checkpoint, options)
     if keras_format is not None:
         from ckptfix.sources.keras import KerasModelSource
 

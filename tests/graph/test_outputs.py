@@ -52,3 +52,25 @@ def test_two_unrelated_heads_stay_ambiguous():
         first = _dense(images, 3, "head_a")
         second = _dense(images, 4, "head_b")
     assert sorted(detect_output(graph, images)) == sorted([first.name, second.name])
+
+
+def test_4d_logits_feeding_predictions_and_a_loss_squeeze_are_one_output_the_predictions():
+    """tf-slim resnet_v1 (no spatial squeeze in tf-slim 1.1.0): (N, 1, 1, K) logits feed both
+    ``predictions`` (slim.softmax: Reshape, Softmax, Reshape) and the ``Squeeze`` a loss reads (issue 24 item 4)."""
+    from ckptfix.graph.slim_compat import enable_tf_slim
+
+    enable_tf_slim()
+    import tf_slim as slim
+    from tf_slim.nets import resnet_v1
+
+    graph = tf.Graph()
+    with graph.as_default():
+        images = tf.compat.v1.placeholder(tf.float32, (None, 16, 16, 3), name="images")
+        labels = tf.compat.v1.placeholder(tf.int64, (None,), name="labels")
+        blocks = [resnet_v1.resnet_v1_block("block1", base_depth=2, num_units=1, stride=2)]
+        with slim.arg_scope(resnet_v1.resnet_arg_scope()):
+            logits, _ = resnet_v1.resnet_v1(images, blocks, num_classes=5, is_training=True, scope="resnet_small")
+        tf.compat.v1.losses.sparse_softmax_cross_entropy(labels, tf.squeeze(logits, [1, 2]))
+    assert logits.shape.rank == 4
+    assert detect_output(graph, images) == ["resnet_small/predictions/Softmax:0"]
+
