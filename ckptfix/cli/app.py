@@ -266,7 +266,7 @@ def recalibrate(ctx, checkpoint, data, report, plot, summary, json_output, show_
 
 @_command(CKPT_ARGUMENT, DATA_ARGUMENT, MODEL_OPTIONS, FEED_OPTIONS, DATA_OPTIONS, STATISTICS_OPTIONS,
           (("against", Against, None),), REPORT_OPTIONS, PRINT_OPTIONS, RUN_OPTIONS, SAFETY_OPTIONS, show_all=False)
-def diagnose(ctx, checkpoint, data, model, report, plot, summary, json_output, show_all, **_) -> None:
+def diagnose(ctx, checkpoint, data, model, custom_objects, report, plot, summary, json_output, show_all, **_) -> None:
     """Measure how stale the stored statistics are (writes nothing). Exit 0 fresh (or differs), 3 stale, 5
     inconclusive, 1 error."""
 
@@ -286,17 +286,17 @@ def diagnose(ctx, checkpoint, data, model, report, plot, summary, json_output, s
                 typer.echo(result.devices_summary())
             if result.agreement is not None:
                 typer.echo("\n" + result.agreement.summary())
-            typer.echo(f"\n{_verdict(result, checkpoint, data, model)} ({result.num_samples} samples)")
+            typer.echo(f"\n{_verdict(result, checkpoint, data, model or custom_objects)} ({result.num_samples} samples)")
             _echo_cause(result, result.stale)
         return {"stale": STALE_EXIT_CODE, "inconclusive": RepairRefused.exit_code}.get(result.verdict, 0)
 
     _run(action)
 
 
-def _verdict(result, checkpoint, data, model) -> str:
+def _verdict(result, checkpoint, data, user_code) -> str:
     """The diagnosis in one line (see :class:`ckptfix.report.DiagnosisReport` for the verdicts)."""
     drifted = f"{len(result.stale_layers)} of {len(result.layers)} BN layers"
-    repair = f"ckptfix recalibrate {checkpoint} {data}" + (" and the same --model options" if model else "")
+    repair = f"ckptfix recalibrate {checkpoint} {data}" + (" and the same --model/--import options" if user_code else "")
     if result.verdict == "inconclusive":
         return f"INCONCLUSIVE: {result.gate.reasons[0]}"
     if result.verdict == "stale":

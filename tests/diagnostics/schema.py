@@ -5,7 +5,8 @@ import json
 from pathlib import Path
 
 SCHEMA = json.loads((Path(__file__).parents[2] / "docs" / "report.schema.json").read_text())
-_TYPES = {"object": dict, "array": list, "string": str, "integer": int, "number": (int, float), "null": type(None)}
+_TYPES = {"object": dict, "array": list, "string": str, "integer": int, "number": (int, float), "null": type(None),
+          "boolean": bool}
 
 
 def validate(value, schema: dict, path: str = "$") -> None:
