@@ -74,7 +74,8 @@ def _at_least(value: int | None, minimum: int, option: str) -> None:
 #: the types each field takes (besides None where its default is None); anything else is an OptionError
 _TYPES: dict[str, tuple[type, ...]] = {
     "batch_size": (int,), "num_samples": (int,), "seed": (int,), "agreement_samples": (int,),
-    "central_crop": (int, float), "shuffle": (bool,), "unsafe": (bool,), "strict": (bool,), "overwrite": (bool,),
+    "central_crop": (int, float), "until_stable": (int, float), "shuffle": (bool,), "unsafe": (bool,),
+    "strict": (bool,), "overwrite": (bool,),
     "progress": (bool,), "allow_unsafe_ops": (bool,), "force": (bool,),
     "signature": (str,), "training_flag": (str,), "include": (str,), "exclude": (str,), "output_tensor": (str,),
     "feature": (str,), "model_args": (dict,), "input_shape": (str, tuple, list),
@@ -109,7 +110,8 @@ FLAGS: dict[str, str] = {
     "input_name": "--input", "preprocess": "--preprocess", "image_size": "--image-size",
     "central_crop": "--central-crop", "data_format": "--format", "feature": "--feature", "strict": "--strict",
     "include": "--include", "exclude": "--exclude", "estimator": "--estimator", "output_tensor": "--output-tensor",
-    "agreement_samples": "--agreement-samples", "allow_unsafe_ops": "--allow-unsafe-ops", "devices": "--devices",
+    "agreement_samples": "--agreement-samples", "until_stable": "--until-stable",
+    "allow_unsafe_ops": "--allow-unsafe-ops", "devices": "--devices",
     "output": "-o/--output", "overwrite": "--overwrite", "against": "--against", "report": "--report",
     "summary": "--summary", "plot": "--plot", "force": "--force", "progress": "--progress",
 }
@@ -150,6 +152,9 @@ class Options:
             [--signature].
         training_flag: the boolean training-flag tensor, fed False (default: detected) [--training-flag].
     Data:
+        until_stable: stop reading data once every layer's worst-channel standard errors (mean in units of
+            sqrt(var + eps), relative for var + eps) are below this (e.g. 0.01), checked after each batch from
+            16 batches on (:mod:`ckptfix.stats.stopping`); default: read all the data [--until-stable].
         batch_size (>= 1; default: the fixed batch size of the graph's input when it has one, as in training,
             else 32), num_samples (>= 1; default all), shuffle, seed: how calibration batches are drawn.
         input_name: the tensor(s) batches are fed to (default: detected), normalised to a tuple of names from
@@ -213,6 +218,7 @@ class Options:
     training_flag: str | None = None
     batch_size: int | None = None
     num_samples: int | None = None
+    until_stable: float | None = None
     shuffle: bool = True
     seed: int = 0
     input_name: tuple[str, ...] | None = None
@@ -258,6 +264,8 @@ class Options:
         _at_least(self.batch_size, 1, "--batch-size")
         _at_least(self.num_samples, 1, "--num-samples")
         _at_least(self.agreement_samples, 0, "--agreement-samples")
+        if self.until_stable is not None and not 0 < self.until_stable < 1:
+            raise OptionError(f"--until-stable must be between 0 and 1, e.g. 0.01 (got {self.until_stable}).")
         _compile(self.include, "--include")
         _compile(self.exclude, "--exclude")
         if isinstance(self.custom_objects, (list, str)):

@@ -30,7 +30,7 @@ from ckptfix.data.batching import first_samples, samples_in
 from ckptfix.diagnostics import agreement as output_agreement
 from ckptfix.diagnostics import gate as repair_gate
 from ckptfix.diagnostics.drift import DEFAULT_EPSILON
-from ckptfix.errors import CkptfixError, DataError, NoBatchNormError, RepairRefused
+from ckptfix.errors import CkptfixError, DataError, NoBatchNormError, OptionError, RepairRefused
 from ckptfix.interrupts import commit_scope, interrupts_between_steps
 from ckptfix.io.outputs import Place, check_run_paths, staged_files
 from ckptfix.options import Options, flag
@@ -39,7 +39,7 @@ from ckptfix.report import (DeviceReport, DiagnosisReport, InspectedLayer, Inspe
 from ckptfix.scaling import Cluster, DevicePool, join_cluster, resolve_devices
 from ckptfix.sources import open_source
 from ckptfix.sources.base import Layer, Session, Source
-from ckptfix.stats import Estimator, PooledMoments
+from ckptfix.stats import Estimator, PooledMoments, UntilStable
 
 
 class Notices:
@@ -113,8 +113,8 @@ def _layer_report(layer: Layer, pooled: PooledMoments, estimator: Estimator) -> 
         old_variance=layer.stored_variance,
         new_variance=variance,
         epsilon=epsilon,
-        mean_standard_error=float(mean_errors.max()),
-        variance_relative_error=float(variance_errors.max()),
+        mean_standard_errors=mean_errors,
+        variance_relative_errors=variance_errors,
     )
 
 
@@ -129,6 +129,7 @@ class _Stream:
     num_batches: int = 0
     devices: dict[str, DeviceReport] = field(default_factory=dict)  # what each device of this worker took
     variety: _Variety = field(default_factory=lambda: _Variety())
+    stable: bool = False  # stopped by --until-stable
 
 
 class _Variety:
@@ -149,9 +150,11 @@ class _Variety:
             self.first = None
 
 
-def _stream(pool: DevicePool, batches, layers: list[Layer], keep: int, progress: bool, cluster: Cluster) -> _Stream:
+def _stream(pool: DevicePool, batches, layers: list[Layer], keep: int, progress: bool, cluster: Cluster,
+            until: UntilStable | None = None) -> _Stream:
     """Run every batch of ``batches`` (this worker's share) once, on the pool's devices; pool each layer's
-    moments in batch order; keep the share's first ``keep`` samples and their outputs."""
+    moments in batch order; keep the share's first ``keep`` samples and their outputs. With ``until``, stop
+    after the first batch (in batch order) at which every layer's statistics are stable."""
     seen = _Stream({layer.name: PooledMoments(layer.channels) for layer in layers},
                    devices={device: DeviceReport(device, cluster.rank) for device, _ in pool.sessions})
 
@@ -181,6 +184,9 @@ def _stream(pool: DevicePool, batches, layers: list[Layer], keep: int, progress:
             seen.devices[ran.device].samples += samples
             seen.devices[ran.device].batches += 1
             bar.update(samples)
+            if until is not None and until.reached(seen.pooled, seen.num_batches):
+                seen.stable = True
+                break
         check_interrupt()
     return seen
 
@@ -291,7 +297,7 @@ def staleness_evidence(layers: Sequence[Layer], reports: Sequence[LayerReport], 
     """What shows that drifted statistics are stale rather than from other data: drifted layers holding the
     initial 0/1 values or ``--against``'s bytes, a cause found in the training graph, or inference mode far
     from training mode on the calibration data."""
-    drifted = {report.name for report in reports if report.drift.stale}
+    drifted = {report.name for report in reports if report.drift.stale and not report.within_noise}
     chosen = [layer for layer in layers if layer.name in drifted]
     evidence = []
     initial = [layer.name for layer in chosen if _initial(layer)]
@@ -345,7 +351,8 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
             given = " (--preprocess raw uses them as given)" if batches.integer_images and preset != "raw" else ""
             notice(f"{what} preprocessed with --preprocess {preset}: {batches.preprocessing}{given}")
         keep = options.agreement_samples if session.output_name and cluster.chief else 0
-        stream = _stream(pool, batches, layers, keep, options.progress, cluster)
+        until = _until_stable(options, layers, cluster)
+        stream = _stream(pool, batches, layers, keep, options.progress, cluster, until)
         if batches.merged_last:
             notice("the last batch had {} samples, fewer than half a batch: merged into the one before ({} samples)"
                    .format(*batches.merged_last))
@@ -371,6 +378,7 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
                                  samples_identical=not stream.variety.varied, agreement=agreement)
         for warning in gate.warnings:
             notice(warning)
+        stopped = _stop_reason(options, stream, num_samples)
         cause = source.cause()
         fields = dict(
             checkpoint=source.label,
@@ -393,10 +401,31 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
             worker=cluster.rank,
             num_workers=cluster.size,
             gate=gate,
+            stop_reason=stopped,
         )
         evidence = staleness_evidence(layers, reports, agreement, cause, other)
     new_values = {key: value for r in reports for key, value in ((r.mean_key, r.new_mean), (r.variance_key, r.new_variance))}
     return Measurement(fields, new_values, evidence, notice)
+
+
+def _until_stable(options: Options, layers: Sequence[Layer], cluster: Cluster) -> UntilStable | None:
+    """The ``--until-stable`` rule for ``layers`` (None without the option)."""
+    if options.until_stable is None:
+        return None
+    if cluster.size > 1:
+        raise OptionError("--until-stable is not available with a TF_CONFIG cluster yet (the stopping decision would "
+                          "need the merged statistics after every round): run without it, or on one machine.")
+    return UntilStable(options.until_stable, {
+        layer.name: DEFAULT_EPSILON if layer.epsilon is None else layer.epsilon for layer in layers})
+
+
+def _stop_reason(options: Options, stream: _Stream, num_samples: int) -> str:
+    """Why the pass ended: ``stable`` (--until-stable), ``num-samples`` (--num-samples reached) or ``data``."""
+    if stream.stable:
+        return "stable"
+    if options.num_samples is not None and num_samples >= options.num_samples:
+        return "num-samples"
+    return "data"
 
 
 def _run_paths(source: Source, data, options: Options, destination: Path | None) -> None:

@@ -18,6 +18,8 @@ from ckptfix.diagnostics.gate import Gate
 
 SCHEMA_VERSION = 1
 DEFAULT_ROWS = 15
+#: a drift within this many standard errors of the data given is reported as noise, not as stale or different
+NOISE_SIGMAS = 3.0
 _BAR_WIDTH = 20
 _BAR_FULL_SCALE = 4.0  # a drift score of 4 (four times the stale threshold) fills the bar
 
@@ -73,11 +75,39 @@ class LayerReport:
     old_variance: np.ndarray
     new_variance: np.ndarray
     epsilon: float = DEFAULT_EPSILON
-    #: worst channel's standard error of the new mean in units of sqrt(var + eps), and relative standard error
-    #: of var + eps, from the variation between batches (:meth:`ckptfix.stats.PooledMoments.standard_errors`;
-    #: inf with one batch)
-    mean_standard_error: float = float("nan")
-    variance_relative_error: float = float("nan")
+    #: per channel: the standard error of the new mean in units of sqrt(var + eps), and the relative standard
+    #: error of var + eps, from the variation between batches (:meth:`ckptfix.stats.PooledMoments.standard_errors`;
+    #: inf with one batch; None when not measured)
+    mean_standard_errors: np.ndarray | None = None
+    variance_relative_errors: np.ndarray | None = None
+
+    @property
+    def mean_standard_error(self) -> float:
+        """The worst channel's standard error of the new mean (units of sqrt(var + eps))."""
+        return float("nan") if self.mean_standard_errors is None else float(np.max(self.mean_standard_errors))
+
+    @property
+    def variance_relative_error(self) -> float:
+        """The worst channel's relative standard error of var + eps."""
+        return float("nan") if self.variance_relative_errors is None else float(np.max(self.variance_relative_errors))
+
+    @property
+    def within_noise(self) -> bool:
+        """Whether the drift could be estimation noise of the data given: RMS mean shift at most
+        ``NOISE_SIGMAS`` x the RMS standard error of the mean, and RMS log variance ratio at most ``NOISE_SIGMAS`` x
+        the RMS relative standard error of the variance (``ln`` of a ratio ~ its relative error)."""
+        if self.mean_standard_errors is None:
+            return False
+        rms = lambda v: float(np.sqrt(np.mean(np.square(v))))  # noqa: E731
+        drift = self.drift
+        return (drift.mean_shift <= NOISE_SIGMAS * rms(self.mean_standard_errors)
+                and drift.log_variance_ratio <= NOISE_SIGMAS * rms(self.variance_relative_errors))
+
+    def uncertainty_cell(self) -> str:
+        """``±0.012σ/3.1%``: the worst channel's standard errors of mean and variance, for the tables."""
+        if not np.isfinite(self.mean_standard_error):
+            return "n/a (1 batch)" if self.mean_standard_errors is not None else ""
+        return f"±{self.mean_standard_error:.2g}σ/{self.variance_relative_error:.1%}"
 
     @property
     def mean_change(self) -> float:
@@ -110,7 +140,8 @@ class LayerReport:
             "variance_change": self.variance_change,
             "drift": self.drift.to_dict(),
             "uncertainty": {"mean_standard_error": _finite_or_none(self.mean_standard_error),
-                            "variance_relative_error": _finite_or_none(self.variance_relative_error)},
+                            "variance_relative_error": _finite_or_none(self.variance_relative_error),
+                            "within_noise": self.within_noise},
             "old_mean": self.old_mean.tolist(),
             "new_mean": self.new_mean.tolist(),
             "old_variance": self.old_variance.tolist(),
@@ -162,6 +193,18 @@ class _Measured:
     num_workers: int = 1
     #: the repair gate's findings (:mod:`ckptfix.diagnostics.gate`): reasons it refuses for, warnings
     gate: Gate | None = None
+    #: why the pass ended: "data" (all of it read), "num-samples" (--num-samples), "stable" (--until-stable)
+    stop_reason: str = "data"
+
+    def stop_summary(self) -> str:
+        """How much data was used and why the pass ended, in one line."""
+        why = {"stable": "every layer's standard errors fell below --until-stable",
+               "num-samples": "--num-samples reached", "data": "all the data read"}[self.stop_reason]
+        worst = max(self.layers, key=lambda layer: layer.mean_standard_error, default=None)
+        precision = "" if worst is None or not np.isfinite(worst.mean_standard_error) else (
+            f"; worst standard errors ±{worst.mean_standard_error:.2g}σ (mean, {worst.name}), "
+            f"±{max(layer.variance_relative_error for layer in self.layers):.1%} (variance)")
+        return f"{self.num_samples} samples in {self.num_batches} batches: {why}{precision}"
 
     def devices_summary(self) -> str | None:
         """One line on the devices and workers that ran, when there were several (else None)."""
@@ -193,6 +236,7 @@ class _Measured:
             "cause": None if self.cause is None else self.cause.to_dict(),
             "devices": [device.to_dict() for device in self.devices],
             "gate": None if self.gate is None else self.gate.to_dict(),
+            "stop_reason": self.stop_reason,
         })
 
 
@@ -209,7 +253,7 @@ class RecalibrationReport(_Measured):
 
     def format_table(self, show_all: bool = True) -> str:
         """The per-layer table: old -> new mean/variance averages over channels and relative changes."""
-        header = ("layer", "ch", "mean old -> new (avg)", "var old -> new (avg)", "Δmean", "Δvar")
+        header = ("layer", "ch", "mean old -> new (avg)", "var old -> new (avg)", "Δmean", "Δvar", "± mean/var")
         rows = [
             (
                 layer.name,
@@ -218,6 +262,7 @@ class RecalibrationReport(_Measured):
                 f"{layer.old_variance.mean():.4g} -> {layer.new_variance.mean():.4g}",
                 f"{layer.mean_change:.1%}",
                 f"{layer.variance_change:.1%}",
+                layer.uncertainty_cell(),
             )
             for layer in self.layers
         ]
@@ -242,8 +287,14 @@ class DiagnosisReport(_Measured):
 
     @property
     def stale_layers(self) -> list[str]:
-        """The layers whose drift passes the thresholds (stale or differing, as the verdict says)."""
-        return [layer.name for layer in self.layers if layer.drift.stale]
+        """The layers whose drift passes the thresholds and is not within the noise of the data (stale or
+        differing, as the verdict says)."""
+        return [layer.name for layer in self.layers if layer.drift.stale and not layer.within_noise]
+
+    @property
+    def noise_layers(self) -> list[str]:
+        """Layers over the thresholds by no more than the noise of the data given (more data would tell)."""
+        return [layer.name for layer in self.layers if layer.drift.stale and layer.within_noise]
 
     @property
     def verdict(self) -> str:
@@ -259,11 +310,12 @@ class DiagnosisReport(_Measured):
 
     def to_dict(self) -> dict:
         return {**self._common_dict("diagnosis"), "verdict": self.verdict, "stale_layers": self.stale_layers,
-                "evidence": list(self.evidence)}
+                "noise_layers": self.noise_layers, "evidence": list(self.evidence)}
 
     def format_table(self, show_all: bool = False) -> str:
         """Layers stalest first: RMS mean shift (in new σ), RMS |log variance ratio|, worst channel, a drift bar."""
-        header = ("layer", "ch", "mean shift", "log var ratio", "worst ch", "verdict", "drift (| = stale threshold)")
+        header = ("layer", "ch", "mean shift", "log var ratio", "worst ch", "± mean/var", "verdict",
+                  "drift (| = stale threshold)")
         ranked = sorted(self.layers, key=lambda layer: -layer.drift.score)
         rows = []
         for layer in ranked:
@@ -274,7 +326,8 @@ class DiagnosisReport(_Measured):
                 f"{drift.mean_shift:.3g}σ",
                 f"{drift.log_variance_ratio:.3g}",
                 str(drift.worst_channel),
-                "stale" if drift.stale else "fresh",
+                layer.uncertainty_cell(),
+                ("noise" if layer.within_noise else "stale") if drift.stale else "fresh",
                 drift_bar(drift.score),
             ))
         shown, more = _truncate(rows, show_all, "layers")

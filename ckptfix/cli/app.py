@@ -81,6 +81,7 @@ TrainingFlag = Annotated[Optional[str], typer.Option(metavar="TENSOR", help="Boo
 
 BatchSize = Annotated[Optional[int], typer.Option(help="Samples per forward pass (default: the graph input's fixed batch size, else 32).", rich_help_panel=DATA)]
 NumSamples = Annotated[Optional[int], typer.Option(help="Stop after this many samples (default: all).", rich_help_panel=DATA)]
+UntilStable = Annotated[Optional[float], typer.Option(metavar="TOL", help="Stop once every layer's standard errors are below TOL, e.g. 0.01 (checked from 16 batches on).", rich_help_panel=DATA)]
 Shuffle = Annotated[bool, typer.Option("--shuffle/--no-shuffle", help="Shuffle the samples (--no-shuffle: sorted files, array order).", rich_help_panel=DATA)]
 Seed = Annotated[int, typer.Option(help="Seed of the shuffle.", rich_help_panel=DATA)]
 InputName = Annotated[Optional[List[str]], typer.Option("--input", metavar="TENSOR", help="Tensor(s) fed the batches (default: detected); several: --input a,b or repeat it.", rich_help_panel=DATA)]
@@ -195,7 +196,7 @@ MODEL_OPTIONS = (
 )
 FEED_OPTIONS = (("training_flag", TrainingFlag, None),)
 DATA_OPTIONS = (
-    ("batch_size", BatchSize, 32), ("num_samples", NumSamples, None), ("shuffle", Shuffle, True), ("seed", Seed, 0),
+    ("batch_size", BatchSize, None), ("num_samples", NumSamples, None), ("until_stable", UntilStable, None), ("shuffle", Shuffle, True), ("seed", Seed, 0),
     ("input_name", InputName, None), ("preprocess", Preprocess, "inception"), ("image_size", ImageSize, None),
     ("central_crop", CentralCrop, None), ("data_format", DataFormatOption, None), ("feature", Feature, "image/encoded"),
     ("strict", Strict, False), ("devices", Devices, None), ("cluster_timeout", ClusterTimeout, None),
@@ -248,8 +249,8 @@ def recalibrate(ctx, checkpoint, data, report, plot, summary, json_output, show_
             _print_json(result.to_dict())
             return
         typer.echo(result.format_table(show_all))
-        typer.echo(f"\n{len(result.layers)} BN layers recalibrated from {result.num_samples} samples "
-                   f"in {result.num_batches} batches ({result.estimator} estimator).")
+        typer.echo(f"\n{len(result.layers)} BN layers recalibrated ({result.estimator} estimator) from "
+                   f"{result.stop_summary()}.")
         if result.devices_summary():
             typer.echo(result.devices_summary())
         if result.samples_skipped:
@@ -286,7 +287,11 @@ def diagnose(ctx, checkpoint, data, model, custom_objects, report, plot, summary
                 typer.echo(result.devices_summary())
             if result.agreement is not None:
                 typer.echo("\n" + result.agreement.summary())
-            typer.echo(f"\n{_verdict(result, checkpoint, data, model or custom_objects)} ({result.num_samples} samples)")
+            if result.noise_layers:
+                typer.echo(f"\n{len(result.noise_layers)} layer(s) over a threshold by no more than the noise of this "
+                           f"data (more data would tell): {', '.join(result.noise_layers)}")
+            typer.echo(f"\ndata: {result.stop_summary()}")
+            typer.echo(f"{_verdict(result, checkpoint, data, model or custom_objects)} ({result.num_samples} samples)")
             _echo_cause(result, result.stale)
         return {"stale": STALE_EXIT_CODE, "inconclusive": RepairRefused.exit_code}.get(result.verdict, 0)
 

@@ -18,6 +18,9 @@ class LayerFacts:
     log_variance_ratio: float
     log_variance_ratio_max: float
     stale: bool
+    #: worst channel's standard errors (mean in σ, variance relative); None when not measured or one batch
+    mean_standard_error: float | None = None
+    variance_relative_error: float | None = None
 
 
 def layers(report: dict) -> list[LayerFacts]:
@@ -31,6 +34,8 @@ def layers(report: dict) -> list[LayerFacts]:
             log_variance_ratio=float(layer["drift"]["log_variance_ratio"]),
             log_variance_ratio_max=float(layer["drift"]["log_variance_ratio_max"]),
             stale=layer["drift"]["verdict"] == "stale",
+            mean_standard_error=layer.get("uncertainty", {}).get("mean_standard_error"),
+            variance_relative_error=layer.get("uncertainty", {}).get("variance_relative_error"),
         )
         for layer in report.get("layers", [])
     ]

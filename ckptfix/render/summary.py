@@ -17,6 +17,12 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _uncertainty(layer: facts.LayerFacts) -> str:
+    if layer.mean_standard_error is None or layer.variance_relative_error is None:
+        return "n/a"
+    return f"±{layer.mean_standard_error:.2g} / {layer.variance_relative_error:.1%}"
+
+
 def markdown_summary(report: dict) -> str:
     """A recalibration or diagnosis report dict (``to_dict()``) as Markdown: a heading, a table, two lines."""
     lines = [f"### ckptfix {facts.headline(report)}", ""]
@@ -24,13 +30,13 @@ def markdown_summary(report: dict) -> str:
         lines += [f"Checkpoint `{report['checkpoint']}`"
                   + (f" -> `{report['output_checkpoint']}`" if report.get("output_checkpoint") else ""), ""]
     lines += [
-        "| # | BN layer | channels | mean shift (σ) | max | log var ratio | max | stored statistics |",
-        "|---:|---|---:|---:|---:|---:|---:|---|",
+        "| # | BN layer | channels | mean shift (σ) | max | log var ratio | max | ± mean (σ) / var | stored statistics |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for k, layer in enumerate(facts.layers(report), start=1):
         lines.append(
             f"| {k} | {_cell(layer.name)} | {layer.channels} | {layer.mean_shift:.3g} | {layer.mean_shift_max:.3g} "
-            f"| {layer.log_variance_ratio:.3g} | {layer.log_variance_ratio_max:.3g} "
+            f"| {layer.log_variance_ratio:.3g} | {layer.log_variance_ratio_max:.3g} | {_uncertainty(layer)} "
             f"| {'**stale**' if layer.stale else 'fresh'} |"
         )
     lines += ["", f"Stale when mean shift > {MEAN_SHIFT_THRESHOLD:g} σ (σ = sqrt(var + ε) of the recomputed "
