@@ -30,6 +30,7 @@ from ckptfix.data.batching import first_samples, samples_in
 from ckptfix.diagnostics import agreement as output_agreement
 from ckptfix.diagnostics import gate as repair_gate
 from ckptfix.diagnostics.drift import DEFAULT_EPSILON
+from ckptfix.diagnostics.evidence import staleness_evidence
 from ckptfix.errors import CkptfixError, DataError, NoBatchNormError, OptionError, RepairRefused
 from ckptfix.interrupts import commit_scope, interrupts_between_steps
 from ckptfix.io.outputs import Place, check_run_paths, staged_files
@@ -230,7 +231,7 @@ def preprocessing_mismatch(first: Layer, reports: Sequence[LayerReport]) -> str 
 @dataclass
 class Measurement:
     """A measuring pass's results: the report fields, the new values by checkpoint key, and the evidence that
-    drifted statistics are stale (:func:`staleness_evidence`)."""
+    drifted statistics are stale (:mod:`ckptfix.diagnostics.evidence`)."""
 
     fields: dict
     new_values: dict[str, np.ndarray]
@@ -287,33 +288,16 @@ def _initial(layer: Layer) -> bool:
     return bool(np.all(layer.stored_mean == 0) and np.all(layer.stored_variance == 1))
 
 
-#: inference mode "far from training mode" with the stored statistics: top-1 agreement below this (evidence of
-#: staleness, ckptfix.report.DiagnosisReport). The relative output error alone is not: a domain shift that
-#: rescales the inputs raises it while every decision still agrees.
-FAR_TOP1 = 0.5
-
-
-def staleness_evidence(layers: Sequence[Layer], reports: Sequence[LayerReport], agreement, cause, other) -> list[str]:
-    """What shows that drifted statistics are stale rather than from other data: drifted layers holding the
-    initial 0/1 values or ``--against``'s bytes, a cause found in the training graph, or inference mode far
-    from training mode on the calibration data."""
+def _evidence(layers: Sequence[Layer], reports: Sequence[LayerReport], agreement, cause, other) -> list[str]:
+    """:func:`ckptfix.diagnostics.evidence.staleness_evidence` for the layers that drift beyond the noise of the
+    data (none drift: no evidence needed)."""
     drifted = {report.name for report in reports if report.drift.stale and not report.within_noise}
+    if not drifted:
+        return []
     chosen = [layer for layer in layers if layer.name in drifted]
-    evidence = []
-    initial = [layer.name for layer in chosen if _initial(layer)]
-    if initial:
-        evidence.append(f"{len(initial)} drifted layer(s) hold the initial 0/1 statistics ({initial[0]}...)")
-    if other is not None:
-        same = [layer.name for layer in chosen if _same_as(other, layer)]
-        if same:
-            evidence.append(f"{len(same)} drifted layer(s) are identical to --against ({same[0]}...)")
-    if cause is not None and cause.found:
-        evidence.append(cause.message.splitlines()[0])
-    if agreement is not None and agreement.top1_before < FAR_TOP1:
-        evidence.append(f"inference mode with the stored statistics agrees with training mode on only "
-                        f"{agreement.top1_before:.0%} of the samples (relative output error "
-                        f"{agreement.relative_error_before:.3g})")
-    return evidence if drifted else []
+    return staleness_evidence([layer.name for layer in chosen if _initial(layer)],
+                              [layer.name for layer in chosen if other is not None and _same_as(other, layer)],
+                              cause, agreement)
 
 
 def measure(source: Source, data, options: Options, cluster: Cluster | None = None, other=None) -> Measurement:
@@ -403,7 +387,7 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
             gate=gate,
             stop_reason=stopped,
         )
-        evidence = staleness_evidence(layers, reports, agreement, cause, other)
+        evidence = _evidence(layers, reports, agreement, cause, other)
     new_values = {key: value for r in reports for key, value in ((r.mean_key, r.new_mean), (r.variance_key, r.new_variance))}
     return Measurement(fields, new_values, evidence, notice)
 
