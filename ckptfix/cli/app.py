@@ -362,7 +362,7 @@ def recalibrate(ctx, checkpoint, data, report, plot, summary, json_output, show_
 
 @_command(CKPT_ARGUMENT, DATA_ARGUMENT, MODEL_OPTIONS, FEED_OPTIONS, DATA_OPTIONS, STATISTICS_OPTIONS,
           (("against", Against, None),), REPORT_OPTIONS, PRINT_OPTIONS, RUN_OPTIONS, SAFETY_OPTIONS, show_all=False)
-def diagnose(ctx, checkpoint, data, model, custom_objects, report, plot, summary, json_output, show_all, **_) -> None:
+def diagnose(ctx, checkpoint, data, report, plot, summary, json_output, show_all, **_) -> None:
     """Measure how stale the stored statistics are (writes nothing). Exit 0 fresh (or differs), 3 stale, 5
     inconclusive, 1 error."""
 
@@ -382,25 +382,52 @@ def diagnose(ctx, checkpoint, data, model, custom_objects, report, plot, summary
                 typer.echo(result.devices_summary())
             if result.agreement is not None:
                 typer.echo("\n" + result.agreement.summary())
-            typer.echo(f"\n{_verdict(result, checkpoint, data, model or custom_objects)} ({result.num_samples} samples)")
+            typer.echo(f"\n{_verdict(result, _command_line(ctx, 'recalibrate', REPAIR_LEAVES_OUT))}")
             _echo_cause(result, result.stale)
         return {"stale": STALE_EXIT_CODE, "inconclusive": RepairRefused.exit_code}.get(result.verdict, 0)
 
     _run(action)
 
 
-def _verdict(result, checkpoint, data, user_code) -> str:
-    """The diagnosis in one line (see :class:`ckptfix.report.DiagnosisReport` for the verdicts)."""
-    drifted = f"{len(result.stale_layers)} of {len(result.layers)} BN layers"
-    repair = f"ckptfix recalibrate {checkpoint} {data}" + (" and the same --model/--import options" if user_code else "")
+#: the options of a diagnose or inspect run that its suggested next command leaves out (they only shape what is
+#: printed or written beside it, or are not the next command's)
+REPAIR_LEAVES_OUT = frozenset({"against", "report", "plot", "summary", "json_output", "show_all", "progress", "verbose"})
+
+
+def _command_line(ctx: typer.Context, command: str, leave_out: frozenset[str], data: str | None = None) -> str:
+    """``ckptfix COMMAND CKPT DATA`` with the options given on this command line (``--num-samples 40``,
+    ``--model ...``, ``--import ...``) but ``leave_out``'s, quoted for a shell, so the suggested next command
+    measures the same; ``data``: DATA's placeholder when this command takes none."""
+    import shlex
+
+    arguments = [str(ctx.params[p.name]) for p in ctx.command.params if p.param_type_name == "argument"]
+    options = []
+    for param in ctx.command.params:
+        value, source = ctx.params.get(param.name), ctx.get_parameter_source(param.name)
+        if (param.param_type_name == "argument" or param.name in leave_out or value is None
+                or source is None or source.name != "COMMANDLINE"):
+            continue
+        if param.is_flag:
+            options.append(param.opts[0] if value else param.secondary_opts[0])
+        else:
+            for each in value if isinstance(value, (list, tuple)) else [value]:
+                options += [param.opts[-1], str(getattr(each, "value", each))]
+    line = shlex.join(["ckptfix", command, *arguments])
+    return " ".join([line, *([data] if data else []), *([shlex.join(options)] if options else [])])
+
+
+def _verdict(result, repair: str) -> str:
+    """The diagnosis in one line, ending with the command to run next when there is one (see
+    :class:`ckptfix.report.DiagnosisReport` for the verdicts)."""
+    drifted = f"{len(result.stale_layers)} of {len(result.layers)} BN layers (on {result.num_samples} samples)"
     if result.verdict == "inconclusive":
-        return f"INCONCLUSIVE: {result.gate.reasons[0]}"
+        return f"INCONCLUSIVE ({result.num_samples} samples): {result.gate.reasons[0]}"
     if result.verdict == "stale":
         return f"STALE: {drifted} ({result.evidence[0]}); repair with: {repair}"
     if result.verdict == "differs":
         return (f"DIFFERS: the stored statistics of {drifted} differ from this data, with no sign of a training bug "
                 f"(a domain shift looks the same); recalibrating would adapt the model to this data: {repair}")
-    return f"fresh: all {len(result.layers)} BN layers match the calibration data"
+    return f"fresh: all {len(result.layers)} BN layers match the calibration data ({result.num_samples} samples)"
 
 
 @_command(CKPT_ARGUMENT, MODEL_OPTIONS, (("against", Against, None),), PRINT_OPTIONS, (("verbose", Verbose, False),),
@@ -419,7 +446,7 @@ def inspect_(ctx, checkpoint, json_output, show_all, **_) -> None:
         flagged = result.flagged
         typer.echo(f"\n{len(result.layers)} BN layers; " + (
             f"{len(flagged)} look never updated (initial 0/1 or identical to --against): "
-            f"check with: ckptfix diagnose {checkpoint} DATA" if flagged else "none flagged"))
+            f"check with: {_command_line(ctx, 'diagnose', REPAIR_LEAVES_OUT - {'against'}, data='DATA')}" if flagged else "none flagged"))
         _echo_cause(result, bool(flagged))
 
     _run(action)
