@@ -227,7 +227,11 @@ def _options(ctx: typer.Context) -> Options:
 
 
 def _notice(message: str) -> None:
-    typer.echo(f"notice: {message}", err=True)
+    """A notice on its own line of stderr, also while a progress bar is drawn there (tqdm clears the bar,
+    prints, and draws it again below)."""
+    from tqdm import tqdm
+
+    tqdm.write(f"notice: {message}", file=sys.stderr)
 
 
 def _close_progress_bars() -> None:

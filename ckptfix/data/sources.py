@@ -192,17 +192,19 @@ class CalibrationBatches:
         produced = assigned_batches(self._chunks()) if self._assigned else self._rebatcher(self._chunks())
         for batch in produced:
             seen += len(batch)
+            self.skips.release()
             if self.share.owns(batch.index):
                 self.last = batch
                 yield batch
-        self.skips.finish()
         if seen == 0 and not self._assigned:  # a share may be empty: the run checks the whole
             if self.skips.skipped:
                 raise DataError(
                     f"no usable sample in {self.source}: all {len(self.skips.skipped)} file(s) were skipped "
-                    f"(first: {self.skips.skipped[0]})."
+                    f"(first: {self.skips.skipped[0]}: {self.skips.first_reason})."
                 )
             raise DataError(f"{self.source} yielded no samples: pass data with at least one sample.")
+        self.skips.release()
+        self.skips.finish()
 
     def __iter__(self):
         single = len(self.inputs) == 1
