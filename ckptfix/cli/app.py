@@ -423,7 +423,7 @@ def _command_line(ctx: typer.Context, command: str, leave_out: frozenset[str], d
 def _verdict(result, repair: str) -> str:
     """The diagnosis in one line, ending with the command to run next when there is one (see
     :class:`ckptfix.report.DiagnosisReport` for the verdicts)."""
-    drifted = f"{len(result.stale_layers)} of {len(result.layers)} BN layers (on {result.num_samples} samples)"
+    drifted = f"{len(result.stale_layers)} of {len(result.layers)} BN layers on {result.num_samples} samples"
     if result.verdict == "inconclusive":
         return f"INCONCLUSIVE ({result.num_samples} samples): {result.gate.reasons[0]}"
     if result.verdict == "stale":
