@@ -181,7 +181,7 @@ Shuffle = Annotated[bool, typer.Option("--shuffle/--no-shuffle", help="Shuffle t
 Seed = Annotated[int, typer.Option(parser=_whole, metavar="N", help="Seed of the shuffle.", rich_help_panel=DATA)]
 InputName = Annotated[Optional[List[str]], typer.Option("--input", metavar="TENSOR", help="Tensor(s) fed the batches (default: detected); several: --input a,b or repeat it.", rich_help_panel=DATA)]
 Preprocess = Annotated[str, typer.Option(parser=_preprocess, metavar="PRESET|MODULE:FN", help=f"Image preprocessing: a preset ({PRESETS}) or your function.", rich_help_panel=DATA)]
-ImageSize = Annotated[Optional[str], typer.Option(metavar="HxW", help="Size images are resized to, if the input has none.", rich_help_panel=DATA)]
+ImageSize = Annotated[Optional[str], typer.Option(metavar="H[xW]", help="Size images are resized to (224: 224x224), if the input has none.", rich_help_panel=DATA)]
 CentralCrop = Annotated[Optional[float], typer.Option(parser=_number, metavar="F", help="Keep the central F of each image side first (slim's eval: 0.875).", rich_help_panel=DATA)]
 DataFormatOption = Annotated[Optional[DataFormat], typer.Option("--format", metavar="KIND", help=f"{_listed(DataFormat)}: the files to use in a folder mixing kinds.", rich_help_panel=DATA)]
 Feature = Annotated[str, typer.Option(metavar="NAME", help="TFRecord feature holding the encoded image or raw sample.", rich_help_panel=DATA)]
