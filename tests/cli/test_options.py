@@ -145,3 +145,13 @@ def test_keras_input_in_the_list_and_comma_forms(deep_keras):
     assert '"input_tensor": "pixels"' in result.output
     two = CliRunner().invoke(app, ["diagnose", str(model), str(calib), "--input", "a,b", "--no-progress"])
     assert two.exit_code == 1 and "--input names 2 input(s), but the model has 1" in two.output, two.output
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--batch-size", "abc", "error: --batch-size must be a whole number (got abc)."),
+    ("--central-crop", "x", "error: --central-crop must be a number (got x)."),
+])
+def test_a_value_of_the_wrong_type_is_one_line_in_the_common_form(tmp_path, option, value, message):
+    """'Input should be a valid integer, unable to parse string as an integer' was the validation library's."""
+    result = run_cli("diagnose", tmp_path / "model.ckpt-1", tmp_path / "data.npy", option, value)
+    assert result.returncode == 2 and result.stderr.splitlines()[0] == message, result.stderr
