@@ -1,8 +1,9 @@
 """``ckptfix`` commands (typer). Each parses its options, calls one API function and prints the result.
 
-Exit codes: 0 success (``diagnose``: fresh); 1 user error (one or two lines naming the fix;
-``CKPTFIX_DEBUG=1`` shows the traceback); 2 usage error; 3 ``diagnose`` found stale statistics; 4 nothing to
-recalibrate (no BN layer in the graph or none selected); 130 interrupted.
+Exit codes (the table in README.md and docs/user-guide.md): 0 success (``diagnose``: fresh or differs); 1 user
+error (one or two lines naming the fix; ``CKPTFIX_DEBUG=1`` shows the traceback); 2 a bad option or option value
+(one line); 3 ``diagnose`` found stale statistics; 4 nothing to recalibrate (no BN layer in the graph or none
+selected); 5 the repair gate refused (``diagnose``: inconclusive); 130 interrupted.
 """
 
 from __future__ import annotations
