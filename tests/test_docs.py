@@ -11,7 +11,7 @@ import pytest
 import typer
 
 from ckptfix import errors
-from ckptfix.cli.app import STALE_EXIT_CODE, _help_record, app
+from ckptfix.cli.app import STALE_EXIT_CODE, app
 
 ROOT = Path(__file__).parents[1]
 
@@ -38,8 +38,24 @@ def test_the_exit_code_tables_list_every_code(doc):
     assert _table_codes((ROOT / doc).read_text(), "## Exit codes") == exit_codes()
 
 
+def test_the_cli_module_lists_every_exit_code():
+    from ckptfix.cli import app as cli
+
+    text = " ".join(cli.__doc__.split("Exit codes", 1)[1].split())
+    assert {int(code) for code in re.findall(r"(?:[:;]) (\d+) ", text)} == exit_codes()
+
+
+def test_the_error_section_names_the_codes_it_does_not_use():
+    """'Every problem below exits with code 1 (4 for ...)' while the table holds bad option values (2)."""
+    guide = (ROOT / "docs/user-guide.md").read_text()
+    intro = guide.split("## Errors: what each bad input gets", 1)[1].split("|", 1)[0]
+    assert all(f"{code}" in intro for code in (1, 2, 4, 5))
+
+
 def test_the_user_guide_writes_each_option_as_help_does():
     """The user guide's option table had --devices' default and --image-size's form unlike --help."""
+    from ckptfix.cli.app import _help_record
+
     command = typer.main.get_command(app).commands["recalibrate"]
     context = command.make_context("recalibrate", ["a", "b"])
     shown = {_help_record(param, context)[0] for param in command.params if param.param_type_name == "option"}
