@@ -41,17 +41,29 @@ def run(command: str, checkpoint, data, options: Options):
         return getattr(pipeline, command)(checkpoint, data, options)
 
 
-def _keyword(flag: str) -> str:
-    """How the API names what the CLI calls ``flag``: ``output=``, ``overwrite=True``."""
+def _keyword(flag: str, value: str | None) -> str:
+    """How the API names what the CLI calls ``flag`` (followed by ``value``, a metavar or a value, or None):
+    ``overwrite=True`` for a flag that is switched on, ``meta=PATH`` / ``model=pkg.mod:fn`` with its value,
+    else the keyword alone (``batch_size must be at least 1``, ``choose another output``)."""
     names = [name for name, text in FLAGS.items() if flag in text.split("/")]
     if not names:
-        return flag
+        return flag + (f" {value}" if value else "")
     name = names[0]
-    default = Options.__dataclass_fields__[name].default
-    return f"{name}=True" if default is False else f"{name}="
+    if Options.__dataclass_fields__[name].default is False:
+        return f"{name}=True" + (f" {value}" if value else "")
+    return f"{name}={value}" if value else name
 
 
-_FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z-]*|-o)(?![\w-])")
+#: a CLI flag, and the value after it when it looks like one (an upper-case metavar, or a token with . : /)
+_FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z-]*(?:/--[a-z][a-z-]*)?|-o/--output|-o)(?![\w-])"
+                   r"(?: ([A-Z][A-Z_]*\b|\d[\w.]*|[\w-]*[.:/][\w./:-]*\w))?")
+
+
+def _keywords_of(match: re.Match) -> str:
+    """``--include/--exclude`` -> ``include/exclude``; ``-o/--output`` -> ``output``; one flag -> its keyword."""
+    flags = [flag for flag in match.group(1).split("/") if flag != "-o"] or ["-o"]
+    named = [_keyword(flag, None) for flag in flags[:-1]] + [_keyword(flags[-1], match.group(2))]
+    return "/".join(dict.fromkeys(named))
 
 
 @contextlib.contextmanager
@@ -60,8 +72,7 @@ def _keywords() -> Iterator[None]:
     try:
         yield
     except CkptfixError as error:
-        error.args = (_FLAG.sub(lambda m: _keyword(m.group(1)), str(error)).replace("output=/output=", "output="),
-                      *error.args[1:])
+        error.args = (_FLAG.sub(_keywords_of, str(error)), *error.args[1:])
         raise
 
 

@@ -17,7 +17,8 @@ It takes about ten seconds on a laptop CPU and goes through four steps:
    the same class.
 3. **The repair.** :func:`ckptfix.api.recalibrate`, the code path behind ``ckptfix recalibrate``, streams
    PNG calibration images of the same task through the frozen graph. It writes a new checkpoint with
-   corrected moving statistics and leaves the input checkpoint untouched.
+   corrected moving statistics into ``DIR/demo-recalibrated`` and leaves the input checkpoint untouched.
+   (Not ``train-recalibrated``: that is where the ``ckptfix recalibrate`` it suggests next writes.)
 4. **The proof.** An unchanged evaluation script builds a fresh graph with the same :func:`build_model`,
    restores it with ``Saver().restore(sess, tf.train.latest_checkpoint(output_dir))``, and gets the
    inference-mode accuracy back to the training-mode one.
@@ -274,12 +275,27 @@ def repair(stale: StaleModel, output_dir: Path, *, progress: bool = True) -> Rec
     )
 
 
+#: where the demo writes its own repair: not ``train-recalibrated``, the default output of the command it
+#: suggests next, so that command works as typed
+DEMO_OUTPUT = "demo-recalibrated"
+
+
+def next_commands(directory: Path) -> list[str]:
+    """The commands the demo suggests on its files, in the order to type them. ``recalibrate`` writes its
+    default output ``train-recalibrated``; when an earlier run left one, the suggestion says ``--overwrite``."""
+    directory = Path(directory)
+    train, data = directory / "train", directory / "calibration-images"
+    overwrite = " --overwrite" if (directory / "train-recalibrated").exists() else ""
+    return [f"ckptfix inspect {train}", f"ckptfix diagnose {train} {data}",
+            f"ckptfix recalibrate {train} {data}{overwrite}"]
+
+
 def run_demo(directory: Path, *, progress: bool = True, echo: Callable[[str], None] = print) -> DemoResult:
     """Reproduce the stale-BatchNorm bug in ``directory``, repair it with ckptfix, and show the recovery."""
     directory = Path(directory)
     stale = build_stale_model(directory, echo=echo)
 
-    output_dir = directory / "train-recalibrated"
+    output_dir = directory / DEMO_OUTPUT
     echo(f"3. Recalibrating the moving statistics from the calibration images into {output_dir}...")
     report = repair(stale, output_dir, progress=progress)
     for line in report.format_table().splitlines():
@@ -291,8 +307,11 @@ def run_demo(directory: Path, *, progress: bool = True, echo: Callable[[str], No
         f"4. Held-out accuracy, inference mode, repaired checkpoint: {accuracy_after:6.1%}"
         f"  (was {stale.inference_accuracy:.1%}, same eval script)"
     )
-    echo("On your own checkpoint, run:")
-    echo(f"   ckptfix recalibrate {stale.train_dir} {stale.data_dir}")
+    echo("The same steps from the command line (diagnose exits 3: stale; recalibrate writes "
+         f"{directory / 'train-recalibrated'}):")
+    for command in next_commands(directory):
+        echo(f"   {command}")
+    echo("On your own checkpoint: ckptfix recalibrate TRAIN_DIR CALIBRATION_DIR")
     return DemoResult(
         checkpoint_prefix=stale.checkpoint_prefix,
         data_dir=stale.data_dir,

@@ -114,6 +114,7 @@ FLAGS: dict[str, str] = {
     "allow_unsafe_ops": "--allow-unsafe-ops", "devices": "--devices",
     "output": "-o/--output", "overwrite": "--overwrite", "against": "--against", "report": "--report",
     "summary": "--summary", "plot": "--plot", "force": "--force", "progress": "--progress",
+    "custom_objects": "--import", "cluster_timeout": "--cluster-timeout",
 }
 
 

@@ -252,16 +252,20 @@ class RecalibrationReport(_Measured):
                 "output_dir": self.output_dir}
 
     def format_table(self, show_all: bool = True) -> str:
-        """The per-layer table: old -> new mean/variance averages over channels and relative changes."""
-        header = ("layer", "ch", "mean old -> new (avg)", "var old -> new (avg)", "Δmean", "Δvar", "± mean/var")
+        """The per-layer table: old -> new mean/variance averages over channels, and how far the old statistics
+        were from the new ones as ``diagnose`` measures it (:mod:`ckptfix.diagnostics.drift`, RMS over channels):
+        the mean shift in units of sqrt(new var + eps), and |ln((old var + eps) / (new var + eps))|; and the worst
+        channel's standard errors of the new statistics (:meth:`LayerReport.uncertainty_cell`)."""
+        header = ("layer", "ch", "mean old -> new (avg)", "var old -> new (avg)", "mean shift", "log var ratio",
+                  "± mean/var")
         rows = [
             (
                 layer.name,
                 str(layer.channels),
                 f"{layer.old_mean.mean():+.4g} -> {layer.new_mean.mean():+.4g}",
                 f"{layer.old_variance.mean():.4g} -> {layer.new_variance.mean():.4g}",
-                f"{layer.mean_change:.1%}",
-                f"{layer.variance_change:.1%}",
+                f"{layer.drift.mean_shift:.3g}σ",
+                f"{layer.drift.log_variance_ratio:.3g}",
                 layer.uncertainty_cell(),
             )
             for layer in self.layers

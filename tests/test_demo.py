@@ -63,7 +63,7 @@ def test_demo_paths_and_narration(demo_run):
     assert Path(result.checkpoint_prefix + ".meta").is_file()
     assert result.data_dir == directory / "calibration-images"
     assert len(list(result.data_dir.glob("*.png"))) == demo.NUM_CALIBRATION_IMAGES
-    assert result.output_dir == directory / "train-recalibrated"
+    assert result.output_dir == directory / "demo-recalibrated"  # not where the suggested recalibrate writes
     narration = "\n".join(lines)
     assert f"ckptfix recalibrate {directory / 'train'} {directory / 'calibration-images'}" in narration
     assert f"{result.inference_accuracy_after:6.1%}" in narration

@@ -1,8 +1,9 @@
 """``ckptfix`` commands (typer). Each parses its options, calls one API function and prints the result.
 
-Exit codes: 0 success (``diagnose``: fresh); 1 user error (one or two lines naming the fix;
-``CKPTFIX_DEBUG=1`` shows the traceback); 2 usage error; 3 ``diagnose`` found stale statistics; 4 nothing to
-recalibrate (no BN layer in the graph or none selected); 130 interrupted.
+Exit codes (the table in README.md and docs/user-guide.md): 0 success (``diagnose``: fresh or differs); 1 user
+error (one or two lines naming the fix; ``CKPTFIX_DEBUG=1`` shows the traceback); 2 a bad option or option value
+(one line); 3 ``diagnose`` found stale statistics; 4 nothing to recalibrate (no BN layer in the graph or none
+selected); 5 the repair gate refused (``diagnose``: inconclusive); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -25,14 +26,94 @@ from ckptfix.report import DEFAULT_ROWS
 
 STALE_EXIT_CODE = 3
 
+MODEL, DATA, STATISTICS, OUTPUT, SAFETY = "Model", "Data", "Statistics", "Output", "Safety"
+PANELS = (MODEL, DATA, STATISTICS, OUTPUT, SAFETY)
+
+
+def _metavar(param) -> str | None:
+    """What follows an option in --help and the usage line: its metavar, the choices of a choice option
+    (``pooled|batch-mean``), nothing for a flag; an argument's name in capitals."""
+    if param.param_type_name == "argument":
+        return param.metavar or param.name.upper()
+    if param.is_flag or param.count:
+        return None
+    if param.metavar:
+        return param.metavar
+    choices = getattr(param.type, "choices", None)
+    if choices:
+        return "|".join(str(getattr(choice, "value", choice)) for choice in choices)
+    return param.type.name.upper()
+
+
+def _help_record(param, ctx) -> tuple[str, str] | None:
+    """One --help row, the way click and pip print them: ``-o, --output PATH`` then the help; a flag pair's
+    default is named (``--shuffle / --no-shuffle ... (default: --shuffle)``), and a value's default when the
+    help does not already say it."""
+    if getattr(param, "hidden", False):
+        return None
+    metavar, help_text, default = _metavar(param), param.help or "", param.default
+    if param.param_type_name == "argument":
+        names, shown = metavar, None if param.required else default
+    else:
+        names = ", ".join(param.opts) + (f" {metavar}" if metavar else "")
+        if param.secondary_opts:
+            names += " / " + ", ".join(param.secondary_opts)
+            shown = param.opts[0] if default else param.secondary_opts[0]
+        else:
+            shown = getattr(default, "value", default) if metavar and "default" not in help_text else None
+    if shown in (None, ()):
+        return names, help_text
+    return names, f"{help_text.rstrip('.')} (default: {shown})."
+
+
+class _Command(typer.core.TyperCommand):
+    """A command whose --help reads like pip's or saved_model_cli's: ``Usage: ckptfix recalibrate [OPTIONS]
+    CKPT DATA``, plain metavars, no types on flags, the options grouped into sections (``Model options:``...)."""
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        """The first line of the docstring, whole (the command list wraps it instead of cutting it)."""
+        return (self.help or "").strip().splitlines()[0].split(". ")[0].rstrip(".")
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        arguments = [p for p in self.get_params(ctx) if p.param_type_name == "argument"]
+        return [self.options_metavar, *(_metavar(p) if p.required else f"[{_metavar(p)}]" for p in arguments)]
+
+    def format_options(self, ctx, formatter) -> None:
+        sections: dict[str, list] = {}
+        for param in self.get_params(ctx):
+            record = _help_record(param, ctx)
+            if record is not None:
+                panel = getattr(param, "rich_help_panel", None)
+                title = "Arguments" if param.param_type_name == "argument" else f"{panel} options" if panel else "Options"
+                sections.setdefault(title, []).append(record)
+        for title in ("Arguments", "Options", *(f"{panel} options" for panel in PANELS)):
+            if title in sections:
+                with formatter.section(title):
+                    formatter.write_dl(sections[title])
+
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: no markup eating '[plot]', no boxes, no <type> after every flag
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
     help="Repair stale BatchNorm moving statistics in TensorFlow checkpoints.",
 )
 
-MODEL, DATA, STATISTICS, OUTPUT, SAFETY = "Model", "Data", "Statistics", "Output", "Safety"
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"ckptfix {version('ckptfix')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _app(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                               help="Print the version and exit.")] = False) -> None:
+    """Repair stale BatchNorm moving statistics in TensorFlow checkpoints."""
 
 
 def _listed(choices) -> str:
@@ -48,7 +129,23 @@ def _preprocess(value: str) -> str:
     """--preprocess: a preset, or package.module:function (a usage error otherwise)."""
     if ":" in value or value in {preset.value for preset in Preset}:
         return value
-    raise typer.BadParameter(f"{value!r} is neither a preset ({PRESETS}) nor package.module:function.")
+    raise typer.BadParameter(f"must be a preset ({PRESETS}) or package.module:function (got {value})")
+
+
+def _whole(value: str) -> int:
+    """An integer option's value (a usage error naming the option otherwise)."""
+    try:
+        return int(value)
+    except ValueError:
+        raise typer.BadParameter(f"must be a whole number (got {value})") from None
+
+
+def _number(value: str) -> float:
+    """A number option's value (a usage error naming the option otherwise)."""
+    try:
+        return float(value)
+    except ValueError:
+        raise typer.BadParameter(f"must be a number (got {value})") from None
 
 
 def _devices(value: str) -> str:
@@ -63,53 +160,53 @@ def _devices(value: str) -> str:
 
 
 # Options shared by several commands, declared once; each named as its ckptfix.options.Options field.
-Checkpoint = Annotated[str, typer.Argument(help="Checkpoint prefix, folder with a 'checkpoint' file, or one of its files; a frozen graph (.pb, .pbtxt); a Keras .keras/.h5/.weights.h5 file, TF2 checkpoint or SavedModel.")]
-Data = Annotated[Path, typer.Argument(help="Folder or file of calibration samples: images, .npy/.npz, or TFRecords.")]
+Checkpoint = Annotated[str, typer.Argument(metavar="CKPT", help="Checkpoint prefix, folder with a 'checkpoint' file, or one of its files; a frozen graph (.pb, .pbtxt); a Keras .keras/.h5/.weights.h5 file, TF2 checkpoint or SavedModel.")]
+Data = Annotated[Path, typer.Argument(metavar="DATA", help="Folder or file of calibration samples: images, .npy/.npz, or TFRecords.")]
 
-Meta = Annotated[Optional[Path], typer.Option(help="The .meta graph, if not beside the checkpoint.", rich_help_panel=MODEL)]
+Meta = Annotated[Optional[Path], typer.Option(metavar="PATH", help="The .meta graph, if not beside the checkpoint.", rich_help_panel=MODEL)]
 Model = Annotated[Optional[str], typer.Option(metavar="MODULE:FN", help="Runs your code. TF1 checkpoint without .meta: builds its graph (like slim's nets_factory); Keras/TF2 file: returns the model the file's weights are loaded into.", rich_help_panel=MODEL)]
-NumClasses = Annotated[Optional[int], typer.Option(help="With --model: its num_classes.", rich_help_panel=MODEL)]
+NumClasses = Annotated[Optional[int], typer.Option(parser=_whole, metavar="N", help="With --model: its num_classes.", rich_help_panel=MODEL)]
 ModelArg = Annotated[Optional[list[str]], typer.Option(metavar="KEY=VALUE", help="With --model: a keyword argument (Python literal); repeatable.", rich_help_panel=MODEL)]
 ModelInputShape = Annotated[Optional[str], typer.Option(metavar="HxWxC", help="With --model: per-sample input shape (default: its default_image_size).", rich_help_panel=MODEL)]
 ArgScope = Annotated[Optional[str], typer.Option(metavar="MODULE:FN", help="With --model: returns the slim arg_scope to build under.", rich_help_panel=MODEL)]
 # Keras / TF2 models (docs/keras.md). --model-format, not --format: --format picks the calibration data kind.
 ModelFormatOption = Annotated[Optional[ModelFormat], typer.Option("--model-format", metavar="FORMAT", help=f"{_listed(ModelFormat)} (default: detected from CKPT).", rich_help_panel=MODEL)]
 CustomObjects = Annotated[Optional[List[str]], typer.Option("--import", metavar="MODULE[:NAME]", help="Runs your code. Keras file with custom layers: the module defining or registering them (MODULE:NAME: a dict of custom objects); repeatable.", rich_help_panel=MODEL)]
-Architecture = Annotated[Optional[Path], typer.Option(help="A .keras file or config .json: the architecture, for files without one.", rich_help_panel=MODEL)]
+Architecture = Annotated[Optional[Path], typer.Option(metavar="PATH", help="A .keras file or config .json: the architecture, for files without one.", rich_help_panel=MODEL)]
 Signature = Annotated[Optional[str], typer.Option(metavar="NAME", help="SavedModel signature to measure (default: serving_default).", rich_help_panel=MODEL)]
 TrainingFlag = Annotated[Optional[str], typer.Option(metavar="TENSOR", help="Boolean training-flag tensor, fed False (default: detected).", rich_help_panel=MODEL)]
 
-BatchSize = Annotated[Optional[int], typer.Option(help="Samples per forward pass (default: the graph input's fixed batch size, else 32).", rich_help_panel=DATA)]
-NumSamples = Annotated[Optional[int], typer.Option(help="Stop after this many samples (default: all).", rich_help_panel=DATA)]
-UntilStable = Annotated[Optional[float], typer.Option(metavar="TOL", help="Stop once every layer's standard errors are below TOL, e.g. 0.01 (checked from 16 batches on).", rich_help_panel=DATA)]
+BatchSize = Annotated[Optional[int], typer.Option(parser=_whole, metavar="N", help="Samples per forward pass (default: the graph input's fixed batch size, else 32).", rich_help_panel=DATA)]
+NumSamples = Annotated[Optional[int], typer.Option(parser=_whole, metavar="N", help="Stop after this many samples (default: all).", rich_help_panel=DATA)]
+UntilStable = Annotated[Optional[float], typer.Option(parser=_number, metavar="TOL", help="Stop once every layer's standard errors are below TOL, e.g. 0.01 (checked from 16 batches on).", rich_help_panel=DATA)]
 Shuffle = Annotated[bool, typer.Option("--shuffle/--no-shuffle", help="Shuffle the samples (--no-shuffle: sorted files, array order).", rich_help_panel=DATA)]
-Seed = Annotated[int, typer.Option(help="Seed of the shuffle.", rich_help_panel=DATA)]
+Seed = Annotated[int, typer.Option(parser=_whole, metavar="N", help="Seed of the shuffle.", rich_help_panel=DATA)]
 InputName = Annotated[Optional[List[str]], typer.Option("--input", metavar="TENSOR", help="Tensor(s) fed the batches (default: detected); several: --input a,b or repeat it.", rich_help_panel=DATA)]
 Preprocess = Annotated[str, typer.Option(parser=_preprocess, metavar="PRESET|MODULE:FN", help=f"Image preprocessing: a preset ({PRESETS}) or your function.", rich_help_panel=DATA)]
-ImageSize = Annotated[Optional[str], typer.Option(metavar="HxW", help="Size images are resized to, if the input has none.", rich_help_panel=DATA)]
-CentralCrop = Annotated[Optional[float], typer.Option(metavar="F", help="Keep the central F of each image side first (slim's eval: 0.875).", rich_help_panel=DATA)]
+ImageSize = Annotated[Optional[str], typer.Option(metavar="H[xW]", help="Size images are resized to (224: 224x224), if the input has none.", rich_help_panel=DATA)]
+CentralCrop = Annotated[Optional[float], typer.Option(parser=_number, metavar="F", help="Keep the central F of each image side first (slim's eval: 0.875).", rich_help_panel=DATA)]
 DataFormatOption = Annotated[Optional[DataFormat], typer.Option("--format", metavar="KIND", help=f"{_listed(DataFormat)}: the files to use in a folder mixing kinds.", rich_help_panel=DATA)]
-Feature = Annotated[str, typer.Option(help="TFRecord feature holding the encoded image or raw sample.", rich_help_panel=DATA)]
+Feature = Annotated[str, typer.Option(metavar="NAME", help="TFRecord feature holding the encoded image or raw sample.", rich_help_panel=DATA)]
 Strict = Annotated[bool, typer.Option("--strict", help="Stop at the first unreadable file instead of skipping it.", rich_help_panel=DATA)]
 
 Include = Annotated[Optional[str], typer.Option(metavar="REGEX", help="Only BN layers whose scope matches.", rich_help_panel=STATISTICS)]
 Exclude = Annotated[Optional[str], typer.Option(metavar="REGEX", help="Skip BN layers whose scope matches.", rich_help_panel=STATISTICS)]
-EstimatorOption = Annotated[Estimator, typer.Option("--estimator", help="pooled: exact statistics of all samples; batch-mean: mean of per-batch ones.", rich_help_panel=STATISTICS)]
+EstimatorOption = Annotated[Estimator, typer.Option("--estimator", metavar="|".join(e.value for e in Estimator), help="pooled: exact statistics of all samples; batch-mean: mean of per-batch ones.", rich_help_panel=STATISTICS)]
 OutputTensor = Annotated[Optional[str], typer.Option(metavar="TENSOR", help="Output compared in the agreement check (default: detected logits).", rich_help_panel=STATISTICS)]
-AgreementSamples = Annotated[int, typer.Option(help="How many of the first samples the agreement check uses.", rich_help_panel=STATISTICS)]
+AgreementSamples = Annotated[int, typer.Option(parser=_whole, metavar="N", help="How many of the first samples the agreement check uses.", rich_help_panel=STATISTICS)]
 Against = Annotated[Optional[Path], typer.Option(metavar="CKPT", help="Another checkpoint (e.g. the pretrained one): statistics identical to it are flagged (evidence of staleness).", rich_help_panel=STATISTICS)]
 
-Output = Annotated[Optional[Path], typer.Option("-o", "--output", help="Output folder (default: <checkpoint folder>-recalibrated); a file for .pb/.pbtxt/.keras/.h5 inputs (default: <name>-recalibrated.<ext>).", rich_help_panel=OUTPUT)]
+Output = Annotated[Optional[Path], typer.Option("-o", "--output", metavar="PATH", help="Output folder (default: <checkpoint folder>-recalibrated); a file for .pb/.pbtxt/.keras/.h5 inputs (default: <name>-recalibrated.<ext>).", rich_help_panel=OUTPUT)]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.", rich_help_panel=OUTPUT)]
-Report = Annotated[Optional[Path], typer.Option(help="Also write the report as JSON to this file.", rich_help_panel=OUTPUT)]
+Report = Annotated[Optional[Path], typer.Option(metavar="FILE.json", help="Also write the report as JSON to this file.", rich_help_panel=OUTPUT)]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print the report as JSON (notices stay on stderr).", rich_help_panel=OUTPUT)]
 ShowAll = Annotated[bool, typer.Option("--all/--truncate", help=f"Show every layer, or only the first {DEFAULT_ROWS}.", rich_help_panel=OUTPUT)]
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar on stderr.", rich_help_panel=OUTPUT)]
-Plot = Annotated[Optional[Path], typer.Option(metavar="FILE.png", help="Also draw the per-layer drift and the agreement (.png, .pdf, .svg...; needs the plot extra).", rich_help_panel=OUTPUT)]
+Plot = Annotated[Optional[Path], typer.Option(metavar="FILE.png", help="Also draw the per-layer drift and the agreement (.png, .pdf, .svg...; needs pip install 'ckptfix[plot]').", rich_help_panel=OUTPUT)]
 Force = Annotated[bool, typer.Option("--force", help="Write statistics the repair gate refuses (worse agreement, too little or degenerate data).", rich_help_panel=OUTPUT)]
 Summary = Annotated[Optional[Path], typer.Option(metavar="FILE.md", help="Also write the facts as a Markdown table (CI step summaries).", rich_help_panel=OUTPUT)]
-Devices = Annotated[Optional[str], typer.Option(parser=_devices, metavar="all|N|/GPU:0,...", help="Where whole batches run: all GPUs (else the CPU), the first N, or device names; same statistics on any number. Workers: see TF_CONFIG in docs/scaling-out.md.", rich_help_panel=DATA)]
-ClusterTimeout = Annotated[Optional[float], typer.Option(metavar="SECONDS", help="TF_CONFIG workers: how long each waits for the others to join at start-up and to send their statistics (default: $CKPTFIX_WORKER_TIMEOUT, else 3600).", rich_help_panel=DATA)]
+Devices = Annotated[Optional[str], typer.Option(parser=_devices, metavar="all|N|/GPU:0,...", help="Where whole batches run: all (the default: every GPU, else the CPU), the first N GPUs, or device names; same statistics on any number. Workers: see TF_CONFIG in docs/scaling-out.md.", rich_help_panel=DATA)]
+ClusterTimeout = Annotated[Optional[float], typer.Option(parser=_number, metavar="SECONDS", help="TF_CONFIG workers: how long each waits for the others to join at start-up and to send their statistics (default: $CKPTFIX_WORKER_TIMEOUT, else 3600).", rich_help_panel=DATA)]
 Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="Show TensorFlow's own log output.", rich_help_panel=OUTPUT)]
 
 Unsafe = Annotated[bool, typer.Option("--unsafe", help="Keras safe mode off: load Lambda layers holding Python code (trust the file).", rich_help_panel=SAFETY)]
@@ -132,7 +229,11 @@ def _options(ctx: typer.Context) -> Options:
 
 
 def _notice(message: str) -> None:
-    typer.echo(f"notice: {message}", err=True)
+    """A notice on its own line of stderr, also while a progress bar is drawn there (tqdm clears the bar,
+    prints, and draws it again below)."""
+    from tqdm import tqdm
+
+    tqdm.write(f"notice: {message}", file=sys.stderr)
 
 
 def _close_progress_bars() -> None:
@@ -196,7 +297,8 @@ MODEL_OPTIONS = (
 )
 FEED_OPTIONS = (("training_flag", TrainingFlag, None),)
 DATA_OPTIONS = (
-    ("batch_size", BatchSize, None), ("num_samples", NumSamples, None), ("until_stable", UntilStable, None), ("shuffle", Shuffle, True), ("seed", Seed, 0),
+    ("batch_size", BatchSize, None), ("num_samples", NumSamples, None), ("until_stable", UntilStable, None),
+    ("shuffle", Shuffle, True), ("seed", Seed, 0),
     ("input_name", InputName, None), ("preprocess", Preprocess, "inception"), ("image_size", ImageSize, None),
     ("central_crop", CentralCrop, None), ("data_format", DataFormatOption, None), ("feature", Feature, "image/encoded"),
     ("strict", Strict, False), ("devices", Devices, None), ("cluster_timeout", ClusterTimeout, None),
@@ -225,7 +327,7 @@ def _command(*groups, show_all: bool):
             parameters.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=annotation, default=default))
         command.__signature__ = inspect.Signature(parameters)
         command.__name__, command.__doc__ = body.__name__, body.__doc__
-        return app.command(name=body.__name__.rstrip("_"))(command)
+        return app.command(name=body.__name__.rstrip("_"), cls=_Command)(command)
 
     return register
 
@@ -267,7 +369,7 @@ def recalibrate(ctx, checkpoint, data, report, plot, summary, json_output, show_
 
 @_command(CKPT_ARGUMENT, DATA_ARGUMENT, MODEL_OPTIONS, FEED_OPTIONS, DATA_OPTIONS, STATISTICS_OPTIONS,
           (("against", Against, None),), REPORT_OPTIONS, PRINT_OPTIONS, RUN_OPTIONS, SAFETY_OPTIONS, show_all=False)
-def diagnose(ctx, checkpoint, data, model, custom_objects, report, plot, summary, json_output, show_all, **_) -> None:
+def diagnose(ctx, checkpoint, data, report, plot, summary, json_output, show_all, **_) -> None:
     """Measure how stale the stored statistics are (writes nothing). Exit 0 fresh (or differs), 3 stale, 5
     inconclusive, 1 error."""
 
@@ -291,25 +393,52 @@ def diagnose(ctx, checkpoint, data, model, custom_objects, report, plot, summary
                 typer.echo(f"\n{len(result.noise_layers)} layer(s) over a threshold by no more than the noise of this "
                            f"data (more data would tell): {', '.join(result.noise_layers)}")
             typer.echo(f"\ndata: {result.stop_summary()}")
-            typer.echo(f"{_verdict(result, checkpoint, data, model or custom_objects)} ({result.num_samples} samples)")
+            typer.echo(_verdict(result, _command_line(ctx, 'recalibrate', REPAIR_LEAVES_OUT)))
             _echo_cause(result, result.stale)
         return {"stale": STALE_EXIT_CODE, "inconclusive": RepairRefused.exit_code}.get(result.verdict, 0)
 
     _run(action)
 
 
-def _verdict(result, checkpoint, data, user_code) -> str:
-    """The diagnosis in one line (see :class:`ckptfix.report.DiagnosisReport` for the verdicts)."""
-    drifted = f"{len(result.stale_layers)} of {len(result.layers)} BN layers"
-    repair = f"ckptfix recalibrate {checkpoint} {data}" + (" and the same --model/--import options" if user_code else "")
+#: the options of a diagnose or inspect run that its suggested next command leaves out (they only shape what is
+#: printed or written beside it, or are not the next command's)
+REPAIR_LEAVES_OUT = frozenset({"against", "report", "plot", "summary", "json_output", "show_all", "progress", "verbose"})
+
+
+def _command_line(ctx: typer.Context, command: str, leave_out: frozenset[str], data: str | None = None) -> str:
+    """``ckptfix COMMAND CKPT DATA`` with the options given on this command line (``--num-samples 40``,
+    ``--model ...``, ``--import ...``) but ``leave_out``'s, quoted for a shell, so the suggested next command
+    measures the same; ``data``: DATA's placeholder when this command takes none."""
+    import shlex
+
+    arguments = [str(ctx.params[p.name]) for p in ctx.command.params if p.param_type_name == "argument"]
+    options = []
+    for param in ctx.command.params:
+        value, source = ctx.params.get(param.name), ctx.get_parameter_source(param.name)
+        if (param.param_type_name == "argument" or param.name in leave_out or value is None
+                or source is None or source.name != "COMMANDLINE"):
+            continue
+        if param.is_flag:
+            options.append(param.opts[0] if value else param.secondary_opts[0])
+        else:
+            for each in value if isinstance(value, (list, tuple)) else [value]:
+                options += [param.opts[-1], str(getattr(each, "value", each))]
+    line = shlex.join(["ckptfix", command, *arguments])
+    return " ".join([line, *([data] if data else []), *([shlex.join(options)] if options else [])])
+
+
+def _verdict(result, repair: str) -> str:
+    """The diagnosis in one line, ending with the command to run next when there is one (see
+    :class:`ckptfix.report.DiagnosisReport` for the verdicts)."""
+    drifted = f"{len(result.stale_layers)} of {len(result.layers)} BN layers on {result.num_samples} samples"
     if result.verdict == "inconclusive":
-        return f"INCONCLUSIVE: {result.gate.reasons[0]}"
+        return f"INCONCLUSIVE ({result.num_samples} samples): {result.gate.reasons[0]}"
     if result.verdict == "stale":
         return f"STALE: {drifted} ({result.evidence[0]}); repair with: {repair}"
     if result.verdict == "differs":
         return (f"DIFFERS: the stored statistics of {drifted} differ from this data, with no sign of a training bug "
                 f"(a domain shift looks the same); recalibrating would adapt the model to this data: {repair}")
-    return f"fresh: all {len(result.layers)} BN layers match the calibration data"
+    return f"fresh: all {len(result.layers)} BN layers match the calibration data ({result.num_samples} samples)"
 
 
 @_command(CKPT_ARGUMENT, MODEL_OPTIONS, (("against", Against, None),), PRINT_OPTIONS, (("verbose", Verbose, False),),
@@ -328,15 +457,15 @@ def inspect_(ctx, checkpoint, json_output, show_all, **_) -> None:
         flagged = result.flagged
         typer.echo(f"\n{len(result.layers)} BN layers; " + (
             f"{len(flagged)} look never updated (initial 0/1 or identical to --against): "
-            f"check with: ckptfix diagnose {checkpoint} DATA" if flagged else "none flagged"))
+            f"check with: {_command_line(ctx, 'diagnose', REPAIR_LEAVES_OUT - {'against'}, data='DATA')}" if flagged else "none flagged"))
         _echo_cause(result, bool(flagged))
 
     _run(action)
 
 
-@app.command()
+@app.command(cls=_Command)
 def demo(
-    directory: Annotated[Path, typer.Argument(help="Where to write the demo's model, data and repaired checkpoint.")] = Path("ckptfix-demo"),
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="Where to write the demo's model, data and repaired checkpoint.")] = Path("ckptfix-demo"),
     progress: Progress = True,
     verbose: Verbose = False,
 ) -> None:
@@ -374,9 +503,10 @@ def _main() -> int:
         # click's UsageError (bundled by recent typer, a dependency of older ones): matched by name
         if not any(kind.__name__ == "UsageError" for kind in type(error).__mro__):
             raise
-        message = _usage_message(error)
-        if not message:  # no arguments: the help was printed
+        if type(error).__name__ == "NoArgsIsHelpError":  # no arguments: the help, as click prints it
+            typer.echo(error.format_message())
             return 2
+        message = _usage_message(error)
         typer.echo(f"error: {message}", err=True)
         context = getattr(error, "ctx", None)
         typer.echo(f"see '{context.command_path if context is not None else 'ckptfix'} --help'.", err=True)
@@ -388,9 +518,18 @@ def _main() -> int:
 
 
 def _usage_message(error) -> str:
-    """click's message without the validation library's wording (``Input should be a valid integer...``)."""
-    message = error.format_message()
-    message = re.sub(r"Value error, ", "", message)
-    message = re.sub(r"Input should be a valid (\w+)(, unable to parse string as an? \w+)?", r"expected \1", message)
-    message = re.sub(r"'(--?[\w-]+)'", r"\1", message.replace("Invalid value for ", ""))
-    return message.strip()
+    """click's message in the form every bad option value takes (:class:`OptionError`'s too): ``--batch-size
+    must be a whole number (got abc)``, ``--estimator must be one of pooled, batch-mean (got foo)``; none of
+    the validation library's wording (``Value error, ...``, ``Input should be a valid integer...``)."""
+    message = error.format_message().strip()
+    invalid = re.fullmatch(r"Invalid value for (.+?): (.*)", message, re.S)
+    if invalid is None:
+        return message
+    names, reason = invalid.groups()
+    option = "/".join(re.findall(r"'([^']+)'", names)) or names
+    choice = re.fullmatch(r"(?:Value error, )?'(.*)' is not one of (.*?)\.?", reason)
+    if choice is not None:
+        values = ", ".join(re.findall(r"'([^']*)'", choice.group(2)))
+        reason = f"must be one of {values} (got {choice.group(1)})"
+    reason = re.sub(r"^(?:Value error, )?Input should be a valid (\w+).*$", r"must be a valid \1", reason)
+    return f"{option} {reason.rstrip('.')}."

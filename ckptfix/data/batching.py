@@ -74,26 +74,43 @@ class SkipLog:
 
     The first :data:`SHOWN_SKIPS` get one warning each (name and reason); :meth:`finish` then warns once
     with the count of the rest, so a folder of bad files does not flood the terminal. ``skipped`` has all.
+    The warnings are held until :meth:`release` (the first usable sample): when every file is skipped, the one
+    error that says so (naming the first and its ``first_reason``) is all the user reads.
     """
 
     strict: bool = False
     warn: Callable[[str], None] = lambda message: None
     skipped: list[str] = field(default_factory=list)
     count: int = 0
+    first_reason: str = ""
+    held: list[str] | None = field(default_factory=list)  # None once released
 
     def skip(self, name: str, reason: str, count: int = 1) -> None:
         if self.strict:
             raise DataError(f"cannot use {name}: {reason} (--strict): remove or repair it, or drop --strict to skip it.")
         self.skipped.append(name)
         self.count += count
+        self.first_reason = self.first_reason or reason
         if len(self.skipped) <= SHOWN_SKIPS:
-            self.warn(f"skipped {name}: {reason}")
+            self._say(f"skipped {name}: {reason}")
+
+    def _say(self, message: str) -> None:
+        if self.held is None:
+            self.warn(message)
+        else:
+            self.held.append(message)
+
+    def release(self) -> None:
+        """Give the warnings held so far, and the later ones as they come."""
+        held, self.held = self.held or [], None
+        for message in held:
+            self.warn(message)
 
     def finish(self) -> None:
         """Warn once about the skips not named one by one."""
         rest = len(self.skipped) - SHOWN_SKIPS
         if rest > 0:
-            self.warn(f"skipped {rest} more unreadable file(s) or record(s), {len(self.skipped)} in all "
+            self._say(f"skipped {rest} more unreadable file(s) or record(s), {len(self.skipped)} in all "
                       "(the JSON report's skipped_files lists every one)")
 
 

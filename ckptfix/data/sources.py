@@ -56,6 +56,37 @@ def kind_of(path: Path) -> str | None:
     return None
 
 
+_MODEL_MARKERS = ("checkpoint", "saved_model.pb", "saved_model.pbtxt")
+_MODEL_SUFFIXES = (".index", ".meta", ".keras", ".h5", ".pb", ".pbtxt")
+
+
+def calibration_files_in(path: str | Path, look_at: int = 200) -> str | None:
+    """What calibration data ``path`` holds (``"images such as a/00000.png"``) when it holds such data and no
+    model file, else None: a file of a data kind, or a folder whose first ``look_at`` entries (its own, then its
+    subfolders', as in a folder of class folders) are data files beside no checkpoint, SavedModel or Keras file.
+    For a CKPT argument: DATA given in its place means the two arguments were swapped."""
+    path = Path(path)
+    if path.is_file():
+        kind = kind_of(path)
+        return kind
+    if not path.is_dir():
+        return None
+    seen: list[Path] = []
+    folders = [path]
+    while folders and len(seen) < look_at:
+        folder = folders.pop(0)
+        try:
+            entries = sorted(itertools.islice(folder.iterdir(), look_at))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name in _MODEL_MARKERS or entry.suffix in _MODEL_SUFFIXES:
+                return None
+            (folders if entry.is_dir() and folder == path else seen).append(entry)
+    found = [entry for entry in seen if kind_of(entry) is not None]
+    return f"{kind_of(found[0])} such as {found[0].relative_to(path)}" if found else None
+
+
 def collect_files(path: Path, data_format: str | None) -> tuple[str, list[Path]]:
     """The kind and sorted files of DATA; errors name what was found and the fix."""
     if data_format is not None and data_format not in FORMATS:
@@ -161,17 +192,19 @@ class CalibrationBatches:
         produced = assigned_batches(self._chunks()) if self._assigned else self._rebatcher(self._chunks())
         for batch in produced:
             seen += len(batch)
+            self.skips.release()
             if self.share.owns(batch.index):
                 self.last = batch
                 yield batch
-        self.skips.finish()
         if seen == 0 and not self._assigned:  # a share may be empty: the run checks the whole
             if self.skips.skipped:
                 raise DataError(
                     f"no usable sample in {self.source}: all {len(self.skips.skipped)} file(s) were skipped "
-                    f"(first: {self.skips.skipped[0]})."
+                    f"(first: {self.skips.skipped[0]}: {self.skips.first_reason})."
                 )
             raise DataError(f"{self.source} yielded no samples: pass data with at least one sample.")
+        self.skips.release()
+        self.skips.finish()
 
     def __iter__(self):
         single = len(self.inputs) == 1

@@ -164,8 +164,8 @@ def find_cause(meta_graph_def, index: GraphIndex | None = None) -> Cause:
     closure = _Closure(index)
     candidates, identified_by = _train_ops(meta_graph_def, index, closure)
     if not candidates:
-        return Cause(NO_TRAIN_OP, "cause unknown: the .meta holds no train op (an inference or export graph); "
-                                  "only the training graph's .meta shows whether the BN update ops ran.")
+        return Cause(NO_TRAIN_OP, "unknown: the .meta holds no train op (an inference or export graph); only the "
+                                  "training graph's .meta can show whether the BN update ops ran.")
     train_op = candidates[0]
     runs = closure.of([train_op])
     evidence = [train_op, *candidates[1:], *identified_by[:3]]  # a few of the optimizer's apply ops
@@ -177,8 +177,9 @@ def find_cause(meta_graph_def, index: GraphIndex | None = None) -> Cause:
         if name in index.nodes and name not in running_one
     ]
     if not update_ops:
-        return Cause(UNKNOWN, f"cause unknown: the train op {train_op} exists but the graph holds no BN update "
-                              "op (BN ran in inference mode while training?).", train_op, [], evidence)
+        return Cause(UNKNOWN, f"unknown: the train op {train_op} exists, but the graph holds no op that updates "
+                              "the BN moving statistics, so it cannot show how they were meant to be updated.",
+                     train_op, [], evidence)
     missed = [name for name in update_ops if name not in runs]
     if not missed:
         return Cause(UPDATE_OPS_RUN, f"the train op {train_op} runs all {len(update_ops)} BN update ops: the graph "
@@ -191,7 +192,7 @@ def find_cause(meta_graph_def, index: GraphIndex | None = None) -> Cause:
     ]
     evidence += sorted(runners)
     if runners and identified_by:  # no train_op collection says which of them training ran
-        return Cause(UNKNOWN, f"cause unknown: the optimizer step {train_op} never runs {len(missed)} BN update ops, "
+        return Cause(UNKNOWN, f"unknown: the optimizer step {train_op} never runs {len(missed)} BN update ops, "
                               f"but {', '.join(sorted(runners))} runs both; the graph does not show which one training "
                               "ran.", train_op, missed, evidence)
     caveat = f" ({', '.join(sorted(runners))} runs both: if training ran that, look elsewhere)" if runners else ""

@@ -66,6 +66,26 @@ def _short_names(names: list[str]) -> list[str]:
 def plot_report(report: dict, image: str) -> bytes:
     """Draw a recalibration or diagnosis report dict (``to_dict()``) as an ``image`` file (``png``, ``pdf``...:
     :func:`image_format`); returns its bytes."""
+    content = io.BytesIO()
+    draw_report(report).savefig(content, format=image)
+    return content.getvalue()
+
+
+def _title(report: dict, width: float) -> str:
+    """The headline, and the cause's first line wrapped to the figure's width (never cut)."""
+    title = f"ckptfix {facts.headline(report)}"
+    found = facts.cause(report)
+    if found is not None:
+        per_line = int(width * 72 / (_TITLE_SIZE * 0.62))  # DejaVu Sans averages ~0.6 em per character
+        title += "\n" + textwrap.fill(f"cause: {found['message'].splitlines()[0]}", per_line)
+    return title
+
+
+_TITLE_SIZE = 10
+
+
+def draw_report(report: dict):
+    """The report's picture as a matplotlib ``Figure`` on an Agg canvas of its own (see the module docstring)."""
     Figure, FigureCanvasAgg, Line2D, Patch = _matplotlib()
     layers = facts.layers(report)
     count = max(len(layers), 1)
@@ -97,10 +117,11 @@ def plot_report(report: dict, image: str) -> bytes:
         axes.grid(axis="y", which="major", alpha=0.3)
     shift_axes.tick_params(labelbottom=False)
     shift_axes.set_title("stored vs recomputed BN statistics, RMS over channels", fontsize=10, loc="left")
-    handles = [Patch(color=_STALE, label="stale layer"), Patch(color=_FRESH, label="fresh layer"),
-               Line2D([], [], marker="o", linestyle="", color="black", markersize=4, label="worst channel"),
-               Line2D([], [], linestyle="--", color="black", label="stale threshold")]
-    figure.legend(handles=handles, loc="outside upper right", ncols=4, fontsize=8, frameon=False)
+    handles = [Patch(color=colour, label=f"{name} layer") for colour, name in ((_STALE, "stale"), (_FRESH, "fresh"))
+               if colour in colours]  # only the kinds of layer drawn
+    handles += [Line2D([], [], marker="o", linestyle="", color="black", markersize=4, label="worst channel"),
+                Line2D([], [], linestyle="--", color="black", label="stale threshold")]
+    figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False)
 
     step = max(1, -(-len(layers) // _MAX_LABELS))
     shown = positions[::step]
@@ -112,14 +133,8 @@ def plot_report(report: dict, image: str) -> bytes:
     ratio_axes.set_xlabel("BN layers in network order" + (f" (every {step}th labelled)" if step > 1 else ""))
 
     _draw_agreement(agreement_axes, report)
-    title = f"ckptfix {facts.headline(report)}"
-    found = facts.cause(report)
-    if found is not None:
-        title += "\n" + textwrap.shorten(f"[{found['code']}] {found['message']}", int(width * 14))
-    figure.suptitle(title, fontsize=10, x=0.01, ha="left")
-    content = io.BytesIO()
-    figure.savefig(content, format=image)
-    return content.getvalue()
+    figure.suptitle(_title(report, width), fontsize=_TITLE_SIZE, x=0.01, ha="left")
+    return figure
 
 
 def _draw_agreement(axes, report: dict) -> None:

@@ -18,7 +18,7 @@ import contextlib
 from pathlib import Path
 from typing import Iterator
 
-from ckptfix.errors import CkptfixError
+from ckptfix.errors import CheckpointError, CkptfixError
 from ckptfix.sources.base import Layer, Session, Source
 
 __all__ = ["Layer", "Session", "Source", "open_source"]
@@ -65,7 +65,13 @@ def _model_label(model) -> str:
 @contextlib.contextmanager
 def open_source(checkpoint, options) -> Iterator[Source]:
     """The model source CKPT names, with ``options``' model options (``meta``, ``model``, ``model_format``...)."""
+    from ckptfix.data.sources import calibration_files_in
     from ckptfix.graph.frozen import is_frozen_graph, thaw
+
+    data = calibration_files_in(checkpoint) if isinstance(checkpoint, (str, Path)) else None
+    if data is not None:
+        raise CheckpointError(f"{checkpoint} holds calibration data ({data}), not a model: the arguments look swapped; "
+                              "pass the checkpoint first, then the calibration data.")
 
     graph_level = _graph_level_saved_model(checkpoint, options)
     keras_format = None if graph_level else _keras_format(checkpoint, options)

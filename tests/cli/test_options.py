@@ -39,7 +39,7 @@ def test_a_bad_choice_is_a_usage_error_naming_the_choices(tmp_path, command, opt
     result = run_cli(command, tmp_path / "model.ckpt-1", tmp_path / "data.npy", option, value)
     assert result.returncode == 2, result.stderr
     message = _text(result.stderr)
-    assert message.startswith(f"error: {option}: ") and value in message  # one line, no validation-library prefix
+    assert message.startswith(f"error: {option} must be ") and f"(got {value})" in message  # no validation-library prefix
     assert all(choice in message for choice in choices), message
     assert "Traceback" not in result.stderr
 
@@ -51,20 +51,51 @@ def test_module_function_is_accepted_by_preprocess(tmp_path):
 
 
 @pytest.mark.parametrize("command", ["recalibrate", "diagnose", "inspect"])
-def test_help_lists_choices_in_panels_within_80_columns(command):
-    result = run_cli(command, "--help", columns=80)
+def test_help_reads_like_pip_within_80_columns(command):
+    """Plain text in sections (no boxes, no markup eating '[plot]'), plain metavars, choices listed, flags
+    without a type, the descriptions given room at 80 columns."""
+    result = run_cli(command, "-h", columns=80)
     assert result.returncode == 0, result.stderr
+    same = run_cli(command, "--help", columns=80).stdout
+    assert result.stdout.replace("--help, -h", "-h, --help") == same.replace("--help, -h", "-h, --help")
     lines = result.stdout.splitlines()
     assert max(len(line) for line in lines) <= 80
-    panels = [line.split()[1] for line in lines if line.startswith("╭─ ")]
-    assert panels == ["Arguments", "Options", *(name for name in PANELS if command != "inspect" or name != "Data")]
-    text = _text(result.stdout)
+    arguments = "CKPT" if command == "inspect" else "CKPT DATA"
+    assert re.fullmatch(f"Usage: (python -m )?ckptfix {command} \\[OPTIONS\\] {arguments}", lines[0]), lines[0]
+    sections = [line[:-1] for line in lines if line.endswith(":") and not line.startswith(" ")]
+    panels = [f"{name} options" for name in PANELS if command != "inspect" or name != "Data"]
+    assert sections == ["Arguments", "Options", *panels]
+    assert not re.search(r"[│╭╮╰╯]|<(bool|int|float|str|path|text)>", result.stdout)  # no boxes, no <bool>/<int>/<path> types
+    rows = [line for line in lines if line.startswith("  -")]
+    flags = {"--overwrite", "--force", "--strict", "--json", "--unsafe", "--allow-unsafe-ops", "-v, --verbose"}
+    for row in rows:
+        name = row.split("  ")[1].strip()
+        if name in flags or " / " in name:
+            assert not re.search(r"[A-Z]", name.replace("-h, --help", "")), row  # a flag takes no value
+    # every description starts in one column and gets at least 40 characters
+    assert min(80 - len(line) + len(line.lstrip()) for line in lines if line.startswith("  -")) >= 0
+    starts = {len(row) - len(row.split("  ", 2)[-1].lstrip()) for row in rows if "   " in row.strip()}
+    assert max(starts) <= 40, starts
+    text = " ".join(result.stdout.split())
     assert "keras, h5, weights-h5, tf-checkpoint, savedmodel or tf1" in text
+    assert "--meta PATH" in text and "--model MODULE:FN" in text
     if command != "inspect":
-        assert "pooled|batch-mean" in text
+        assert "--estimator pooled|batch-mean" in text and "--batch-size N" in text
         assert "images, numpy or tfrecord" in text
         assert "inception, vgg, caffe, torch, unit, raw" in text
-        assert "--all --truncate" in text
+        assert "--all / --truncate" in text and "--shuffle / --no-shuffle" in text
+        assert "pip install 'ckptfix[plot]'" in text
+
+
+def test_version_and_top_level_help():
+    from importlib.metadata import version
+
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"ckptfix {version('ckptfix')}"
+    listing = run_cli("-h", columns=80)
+    assert listing.returncode == 0 and "--version" in listing.stdout
+    assert "ckptfix [OPTIONS] COMMAND [ARGS]..." in listing.stdout
+    assert "write a new checkpoint" in " ".join(listing.stdout.split())  # command summaries are not cut
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +145,13 @@ def test_keras_input_in_the_list_and_comma_forms(deep_keras):
     assert '"input_tensor": "pixels"' in result.output
     two = CliRunner().invoke(app, ["diagnose", str(model), str(calib), "--input", "a,b", "--no-progress"])
     assert two.exit_code == 1 and "--input names 2 input(s), but the model has 1" in two.output, two.output
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--batch-size", "abc", "error: --batch-size must be a whole number (got abc)."),
+    ("--central-crop", "x", "error: --central-crop must be a number (got x)."),
+])
+def test_a_value_of_the_wrong_type_is_one_line_in_the_common_form(tmp_path, option, value, message):
+    """'Input should be a valid integer, unable to parse string as an integer' was the validation library's."""
+    result = run_cli("diagnose", tmp_path / "model.ckpt-1", tmp_path / "data.npy", option, value)
+    assert result.returncode == 2 and result.stderr.splitlines()[0] == message, result.stderr

@@ -76,3 +76,51 @@ def test_without_matplotlib_a_one_line_error_names_the_extra(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert result.stdout.strip() == "--plot needs matplotlib: pip install 'ckptfix[plot]'", result.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def _text_boxes(figure):
+    """Every drawn text of ``figure`` with its extent in display pixels, after the layout ran."""
+    from matplotlib.text import Text
+
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    return [(text.get_text(), text.get_window_extent(renderer)) for text in figure.findobj(Text)
+            if text.get_visible() and text.get_text().strip()]
+
+
+LONG_CAUSE = {"code": "update-ops-not-run", "train_op": "train_op/Adam", "update_ops": [], "evidence": [],
+              "message": "the train op InceptionV3/train_op/Adam never runs the 188 BN update ops, so the moving "
+                         "statistics never followed training ((group_deps runs both: if training ran that, look "
+                         "elsewhere).\nFix the training script: build the train op inside ..."}
+
+
+@pytest.mark.parametrize("kind, layers", [("diagnosis", 2), ("recalibration", 2), ("diagnosis", 150)])
+def test_every_text_inside_the_canvas_and_the_title_clear_of_the_legend(kind, layers):
+    """The cause line of the title was cut off at the right edge, and the title ran into the legend."""
+    from ckptfix.render.plot import draw_report
+
+    report = {**synthetic_report(layers, kind), "cause": LONG_CAUSE}
+    figure = draw_report(report)
+    boxes = _text_boxes(figure)
+    canvas = figure.bbox
+    for text, box in boxes:
+        assert box.x0 >= canvas.x0 - 1 and box.x1 <= canvas.x1 + 1, (text, box, canvas)
+        assert box.y0 >= canvas.y0 - 1 and box.y1 <= canvas.y1 + 1, (text, box, canvas)
+    title = figure._suptitle.get_window_extent(figure.canvas.get_renderer())
+    assert title.x1 <= 0.99 * canvas.x1  # a title line reaching the very edge shows cut in the PNG
+    assert "cause: the train op InceptionV3/train_op/Adam" in figure._suptitle.get_text()
+    assert "188 BN update ops" in figure._suptitle.get_text()  # wrapped, not shortened
+    legend = figure.legends[0].get_window_extent(figure.canvas.get_renderer())
+    assert not title.overlaps(legend)
+
+
+def test_the_legend_names_only_the_kinds_of_layer_drawn():
+    from ckptfix.render.plot import draw_report
+
+    all_stale = synthetic_report(3)
+    for layer in all_stale["layers"]:
+        layer["drift"]["verdict"] = "stale"
+    labels = [text.get_text() for text in draw_report(all_stale).legends[0].get_texts()]
+    assert "stale layer" in labels and "fresh layer" not in labels
+    labels = [text.get_text() for text in draw_report(synthetic_report(3)).legends[0].get_texts()]
+    assert "stale layer" in labels and "fresh layer" in labels
