@@ -76,7 +76,7 @@ def open_source(checkpoint, options) -> Iterator[Source]:
     graph_level = _graph_level_saved_model(checkpoint, options)
     keras_format = None if graph_level else _keras_format(checkpoint, options)
     if keras_format is None and options.custom_objects:
-        raise CkptfixError(f"--import (custom_objects=) applies to Keras files with custom layers; {checkpoint} is "
+        raise CkptfixError(f"--import applies to Keras files with custom layers; {checkpoint} is "
                            "repaired at graph level, where no Keras class is loaded: leave it out.")
     if graph_level:
         from ckptfix.sources.saved_model import SavedModelSource

@@ -82,7 +82,7 @@ def test_default_output_sits_beside_the_input_and_rerun_needs_overwrite(frozen, 
     report = ckptfix.recalibrate(work, np.load(model.calib))
     assert report.output_checkpoint == str(tmp_path / "model-recalibrated.pbtxt")
     assert (tmp_path / "model-recalibrated.pbtxt").read_text().startswith("node {")  # text, like the input
-    with pytest.raises(OutputError, match="--overwrite"):
+    with pytest.raises(OutputError, match="overwrite=True"):
         ckptfix.recalibrate(work, np.load(model.calib))
     binary = ckptfix.recalibrate(work, np.load(model.calib), output=tmp_path / "as-binary.pb")
     assert set(changed_nodes(work, Path(binary.output_checkpoint))) == {

@@ -48,7 +48,7 @@ def without_meta(slim_model, tmp_path_factory):
 
 def test_user_function_repairs_a_checkpoint_without_meta(without_meta, tmp_path):
     model, prefix = without_meta
-    with pytest.raises(CkptfixError, match="--model package.module:function"):
+    with pytest.raises(CkptfixError, match="model=package.module:function"):
         ckptfix.recalibrate(prefix, np.load(model.calib), output=tmp_path / "no")
     report = ckptfix.recalibrate(prefix, np.load(model.calib), output=tmp_path / "out", model=small_net,
                                  model_args={"num_classes": 4}, input_shape=(12, 12, 3))
@@ -74,7 +74,7 @@ def test_user_function_repairs_a_checkpoint_without_meta(without_meta, tmp_path)
 def test_functions_that_do_not_match_the_checkpoint(without_meta, tmp_path):
     model, prefix = without_meta
     calib = np.load(model.calib)
-    with pytest.raises(CheckpointError, match=r"logits/weights \[144, 10\] vs \[144, 4\].*--num-classes"):
+    with pytest.raises(CheckpointError, match=r"logits/weights \[144, 10\] vs \[144, 4\].*model_args"):
         ckptfix.recalibrate(prefix, calib, output=tmp_path / "a", model=small_net, model_args={"num_classes": 10},
                             input_shape="12x12x3")
     def scoped_net(images, num_classes, is_training):
@@ -102,6 +102,7 @@ def test_tf_slim_resnet_v1_50_without_meta(tmp_path):
     report = ckptfix.recalibrate(
         prefix, calib, output=tmp_path / "out", model=resnet_v1.resnet_v1_50, arg_scope=resnet_v1.resnet_arg_scope,
         model_args={"num_classes": 4}, input_shape="32x32x3", batch_size=16, shuffle=False,
+        force=True,  # 64 samples leave block4's 1x1 layers uncertain (the gate); this test checks conv1 only
     )
     assert len(report.layers) == 53 and report.layers[0].name == "resnet_v1_50/conv1/BatchNorm"
     # conv1's BN input does not depend on any other BN layer: its statistics are numpy's on the conv output.

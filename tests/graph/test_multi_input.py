@@ -104,12 +104,12 @@ def test_input_option_forms(model, calib, tmp_path):
     assert report.input_tensors == ["side:0", "images:0"]  # the order given
     result = CliRunner().invoke(app, ["diagnose", model.prefix, str(model.calib), "--input", "images",
                                       "--input", "side", "--json", "--no-progress", "--num-samples", "64"])
-    assert result.exit_code in (0, 3), result.output
+    assert result.exit_code in (0, 3, 5), result.output  # 64 samples: too few for the dense side layer
     assert json.loads(result.stdout)["input_tensors"] == INPUTS
 
 
 def test_data_that_names_no_input_or_only_some(model, calib, tmp_path):
-    with pytest.raises(GraphError, match=r"several possible inputs \(images:0, side:0\).*--input images:0,side:0"):
+    with pytest.raises(GraphError, match=r"several possible inputs \(images:0, side:0\).*input_name=images:0,side:0"):
         ckptfix.diagnose(model.prefix, model.root / "calib.npy")  # images only, unnamed
     np.savez(tmp_path / "typo.npz", images=calib["images"], sdie=calib["side"])
     with pytest.raises(GraphError, match=r"keys images, sdie, none for side:0"):

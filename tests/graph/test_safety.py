@@ -30,6 +30,6 @@ def test_python_callback_upstream_of_bn_is_refused(tmp_path):
             session.run(v1.global_variables_initializer())
             prefix = saver.save(session, str(tmp_path / "train" / "model.ckpt"))
     data = np.ones((4, 2, 2, 3), np.float32)
-    with pytest.raises(GraphError, match=r"execute Python.*\((EagerPyFunc|PyFunc)\).*--allow-unsafe-ops"):
+    with pytest.raises(GraphError, match=r"execute Python.*\((EagerPyFunc|PyFunc)\).*allow_unsafe_ops=True"):
         ckptfix.recalibrate(prefix, data, output=tmp_path / "out")
     assert not (tmp_path / "out").exists() and calls == []

@@ -36,7 +36,8 @@ def test_cli_recalibrate_and_diagnose_keras_archive(keras_frozen, tmp_path):
     source = keras_frozen.files["keras"]
     before = _digest(source)
     diagnosed = run_cli("diagnose", source, keras_frozen.calibration, "--json", "--no-progress")
-    assert diagnosed.returncode == 3, diagnosed.stderr
+    # BN frozen while fine-tuning on another domain: drift, but no evidence of a training bug -> "differs", exit 0
+    assert diagnosed.returncode == 0 and json.loads(diagnosed.stdout)["verdict"] == "differs", diagnosed.stderr
     assert json.loads(diagnosed.stdout)["model_format"] == "keras"
 
     output = tmp_path / "fixed.keras"
@@ -54,7 +55,7 @@ def test_cli_recalibrate_and_diagnose_keras_archive(keras_frozen, tmp_path):
 
 def test_cli_weights_only_file_takes_model_or_architecture(keras_skipped, keras_frozen, tmp_path):
     source = keras_skipped.files["tf-checkpoint"]
-    with pytest.raises(CkptfixError, match="--model package.module:function"):
+    with pytest.raises(CkptfixError, match="model=package.module:function"):
         ckptfix.recalibrate(source, keras_skipped.calibration, output=tmp_path / "a")
     assert not (tmp_path / "a").exists()
     result = run_cli("recalibrate", source.parent, keras_skipped.calibration, "-o", tmp_path / "b",
@@ -88,7 +89,7 @@ def lambda_model(tmp_path_factory):
 
 def test_safe_mode_refuses_lambda_without_unsafe(lambda_model, tmp_path):
     path, data = lambda_model
-    with pytest.raises(CkptfixError, match="--unsafe"):
+    with pytest.raises(CkptfixError, match="unsafe=True"):
         ckptfix.recalibrate(path, data, output=tmp_path / "x.keras")
     assert not (tmp_path / "x.keras").exists()
     refused = run_cli("recalibrate", path, data, "-o", tmp_path / "y.keras")
@@ -129,9 +130,9 @@ def test_output_must_not_be_the_input(keras_frozen, keras2_xception, tmp_path):
     with pytest.raises(OutputError, match=r"\*\.keras"):
         ckptfix.recalibrate(source, keras_frozen.calibration, output=tmp_path / "fixed.h5")
     assert _digest(source) == before
-    with pytest.raises(CkptfixError, match="--training-flag"):
+    with pytest.raises(CkptfixError, match="training_flag"):
         ckptfix.recalibrate(source, keras_frozen.calibration, training_flag="is_training")
-    with pytest.raises(CkptfixError, match="--model-format must be one of"):
+    with pytest.raises(CkptfixError, match="model_format must be one of"):
         ckptfix.recalibrate(source, keras_frozen.calibration, model_format="onnx")
 
 
@@ -148,7 +149,7 @@ def test_safe_mode_checks_keras2_files_itself(tmp_path):
     model.save(tmp_path / "lambda_savedmodel", save_format="tf")
     data = km.images(64)[0]
     for path in (tmp_path / "lambda.h5", tmp_path / "lambda_savedmodel"):
-        with pytest.raises(CkptfixError, match="--unsafe"):
+        with pytest.raises(CkptfixError, match="unsafe=True"):
             ckptfix.recalibrate(path, data, output=tmp_path / f"refused-{path.name}")
         assert not (tmp_path / f"refused-{path.name}").exists()
     report = ckptfix.recalibrate(tmp_path / "lambda.h5", data, output=tmp_path / "fixed.h5", unsafe=True)

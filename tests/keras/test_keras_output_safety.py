@@ -66,7 +66,7 @@ class _CreatesOutputWhenRead:
 def test_an_output_that_appears_while_measuring_is_not_replaced(keras_frozen, tmp_path):
     output = tmp_path / "fixed.keras"
     data = _CreatesOutputWhenRead(np.load(keras_frozen.calibration), output)
-    with pytest.raises(OutputError, match="appeared while writing: pass --overwrite"):
+    with pytest.raises(OutputError, match="appeared while writing: pass overwrite=True"):
         ckptfix.recalibrate(keras_frozen.files["keras"], data, output=output, num_samples=64)
     assert output.read_bytes() == b"the other run's output"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fixed.keras"]  # no staging folder, no lock file

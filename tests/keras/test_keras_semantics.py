@@ -67,7 +67,7 @@ def test_keras2_h5_loaded_into_keras3_keeps_keras2_conventions(tmp_path, monkeyp
 
     monkeypatch.setattr(formats, "_has_tf_keras", lambda: False)
     x = km.images(128, km.DOMAIN_B, 5)[0]
-    report = ckptfix.recalibrate(tmp_path / "keras2.h5", x, batch_size=128, output=tmp_path / "fixed.h5")
+    report = ckptfix.recalibrate(tmp_path / "keras2.h5", x, batch_size=128, output=tmp_path / "fixed.h5", force=True)
     conventions = {layer.name: (layer.kind, layer.variance_convention) for layer in report.layers}
     assert conventions == {"conv_bn": ("fused", "bessel"), "dense_bn": ("non-fused", "biased")}
     model = keras.saving.load_model(tmp_path / "fixed.h5")

@@ -65,7 +65,7 @@ def test_a_device_that_is_not_visible_is_named_with_the_visible_ones(slim_model)
     model = slim_model("seed")
     with pytest.raises(CkptfixError, match=r"/GPU:3 not visible; this process sees /CPU:0"):
         ckptfix.diagnose(model.prefix, np.load(model.calib), devices="/GPU:3")
-    with pytest.raises(CkptfixError, match=r"--devices 4: only 1 CPU device\(s\) visible \(/CPU:0\)"):
+    with pytest.raises(CkptfixError, match=r"devices=4: only 1 CPU device\(s\) visible \(/CPU:0\)"):
         ckptfix.diagnose(model.prefix, np.load(model.calib), devices=4)
 
 
