@@ -278,8 +278,10 @@ class RecalibrationReport(_Measured):
 class DiagnosisReport(_Measured):
     """What :func:`ckptfix.diagnose` measured: per-layer drift, output agreement, and the verdict.
 
-    ``verdict``: ``inconclusive`` when the repair gate refuses (the data cannot support a verdict: too thin,
-    degenerate, or a repair would make the model worse); ``fresh`` when no layer drifts past the thresholds of
+    ``verdict``: ``inconclusive`` when the repair gate refuses for another reason than standard errors over its
+    limits (the data cannot support a verdict: one batch, degenerate data, or a repair would make the model
+    worse; with finite standard errors each layer's drift is judged against them,
+    :attr:`LayerReport.within_noise`); ``fresh`` when no layer drifts past the thresholds of
     :mod:`ckptfix.diagnostics.drift`; ``stale`` when layers drift and ``evidence`` shows a training bug (initial
     0/1 statistics, statistics identical to ``--against``, a cause found in the training graph, inference mode
     far from training mode on this data); ``differs`` when layers drift without such evidence: the stored
@@ -302,7 +304,7 @@ class DiagnosisReport(_Measured):
 
     @property
     def verdict(self) -> str:
-        if self.gate is not None and not self.gate.passed:
+        if self.gate is not None and not self.gate.conclusive:
             return "inconclusive"
         if not self.stale_layers:
             return "fresh"

@@ -1,7 +1,8 @@
 """The repair gate: new statistics are written only when the run's own evidence supports them.
 
 ``recalibrate`` refuses to write (:class:`~ckptfix.errors.RepairRefused`, exit 5) unless ``--force``, and
-``diagnose`` gives no verdict (``inconclusive``, exit 5), when any of these holds:
+``diagnose`` gives no verdict (``inconclusive``, exit 5), when any of these holds (``diagnose`` still gives one
+when the only finding is standard errors over the limits: it then judges each layer's drift against them):
 
 * **the proof contradicts the repair** (the agreement check on the first samples): top-1 agreement of
   inference mode with training mode is lower with the new statistics than with the stored ones beyond the
@@ -40,14 +41,23 @@ ERROR_GROWTH, ERROR_SLACK = 1.25, 0.01
 
 @dataclass(frozen=True)
 class Gate:
-    """The gate's findings: ``reasons`` it refuses for (empty: passed), ``warnings`` it only reports."""
+    """The gate's findings: ``reasons`` it refuses for (empty: passed), ``warnings`` it only reports, and
+    ``uncertain``: whether one reason is statistics too uncertain for a repair (alone, ``diagnose`` still gives
+    a verdict, judging each layer's drift against its standard errors)."""
 
     reasons: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    uncertain: bool = False
 
     @property
     def passed(self) -> bool:
         return not self.reasons
+
+    @property
+    def conclusive(self) -> bool:
+        """Whether the data supports a diagnosis: no reason but uncertainty, which the per-layer noise test of
+        :class:`ckptfix.report.DiagnosisReport` takes into account."""
+        return self.passed or (self.uncertain and len(self.reasons) == 1)
 
     def to_dict(self) -> dict:
         return {"passed": self.passed, "reasons": list(self.reasons), "warnings": list(self.warnings)}
@@ -62,7 +72,7 @@ def check(layers, *, num_samples: int, num_batches: int, batch_size: int, sample
           agreement=None) -> Gate:
     """The gate's findings for measured ``layers`` (:class:`~ckptfix.report.LayerReport`, with standard errors)
     and the run's ``agreement`` (:class:`~ckptfix.diagnostics.agreement.Agreement` or None)."""
-    reasons, warnings = [], []
+    reasons, warnings, uncertain = [], [], False
     if samples_identical:
         reasons.append(f"all {num_samples} calibration sample(s) are identical: statistics of one input say "
                        "nothing of the data; give varied samples")
@@ -76,17 +86,20 @@ def check(layers, *, num_samples: int, num_batches: int, batch_size: int, sample
         reasons.append(f"{num_samples} sample(s) in {num_batches} batch: too little data to estimate how precise the "
                        f"statistics are; give at least {MIN_BATCHES} batches (more samples or a smaller --batch-size)")
     else:
-        uncertain = [layer for layer in layers
-                     if layer.mean_standard_error > MAX_MEAN_STANDARD_ERROR
-                     or layer.variance_relative_error > MAX_VARIANCE_RELATIVE_ERROR]
-        if uncertain:
-            worst = max(uncertain, key=lambda layer: max(layer.mean_standard_error, layer.variance_relative_error))
+        uncertain_layers = [layer for layer in layers
+                            if layer.mean_standard_error > MAX_MEAN_STANDARD_ERROR
+                            or layer.variance_relative_error > MAX_VARIANCE_RELATIVE_ERROR]
+        if uncertain_layers:
+            uncertain = True
+            worst = max(uncertain_layers,
+                        key=lambda layer: max(layer.mean_standard_error, layer.variance_relative_error))
             reasons.append(
-                f"too little data: {len(uncertain)} BN layer(s) ({_names([layer.name for layer in uncertain])}) have "
+                f"too little data: {len(uncertain_layers)} BN layer(s) "
+                f"({_names([layer.name for layer in uncertain_layers])}) have "
                 f"statistics uncertain beyond ±{MAX_MEAN_STANDARD_ERROR:g}σ (mean) or ±"
                 f"{MAX_VARIANCE_RELATIVE_ERROR:.0%} (variance) (worst: {worst.name}, mean ±"
-                f"{worst.mean_standard_error:.2g}σ, variance ±{worst.variance_relative_error:.0%}) over {num_samples} "
-                "samples; give more calibration data")
+                f"{worst.mean_standard_error:.2g}σ, variance ±{worst.variance_relative_error:.0%}) over "
+                f"{num_samples} samples; give more calibration data")
     for layer in layers:
         collapsed = collapsed_channels(layer)
         if collapsed.size:
@@ -97,7 +110,7 @@ def check(layers, *, num_samples: int, num_batches: int, batch_size: int, sample
             break
     if agreement is not None:
         reasons += contradiction(agreement)
-    return Gate(reasons, warnings)
+    return Gate(reasons, warnings, uncertain)
 
 
 def collapsed_channels(layer) -> np.ndarray:

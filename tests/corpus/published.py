@@ -264,7 +264,7 @@ class Published:
     bn_layers: int
     batch_size: int
     num_samples: int  # recalibrate (checked against the reference)
-    diagnose_samples: int  # diagnose runs: one batch of this many
+    diagnose_samples: int  # diagnose runs: two batches of half this many
     make_data: Callable[[np.random.Generator, int], np.ndarray]
     notes: str = ""
     cli_args: tuple[str, ...] = field(default=())  # given to inspect, diagnose and recalibrate

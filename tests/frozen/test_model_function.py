@@ -87,7 +87,7 @@ def test_functions_that_do_not_match_the_checkpoint(without_meta, tmp_path):
     with pytest.raises(GraphError, match="raised TypeError"):
         ckptfix.recalibrate(prefix, calib, output=tmp_path / "c", model=small_net, model_args={"depth": 2},
                             input_shape="12x12x3")
-    with pytest.raises(CkptfixError, match="--input-shape"):
+    with pytest.raises(CkptfixError, match="input_shape HxWxC"):
         ckptfix.recalibrate(prefix, calib, output=tmp_path / "d", model=small_net)
     with pytest.raises(CkptfixError, match="cannot import no_such_module"):
         ckptfix.recalibrate(prefix, calib, output=tmp_path / "e", model="no_such_module:net")

@@ -116,7 +116,7 @@ def test_data_that_names_no_input_or_only_some(model, calib, tmp_path):
         ckptfix.diagnose(model.prefix, tmp_path / "typo.npz")
     with pytest.raises(DataError, match=r"no array for input side:0 \(keys: images, sdie; sdie name no input\)"):
         ckptfix.diagnose(model.prefix, tmp_path / "typo.npz", input_name="images,side")
-    with pytest.raises(GraphError, match=r"arrays for input side:0, which --input leaves out.*--input images:0,side:0"):
+    with pytest.raises(GraphError, match=r"arrays for input side:0, which input_name leaves out.*input_name=images:0,side:0"):
         ckptfix.diagnose(model.prefix, calib, input_name="images")
     with pytest.raises(GraphError, match="names a tensor twice"):
         ckptfix.diagnose(model.prefix, calib, input_name="images,images:0")

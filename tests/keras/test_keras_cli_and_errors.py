@@ -49,7 +49,7 @@ def test_cli_recalibrate_and_diagnose_keras_archive(keras_frozen, tmp_path):
     validate_report(report)
     assert report["layers"][0]["mean_key"] == "layers/batch_normalization/vars/2"
     assert _digest(source) == before  # the input is untouched
-    with pytest.raises(OutputError, match="--overwrite"):
+    with pytest.raises(OutputError, match="overwrite=True"):
         ckptfix.recalibrate(source, keras_frozen.calibration, output=output)
 
 
