@@ -356,6 +356,8 @@ def main() -> None:
     """
     verbose = bool({"-v", "--verbose"} & set(sys.argv[1:]))
     os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
+    if not verbose:
+        _quiet.quiet_native_logs()
     _quiet.silence_tensorflow(verbose=verbose)
     with _quiet.native_stderr_silenced(enabled=not verbose):
         sys.exit(_main())
