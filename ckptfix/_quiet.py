@@ -12,14 +12,7 @@ from typing import Iterator
 
 def quiet_native_logs() -> None:
     """Hide TensorFlow's C++ logs (``TF_CPP_MIN_LOG_LEVEL``, unless set): for the CLI, which owns its process and
-    its environment; effective only before TensorFlow is first imported.
-
-    Only the log level: never ``TF_ENABLE_ONEDNN_OPTS``, which is no log switch but picks the CPU kernels (oneDNN
-    or Eigen) and so the rounding of every forward pass. Forced off here, it made the CLI's statistics differ from
-    the same forward pass in its caller's process, and the API, which set it in its host's environment, made the
-    results of every process the host started afterwards depend on when the API was first called (issue 25 item
-    14: 0.067 of sqrt(var + eps) on musicnn's batch_normalization_9).
-    """
+    its environment; effective only before TensorFlow is first imported."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 

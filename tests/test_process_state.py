@@ -5,7 +5,7 @@ first call. ``TF_ENABLE_ONEDNN_OPTS`` picks TensorFlow's CPU kernels (oneDNN or 
 started afterwards (a deployment pipeline's next step, the test suite's CLI runs and fixture builds) computed
 differently from the ones started before, and from the host itself when it had imported TensorFlow first: on
 musicnn's batch_normalization_9 the moving mean moved by 0.067 of sqrt(var + eps) between the two settings.
-"""
+The CLI, which owns its process, still picks Eigen's kernels (cli/app.py ``main``), -v or not."""
 
 import json
 import os
