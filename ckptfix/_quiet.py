@@ -10,12 +10,17 @@ import warnings
 from typing import Iterator
 
 
+def quiet_native_logs() -> None:
+    """Hide TensorFlow's C++ logs (``TF_CPP_MIN_LOG_LEVEL``, unless set): for the CLI, which owns its process and
+    its environment; effective only before TensorFlow is first imported."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
 def silence_tensorflow(verbose: bool = False) -> None:
-    """Hide TF's logs. The C++ level only takes effect when called before TensorFlow is first imported."""
+    """Hide TF's Python logs (loggers and warnings). The host's environment is left alone: a library must not
+    change what its host's later imports and child processes see (:func:`quiet_native_logs` is the CLI's)."""
     if verbose:
         return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="tensorflow")
     warnings.filterwarnings("ignore", module="keras")

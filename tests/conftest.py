@@ -1,10 +1,48 @@
-"""Shared fixtures: real tf-slim checkpoints with stale BN statistics, built once per session and variant."""
+"""Shared fixtures: real tf-slim checkpoints with stale BN statistics, built once per session and variant.
+
+Marks (registered in pyproject.toml): ``subprocess`` for tests that start processes (CLI runs, fresh interpreters,
+the slim fixtures, which train in subprocesses: given to every test using ``slim_model``), ``corpus`` for the
+published-model tests (given to everything under tests/corpus). ``make test-fast`` deselects both.
+``--random-order-seed N`` runs the collected tests in a shuffled order (the suite must not depend on its order).
+"""
 
 from __future__ import annotations
 
+import os
+import random
+from pathlib import Path
+
 import pytest
 
+# Every process of the suite computes with TensorFlow's Eigen CPU kernels, as the CLI does (cli/app.py main()),
+# whatever this CPU's oneDNN default: set before anything imports TensorFlow, inherited by every subprocess.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
 from fixtures.runner import SlimModel, build, build_many
+
+CORPUS = Path(__file__).parent / "corpus"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--random-order-seed", type=int, default=None, metavar="N",
+                     help="run the collected tests in an order shuffled with seed N")
+
+
+@pytest.hookimpl(tryfirst=True)  # marks given before -m deselects
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if CORPUS in item.path.parents:
+            item.add_marker(pytest.mark.corpus)
+        if "slim_model" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.subprocess)
+    seed = config.getoption("--random-order-seed")
+    if seed is not None:
+        random.Random(seed).shuffle(items)
+
+
+def pytest_report_header(config):
+    seed = config.getoption("--random-order-seed")
+    return None if seed is None else f"random order: --random-order-seed {seed}"
 
 
 class SlimModels:

@@ -11,6 +11,8 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.subprocess  # each test starts processes
+
 SCRIPT = r"""
 import json, sys
 import numpy as np

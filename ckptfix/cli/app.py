@@ -486,10 +486,19 @@ def main() -> None:
     CPU tensors go to TensorFlow's BFC allocator (``TF_CPU_ALLOCATOR_USE_BFC``, unless the environment sets
     it): it keeps one pool sized by the largest batch, so peak memory stays flat however many batches stream
     through, where glibc's heap fragments and its peak creeps up with the stream's length
-    (docs/performance.md). The CLI owns its process; the Python API leaves its host's allocators alone.
+    (docs/performance.md).
+
+    CPU kernels are TensorFlow's Eigen ones (``TF_ENABLE_ONEDNN_OPTS=0``, unless the environment sets it), with
+    -v too: TensorFlow turns oneDNN on by default on some x86 CPUs (newer AVX-512 ones), and there its kernels
+    round the forward pass differently (musicnn's stale copy: repaired means 3.4e-3 of sqrt(var + eps) from
+    the float64 reference with oneDNN, 2.4e-4 with Eigen; issue 25 item 14). The CLI owns its process; the
+    Python API leaves its host's allocators, kernels and environment alone.
     """
     verbose = bool({"-v", "--verbose"} & set(sys.argv[1:]))
     os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    if not verbose:
+        _quiet.quiet_native_logs()
     _quiet.silence_tensorflow(verbose=verbose)
     with _quiet.native_stderr_silenced(enabled=not verbose):
         sys.exit(_main())

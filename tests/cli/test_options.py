@@ -34,6 +34,7 @@ def _text(output: str) -> str:
     ("--format", "csv", ["images", "numpy", "tfrecord"]),
     ("--preprocess", "imagenet", ["inception", "vgg", "caffe", "torch", "unit", "raw", "package.module:function"]),
 ])
+@pytest.mark.subprocess
 @pytest.mark.parametrize("command", ["recalibrate", "diagnose"])
 def test_a_bad_choice_is_a_usage_error_naming_the_choices(tmp_path, command, option, value, choices):
     result = run_cli(command, tmp_path / "model.ckpt-1", tmp_path / "data.npy", option, value)
@@ -44,12 +45,14 @@ def test_a_bad_choice_is_a_usage_error_naming_the_choices(tmp_path, command, opt
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.subprocess
 def test_module_function_is_accepted_by_preprocess(tmp_path):
     """A value with ':' passes the usage check (it is resolved later, as user code)."""
     result = run_cli("recalibrate", tmp_path / "model.ckpt-1", tmp_path / "data.npy", "--preprocess", "my_prep:fn")
     assert result.returncode == 1 and "no checkpoint at" in result.stderr
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("command", ["recalibrate", "diagnose", "inspect"])
 def test_help_reads_like_pip_within_80_columns(command):
     """Plain text in sections (no boxes, no markup eating '[plot]'), plain metavars, choices listed, flags

@@ -13,6 +13,8 @@ import pytest
 from ckptfix.diagnostics.cause import find_cause
 from ckptfix.graph.meta import load_meta_graph
 
+pytestmark = pytest.mark.subprocess  # the training graphs are built in subprocesses (module fixture)
+
 SCRIPT = Path(__file__).parents[1] / "fixtures" / "train_ops.py"
 ALL = ("forgotten", "create_train_op", "control_deps", "grouped", "custom_forgotten", "custom_run", "in_place",
        "no_train_op")

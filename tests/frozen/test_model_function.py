@@ -96,6 +96,7 @@ def test_functions_that_do_not_match_the_checkpoint(without_meta, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.subprocess
 def test_tf_slim_resnet_v1_50_without_meta(tmp_path):
     prefix = save_slim_net("resnet_v1_50", tmp_path / "train")
     calib = tmp_path / "train" / "calib.npy"

@@ -10,6 +10,7 @@ from ckptfix.errors import GraphError
 v1 = tf.compat.v1
 
 
+@pytest.mark.subprocess
 def test_python_callback_upstream_of_bn_is_refused(tmp_path):
     calls = []
 

@@ -25,6 +25,8 @@ from ckptfix.io import locate_checkpoint
 from ckptfix.io.atomic import _exclusive_lock, remove_stale_staging
 from ckptfix.io.checkpoint_writer import write_recalibrated_checkpoint
 
+pytestmark = pytest.mark.subprocess  # each test starts processes
+
 CHANNELS = 8
 BIG_TENSORS = 4
 BIG_ELEMENTS = 4 << 20  # 16 MB of float32 each

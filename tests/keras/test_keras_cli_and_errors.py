@@ -18,6 +18,8 @@ import keras_models as km
 from ckptfix.errors import CkptfixError, OutputError
 from diagnostics.schema import validate_report
 
+pytestmark = pytest.mark.subprocess  # each test starts processes
+
 HERE = Path(__file__).parent
 
 

@@ -48,6 +48,7 @@ def _check(report, path, data_file) -> None:
         assert np.max(np.abs(layer.new_variance - variance) / scale) < 1e-5, layer.name
 
 
+@pytest.mark.subprocess
 def test_unknown_custom_layer_names_the_class_and_the_option(custom_h5, tmp_path):
     path, data = custom_h5
     refused = run_cli("recalibrate", path, data, "-o", tmp_path / "x.h5", "--no-progress")
@@ -59,6 +60,7 @@ def test_unknown_custom_layer_names_the_class_and_the_option(custom_h5, tmp_path
     assert not (tmp_path / "x.h5").exists()
 
 
+@pytest.mark.subprocess
 def test_import_supplies_the_custom_layer(custom_h5, tmp_path):
     path, data = custom_h5
     fixed = tmp_path / "fixed.h5"
@@ -73,6 +75,7 @@ def test_import_supplies_the_custom_layer(custom_h5, tmp_path):
     _assert_only_statistics_changed(again, path, tmp_path / "api.h5", "h5")
 
 
+@pytest.mark.subprocess
 def test_model_on_a_full_model_h5_builds_the_architecture_and_takes_the_weights(custom_h5, tmp_path):
     """Before issue 24, --model was dropped for a file with a model_config: the load failed on the custom class."""
     path, data = custom_h5
@@ -96,6 +99,7 @@ def test_import_is_refused_where_no_keras_class_is_loaded(tmp_path):
         ckptfix.inspect(graph, custom_objects="custom_layers")
 
 
+@pytest.mark.subprocess
 def test_agreement_on_a_sequence_model_with_two_outputs_counts_frames_per_output(custom_h5, tmp_path):
     """Issue 24 item 3: per-frame figures are said to be per frame, each output is compared and named, and
     --output-tensor picks one output."""

@@ -31,6 +31,7 @@ def _limit_file_size(limit: int):
     return apply
 
 
+@pytest.mark.subprocess
 def test_disk_full_while_writing_a_tf2_checkpoint(keras_skipped, tmp_path):
     """RLIMIT_FSIZE of 2 KB on the CLI process: SaveV2 fails writing the output's shard (a TensorFlow op error)."""
     output = tmp_path / "out"

@@ -203,6 +203,7 @@ def tf2_checkpoint(tmp_path) -> Path:
     ("float16", [f"key {KERAS_VARIANCE} is stored as float16", "float32 variable"]),
     ("flip", [f"key {KERAS_VARIANCE} fails its checksum in ckpt-1.data-00000-of-00001", "corrupt"]),
 ])
+@pytest.mark.subprocess
 def test_tf2_object_checkpoint(tf2_checkpoint, damage, phrases):
     if damage == "flip":
         _flip(tf2_checkpoint, KERAS_VARIANCE)

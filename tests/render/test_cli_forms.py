@@ -6,8 +6,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from render.test_plot import distinct_colours, read_png
+
+pytestmark = pytest.mark.subprocess  # each test starts processes
 
 
 def ckptfix(*args, env=None, cwd=None):

@@ -67,6 +67,7 @@ def test_the_extension_picks_the_format_and_others_are_refused(tmp_path):
             image_format(bad)
 
 
+@pytest.mark.subprocess
 def test_without_matplotlib_a_one_line_error_names_the_extra(tmp_path):
     code = ("import sys; sys.modules['matplotlib'] = None\n"
             "from ckptfix.render.plot import plot_report\n"

@@ -141,6 +141,7 @@ def test_mixed_precision(keras3_mixed_export, tmp_path):
     _check_repaired(keras3_mixed_export, output, report, rtol=2e-3, served_tolerance=2e-2)
 
 
+@pytest.mark.subprocess
 def test_cli_writes_beside_the_input(keras3_export, tmp_path):
     folder = tmp_path / "cli"
     shutil.copytree(keras3_export.path, folder / "exported_model")
@@ -236,6 +237,7 @@ def test_tf1_savedmodel(tf1_savedmodel, tmp_path):
     _check_repaired(tf1_savedmodel, output, report)
 
 
+@pytest.mark.subprocess
 def test_two_logical_cpus_match_one_device(module_export, tmp_path):
     """Issue 16 through the SavedModel source: whole batches on two devices, the one-device statistics."""
     from scaling.helpers import assert_same_statistics, run_api

@@ -44,6 +44,7 @@ def test_two_logical_cpus_match_one_device_on_a_slim_checkpoint(slim_model, tmp_
     assert two["agreement"]["top1_after"] == one["agreement"]["top1_after"]
 
 
+@pytest.mark.subprocess
 def test_two_logical_cpus_match_one_device_on_a_keras_model(tmp_path):
     import keras
 

@@ -17,6 +17,8 @@ import ckptfix
 from diagnostics.schema import validate_report
 from scaling.helpers import ROOT, TIMEOUT_SECONDS, assert_same_statistics, environment, free_ports, tf_config
 
+pytestmark = pytest.mark.subprocess  # each test starts processes
+
 sys.path.insert(0, str(Path(__file__).parents[1] / "keras"))
 
 BATCH_SIZE, BATCHES = 24, 11  # 256 samples: 11 batches, 6 for worker 0 (batches 0, 2, ..., 10) and 5 for worker 1
