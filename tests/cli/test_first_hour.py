@@ -17,6 +17,8 @@ from typer.testing import CliRunner
 from cli.test_errors import assert_clean_error, run_cli
 from ckptfix.cli.app import app
 
+pytestmark = pytest.mark.subprocess  # CLI runs and fresh interpreters (make test-fast leaves them out)
+
 ROOT = Path(__file__).parents[2]
 DEMO = "ckptfix-demo"
 

@@ -10,6 +10,8 @@ import tensorflow as tf
 import ckptfix
 from cli.test_errors import run_cli
 
+pytestmark = pytest.mark.subprocess  # CLI runs and fresh interpreters (make test-fast leaves them out)
+
 TRAINING_BATCH = 16
 
 

@@ -11,6 +11,8 @@ import pytest
 import ckptfix
 from scaling.helpers import assert_same_statistics, run_api
 
+pytestmark = pytest.mark.subprocess  # CLI runs and fresh interpreters (make test-fast leaves them out)
+
 
 @pytest.fixture(scope="module")
 def large_set(slim_model, tmp_path_factory):

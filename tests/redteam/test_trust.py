@@ -20,6 +20,8 @@ import ckptfix
 from ckptfix.errors import CkptfixError, KeywordError, OptionError, RepairRefused
 from cli.test_errors import assert_clean_error, run_cli
 
+pytestmark = pytest.mark.subprocess  # CLI runs and fresh interpreters (make test-fast leaves them out)
+
 
 def tree_digest(*roots: Path) -> str:
     """sha256 over every file's bytes and every path's name and mode below ``roots`` (a file or a folder)."""
