@@ -2,7 +2,8 @@
 
 ``recalibrate`` refuses to write (:class:`~ckptfix.errors.RepairRefused`, exit 5) unless ``--force``, and
 ``diagnose`` gives no verdict (``inconclusive``, exit 5), when any of these holds (``diagnose`` still gives one
-when the only finding is standard errors over the limits: it then judges each layer's drift against them):
+when the findings are only standard errors over the limits -- it then judges each layer's drift against them
+-- or a contradicted repair, which says nothing of the stored statistics):
 
 * **the proof contradicts the repair** (the agreement check on the first samples): top-1 agreement of
   inference mode with training mode is lower with the new statistics than with the stored ones beyond the
@@ -12,7 +13,8 @@ when the only finding is standard errors over the limits: it then judges each la
 * **the data is degenerate**: every calibration sample is identical (one sample included), the batch size
   is 1 (BN on one sample's statistics is instance normalisation, not what training computed), or a layer
   has channels whose variance collapses: ``new var < 1e-4 * stored var`` where the stored variance exceeds
-  the layer's epsilon (blank or constant inputs);
+  the layer's epsilon (blank or constant inputs; not checked against the initial 0 / 1 statistics, where a
+  real model's dead channels would look collapsed);
 * **the data is too thin**: fewer than :data:`MIN_BATCHES` batches (the uncertainty cannot be estimated), or
   a layer's worst-channel standard error of the mean above :data:`MAX_MEAN_STANDARD_ERROR` (in units of
   ``sqrt(var + eps)``) or relative standard error of ``var + eps`` above :data:`MAX_VARIANCE_RELATIVE_ERROR`
@@ -42,12 +44,13 @@ ERROR_GROWTH, ERROR_SLACK = 1.25, 0.01
 @dataclass(frozen=True)
 class Gate:
     """The gate's findings: ``reasons`` it refuses for (empty: passed), ``warnings`` it only reports, and
-    ``uncertain``: whether one reason is statistics too uncertain for a repair (alone, ``diagnose`` still gives
-    a verdict, judging each layer's drift against its standard errors)."""
+    ``blockers``: how many reasons also leave ``diagnose`` without a verdict."""
 
     reasons: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    uncertain: bool = False
+    #: how many of ``reasons`` leave no diagnosis either (degenerate data, one batch); the others (uncertain
+    #: statistics, a contradicted repair) concern the repair only
+    blockers: int = 0
 
     @property
     def passed(self) -> bool:
@@ -55,9 +58,10 @@ class Gate:
 
     @property
     def conclusive(self) -> bool:
-        """Whether the data supports a diagnosis: no reason but uncertainty, which the per-layer noise test of
-        :class:`ckptfix.report.DiagnosisReport` takes into account."""
-        return self.passed or (self.uncertain and len(self.reasons) == 1)
+        """Whether the data supports a diagnosis: no blocker (uncertainty is taken into account by the per-layer
+        noise test of :class:`ckptfix.report.DiagnosisReport`; a contradicted repair says nothing of the stored
+        statistics)."""
+        return self.blockers == 0
 
     def to_dict(self) -> dict:
         return {"passed": self.passed, "reasons": list(self.reasons), "warnings": list(self.warnings)}
@@ -72,7 +76,7 @@ def check(layers, *, num_samples: int, num_batches: int, batch_size: int, sample
           agreement=None) -> Gate:
     """The gate's findings for measured ``layers`` (:class:`~ckptfix.report.LayerReport`, with standard errors)
     and the run's ``agreement`` (:class:`~ckptfix.diagnostics.agreement.Agreement` or None)."""
-    reasons, warnings, uncertain = [], [], False
+    reasons, warnings, uncertain_layers = [], [], []
     if samples_identical:
         reasons.append(f"all {num_samples} calibration sample(s) are identical: statistics of one input say "
                        "nothing of the data; give varied samples")
@@ -90,7 +94,6 @@ def check(layers, *, num_samples: int, num_batches: int, batch_size: int, sample
                             if layer.mean_standard_error > MAX_MEAN_STANDARD_ERROR
                             or layer.variance_relative_error > MAX_VARIANCE_RELATIVE_ERROR]
         if uncertain_layers:
-            uncertain = True
             worst = max(uncertain_layers,
                         key=lambda layer: max(layer.mean_standard_error, layer.variance_relative_error))
             reasons.append(
@@ -100,6 +103,7 @@ def check(layers, *, num_samples: int, num_batches: int, batch_size: int, sample
                 f"{MAX_VARIANCE_RELATIVE_ERROR:.0%} (variance) (worst: {worst.name}, mean ±"
                 f"{worst.mean_standard_error:.2g}σ, variance ±{worst.variance_relative_error:.0%}) over "
                 f"{num_samples} samples; give more calibration data")
+    blockers = len(reasons) - (1 if uncertain_layers else 0)
     for layer in layers:
         collapsed = collapsed_channels(layer)
         if collapsed.size:
@@ -107,15 +111,20 @@ def check(layers, *, num_samples: int, num_batches: int, batch_size: int, sample
                 f"BN layer {layer.name}: {collapsed.size} of {layer.channels} channel(s) ({_names(collapsed.tolist())})"
                 f" have almost no variance in the calibration data where the stored variance does not: blank or "
                 "constant inputs? check the data (--force if these channels are dead in the model)")
+            blockers += 1
             break
     if agreement is not None:
         reasons += contradiction(agreement)
-    return Gate(reasons, warnings, uncertain)
+    return Gate(reasons, warnings, blockers)
 
 
 def collapsed_channels(layer) -> np.ndarray:
-    """Channels whose new variance fell below ``COLLAPSE_RATIO`` of a stored variance above epsilon."""
+    """Channels whose new variance fell below ``COLLAPSE_RATIO`` of a stored variance above epsilon. Not for a
+    layer holding the initial 0 / 1 statistics: its variance of 1 says nothing, and a real model's dead
+    channels (no variance on any data) would look collapsed against it."""
     old, new = np.asarray(layer.old_variance, np.float64), np.asarray(layer.new_variance, np.float64)
+    if np.all(old == 1) and np.all(np.asarray(layer.old_mean) == 0):
+        return np.array([], np.int64)
     return np.flatnonzero((old > layer.epsilon) & (new < COLLAPSE_RATIO * old))
 
 

@@ -67,7 +67,7 @@ def test_every_suggested_command_works_when_typed_in_order(demo):
             assert "cause: cause" not in result.stdout and "inference mode while training" not in result.stdout
         if words[1] == "recalibrate":  # item 8: a drift measure, not 100% for any change from 0
             header = result.stdout.splitlines()[0]
-            assert "mean shift" in header and "log var ratio" in header and "%" not in result.stdout.split("\n\n")[0]
+            assert "mean shift" in header and "log var ratio" in header and "Δmean" not in result.stdout.split("\n\n")[0]
             assert re.search(r"conv1/BatchNorm .* \d\.\d+σ", result.stdout)
             assert (folder / DEMO / "train-recalibrated" / "checkpoint").is_file()
         if "--plot" in words:  # item 6: side outputs are named

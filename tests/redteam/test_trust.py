@@ -192,12 +192,12 @@ def test_degenerate_data_never_becomes_statistics(healthy, slim_model, tmp_path,
     assert not (tmp_path / "out").exists() and tree_digest(healthy.parent) == before
 
 
-def test_collapsed_channels_are_named(slim_model, tmp_path):
+def test_collapsed_channels_are_named(healthy, slim_model, tmp_path):
     """Blank images (every pixel the same, samples differ in nothing else): the first BN layer's variance is 0."""
     calib = np.load(slim_model("seed").calib)
     blank = np.zeros_like(calib[:64]) + np.linspace(-1, 1, 64, dtype=np.float32)[:, None, None, None] * 1e-9
     with pytest.raises(RepairRefused, match=r"BN layer conv1/BatchNorm: \d+ of \d+ channel\(s\)"):
-        ckptfix.recalibrate(slim_model("seed").prefix, blank, output=tmp_path / "out")
+        ckptfix.recalibrate(healthy, blank, output=tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
