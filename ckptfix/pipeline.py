@@ -235,8 +235,8 @@ class Measurement:
 
     fields: dict
     new_values: dict[str, np.ndarray]
-    evidence: list[str] = field(default_factory=list)
-    notice: Callable[[str], None] = print  # the run's Notices: kept for the report and passed on
+    evidence: list[str]
+    notice: Callable[[str], None]  # the run's Notices: kept for the report and passed on
 
 
 def _sessions(stack: contextlib.ExitStack, source: Source, layers, data_keys, options: Options, notice) -> DevicePool:
