@@ -31,7 +31,7 @@ from ckptfix.diagnostics import agreement as output_agreement
 from ckptfix.diagnostics import gate as repair_gate
 from ckptfix.diagnostics.drift import DEFAULT_EPSILON
 from ckptfix.diagnostics.evidence import staleness_evidence
-from ckptfix.errors import CkptfixError, DataError, NoBatchNormError, OptionError, RepairRefused
+from ckptfix.errors import CkptfixError, DataError, NoBatchNormError, RepairRefused
 from ckptfix.interrupts import commit_scope, interrupts_between_steps
 from ckptfix.io.outputs import Place, check_run_paths, staged_files
 from ckptfix.options import Options, flag
@@ -40,7 +40,7 @@ from ckptfix.report import (DeviceReport, DiagnosisReport, InspectedLayer, Inspe
 from ckptfix.scaling import Cluster, DevicePool, join_cluster, resolve_devices
 from ckptfix.sources import open_source
 from ckptfix.sources.base import Layer, Session, Source
-from ckptfix.stats import Estimator, PooledMoments, UntilStable
+from ckptfix.stats import Checks, Estimator, PooledMoments, UntilStable
 
 
 class Notices:
@@ -155,9 +155,11 @@ def _stream(pool: DevicePool, batches, layers: list[Layer], keep: int, progress:
             until: UntilStable | None = None) -> _Stream:
     """Run every batch of ``batches`` (this worker's share) once, on the pool's devices; pool each layer's
     moments in batch order; keep the share's first ``keep`` samples and their outputs. With ``until``, stop
-    after the first batch (in batch order) at which every layer's statistics are stable."""
+    at the first check (:class:`ckptfix.stats.stopping.Checks`: after rounds of a batch per worker) at which
+    every layer's statistics, merged over the cluster, are stable."""
     seen = _Stream({layer.name: PooledMoments(layer.channels) for layer in layers},
                    devices={device: DeviceReport(device, cluster.rank) for device, _ in pool.sessions})
+    checks = None if until is None else Checks(cluster.size)
 
     def share():
         submitted = 0
@@ -185,11 +187,27 @@ def _stream(pool: DevicePool, batches, layers: list[Layer], keep: int, progress:
             seen.devices[ran.device].samples += samples
             seen.devices[ran.device].batches += 1
             bar.update(samples)
-            if until is not None and until.reached(seen.pooled, seen.num_batches):
+            if checks is not None and checks.due(seen.num_batches) and _stable(until, cluster, seen, ended=False)[0]:
                 seen.stable = True
                 break
+        else:  # this share ended; in a cluster it keeps joining the checks until the others stop too
+            rounds = seen.num_batches
+            while checks is not None and cluster.size > 1:
+                check_interrupt()
+                rounds += 1
+                if checks.due(rounds):
+                    seen.stable, ended = _stable(until, cluster, seen, ended=True)
+                    if seen.stable or ended:
+                        break
         check_interrupt()
     return seen
+
+
+def _stable(until: UntilStable, cluster: Cluster, seen: _Stream, ended: bool) -> tuple[bool, bool]:
+    """At a check (:class:`ckptfix.stats.stopping.Checks`): whether the statistics of every batch read so far, by
+    every worker, meet ``until`` (the same answer on every worker), and whether every worker's share has ended."""
+    progress = cluster.progress(seen.pooled, seen.num_batches, ended)
+    return until.reached(progress.pooled, progress.num_batches), progress.ended
 
 
 def _agreement(session: Session, stream: _Stream, reports: list[LayerReport]):
@@ -335,7 +353,7 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
             given = " (--preprocess raw uses them as given)" if batches.integer_images and preset != "raw" else ""
             notice(f"{what} preprocessed with --preprocess {preset}: {batches.preprocessing}{given}")
         keep = options.agreement_samples if session.output_name and cluster.chief else 0
-        until = _until_stable(options, layers, cluster)
+        until = _until_stable(options, layers)
         stream = _stream(pool, batches, layers, keep, options.progress, cluster, until)
         if batches.merged_last:
             notice("the last batch had {} samples, fewer than half a batch: merged into the one before ({} samples)"
@@ -392,13 +410,10 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
     return Measurement(fields, new_values, evidence, notice)
 
 
-def _until_stable(options: Options, layers: Sequence[Layer], cluster: Cluster) -> UntilStable | None:
+def _until_stable(options: Options, layers: Sequence[Layer]) -> UntilStable | None:
     """The ``--until-stable`` rule for ``layers`` (None without the option)."""
     if options.until_stable is None:
         return None
-    if cluster.size > 1:
-        raise OptionError("--until-stable is not available with a TF_CONFIG cluster yet (the stopping decision would "
-                          "need the merged statistics after every round): run without it, or on one machine.")
     return UntilStable(options.until_stable, {
         layer.name: DEFAULT_EPSILON if layer.epsilon is None else layer.epsilon for layer in layers})
 

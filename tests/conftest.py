@@ -69,3 +69,17 @@ class SlimModels:
 @pytest.fixture(scope="session")
 def slim_model(tmp_path_factory) -> SlimModels:
     return SlimModels(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def large_set(slim_model, tmp_path_factory) -> Path:
+    """4,096 samples of the seed model's task (``.npy``): its 256 calibration images, each 16 times with pixel
+    noise, shuffled: for ``--until-stable``, far more than the statistics need."""
+    import numpy as np
+
+    calib = np.load(slim_model("seed").calib)
+    rng = np.random.default_rng(0)
+    big = np.concatenate([calib + rng.normal(0, 0.05, calib.shape).astype(np.float32) for _ in range(16)])
+    path = tmp_path_factory.mktemp("large") / "large.npy"
+    np.save(path, big[rng.permutation(len(big))])
+    return path

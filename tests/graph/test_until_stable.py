@@ -14,17 +14,6 @@ from scaling.helpers import assert_same_statistics, run_api
 pytestmark = pytest.mark.subprocess  # CLI runs and fresh interpreters (make test-fast leaves them out)
 
 
-@pytest.fixture(scope="module")
-def large_set(slim_model, tmp_path_factory):
-    """4,096 samples of the seed model's task: its 256 calibration images, each 16 times with pixel noise."""
-    calib = np.load(slim_model("seed").calib)
-    rng = np.random.default_rng(0)
-    big = np.concatenate([calib + rng.normal(0, 0.05, calib.shape).astype(np.float32) for _ in range(16)])
-    path = tmp_path_factory.mktemp("large") / "large.npy"
-    np.save(path, big[rng.permutation(len(big))])
-    return path
-
-
 def test_stops_when_stable_with_the_statistics_of_what_it_read(slim_model, large_set, tmp_path):
     model = slim_model("seed")
     options = dict(batch_size=16, shuffle=False, agreement_samples=0)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import ckptfix
+from ckptfix.stats import Checks
 from diagnostics.schema import validate_report
 from scaling.helpers import ROOT, TIMEOUT_SECONDS, assert_same_statistics, environment, free_ports, tf_config
 
@@ -101,6 +102,55 @@ def test_two_workers_diagnose_a_keras_model_and_the_chief_reports(tmp_path):
     assert_same_statistics(one, chief)
     assert [(row["worker"], row["batches"], row["samples"]) for row in chief["devices"]] == [(0, 4, 62), (1, 3, 48)]
     assert out == "worker 1 of 2: statistics combined; the chief (worker 0) reports.\n"
+
+
+def test_two_workers_stop_together_after_the_first_stable_round(slim_model, large_set, tmp_path):
+    """--until-stable in a cluster: at each check (after rounds of a batch per worker) the merged statistics decide,
+    the same on both workers; the pass stops at the first stable check, with the statistics of the batches read
+    (a prefix of the batch order)."""
+    model, tolerance = slim_model("seed"), 0.02
+    ports = free_ports(2)
+    workers = [_worker(ports, k, "diagnose", model.prefix, large_set, "--batch-size", 16, "--no-shuffle", "--json",
+                       "--until-stable", tolerance, "--report", tmp_path / f"report{k}.json") for k in range(2)]
+    (chief_code, chief_out, chief_err), (code, out, err) = (_finish(w) for w in workers)
+
+    assert chief_code in (0, 3) and code in (0, 3), (chief_err + err)[-3000:]
+    chief = json.loads(chief_out)
+    assert chief["stop_reason"] == "stable" and chief["num_samples"] < 4096 // 4
+    rounds = chief["num_batches"] // 2
+    assert chief["num_batches"] == 2 * rounds and chief["num_samples"] == 16 * chief["num_batches"]
+    assert [(row["worker"], row["batches"]) for row in chief["devices"]] == [(0, rounds), (1, rounds)]
+    assert all(layer["uncertainty"]["mean_standard_error"] < tolerance
+               and layer["uncertainty"]["variance_relative_error"] < tolerance for layer in chief["layers"])
+    options = dict(batch_size=16, shuffle=False)
+    same = ckptfix.diagnose(model.prefix, large_set, num_samples=chief["num_samples"], **options).to_dict()
+    assert_same_statistics(same, chief)
+    checks = Checks(2)
+    checked = [2 * rounds for rounds in range(1, chief["num_batches"] // 2 + 1) if checks.due(rounds)]
+    assert checked[-1] == chief["num_batches"]  # it stopped at a check
+    before = ckptfix.diagnose(model.prefix, large_set, num_samples=16 * checked[-2], agreement_samples=0, **options)
+    assert any(layer.mean_standard_error >= tolerance or layer.variance_relative_error >= tolerance
+               for layer in before.layers)  # and the check before was not stable
+    assert not (tmp_path / "report1.json").exists()
+
+
+def test_a_worker_whose_share_ends_first_keeps_joining_the_rounds(slim_model, tmp_path):
+    """11 batches: worker 1's share (5) ends a round before worker 0's (6); with a tolerance never met, both
+    read everything, and the statistics are one process's."""
+    model = slim_model("seed")
+    options = ["--batch-size", BATCH_SIZE, "--seed", 3, "--no-progress", "--until-stable", 1e-6]
+    ports = free_ports(2)
+    workers = [_worker(ports, k, "recalibrate", model.prefix, model.calib, "-o", tmp_path / f"out{k}",
+                       "--report", tmp_path / f"report{k}.json", *options) for k in range(2)]
+    (chief_code, _, chief_err), (code, _, err) = (_finish(w) for w in workers)
+
+    assert chief_code == 0 and code == 0, (chief_err + err)[-3000:]
+    chief = json.loads((tmp_path / "report0.json").read_text())
+    assert chief["stop_reason"] == "data" and chief["num_batches"] == BATCHES and chief["num_samples"] == 256
+    assert [(row["worker"], row["batches"]) for row in chief["devices"]] == [(0, 6), (1, 5)]
+    one = ckptfix.recalibrate(model.prefix, np.load(model.calib), output=tmp_path / "one", batch_size=BATCH_SIZE,
+                              seed=3).to_dict()
+    assert_same_statistics(one, chief)
 
 
 def test_two_workers_each_decode_half_an_image_folder_and_match_one_process(slim_model, tmp_path):

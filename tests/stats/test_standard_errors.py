@@ -3,8 +3,8 @@ independent draws), exact under any split into partial sums, infinite with one b
 
 import numpy as np
 
-from ckptfix.stats import BatchMoments, PooledMoments, UntilStable
-from ckptfix.stats.stopping import MIN_BATCHES
+from ckptfix.stats import BatchMoments, Checks, PooledMoments, UntilStable
+from ckptfix.stats.stopping import GROWTH, MIN_BATCHES
 
 
 def _pooled(x: np.ndarray, batch: int) -> PooledMoments:
@@ -50,3 +50,13 @@ def test_until_stable_waits_for_the_minimum_then_for_every_layer():
     rule = UntilStable(0.05, {"a": 1e-3, "b": 1e-3})
     assert rule.reached({"a": precise}, 40) and not rule.reached({"a": precise}, MIN_BATCHES - 1)
     assert not rule.reached({"a": precise, "b": noisy}, 40)  # one imprecise layer keeps the run going
+
+
+def test_checks_start_at_the_minimum_and_grow_geometrically_in_whole_rounds():
+    for workers in (1, 2, 3, 8):
+        checks = Checks(workers)
+        checked = [rounds * workers for rounds in range(1, 20_000) if checks.due(rounds)]
+        assert checked[0] == workers * -(-MIN_BATCHES // workers)  # the first round that completes the minimum
+        assert all(a < b <= a * GROWTH + workers for a, b in zip(checked, checked[1:]))  # at most a round late
+        assert all(b >= a * GROWTH for a, b in zip(checked, checked[1:]))
+        assert len(checked) < 20 + np.log(checked[-1] / MIN_BATCHES) / np.log(GROWTH)  # O(log B) checks
