@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import forked
+
 pytestmark = pytest.mark.subprocess  # each test starts processes
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ckptfix", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300
+    return forked.run(
+        [sys.executable, "-m", "ckptfix", *map(str, args)], cwd=cwd, timeout=300
     )
 
 

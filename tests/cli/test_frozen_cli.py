@@ -11,6 +11,7 @@ import pytest
 
 from cli.test_errors import assert_clean_error
 from fixtures.runner import evaluate
+import forked
 from frozen.frozen_models import changed_nodes, freeze, frozen_accuracy
 
 
@@ -19,8 +20,7 @@ def run_cli(*args, pythonpath: Path | None = None) -> subprocess.CompletedProces
     env = dict(os.environ)
     if pythonpath is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), env.get("PYTHONPATH", "")])
-    return subprocess.run([sys.executable, "-m", "ckptfix", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env=env)
+    return forked.run([sys.executable, "-m", "ckptfix", *map(str, args)], timeout=300, env=env)
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
+
+import forked
 
 UNUSED_ELEMENTS = 24 << 20  # 96 MB of float32
 
@@ -46,20 +47,14 @@ def long_calibration(slim_model, tmp_path_factory) -> Path:
 
 
 class Cli:
-    """A CLI process whose stderr is collected by a thread, so the test can wait for a line while it runs."""
+    """A CLI process (:func:`forked.start`) whose stderr the test can watch while it runs."""
 
-    def __init__(self, *args, preexec_fn=None):
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "ckptfix", *map(str, args)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn,
-        )
-        self.stderr = ""
-        self._reader = threading.Thread(target=self._collect, daemon=True)
-        self._reader.start()
+    def __init__(self, *args, limits: dict | None = None):
+        self.process = forked.start([sys.executable, "-m", "ckptfix", *args], limits=limits)
 
-    def _collect(self) -> None:
-        for chunk in iter(lambda: self.process.stderr.read(1), ""):
-            self.stderr += chunk
+    @property
+    def stderr(self) -> str:
+        return self.process.peek()[1]
 
     def wait_for(self, condition, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
@@ -69,12 +64,10 @@ class Cli:
             if time.monotonic() > deadline:
                 self.process.kill()
                 raise TimeoutError(self.stderr)
-            time.sleep(0.002)
+            time.sleep(0.005)
 
     def finish(self, timeout: float = 180) -> int:
-        code = self.process.wait(timeout)
-        self._reader.join(10)
-        return code
+        return self.process.wait(timeout)
 
 
 def _digest(folder: Path) -> dict:
@@ -110,18 +103,11 @@ def test_ctrl_c_exits_130_and_leaves_nothing(heavy, long_calibration, tmp_path, 
     assert _digest(heavy.parent) == before
 
 
-def _limit_file_size(limit: int):
-    def apply() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    return apply
-
-
 def test_file_size_limit_while_writing(heavy, slim_model, tmp_path):
     """RLIMIT_FSIZE of 16 MB on the CLI process: writing the 96 MB shard fails as on a full disk."""
     output = tmp_path / "out"
-    cli = Cli("recalibrate", heavy, slim_model("seed").calib, "-o", output, "--no-progress", preexec_fn=_limit_file_size(16 << 20))
+    cli = Cli("recalibrate", heavy, slim_model("seed").calib, "-o", output, "--no-progress",
+              limits={resource.RLIMIT_FSIZE: (16 << 20, 16 << 20)})
     assert cli.finish() == 1, cli.stderr
     assert cli.stderr.strip().splitlines() == [
         f"error: cannot write {output}: File too large. Nothing was written; free disk space, check permissions "

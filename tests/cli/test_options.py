@@ -13,14 +13,14 @@ from typer.testing import CliRunner
 
 from ckptfix.cli.app import app
 from ckptfix.report import DEFAULT_ROWS
+import forked
 
 PANELS = ("Model", "Data", "Statistics", "Output", "Safety")
 
 
 def run_cli(*args, columns: int = 200) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": str(columns), "TERMINAL_WIDTH": str(columns)}
-    return subprocess.run([sys.executable, "-m", "ckptfix", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=300)
+    return forked.run([sys.executable, "-m", "ckptfix", *map(str, args)], env=env, timeout=300)
 
 
 def _text(output: str) -> str:

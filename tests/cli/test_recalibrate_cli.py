@@ -10,11 +10,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import forked
+
 
 def run_cli(*args, module: bool = True) -> subprocess.CompletedProcess:
-    # module=False runs the installed console script, which sits beside the interpreter in the venv
-    command = [sys.executable, "-m", "ckptfix"] if module else [str(Path(sys.executable).with_name("ckptfix"))]
-    return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, timeout=300)
+    """``python -m ckptfix`` (forked), or with ``module=False`` the installed console script, which sits beside the
+    interpreter in the venv (a fresh process)."""
+    if module:
+        return forked.run([sys.executable, "-m", "ckptfix", *args], timeout=300)
+    return subprocess.run([str(Path(sys.executable).with_name("ckptfix")), *map(str, args)], capture_output=True,
+                          text=True, timeout=300)
 
 
 @pytest.mark.parametrize("form", ["folder", ".index", ".meta"])

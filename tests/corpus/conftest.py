@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 
 import fetch
+import forked
 import published
 
 
@@ -96,8 +96,7 @@ def run_cli(*args: str, pythonpath=()) -> Run:
     env = dict(os.environ)
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join([*map(str, pythonpath), env.get("PYTHONPATH", "")])
-    done = subprocess.run([sys.executable, "-m", "ckptfix", *args], capture_output=True, text=True,
-                          timeout=900, env=env)
+    done = forked.run([sys.executable, "-m", "ckptfix", *args], timeout=900, env=env)
     return Run(tuple(args), done.returncode, done.stdout, done.stderr)
 
 

@@ -3,7 +3,6 @@
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -13,6 +12,7 @@ from data_helpers import open_batches, pixels
 
 import ckptfix
 from ckptfix.errors import DataError
+import forked
 
 
 def test_uint8_array_is_preprocessed_like_image_files(tmp_path):
@@ -49,8 +49,8 @@ def uint8_npy(slim_model, tmp_path_factory):
 
 
 def _cli(*args, exit_code: int = 0):
-    run = subprocess.run([sys.executable, "-m", "ckptfix", *map(str, args), "--no-progress", "--json"],
-                         capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    run = forked.run([sys.executable, "-m", "ckptfix", *map(str, args), "--no-progress", "--json"],
+                     env=dict(os.environ), timeout=300)
     assert run.returncode == exit_code, run.stderr
     return json.loads(run.stdout), run.stderr
 

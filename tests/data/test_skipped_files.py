@@ -3,11 +3,12 @@ the report keeps every one."""
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 from data_helpers import open_batches, pixels, write_images
+
+import forked
 
 BAD = 8
 
@@ -48,10 +49,10 @@ def test_cli_terminal_is_short_and_the_json_report_complete(slim_model, tmp_path
         (folder / png.name).write_bytes(png.read_bytes())
     names = _write_bad(folder)
     report = tmp_path / "r.json"
-    run = subprocess.run(
+    run = forked.run(
         [sys.executable, "-m", "ckptfix", "recalibrate", str(model.prefix), str(folder), "-o", str(tmp_path / "fixed"),
          "--no-progress", "--batch-size", "16", "--report", str(report)],
-        capture_output=True, text=True, env=dict(os.environ), timeout=300,
+        env=dict(os.environ), timeout=300,
     )
     assert run.returncode == 0, run.stderr
     saved = json.loads(report.read_text())

@@ -3,7 +3,6 @@ update ops (TF1 ref variables with a Python flag; resource variables with a tf.c
 them, and is unknown without a train op."""
 
 import json
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 
 from ckptfix.diagnostics.cause import find_cause
 from ckptfix.graph.meta import load_meta_graph
+import forked
 
 pytestmark = pytest.mark.subprocess  # the training graphs are built in subprocesses (module fixture)
 
@@ -28,10 +28,9 @@ def graphs(tmp_path_factory) -> dict:
     """(mode, case) -> the .meta of that training graph, after two real training steps."""
     def build(mode):
         graph_mode, flag, cases = MODES[mode]
-        result = subprocess.run(
+        result = forked.run(
             [sys.executable, str(SCRIPT), tmp_path_factory.mktemp(mode), "--graph-mode", graph_mode, "--flag", flag,
-             *cases],
-            capture_output=True, text=True, timeout=300)
+             *cases], timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
         return {(mode, case): Path(prefix + ".meta") for case, prefix in json.loads(result.stdout.splitlines()[-1]).items()}
 

@@ -11,13 +11,13 @@ import tensorflow as tf
 
 import ckptfix
 from diagnostics.schema import validate_report
+import forked
 
 v1 = tf.compat.v1
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ckptfix", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
+    return forked.run([sys.executable, "-m", "ckptfix", *map(str, args)], timeout=300)
 
 
 def test_stale_then_fresh_through_the_cli(slim_model, tmp_path):

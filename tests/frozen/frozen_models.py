@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+
+import forked
 
 HERE = Path(__file__).resolve().parent
 TIMEOUT_SECONDS = 300
@@ -19,8 +20,7 @@ TIMEOUT_SECONDS = 300
 
 def _run(script: str, *args) -> dict:
     command = [sys.executable, str(HERE / script), *map(str, args)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_SECONDS,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    result = forked.run(command, timeout=TIMEOUT_SECONDS, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} exited with {result.returncode}:\n{result.stderr[-4000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])

@@ -3,7 +3,6 @@ features -> side_fc BN), repaired from an .npz keyed by input name through the r
 through the API; the errors for missing, extra and mismatched keys."""
 
 import json
-import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -17,6 +16,7 @@ from ckptfix.cli.app import app
 from ckptfix.errors import DataError, GraphError
 from diagnostics.schema import validate_report
 from fixtures.runner import bn_inputs, evaluate
+import forked
 
 INPUTS = ["images:0", "side:0"]
 
@@ -50,10 +50,10 @@ def assert_statistics_equal_numpy(layers, reference) -> None:
 
 def test_cli_repairs_both_inputs_from_an_npz_keyed_by_input(model, reference, tmp_path):
     out = tmp_path / "fixed"
-    result = subprocess.run(
+    result = forked.run(
         [sys.executable, "-m", "ckptfix", "recalibrate", model.prefix, str(model.calib), "-o", str(out),
          "--no-shuffle", "--batch-size", "32", "--no-progress", "--json"],
-        capture_output=True, text=True, timeout=300,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)

@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from ckptfix.errors import CheckpointError
 from ckptfix.io import locate_checkpoint
+import forked
 
 AUTHOR_PATH = "/home/author/experiments/1554202457run/"  # what the author's Saver wrote; nothing here
 
@@ -51,8 +52,7 @@ def _copy(folder: Path, destination: Path) -> Path:
 
 
 def _ckptfix(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ckptfix", *map(str, args)], capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "CKPTFIX_DEBUG": ""})
+    return forked.run([sys.executable, "-m", "ckptfix", *map(str, args)], timeout=600, env={**os.environ, "CKPTFIX_DEBUG": ""})
 
 
 def _stored_means(meta: Path, prefix: str) -> dict[str, np.ndarray]:

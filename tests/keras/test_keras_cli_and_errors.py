@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import ckptfix
+import forked
 import keras_models as km
 from ckptfix.errors import CkptfixError, OutputError
 from diagnostics.schema import validate_report
@@ -25,8 +26,7 @@ HERE = Path(__file__).parent
 
 def run_cli(*args) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.environ.get("PYTHONPATH", ""), str(HERE)])}
-    return subprocess.run([sys.executable, "-m", "ckptfix", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env=env)
+    return forked.run([sys.executable, "-m", "ckptfix", *map(str, args)], timeout=300, env=env)
 
 
 def _digest(path: Path) -> str:

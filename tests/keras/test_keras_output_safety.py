@@ -7,8 +7,6 @@ from __future__ import annotations
 import os
 import resource
 import shutil
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import numpy as np
 import pytest
 
 import ckptfix
+import forked
 import keras_models as km
 from ckptfix.errors import CheckpointError, OutputError
 from ckptfix.io.atomic import _exclusive_lock
@@ -23,24 +22,16 @@ from ckptfix.io.atomic import _exclusive_lock
 HERE = Path(__file__).parent
 
 
-def _limit_file_size(limit: int):
-    def apply() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, as on a full disk
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    return apply
-
-
 @pytest.mark.subprocess
 def test_disk_full_while_writing_a_tf2_checkpoint(keras_skipped, tmp_path):
     """RLIMIT_FSIZE of 2 KB on the CLI process: SaveV2 fails writing the output's shard (a TensorFlow op error)."""
     output = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.environ.get("PYTHONPATH", ""), str(HERE)])}
-    result = subprocess.run(
+    result = forked.run(
         [sys.executable, "-m", "ckptfix", "recalibrate", str(keras_skipped.files["tf-checkpoint"].parent),
          str(keras_skipped.calibration), "-o", str(output), "--model", "keras_models:flat_keras3",
          "--model-format", "tf-checkpoint", "--no-progress"],
-        capture_output=True, text=True, timeout=300, env=env, preexec_fn=_limit_file_size(2048),
+        timeout=300, env=env, limits={resource.RLIMIT_FSIZE: (2048, 2048)},
     )
     assert result.returncode == 1, result.stderr
     assert result.stderr.strip().splitlines() == [

@@ -19,6 +19,7 @@ import pytest
 import ckptfix
 from ckptfix.errors import CkptfixError, KeywordError, OptionError, RepairRefused
 from cli.test_errors import assert_clean_error, run_cli
+import forked
 
 pytestmark = pytest.mark.subprocess  # CLI runs and fresh interpreters (make test-fast leaves them out)
 
@@ -117,10 +118,10 @@ def test_side_outputs_written_with_the_repair_in_their_format_and_the_umask(work
     w = workspace
     before = _inputs(w)
     out, plot, report = w["root"] / "out", w["root"] / "drift.pdf", w["root"] / "r.json"
-    result = subprocess.run(
+    result = forked.run(
         [sys.executable, "-m", "ckptfix", "recalibrate", w["ckpt"], w["data"], "-o", out, "--plot", plot,
          "--report", report, "--no-progress"],
-        capture_output=True, text=True, timeout=300, preexec_fn=lambda: os.umask(0o022))
+        timeout=300, umask=0o022)
     assert result.returncode == 0, result.stderr
     assert plot.read_bytes().startswith(b"%PDF")  # the format the extension names, not a PNG
     assert f"wrote {plot}" in result.stderr and f"wrote {report}" in result.stderr

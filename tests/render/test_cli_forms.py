@@ -2,20 +2,19 @@
 (trained with a train op that never runs the BN update ops)."""
 
 import json
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+import forked
 from render.test_plot import distinct_colours, read_png
 
 pytestmark = pytest.mark.subprocess  # each test starts processes
 
 
 def ckptfix(*args, env=None, cwd=None):
-    return subprocess.run([sys.executable, "-m", "ckptfix", *map(str, args)], capture_output=True, text=True,
-                          timeout=600, env=env, cwd=cwd)
+    return forked.run([sys.executable, "-m", "ckptfix", *map(str, args)], timeout=600, env=env, cwd=cwd)
 
 
 def test_diagnose_draws_the_plot_writes_the_summary_and_names_the_cause(slim_model, tmp_path):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import filecmp
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 
 import ckptfix
 from ckptfix.errors import CkptfixError, GraphError, NoBatchNormError
+import forked
 
 
 def _data(exported):
@@ -146,8 +146,8 @@ def test_cli_writes_beside_the_input(keras3_export, tmp_path):
     folder = tmp_path / "cli"
     shutil.copytree(keras3_export.path, folder / "exported_model")
     shutil.copy(keras3_export.data, folder / "calibration.npy")
-    done = subprocess.run([sys.executable, "-m", "ckptfix", "recalibrate", "exported_model/", "calibration.npy",
-                           "--no-progress"], cwd=folder, capture_output=True, text=True, timeout=300,
+    done = forked.run([sys.executable, "-m", "ckptfix", "recalibrate", "exported_model/", "calibration.npy",
+                           "--no-progress"], cwd=folder, timeout=300,
                           env=dict(os.environ))
     assert done.returncode == 0, done.stderr
     fixed = folder / "exported_model-recalibrated"

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+
+import forked
 
 SCRIPT = Path(__file__).with_name("run_ckptfix.py")
 TIMEOUT_SECONDS = 240
@@ -26,10 +27,10 @@ def environment(**extra: str) -> dict:
 
 def run_api(checkpoint, data, report: Path, *, logical_cpus: int = 1, command: str = "recalibrate", **options) -> dict:
     """``ckptfix.<command>(checkpoint, np.load(data), **options)`` in a fresh process; its report as a dict."""
-    result = subprocess.run(
+    result = forked.run(
         [sys.executable, str(SCRIPT), "--logical-cpus", str(logical_cpus), "--command", command,
          "--options", json.dumps(options), "--report", str(report), str(checkpoint), str(data)],
-        capture_output=True, text=True, timeout=TIMEOUT_SECONDS, env=environment(),
+        timeout=TIMEOUT_SECONDS, env=environment(),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(report.read_text())

@@ -16,6 +16,7 @@ import pytest
 import ckptfix
 from ckptfix.stats import Checks
 from diagnostics.schema import validate_report
+import forked
 from scaling.helpers import ROOT, TIMEOUT_SECONDS, assert_same_statistics, environment, free_ports, tf_config
 
 pytestmark = pytest.mark.subprocess  # each test starts processes
@@ -39,13 +40,12 @@ def _no_worker_left():
             process.communicate()
 
 
-def _worker(ports, index, *args, stderr=subprocess.PIPE, user_logging=False, **env_extra):
+def _worker(ports, index, *args, user_logging=False, **env_extra):
     """A ``ckptfix`` worker; ``user_logging``: TensorFlow's log level left to ckptfix, as a user's shell does."""
     env = environment(TF_CONFIG=tf_config(ports, index), **env_extra)
     if user_logging:
         env.pop("TF_CPP_MIN_LOG_LEVEL")
-    process = subprocess.Popen([sys.executable, "-m", "ckptfix", *map(str, args)], env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=stderr)
+    process = forked.start([sys.executable, "-m", "ckptfix", *map(str, args)], env=env)
     _SPAWNED.append(process)
     return process
 
@@ -181,20 +181,18 @@ def test_a_killed_worker_stops_the_other_cleanly(slim_model, tmp_path, killed):
     data = tmp_path / "calib.npy"
     np.save(data, np.concatenate([np.load(model.calib)] * 10))  # 320 batches of 8: the run outlasts the kill
     ports = free_ports(2)
-    logs = [tmp_path / f"stderr{k}.txt" for k in range(2)]
     workers = [_worker(ports, k, "recalibrate", model.prefix, data, "-o", tmp_path / f"out{k}", "--batch-size", 8,
-                       "--no-progress", stderr=logs[k].open("w")) for k in range(2)]
+                       "--no-progress") for k in range(2)]
     # killed once both have joined the cluster: each says so in a notice before its pass
     deadline = time.monotonic() + TIMEOUT_SECONDS
     while time.monotonic() < deadline and workers[killed].poll() is None and \
-            not all(log.exists() and "of the TF_CONFIG cluster" in log.read_text() for log in logs):
+            not all("of the TF_CONFIG cluster" in worker.peek()[1] for worker in workers):
         time.sleep(0.1)
     assert workers[killed].poll() is None, "the worker ended before it could be killed"
     workers[killed].kill()
     killed_at = time.monotonic()
-    code, out, _ = _finish(workers[1 - killed], timeout=180)
+    code, out, err = _finish(workers[1 - killed], timeout=180)
     workers[killed].communicate()
-    err = logs[1 - killed].read_text()
 
     assert code == 1, err[-3000:]
     assert (f"error: worker {1 - killed} of 2: worker {killed} stopped answering (died, killed or cut off); "
