@@ -48,20 +48,21 @@ class Forked:
     """A command's process, like :class:`subprocess.Popen` with ``text=True`` and both outputs captured."""
 
     def __init__(self, args: list[str], pid: int, server: _Server | None, files: list[Path],
-                 popen: subprocess.Popen | None = None) -> None:
+                 popen: subprocess.Popen | None = None, request: int | None = None) -> None:
         self.args, self.pid, self._server, self._files, self._popen = args, pid, server, files, popen
+        self._request = request
         self.returncode: int | None = None
 
     def poll(self) -> int | None:
         if self.returncode is None:
-            self.returncode = self._popen.poll() if self._popen else self._server.code(self.pid)
+            self.returncode = self._popen.poll() if self._popen else self._server.code(self._request)
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
         if self._popen:
             self.returncode = self._popen.wait(timeout)
         else:
-            code = self._server.code(self.pid, timeout)
+            code = self._server.code(self._request, timeout)
             if code is None:
                 raise subprocess.TimeoutExpired(self.args, timeout)
             self.returncode = code
@@ -114,10 +115,10 @@ def start(command, *, env: dict | None = None, cwd=None, input: str | None = Non
                                      stderr=streams[2], preexec_fn=lambda: _limit(limits or {}, umask))
         return Forked(command, popen.pid, None, files, popen)
     server = _Server.for_env(env, cli=command[1:3] == ["-m", "ckptfix"])
-    pid = server.fork(dict(argv=command[1:], cwd=cwd, env=env, files=[str(path) for path in files],
-                           limits={str(k): v for k, v in (limits or {}).items()},
-                           umask=os.umask(os.umask(0)) if umask is None else umask))
-    return Forked(command, pid, server, files)
+    request, pid = server.fork(dict(argv=command[1:], cwd=cwd, env=env, files=[str(path) for path in files],
+                                    limits={str(k): v for k, v in (limits or {}).items()},
+                                    umask=os.umask(os.umask(0)) if umask is None else umask))
+    return Forked(command, pid, server, files, request=request)
 
 
 def run(command, *, env: dict | None = None, cwd=None, input: str | None = None, limits: dict | None = None,
@@ -154,13 +155,15 @@ class _Server:
     """The client's end of one server (one per set of import-time variables)."""
 
     _running: dict[tuple, _Server] = {}
+    _starting = threading.Lock()
 
     @classmethod
     def for_env(cls, env: dict, cli: bool) -> _Server:
         key = _import_key(env, cli)
-        if key not in cls._running or cls._running[key].process.poll() is not None:
-            cls._running[key] = cls({**env, **dict(key)})
-        return cls._running[key]
+        with cls._starting:
+            if key not in cls._running or cls._running[key].process.poll() is not None:
+                cls._running[key] = cls({**env, **dict(key)})
+            return cls._running[key]
 
     def __init__(self, env: dict) -> None:
         # the server's own stderr (TensorFlow's import-time lines) is kept out of the test run's output
@@ -168,7 +171,8 @@ class _Server:
         self.process = subprocess.Popen([sys.executable, __file__, "serve"], env=env, stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=self._log, text=True, bufsize=1)
         self._lock = threading.Condition()
-        self._forked: list[int] = []
+        self._requests = 0
+        self._pids: dict[int, int] = {}  # by request number (a pid is reused once its process is reaped)
         self._codes: dict[int, int] = {}
         threading.Thread(target=self._read, daemon=True).start()
         atexit.register(self.close)
@@ -178,31 +182,34 @@ class _Server:
             reply = json.loads(line)
             with self._lock:
                 if "code" in reply:
-                    self._codes[reply["pid"]] = reply["code"]
+                    self._codes[reply["id"]] = reply["code"]
                 else:
-                    self._forked.append(reply["pid"])
+                    self._pids[reply["id"]] = reply["pid"]
                 self._lock.notify_all()
         with self._lock:  # the server is gone: its children's codes will never come
             self._lock.notify_all()
 
-    def fork(self, request: dict) -> int:
+    def fork(self, request: dict) -> tuple[int, int]:
+        """The request's number and its process's pid, once forked."""
         with self._lock:
-            count = len(self._forked)
-            self.process.stdin.write(json.dumps(request) + "\n")
+            self._requests += 1
+            number = self._requests
+            self.process.stdin.write(json.dumps({**request, "id": number}) + "\n")
             self.process.stdin.flush()
-            if not self._lock.wait_for(lambda: len(self._forked) > count or self.process.poll() is not None, 300):
-                raise RuntimeError("the forked-CLI server did not answer within 300 s")
-            if len(self._forked) == count:
-                raise RuntimeError(f"the forked-CLI server exited ({self.process.returncode}): {self._tail()}")
-            return self._forked[count]
+            if not self._lock.wait_for(lambda: number in self._pids or self.process.poll() is not None, 300):
+                raise RuntimeError("the forked-process server did not answer within 300 s")
+            if number not in self._pids:
+                raise RuntimeError(f"the forked-process server exited ({self.process.returncode}): {self._tail()}")
+            return number, self._pids[number]
 
-    def code(self, pid: int, timeout: float | None = 0) -> int | None:
+    def code(self, number: int, timeout: float | None = 0) -> int | None:
+        """Request ``number``'s exit code (a negative signal number), None while it runs after ``timeout``."""
         with self._lock:
-            self._lock.wait_for(lambda: pid in self._codes or self.process.poll() is not None, timeout)
-            if pid not in self._codes and self.process.poll() is not None:
-                raise RuntimeError(f"the forked-CLI server exited ({self.process.returncode}) before process {pid}: "
-                                   f"{self._tail()}")
-            return self._codes.get(pid)
+            self._lock.wait_for(lambda: number in self._codes or self.process.poll() is not None, timeout)
+            if number not in self._codes and self.process.poll() is not None:
+                raise RuntimeError(f"the forked-process server exited ({self.process.returncode}) before request "
+                                   f"{number} ended: {self._tail()}")
+            return self._codes.get(number)
 
     def _tail(self) -> str:
         self._log.seek(0)
@@ -222,7 +229,7 @@ class _Server:
 
 def _serve() -> None:
     """Import what ``python -m ckptfix`` imports, then fork a child per request line (JSON) on stdin; reply on
-    stdout with ``{"pid"}`` when forked and ``{"pid", "code"}`` when it has exited.
+    stdout with ``{"id", "pid"}`` when forked and ``{"id", "code"}`` when it has exited (``id``: the request's).
 
     One thread only: a lock another thread held at a fork would stay locked in the child for ever.
     """
@@ -231,10 +238,14 @@ def _serve() -> None:
 
     import ckptfix.cli.app  # noqa: F401
 
+    # Ctrl-C raises KeyboardInterrupt, as in a process started from a terminal, even when the suite itself runs
+    # with SIGINT ignored (started in the background: nohup, &)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
     def reply(**message) -> None:
         os.write(1, (json.dumps(message) + "\n").encode())
 
-    pending, running, open_ = b"", 0, True
+    pending, running, open_ = b"", {}, True  # running: pid -> request number
     while open_ or running:
         ready, _, _ = select.select([0] if open_ else [], [], [], 0.01 if running else None)
         if ready:
@@ -243,19 +254,19 @@ def _serve() -> None:
             pending += chunk
         while b"\n" in pending:
             line, pending = pending.split(b"\n", 1)
+            request = json.loads(line)
             sys.stdout.flush()
             sys.stderr.flush()
             pid = os.fork()
             if pid == 0:
-                _child(json.loads(line))  # does not return
-            running += 1
-            reply(pid=pid)
+                _child(request)  # does not return
+            running[pid] = request["id"]
+            reply(id=request["id"], pid=pid)
         while running:
             pid, status = os.waitpid(-1, os.WNOHANG)
             if pid == 0:
                 break
-            running -= 1
-            reply(pid=pid, code=os.waitstatus_to_exitcode(status))
+            reply(id=running.pop(pid), code=os.waitstatus_to_exitcode(status))
 
 
 def _shadowed(entries: list[str]) -> set[str]:
