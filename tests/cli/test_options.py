@@ -90,6 +90,7 @@ def test_help_reads_like_pip_within_80_columns(command):
         assert "pip install 'ckptfix[plot]'" in text
 
 
+@pytest.mark.subprocess
 def test_version_and_top_level_help():
     from importlib.metadata import version
 
