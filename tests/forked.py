@@ -2,17 +2,20 @@
 a process of its own, forked from a warm interpreter.
 
 TensorFlow's import takes 5-7 s here, more than most commands the tests run. A server process (this file,
-``serve``) does what ``python -m ckptfix`` does before its command runs -- the CLI's environment defaults, then
-``import tensorflow`` and the CLI module -- once; each command is then a child forked from it, which sets its
-own working folder, environment, ``sys.argv``, ``sys.path`` (``PYTHONPATH``) and file descriptors 0-2, and runs
-the module, script or code as the interpreter would (``runpy`` / ``exec``): its own process, exit code, stdout
-and stderr, signals, limits and files, as a fresh interpreter's, ~0.1 s after the request.
+``serve``) imports TensorFlow and ckptfix's CLI module once, in the environment a command would have at that
+import (for ``-m ckptfix``, the CLI's defaults applied); each command is then a child forked from it, which sets
+its own working folder, environment, ``sys.argv``, ``sys.path`` (``PYTHONPATH``), limits, umask and file
+descriptors 0-2, and runs the module, script or code as the interpreter would (``runpy`` / ``exec``): its own
+process, exit code, stdout and stderr, signals and files, as a fresh interpreter's, ~0.1 s after the request.
+Requests are numbered (a pid is reused once its process is reaped); the server runs one thread (a lock another
+thread held at a fork would stay locked in the child).
 
 What a fork cannot reproduce runs in a fresh interpreter instead, automatically: ckptfix's ``-v`` (its
 TensorFlow logs start at import); an environment whose import-time variables (TensorFlow's log level, kernels,
 allocator, Keras flavour, visible devices) differ from a server's -- a server is kept per set of those; and a
-``PYTHONPATH`` that shadows a module the server imported (the child execs the interpreter in its place). Tests about a process's start itself (TensorFlow's import noise, the variables the CLI sets before
-it, a TF1-style process) use ``subprocess`` directly. ``CKPTFIX_TEST_FRESH=1`` runs every command in a fresh
+``PYTHONPATH`` that shadows a module the server imported (the child execs the interpreter in its place). Tests
+about a process's start itself (TensorFlow's import noise, the variables the CLI sets before it, a TF1-style
+process, the console script) use ``subprocess`` directly. ``CKPTFIX_TEST_FRESH=1`` runs every command in a fresh
 interpreter.
 """
 
@@ -133,11 +136,6 @@ def run(command, *, env: dict | None = None, cwd=None, input: str | None = None,
         process.communicate()
         raise
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
-
-
-def ckptfix(*args, **options) -> subprocess.CompletedProcess:
-    """``python -m ckptfix *args`` (:func:`run`'s options)."""
-    return run([sys.executable, "-m", "ckptfix", *args], **options)
 
 
 def _limit(limits: dict, umask: int | None) -> None:

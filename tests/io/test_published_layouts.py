@@ -52,7 +52,8 @@ def _copy(folder: Path, destination: Path) -> Path:
 
 
 def _ckptfix(*args) -> subprocess.CompletedProcess:
-    return forked.run([sys.executable, "-m", "ckptfix", *map(str, args)], timeout=600, env={**os.environ, "CKPTFIX_DEBUG": ""})
+    return forked.run([sys.executable, "-m", "ckptfix", *map(str, args)], timeout=600,
+                      env={**os.environ, "CKPTFIX_DEBUG": ""})
 
 
 def _stored_means(meta: Path, prefix: str) -> dict[str, np.ndarray]:
