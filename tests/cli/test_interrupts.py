@@ -51,10 +51,11 @@ class Cli:
 
     def __init__(self, *args, limits: dict | None = None):
         self.process = forked.start([sys.executable, "-m", "ckptfix", *args], limits=limits)
+        self._stderr: str | None = None  # once finished
 
     @property
     def stderr(self) -> str:
-        return self.process.peek()[1]
+        return self.process.peek()[1] if self._stderr is None else self._stderr
 
     def wait_for(self, condition, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
@@ -67,7 +68,8 @@ class Cli:
             time.sleep(0.005)
 
     def finish(self, timeout: float = 180) -> int:
-        return self.process.wait(timeout)
+        _, self._stderr = self.process.communicate(timeout)
+        return self.process.returncode
 
 
 def _digest(folder: Path) -> dict:

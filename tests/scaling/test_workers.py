@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "keras"))
 BATCH_SIZE, BATCHES = 24, 11  # 256 samples: 11 batches, 6 for worker 0 (batches 0, 2, ..., 10) and 5 for worker 1
 
 
-_SPAWNED: list[subprocess.Popen] = []
+_SPAWNED: list[forked.Forked] = []
 
 
 @pytest.fixture(autouse=True)
