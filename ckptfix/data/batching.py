@@ -286,3 +286,123 @@ def assigned_batches(chunks: Iterable[Chunk]) -> Iterator[Batch]:
     if pending:
         whole = _concat(pending)
         yield _finite(Batch(whole.values, list(whole.names), current))
+
+
+def join_samples(batches: Sequence):
+    """Forward batches (arrays, or dicts of arrays) joined along the samples."""
+    if isinstance(batches[0], dict):
+        return {name: np.concatenate([batch[name] for batch in batches]) for name in batches[0]}
+    return np.concatenate(batches)
+
+
+def take_samples(batch, rows: np.ndarray):
+    """The samples ``rows`` of a forward batch (an array, or a dict of arrays)."""
+    return {name: values[rows] for name, values in batch.items()} if isinstance(batch, dict) else batch[rows]
+
+
+class Reservoir:
+    """Up to ``size`` whole forward batches drawn uniformly from a stream of unknown length (reservoir sampling,
+    Vitter's algorithm R over batches, seeded), so that samples kept for the agreement check represent the whole
+    stream -- every class of a stream ordered by class -- not its beginning."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.batches: list = []
+        self._seen = 0
+        self._rng = np.random.default_rng(seed)
+
+    def offer(self, batch) -> None:
+        if self.size <= 0:
+            return
+        self._seen += 1
+        if len(self.batches) < self.size:
+            self.batches.append(batch)
+            return
+        slot = int(self._rng.integers(0, self._seen))
+        if slot < self.size:
+            self.batches[slot] = batch
+
+    def mixed(self, batch_size: int, exact: bool, seed: int) -> list:
+        """The kept samples shuffled together and cut into new batches: of exactly ``batch_size`` samples when
+        ``exact`` (a graph input with a fixed batch dimension; the remainder dropped, unless that leaves none),
+        else into ``round(n / batch_size)`` batches of near-equal size (at least one)."""
+        if not self.batches:
+            return []
+        samples = join_samples(self.batches)
+        count = samples_in(samples)
+        order = np.random.default_rng(seed).permutation(count)
+        if exact:
+            whole = max(count // batch_size, 1) * batch_size if count >= batch_size else count
+            return [take_samples(samples, order[start:start + batch_size]) for start in range(0, whole, batch_size)]
+        parts = max(1, round(count / batch_size))
+        return [take_samples(samples, rows) for rows in np.array_split(order, parts)]
+
+
+#: samples vary across the data by less than this fraction of their own contrast: near-identical
+NEAR_IDENTICAL = 0.01
+
+
+class Variety:
+    """How much the samples differ from each other, against how much one sample varies within itself.
+
+    Over the first input's values, per feature (position and channel) ``f``, the mean ``m_f`` and variance
+    ``v_f`` across samples are pooled in float64 (Chan's merge, batch by batch). ``spread = mean_f v_f`` is how
+    much samples differ; ``contrast = var_f m_f`` how much the typical sample varies across its own features;
+    ``within`` the mean over samples of each sample's variance across its features.
+    The samples are *identical* when each equals the first bit for bit, *flat* when ``within <
+    NEAR_IDENTICAL * (within + spread)`` (blank or constant images; samples of fewer than 2 values are never
+    flat), and *near-identical* when ``spread < NEAR_IDENTICAL *
+    (spread + contrast)`` (one image with faint noise added: statistics of one input again).
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._mean = self._m2 = None
+        self._within = 0.0  # sum over samples of each one's variance across its features
+        self._first = None  # the first sample (every input), until one differs from it
+        self.varied = False
+
+    def see(self, batch) -> None:
+        arrays = [np.asarray(v) for v in (batch.values() if isinstance(batch, dict) else [batch])]
+        if not self.varied:
+            self._first = self._first or [a[:1].copy() for a in arrays]
+            self.varied = any(not np.array_equal(a, np.broadcast_to(f, a.shape)) for a, f in zip(arrays, self._first))
+        x = np.asarray(arrays[0], np.float64).reshape(len(arrays[0]), -1)
+        n, mean = len(x), x.mean(axis=0)
+        m2 = ((x - mean) ** 2).sum(axis=0)
+        self._within += float(x.var(axis=1).sum())
+        self._features = x.shape[1]
+        if self._mean is None:
+            self.count, self._mean, self._m2 = n, mean, m2
+            return
+        total = self.count + n
+        delta = mean - self._mean
+        self._mean = self._mean + delta * (n / total)
+        self._m2 = self._m2 + m2 + delta**2 * (self.count * n / total)
+        self.count = total
+
+    @property
+    def spread(self) -> float:
+        return 0.0 if self._mean is None else float(np.mean(self._m2) / self.count)
+
+    @property
+    def contrast(self) -> float:
+        return 0.0 if self._mean is None else float(np.var(self._mean))
+
+    @property
+    def within(self) -> float:
+        return self._within / max(self.count, 1)
+
+    @property
+    def flat(self) -> bool:
+        return (self._mean is not None and self._features > 1
+                and self.within < NEAR_IDENTICAL * (self.within + self.spread))
+
+    @property
+    def identical(self) -> bool:
+        """Every sample equal to the first, bit for bit (one sample included)."""
+        return not self.varied
+
+    @property
+    def near_identical(self) -> bool:
+        return not self.identical and self.spread < NEAR_IDENTICAL * (self.spread + self.contrast)

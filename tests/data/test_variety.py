@@ -1,0 +1,67 @@
+"""How varied the calibration samples are (identical, near-identical, flat), and the agreement check's samples
+drawn from the whole stream (reservoir) and mixed into new batches."""
+
+import numpy as np
+import pytest
+
+from ckptfix.data.batching import Reservoir, Variety
+
+
+def _seen(samples, batch=16) -> Variety:
+    variety = Variety()
+    for start in range(0, len(samples), batch):
+        variety.see(samples[start:start + batch])
+    return variety
+
+
+def test_pooled_spread_equals_numpy_on_the_concatenated_samples():
+    samples = np.random.default_rng(0).normal(size=(100, 4, 4, 3)) * np.arange(1, 49).reshape(4, 4, 3)
+    variety = _seen(samples, batch=7)
+    flat = samples.reshape(100, -1)
+    assert variety.spread == pytest.approx(np.mean(np.var(flat, axis=0)))
+    assert variety.contrast == pytest.approx(np.var(np.mean(flat, axis=0)))
+    assert variety.within == pytest.approx(np.mean(np.var(flat, axis=1)))
+
+
+def test_varied_images_are_neither_identical_near_identical_nor_flat():
+    images = np.random.default_rng(1).uniform(size=(64, 8, 8, 3))
+    variety = _seen(images)
+    assert not (variety.identical or variety.near_identical or variety.flat)
+
+
+def test_one_image_with_faint_noise_is_near_identical():
+    rng = np.random.default_rng(2)
+    image = rng.uniform(size=(8, 8, 3))
+    copies = image + rng.normal(scale=1e-3, size=(256, 8, 8, 3))
+    variety = _seen(copies)
+    assert variety.near_identical and not variety.identical
+
+
+def test_identical_and_flat_samples():
+    assert _seen(np.zeros((32, 4, 4, 1))).identical
+    levels = np.random.default_rng(3).uniform(size=(32, 1, 1, 1)) * np.ones((32, 4, 4, 3))
+    variety = _seen(levels)
+    assert variety.flat and not variety.identical and not variety.near_identical
+    assert not _seen(np.random.default_rng(4).normal(size=(32, 1))).flat  # one value per sample is never flat
+
+
+def test_reservoir_keeps_batches_from_the_whole_stream():
+    """A stream ordered by class: the kept batches hold every class, not only the first."""
+    reservoir = Reservoir(8, seed=0)
+    for k in range(64):
+        reservoir.offer(np.full((4, 2), k // 16))  # 4 classes, 16 batches each, in order
+    kept = {int(batch[0, 0]) for batch in reservoir.batches}
+    assert len(reservoir.batches) == 8 and kept == {0, 1, 2, 3}
+
+
+def test_mixed_batches_shuffle_the_kept_samples():
+    reservoir = Reservoir(4, seed=0)
+    for k in range(4):
+        reservoir.offer({"x": np.full((8, 1), k, np.float32)})
+    mixed = reservoir.mixed(16, exact=False, seed=1)
+    assert [len(batch["x"]) for batch in mixed] == [16, 16]
+    assert all(len(np.unique(batch["x"])) > 1 for batch in mixed)
+    exact = reservoir.mixed(12, exact=True, seed=1)
+    assert [len(batch["x"]) for batch in exact] == [12, 12]  # the remainder (8) dropped for a fixed batch size
+    assert sorted(np.concatenate([b["x"] for b in reservoir.mixed(32, exact=False, seed=2)]).ravel()) == \
+        sorted(np.repeat(np.arange(4.0), 8))
