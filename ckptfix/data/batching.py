@@ -345,20 +345,22 @@ NEAR_IDENTICAL = 0.01
 class Variety:
     """How much the samples differ from each other, against how much one sample varies within itself.
 
-    Over the first input's values, per feature (position and channel) ``f``, the mean ``m_f`` and variance
-    ``v_f`` across samples are pooled in float64 (Chan's merge, batch by batch). ``spread = mean_f v_f`` is how
-    much samples differ; ``contrast = var_f m_f`` how much the typical sample varies across its own features;
-    ``within`` the mean over samples of each sample's variance across its features.
-    The samples are *identical* when each equals the first bit for bit, *flat* when ``within <
-    NEAR_IDENTICAL * (within + spread)`` (blank or constant images; samples of fewer than 2 values are never
-    flat), and *near-identical* when ``spread < NEAR_IDENTICAL *
-    (spread + contrast)`` (one image with faint noise added: statistics of one input again).
+    The first input's samples are read as ``(positions, channels)`` (the last axis the channels, a sample of
+    rank 1 one position). Per value ``(p, c)`` the mean ``m_pc`` and variance ``v_pc`` across samples are pooled in
+    float64 (Chan's merge, batch by batch). ``spread = mean_pc v_pc`` is how much samples differ; ``contrast =
+    mean_c var_p m_pc`` how much the typical sample varies across its positions, channel by channel (so that
+    channels of different offsets or scales, or tabular features, are not taken for image structure);
+    ``within`` the same for each sample, averaged over the samples. The samples are *identical* when each equals
+    the first bit for bit; with two positions or more, *near-identical* when ``spread < NEAR_IDENTICAL *
+    (spread + contrast)`` (one image with faint noise added: statistics of one input again) and *flat* when
+    ``within < NEAR_IDENTICAL * (within + spread)`` (blank or constant images). Samples of one position
+    (feature vectors) are never near-identical or flat: their values' offsets say nothing of their variety.
     """
 
     def __init__(self) -> None:
         self.count = 0
         self._mean = self._m2 = None
-        self._within = 0.0  # sum over samples of each one's variance across its features
+        self._within = 0.0  # sum over samples of each one's variance across positions, averaged over channels
         self._first = None  # the first sample (every input), until one differs from it
         self.varied = False
 
@@ -367,11 +369,12 @@ class Variety:
         if not self.varied:
             self._first = self._first or [a[:1].copy() for a in arrays]
             self.varied = any(not np.array_equal(a, np.broadcast_to(f, a.shape)) for a, f in zip(arrays, self._first))
-        x = np.asarray(arrays[0], np.float64).reshape(len(arrays[0]), -1)
+        values = arrays[0]
+        channels = values.shape[-1] if values.ndim > 2 else (values.shape[1] if values.ndim == 2 else 1)
+        x = np.asarray(values, np.float64).reshape(len(values), -1, channels)
         n, mean = len(x), x.mean(axis=0)
         m2 = ((x - mean) ** 2).sum(axis=0)
-        self._within += float(x.var(axis=1).sum())
-        self._features = x.shape[1]
+        self._within += float(x.var(axis=1).mean(axis=-1).sum())
         if self._mean is None:
             self.count, self._mean, self._m2 = n, mean, m2
             return
@@ -382,21 +385,20 @@ class Variety:
         self.count = total
 
     @property
+    def _positions(self) -> int:
+        return 0 if self._mean is None else self._mean.shape[0]
+
+    @property
     def spread(self) -> float:
         return 0.0 if self._mean is None else float(np.mean(self._m2) / self.count)
 
     @property
     def contrast(self) -> float:
-        return 0.0 if self._mean is None else float(np.var(self._mean))
+        return 0.0 if self._mean is None else float(np.mean(np.var(self._mean, axis=0)))
 
     @property
     def within(self) -> float:
         return self._within / max(self.count, 1)
-
-    @property
-    def flat(self) -> bool:
-        return (self._mean is not None and self._features > 1
-                and self.within < NEAR_IDENTICAL * (self.within + self.spread))
 
     @property
     def identical(self) -> bool:
@@ -405,4 +407,9 @@ class Variety:
 
     @property
     def near_identical(self) -> bool:
-        return not self.identical and self.spread < NEAR_IDENTICAL * (self.spread + self.contrast)
+        return (self._positions > 1 and not self.identical
+                and self.spread < NEAR_IDENTICAL * (self.spread + self.contrast))
+
+    @property
+    def flat(self) -> bool:
+        return self._positions > 1 and self.within < NEAR_IDENTICAL * (self.within + self.spread)

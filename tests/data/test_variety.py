@@ -17,10 +17,19 @@ def _seen(samples, batch=16) -> Variety:
 def test_pooled_spread_equals_numpy_on_the_concatenated_samples():
     samples = np.random.default_rng(0).normal(size=(100, 4, 4, 3)) * np.arange(1, 49).reshape(4, 4, 3)
     variety = _seen(samples, batch=7)
-    flat = samples.reshape(100, -1)
-    assert variety.spread == pytest.approx(np.mean(np.var(flat, axis=0)))
-    assert variety.contrast == pytest.approx(np.var(np.mean(flat, axis=0)))
-    assert variety.within == pytest.approx(np.mean(np.var(flat, axis=1)))
+    per_channel = samples.reshape(100, 16, 3)
+    assert variety.spread == pytest.approx(np.mean(np.var(per_channel, axis=0)))
+    assert variety.contrast == pytest.approx(np.mean(np.var(np.mean(per_channel, axis=0), axis=0)))
+    assert variety.within == pytest.approx(np.mean(np.var(per_channel, axis=1)))
+
+
+def test_channels_of_different_offsets_and_feature_vectors_are_not_near_identical():
+    """Large per-channel offsets (activations around 1000 and 1) or tabular features are not image structure."""
+    rng = np.random.default_rng(5)
+    offsets = _seen(rng.normal(size=(64, 6, 6, 2)) * [0.5, 2.0] + [1000.0, 1.0])
+    assert not (offsets.near_identical or offsets.flat)
+    tabular = _seen(rng.normal(size=(64, 3)) * [1, 2, 3] + [400, -1, 0])
+    assert not (tabular.near_identical or tabular.flat)
 
 
 def test_varied_images_are_neither_identical_near_identical_nor_flat():
