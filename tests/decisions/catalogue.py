@@ -107,7 +107,7 @@ class Catalogue:
             held_out = self.held_out(domain)
             if mode == "oracle":
                 data = domain.sample(ORACLE_SAMPLES, ORACLE_SEED)[0]
-                checkpoint = self._forced_repair(subject, data, {"batch_size": 32}, f"oracle-{subject.name}")
+                checkpoint = self._forced_repair(subject, data, {"batch_size": 32}, f"oracle-{subject.name}-{domain.name}")
                 self._accuracy[key] = subject.accuracy(checkpoint, held_out, "inference")
             else:
                 self._accuracy[key] = subject.accuracy(subject.checkpoint, held_out, mode)
