@@ -124,7 +124,7 @@ CASES: tuple[Case, ...] = (
          draw(256)),
     Case("keras-partial-256", "keras-partial", "only the first BN layer stale (0/1), the others healthy", draw(256)),
     Case("keras-healthy-256", "keras-healthy", "healthy, in-domain data", draw(256)),
-    Case("keras-healthy-benign-shift", "keras-healthy", "healthy, data with 10 % more contrast and brighter",
+    Case("keras-healthy-benign-shift", "keras-healthy", "healthy, data with 3 % more contrast, +0.1 brightness",
          draw(256), domain=KERAS_B_BENIGN),
     Case("keras-healthy-harsh-shift", "keras-healthy", "healthy on B, data rescaled x0.3 and moved by -2",
          draw(256), domain=KERAS_B_HARSH),

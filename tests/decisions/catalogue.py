@@ -26,12 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ckptfix.errors import CkptfixError
 from decisions import subjects
 from decisions.cases import CASES, Case, cli_flags
-from decisions.subjects import HeldOut, Subject
+from decisions.subjects import ORACLE_SEED, HeldOut, Subject
 from decisions.truth import GATES, ORACLE_SAMPLES, VERDICTS, Truth, label
-from decisions.subjects import ORACLE_SEED
 
+#: options that state what the user wants rather than how to measure (not given to the forced measurement run)
+INTENT_OPTIONS = ("adapt",)
 #: what diagnose should answer for each verdict truth
 EXPECTED_VERDICTS = {"needs-repair": ("stale",), "healthy": ("fresh", "differs"), "no-verdict": ("inconclusive",)}
 TOOL_VERDICTS = ("stale", "fresh", "differs", "inconclusive", "error")
@@ -107,31 +109,35 @@ class Catalogue:
             held_out = self.held_out(domain)
             if mode == "oracle":
                 data = domain.sample(ORACLE_SAMPLES, ORACLE_SEED)[0]
-                checkpoint = self._forced_repair(subject, data, {"batch_size": 32}, f"oracle-{subject.name}-{domain.name}")
-                self._accuracy[key] = subject.accuracy(checkpoint, held_out, "inference")
+                report = self._forced_repair(subject, data, {"batch_size": 32}, f"oracle-{subject.name}-{domain.name}")
+                self._accuracy[key] = subject.accuracy(report.output_checkpoint, held_out, "inference")
             else:
                 self._accuracy[key] = subject.accuracy(subject.checkpoint, held_out, mode)
         return self._accuracy[key]
 
-    def _forced_repair(self, subject: Subject, data, options: dict, name: str) -> str:
-        """The statistics ckptfix computes from ``data``, written with force=True: a measurement, not a test."""
+    def _forced_repair(self, subject: Subject, data, options: dict, name: str):
+        """The statistics ckptfix computes from ``data``, written with force=True: a measurement, not a test.
+        Returns the report (``output_checkpoint``: what was written)."""
         import ckptfix
 
-        report = ckptfix.recalibrate(subject.checkpoint, data, output=self._output(subject, name), force=True,
-                                     **subject.options, **options)
-        return report.output_checkpoint
+        return ckptfix.recalibrate(subject.checkpoint, data, output=self._output(subject, name), force=True,
+                                   **subject.options, **options)
 
     def truth(self, case: Case, data) -> Truth:
         subject = self.subject(case.subject)
         domain = case.domain or subject.domain
+        # force writes whatever the gate says: intent options (adapt) are left out, for tools without them too
+        options = {name: value for name, value in case.options.items() if name not in INTENT_OPTIONS}
+        used = ""
         try:
-            repaired = self._forced_repair(subject, data, case.options, f"repair-{case.name}")
-            acc_repair = subject.accuracy(repaired, self.held_out(domain), "inference")
-        except Exception:  # noqa: BLE001 -- the data cannot give statistics at all: no repair to measure
-            acc_repair = math.nan
+            report = self._forced_repair(subject, data, options, f"repair-{case.name}")
+            acc_repair = subject.accuracy(report.output_checkpoint, self.held_out(domain), "inference")
+            used = f"{report.num_samples} ({report.stop_reason})"
+        except CkptfixError as error:  # the data cannot give statistics at all: no repair to measure
+            acc_repair, used = math.nan, f"none: {error}"
         return label(self.accuracy(subject, domain, "inference"), acc_repair, self.accuracy(subject, domain, "oracle"),
                      self.accuracy(subject, domain, "training"), degenerate=case.degenerate,
-                     frozen_trained=subject.frozen_trained, adapt=case.adapt)
+                     frozen_trained=subject.frozen_trained, adapt=case.adapt, used=used)
 
     # --- the tool --------------------------------------------------------------------------------------
 
@@ -245,11 +251,11 @@ def table(results: list[Result]) -> str:
     def pct(value: float) -> str:
         return "n/a" if math.isnan(value) else f"{value:.1%}"
 
-    lines = ["| case | what | stored | repair | oracle | training | truth | diagnose | gate truth | recalibrate |",
-             "|---" * 10 + "|"]
+    lines = ["| case | what | stored | repair (samples used) | oracle | training | truth | diagnose | gate truth "
+             "| recalibrate |", "|---" * 10 + "|"]
     for r in results:
         t = r.truth
-        lines.append(f"| {r.case.name} | {r.case.what} | {pct(t.acc_stored)} | {pct(t.acc_repair)} | "
+        lines.append(f"| {r.case.name} | {r.case.what} | {pct(t.acc_stored)} | {pct(t.acc_repair)} ({t.used.split(':')[0]}) | "
                      f"{pct(t.acc_oracle)} | {pct(t.acc_training)} | {t.verdict} | "
                      f"{r.verdict}{'' if r.verdict_ok else ' ✗'} | {t.gate} | {r.gate}{'' if r.gate_ok else ' ✗'} |")
     return "\n".join(lines)

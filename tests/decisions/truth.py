@@ -60,10 +60,12 @@ class Truth:
     verdict: str
     gate: str
     why: str
+    #: the samples the measured repair used, and why its pass ended (``num_samples (stop_reason)``)
+    used: str = ""
 
     def figures(self) -> str:
-        return (f"stored {self.acc_stored:.1%}, repair {_pct(self.acc_repair)}, oracle {self.acc_oracle:.1%}, "
-                f"training {self.acc_training:.1%}")
+        return (f"stored {self.acc_stored:.1%}, repair {_pct(self.acc_repair)} (samples used: {self.used}), "
+                f"oracle {self.acc_oracle:.1%}, training {self.acc_training:.1%}")
 
 
 def _pct(value: float) -> str:
@@ -71,11 +73,11 @@ def _pct(value: float) -> str:
 
 
 def label(acc_stored: float, acc_repair: float, acc_oracle: float, acc_training: float, *,
-          degenerate: str = "", frozen_trained: bool = False, adapt: bool = False) -> Truth:
+          degenerate: str = "", frozen_trained: bool = False, adapt: bool = False, used: str = "") -> Truth:
     """The truth labels from the accuracies and the case's policy facts (see the module docstring)."""
     figures = (acc_stored, acc_repair, acc_oracle, acc_training)
     if degenerate:
-        return Truth(*figures, "no-verdict", "refuse", f"degenerate data ({degenerate}): policy")
+        return Truth(*figures, "no-verdict", "refuse", f"degenerate data ({degenerate}): policy", used)
     verdict = "needs-repair" if better(acc_oracle, acc_stored) else "healthy"
     reasons = [f"oracle {'beats' if verdict == 'needs-repair' else 'does not beat'} stored"]
     refuse = []
@@ -89,4 +91,4 @@ def label(acc_stored: float, acc_repair: float, acc_oracle: float, acc_training:
         if better(acc_oracle, acc_repair):
             refuse.append("repair far worse than the oracle's")
     gate = "refuse" if refuse else "write"
-    return Truth(*figures, verdict, gate, "; ".join(reasons + refuse))
+    return Truth(*figures, verdict, gate, "; ".join(reasons + refuse), used)
