@@ -135,6 +135,8 @@ CASES: tuple[Case, ...] = (
     Case("slim-seed-256", "slim-seed", "slim, stale at 0/1, 256 samples", draw(256)),
     Case("slim-earlier-256", "slim-pretrained", "slim, stale from the pretraining domain (not 0/1)", draw(256),
          cli=True),
+    Case("slim-healthy-256", "slim-healthy", "slim, healthy (slim-seed with statistics of 2,560 samples)",
+         draw(256, 1)),
     Case("demo-512", "demo", "the demo's TF1 graph, stale at 0/1, 512 samples", draw(512)),
     # how much data
     Case("keras-stale01-1-sample", K0, "one sample", draw(1), degenerate="one sample", cli=True),
@@ -164,6 +166,8 @@ CASES: tuple[Case, ...] = (
          options={"until_stable": 0.1}),
     Case("keras-healthy-ordered-until-stable", "keras-healthy", "healthy, ordered Python dataset, until_stable=0.1",
          ordered_batches(1024), options={"until_stable": 0.1}),
+    Case("slim-healthy-class-folders", "slim-healthy", "slim, healthy, a folder per class, --no-shuffle",
+         class_folders(256), options={"shuffle": False}, cli=True),
     Case("slim-seed-class-folders", "slim-seed", "a folder per class, --no-shuffle (256 PNGs)", class_folders(256),
          options={"shuffle": False}, cli=True),
     Case("slim-seed-sorted-tfrecord", "slim-seed", "a TFRecord of 4096 images sorted by class", sorted_tfrecord(4096)),

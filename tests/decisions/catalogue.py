@@ -16,6 +16,7 @@ tables of docs/decisions.md).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import shutil
@@ -91,6 +92,11 @@ class Catalogue:
                 self._subjects[name] = subjects.slim_subject(name, self._slim("seed"))
             elif name == "slim-pretrained":
                 self._subjects[name] = subjects.slim_subject(name, self._slim("nonfused_pretrained"))
+            elif name == "slim-healthy":  # slim-seed repaired from 2,560 other samples: statistics of its domain
+                seed = self.subject("slim-seed")
+                data = seed.domain.sample(ORACLE_SAMPLES, ORACLE_SEED + 1)[0]
+                report = self._forced_repair(seed, data, {"batch_size": 32}, name)
+                self._subjects[name] = dataclasses.replace(seed, name=name, checkpoint=report.output_checkpoint)
             elif name == "demo":
                 self._subjects[name] = subjects.demo_subject(self.root / "demo")
             else:

@@ -16,7 +16,8 @@ earlier one. Their moving statistics are stale in the ways users meet:
     keras-dense512   a conv stem and a 512-unit Dense + BN layer, trained on B without the updates (0 / 1)
 
 The slim fixtures (``tests/fixtures/slim_models.py``, trained in processes of their own: ``seed`` stale at 0 / 1,
-``nonfused_pretrained`` stale from a pretraining domain) and the embedded demo (``ckptfix/demo.py``, TF1 graph,
+``nonfused_pretrained`` stale from a pretraining domain; ``slim-healthy``, ``seed`` repaired from 2,560 samples of
+its domain, is built by the catalogue) and the embedded demo (``ckptfix/demo.py``, TF1 graph,
 0 / 1) are scored by their own eval scripts on the pixel task they were trained on.
 """
 
