@@ -40,7 +40,7 @@ from ckptfix.report import (DeviceReport, DiagnosisReport, InspectedLayer, Inspe
 from ckptfix.scaling import Cluster, DevicePool, join_cluster, resolve_devices
 from ckptfix.sources import open_source
 from ckptfix.sources.base import Layer, Session, Source
-from ckptfix.stats import Checks, Estimator, PooledMoments, UntilStable
+from ckptfix.stats import Checks, Estimator, PooledMoments, UntilStable, one_batch_standard_errors
 
 
 class Notices:
@@ -94,13 +94,16 @@ def _progress_bar(enabled: bool, total: int | None):
     return tqdm(total=total, disable=not enabled, unit="sample", desc="calibrating", file=sys.stderr, leave=False)
 
 
-def _layer_report(layer: Layer, pooled: PooledMoments, estimator: Estimator) -> LayerReport:
-    """The layer's new statistics in its own variance convention, next to the stored ones."""
+def _layer_report(layer: Layer, pooled: PooledMoments, estimator: Estimator, samples: int) -> LayerReport:
+    """The layer's new statistics in its own variance convention, next to the stored ones, with their standard
+    errors (from one batch of ``samples`` samples: :func:`ckptfix.stats.one_batch_standard_errors`)."""
     mean, variance = pooled.mean_and_variance(estimator, bessel=layer.bessel)
     if not (np.isfinite(mean).all() and np.isfinite(variance).all()):  # never write non-finite statistics
         raise DataError(f"BN layer {layer.name}: the pooled statistics are not finite (overflow?): nothing was written.")
     epsilon = DEFAULT_EPSILON if layer.epsilon is None else layer.epsilon
     mean_errors, variance_errors = pooled.standard_errors(epsilon)
+    if pooled.num_batches == 1:
+        mean_errors, variance_errors = one_batch_standard_errors(pooled.m2 / max(pooled.count, 1), epsilon, samples)
     return LayerReport(
         name=layer.name,
         kind=layer.kind,
@@ -305,9 +308,10 @@ def _evidence(layers: Sequence[Layer], reports: Sequence[LayerReport], agreement
               frozen: Sequence[str], adapt: bool) -> list[str]:
     """:func:`ckptfix.diagnostics.evidence.staleness_evidence`: the history of the layers that drift beyond the
     noise of the data (initial values, ``--against``'s, a cause in the graph: none drift, none needed), and what
-    a repair would change at the outputs. None for layers frozen while training (their stored statistics are
-    what the weights were trained against), unless ``adapt``."""
-    if frozen and not adapt:
+    a repair would change at the outputs. None when the layers were frozen while training (their stored
+    statistics are what the weights were trained against; ``adapt`` asks to recompute them, not to call them
+    stale)."""
+    if frozen:
         return []
     drifted = {report.name for report in reports if report.drift.stale and not report.within_noise}
     chosen = [layer for layer in layers if layer.name in drifted]
@@ -364,7 +368,7 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
         num_samples = sum(device.samples for device in devices)
         if num_samples == 0:
             raise CkptfixError("the calibration data yielded no samples: pass a folder or array with at least one sample.")
-        reports = [_layer_report(layer, pooled[layer.name], options.estimator) for layer in layers]
+        reports = [_layer_report(layer, pooled[layer.name], options.estimator, num_samples) for layer in layers]
         mismatch = preprocessing_mismatch(source.layers[0], reports)
         if mismatch:
             notice(mismatch)
@@ -375,8 +379,8 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
             else:
                 agreement = _agreement(session, stream, reports, size, options.seed)
         num_batches = sum(device.batches for device in devices)
-        gate = repair_gate.check(reports, num_samples=num_samples, num_batches=num_batches, batch_size=size,
-                                 variety=stream.variety, agreement=agreement, frozen=frozen, adapt=options.adapt)
+        gate = repair_gate.check(reports, num_samples=num_samples, batch_size=size, variety=stream.variety,
+                                 agreement=agreement, frozen=frozen, adapt=options.adapt)
         for warning in gate.warnings:
             notice(warning)
         stopped = _stop_reason(options, stream, num_samples)
@@ -433,9 +437,9 @@ def _until_stable(options: Options, layers: Sequence[Layer], batches, notice) ->
     whatever its standard errors say, so such data is read to its end)."""
     if options.until_stable is None:
         return None
-    if not batches.random_order and batches.num_samples is not None:
-        notice(f"--until-stable reads all {batches.num_samples} samples: {batches.source} is not read in a random "
-               "order (a first part of it need not represent the rest)")
+    if not batches.random_order and (batches.finite or options.num_samples is not None):
+        notice(f"--until-stable reads all the data: {batches.source} is not read in a random order (a first part "
+               "of it need not represent the rest)")
         return None
     if not batches.random_order:
         notice(f"--until-stable on {batches.source}, read in the order given: its first part is taken to represent "

@@ -281,8 +281,8 @@ class RecalibrationReport(_Measured):
 class DiagnosisReport(_Measured):
     """What :func:`ckptfix.diagnose` measured: per-layer drift, output agreement, and the verdict.
 
-    ``verdict``: ``inconclusive`` when the data cannot support a verdict (the repair gate's blockers: one batch,
-    identical, near-identical or flat samples, batch size 1, collapsed channels); ``stale`` when ``evidence``
+    ``verdict``: ``inconclusive`` when the data cannot support a verdict (the repair gate's blockers: identical,
+    near-identical or flat samples, batch size 1, collapsed channels); ``stale`` when ``evidence``
     shows a training bug or a broken inference mode (:mod:`ckptfix.diagnostics.evidence`: drifted layers with
     initial 0/1 statistics or ``--against``'s, a cause in the training graph, or a repair that would change
     much of what the model decides on this data, toward training mode); ``differs`` when layers drift past the

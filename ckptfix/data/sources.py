@@ -135,6 +135,7 @@ class CalibrationBatches:
     ``merged_last`` is the layout's. ``random_order``: the samples come in a uniformly random order (files and
     arrays shuffled, TFRecords whose records all fit the shuffle buffer), so any first part of the stream is a
     random sample of the data; False for the caller's own order (datasets, iterables, ``shuffle=False``).
+    ``finite``: the data is known to end (files, arrays, sized iterables, datasets of known cardinality).
     """
 
     def __init__(
@@ -153,9 +154,10 @@ class CalibrationBatches:
         share: Share = Share(),
         assigned: tuple[int, int] | None = None,
         random_order: bool = False,
+        finite: bool = True,
     ) -> None:
         self._chunks = chunks
-        self.random_order = random_order
+        self.random_order, self.finite = random_order, finite
         self._rebatcher = Rebatcher(batch_size, num_samples, fixed)
         self.share = share
         self._assigned = assigned  # (samples laid out, batch size)
@@ -407,14 +409,16 @@ def open_calibration_data(
             preps = integer_images(is_integer(_dataset_dtypes(data, inputs)))
             chunks, samples = dataset_chunks(data, _read_specs(inputs, preps), batch_size)
             return CalibrationBatches(preprocessed(chunks, preps), expected=num_samples, fixed=samples,
-                                      source="the given tf.data.Dataset", **described(preps), **common)
+                                      source="the given tf.data.Dataset", finite=int(data.cardinality()) >= 0,
+                                      **described(preps), **common)
         if not hasattr(data, "__iter__"):
             raise DataError(f"calibration data of type {type(data).__name__}: pass a path, an array, a tf.data.Dataset or batches.")
+        sized = hasattr(data, "__len__")
         data, dtypes = _first_batch_dtypes(data, inputs)
         preps = integer_images(is_integer(dtypes))
         chunks = iterable_chunks(data, _read_specs(inputs, preps))
         return CalibrationBatches(preprocessed(chunks, preps), expected=num_samples, fixed=False,
-                                  source="the given batches", **described(preps), **common)
+                                  source="the given batches", finite=sized, **described(preps), **common)
 
     path = Path(data).expanduser()
     kind, files = collect_files(path, data_format)

@@ -9,7 +9,6 @@
 * every sample is (nearly) **flat**: it varies within itself by less than that fraction of how much the samples
   differ (blank or constant images);
 * the batch size is 1 (BN on one sample's statistics is instance normalisation, not what training computed);
-* fewer than :data:`MIN_BATCHES` batches (the statistics' uncertainty cannot be estimated);
 * a layer has channels whose variance collapses: ``new var < 1e-4 * stored var`` where the stored variance
   exceeds the layer's epsilon (not checked against the initial 0 / 1 statistics, where a real model's dead
   channels would look collapsed).
@@ -32,7 +31,8 @@
 * **every measured layer was frozen while training** (Keras ``trainable=False``) and ``adapt`` is not set:
   their stored statistics are what the weights were trained against.
 
-A batch size below :data:`SMALL_BATCH` (but above 1) is a warning.
+A batch size below :data:`SMALL_BATCH` (but above 1) is a warning. One batch is judged like several, its
+standard errors estimated from its samples (:func:`ckptfix.stats.one_batch_standard_errors`).
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ from typing import Sequence
 
 import numpy as np
 
-MIN_BATCHES = 2
 MAX_MEAN_STANDARD_ERROR = 0.2
 MAX_VARIANCE_RELATIVE_ERROR = 0.25
 SMALL_BATCH = 8
@@ -85,7 +84,7 @@ def _names(items: Sequence, most: int = 3) -> str:
     return shown + (f" and {len(items) - most} more" if len(items) > most else "")
 
 
-def degenerate(layers, *, num_samples: int, num_batches: int, batch_size: int, variety) -> list[str]:
+def degenerate(layers, *, num_samples: int, batch_size: int, variety) -> list[str]:
     """Why the data cannot support statistics at all (the blockers of the module docstring)."""
     reasons = []
     if variety.identical:
@@ -101,9 +100,6 @@ def degenerate(layers, *, num_samples: int, num_batches: int, batch_size: int, v
     if batch_size == 1:
         reasons.append("batch size 1: BN on one sample's statistics is instance normalisation, not what training "
                        f"computed; use a batch size of {SMALL_BATCH} or more")
-    if num_batches < MIN_BATCHES:
-        reasons.append(f"{num_samples} sample(s) in {num_batches} batch: too little data to estimate how precise the "
-                       f"statistics are; give at least {MIN_BATCHES} batches (more samples or a smaller batch size)")
     for layer in layers:
         collapsed = collapsed_channels(layer)
         if collapsed.size:
@@ -115,14 +111,13 @@ def degenerate(layers, *, num_samples: int, num_batches: int, batch_size: int, v
     return reasons
 
 
-def check(layers, *, num_samples: int, num_batches: int, batch_size: int, variety, agreement=None,
+def check(layers, *, num_samples: int, batch_size: int, variety, agreement=None,
           frozen: Sequence[str] = (), adapt: bool = False) -> Gate:
     """The gate's findings for measured ``layers`` (:class:`~ckptfix.report.LayerReport`, with standard errors),
     the data's ``variety`` (:class:`~ckptfix.data.batching.Variety`), the run's ``agreement``
     (:class:`~ckptfix.diagnostics.agreement.Agreement` or None) and the measured layers that were ``frozen``
     while training."""
-    reasons = degenerate(layers, num_samples=num_samples, num_batches=num_batches, batch_size=batch_size,
-                         variety=variety)
+    reasons = degenerate(layers, num_samples=num_samples, batch_size=batch_size, variety=variety)
     blockers = len(reasons)
     warnings = []
     if 1 < batch_size < SMALL_BATCH:

@@ -39,7 +39,7 @@ def _agreement(before_agree: int, after_agree: int, unstable: int, n: int = 200)
 
 
 def _check(layers, agreement=None, **overrides):
-    given = dict(num_samples=200, num_batches=8, batch_size=32, variety=_varied(), agreement=agreement)
+    given = dict(num_samples=200, batch_size=32, variety=_varied(), agreement=agreement)
     return gate.check(layers, **{**given, **overrides})
 
 
@@ -88,7 +88,20 @@ def test_degenerate_data_blocks_both_commands(samples, why):
     assert why in found.reasons[0] and not found.conclusive
 
 
-def test_batch_size_one_and_one_batch_block():
+def test_batch_size_one_blocks_and_small_batches_warn():
     assert not _check([_layer()], batch_size=1).conclusive
-    assert not _check([_layer()], num_batches=1).conclusive
     assert _check([_layer()], batch_size=4).warnings and _check([_layer()], batch_size=4).passed
+
+
+def test_one_batch_standard_errors_are_those_of_independent_samples():
+    """One batch of S samples: SE(mean) = sqrt(V / S) and SE(V) = V sqrt(2 / (S - 1)), checked on the spread of
+    many simulated batches of normal samples."""
+    from ckptfix.stats import one_batch_standard_errors
+
+    rng = np.random.default_rng(0)
+    samples, variance = 32, 4.0
+    draws = rng.normal(0.0, 2.0, (20000, samples))
+    mean_se, variance_se = one_batch_standard_errors(np.array([variance]), 0.0, samples)
+    assert np.std(draws.mean(1)) / 2.0 == pytest.approx(mean_se[0], rel=0.03)
+    assert np.std(draws.var(1, ddof=1)) / variance == pytest.approx(variance_se[0], rel=0.03)
+    assert np.isinf(one_batch_standard_errors(np.array([variance]), 0.0, 1)[0]).all()
