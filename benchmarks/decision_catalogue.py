@@ -1,4 +1,4 @@
-"""The decision catalogue (tests/decisions, issue 31) outside pytest: rebuild every subject, measure each case's
+"""The decision catalogue (tests/decisions) outside pytest: rebuild every subject, measure each case's
 truth on held-out data, run the tool without force, and print the confusion matrices of diagnose's verdicts and
 recalibrate's write/refuse against the truth -- with ``--markdown`` also the per-case table of docs/decisions.md.
 

@@ -1,4 +1,4 @@
-"""The decision catalogue (issue 31): labelled cases of real models and calibration data, each with ground truth
+"""The decision catalogue: labelled cases of real models and calibration data, each with ground truth
 measured by plain TensorFlow evaluation on held-out data (not by the tool), and what ckptfix decides on them.
 
     subjects.py   the models (Keras ones trained here in-process, the slim fixtures, the demo) and their domains

@@ -261,7 +261,8 @@ def table(results: list[Result]) -> str:
              "| recalibrate |", "|---" * 10 + "|"]
     for r in results:
         t = r.truth
-        lines.append(f"| {r.case.name} | {r.case.what} | {pct(t.acc_stored)} | {pct(t.acc_repair)} ({t.used.split(':')[0]}) | "
+        used = t.used.split(":")[0]  # "none: <why>" -> "none"
+        lines.append(f"| {r.case.name} | {r.case.what} | {pct(t.acc_stored)} | {pct(t.acc_repair)} ({used}) | "
                      f"{pct(t.acc_oracle)} | {pct(t.acc_training)} | {t.verdict} | "
                      f"{r.verdict}{'' if r.verdict_ok else ' ✗'} | {t.gate} | {r.gate}{'' if r.gate_ok else ' ✗'} |")
     return "\n".join(lines)

@@ -2,7 +2,8 @@
 way an unchanged evaluation script scores it.
 
 Keras 3 models are trained here, in-process, on the 8x8 four-class task of ``tests/keras/keras_models.py``
-made harder (noise, a colour cast per class: :func:`task_images`; a few seconds each): domain ``B`` (per-channel gain and offset) is the one they are used on, domain ``A`` the
+made harder (noise, a colour cast per class: :func:`task_images`; a few seconds each): domain ``B``
+(per-channel gain and offset) is the one they are used on, domain ``A`` the
 earlier one. Their moving statistics are stale in the ways users meet:
 
     keras-stale01    trained on B by a loop that drops the BN updates: statistics still 0 / 1

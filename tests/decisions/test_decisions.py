@@ -1,4 +1,4 @@
-"""The decision catalogue (issue 31): on every case, diagnose's verdict and recalibrate's write-or-refuse (run
+"""The decision catalogue: on every case, diagnose's verdict and recalibrate's write-or-refuse (run
 without force) against truth measured on held-out data (decisions/truth.py). One test per case, so a failure
 names it; the summary prints both confusion matrices (``pytest -s`` or ``-rA``) and writes them to
 ``build/decisions/confusion.md`` (git-ignored) in the repository."""
