@@ -128,7 +128,7 @@ class _Stream:
     """What one pass over the calibration data gathered."""
 
     pooled: dict[str, PooledMoments]
-    kept: Reservoir  # whole batches drawn from the whole stream, for the agreement check
+    kept: Reservoir  # samples drawn from the whole stream, for the agreement check
     num_samples: int = 0
     num_batches: int = 0
     devices: dict[str, DeviceReport] = field(default_factory=dict)  # what each device of this worker took
@@ -356,8 +356,8 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
             notice(f"{what} preprocessed with --preprocess {preset}: {batches.preprocessing}{given}")
         keep = options.agreement_samples if session.output_name and cluster.chief else 0
         until = _until_stable(options, layers, batches, notice)
-        stream = _stream(pool, batches, layers, Reservoir(-(-keep // size), options.seed), options.progress, cluster,
-                         until)
+        kept = Reservoir(max(keep, size) if keep else 0, options.seed)  # at least one batch: a fixed batch dimension
+        stream = _stream(pool, batches, layers, kept, options.progress, cluster, until)
         if batches.merged_last:
             notice("the last batch had {} samples, fewer than half a batch: merged into the one before ({} samples)"
                    .format(*batches.merged_last))
@@ -373,7 +373,7 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
         if mismatch:
             notice(mismatch)
         agreement = None
-        if stream.kept.batches:
+        if stream.kept.count:
             if session.inference_unavailable:
                 notice(f"no output agreement: {session.inference_unavailable} (training mode is baked into the graph)")
             else:

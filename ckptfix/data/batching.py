@@ -288,54 +288,54 @@ def assigned_batches(chunks: Iterable[Chunk]) -> Iterator[Batch]:
         yield _finite(Batch(whole.values, list(whole.names), current))
 
 
-def join_samples(batches: Sequence):
-    """Forward batches (arrays, or dicts of arrays) joined along the samples."""
-    if isinstance(batches[0], dict):
-        return {name: np.concatenate([batch[name] for batch in batches]) for name in batches[0]}
-    return np.concatenate(batches)
-
-
 def take_samples(batch, rows: np.ndarray):
     """The samples ``rows`` of a forward batch (an array, or a dict of arrays)."""
     return {name: values[rows] for name, values in batch.items()} if isinstance(batch, dict) else batch[rows]
 
 
 class Reservoir:
-    """Up to ``size`` whole forward batches drawn uniformly from a stream of unknown length (reservoir sampling,
-    Vitter's algorithm R over batches, seeded), so that samples kept for the agreement check represent the whole
-    stream -- every class of a stream ordered by class -- not its beginning."""
+    """Up to ``size`` samples drawn uniformly from a stream of batches of unknown length (reservoir sampling,
+    Vitter's algorithm R over the samples, seeded), so that the samples kept for the agreement check represent
+    the whole stream -- every class of a stream ordered by class, in its proportions -- not its beginning.
+    Batches are arrays, or dicts of arrays (one per input)."""
 
     def __init__(self, size: int, seed: int) -> None:
         self.size = size
-        self.batches: list = []
+        self.kept = None  # array, or dict of arrays, of up to ``size`` samples
+        self.count = 0  # samples kept
         self._seen = 0
         self._rng = np.random.default_rng(seed)
 
     def offer(self, batch) -> None:
-        if self.size <= 0:
+        n = samples_in(batch)
+        if self.size <= 0 or n == 0:
             return
-        self._seen += 1
-        if len(self.batches) < self.size:
-            self.batches.append(batch)
-            return
-        slot = int(self._rng.integers(0, self._seen))
-        if slot < self.size:
-            self.batches[slot] = batch
+        if self.kept is None:
+            arrays = batch if isinstance(batch, dict) else {None: batch}
+            self._store = {name: np.empty((self.size, *values.shape[1:]), values.dtype) for name, values in arrays.items()}
+        arrays = batch if isinstance(batch, dict) else {None: batch}
+        positions = self._seen + np.arange(n)
+        slots = np.where(positions < self.size, positions, self._rng.integers(0, positions + 1))
+        taken = slots < self.size
+        for name, values in arrays.items():
+            self._store[name][slots[taken]] = np.asarray(values)[taken]
+        self._seen += n
+        self.count = min(self._seen, self.size)
+        stored = {name: values[:self.count] for name, values in self._store.items()}
+        self.kept = stored if isinstance(batch, dict) else stored[None]
 
     def mixed(self, batch_size: int, exact: bool, seed: int) -> list:
-        """The kept samples shuffled together and cut into new batches: of exactly ``batch_size`` samples when
-        ``exact`` (a graph input with a fixed batch dimension; the remainder dropped, unless that leaves none),
-        else into ``round(n / batch_size)`` batches of near-equal size (at least one)."""
-        if not self.batches:
+        """The kept samples shuffled and cut into batches: of exactly ``batch_size`` samples when ``exact`` (a
+        graph input with a fixed batch dimension; the remainder dropped, unless that leaves none), else into
+        ``round(n / batch_size)`` batches of near-equal size (at least one)."""
+        if self.kept is None:
             return []
-        samples = join_samples(self.batches)
-        count = samples_in(samples)
-        order = np.random.default_rng(seed).permutation(count)
+        order = np.random.default_rng(seed).permutation(self.count)
         if exact:
-            whole = max(count // batch_size, 1) * batch_size if count >= batch_size else count
-            return [take_samples(samples, order[start:start + batch_size]) for start in range(0, whole, batch_size)]
-        parts = max(1, round(count / batch_size))
-        return [take_samples(samples, rows) for rows in np.array_split(order, parts)]
+            whole = self.count // batch_size * batch_size if self.count >= batch_size else self.count
+            return [take_samples(self.kept, order[start:start + batch_size]) for start in range(0, whole, batch_size)]
+        parts = max(1, round(self.count / batch_size))
+        return [take_samples(self.kept, rows) for rows in np.array_split(order, parts)]
 
 
 #: samples vary across the data by less than this fraction of their own contrast: near-identical

@@ -54,17 +54,30 @@ def test_identical_and_flat_samples():
     assert not _seen(np.random.default_rng(4).normal(size=(32, 1))).flat  # one value per sample is never flat
 
 
-def test_reservoir_keeps_batches_from_the_whole_stream():
-    """A stream ordered by class: the kept batches hold every class, not only the first."""
-    reservoir = Reservoir(8, seed=0)
-    for k in range(64):
-        reservoir.offer(np.full((4, 2), k // 16))  # 4 classes, 16 batches each, in order
-    kept = {int(batch[0, 0]) for batch in reservoir.batches}
-    assert len(reservoir.batches) == 8 and kept == {0, 1, 2, 3}
+def test_reservoir_keeps_samples_from_the_whole_stream_in_its_proportions():
+    """A stream ordered by class (4 classes, 64 batches of 32): each class about a quarter of the kept samples,
+    over many seeds (uniform sampling: binomial spread)."""
+    shares = []
+    for seed in range(50):
+        reservoir = Reservoir(256, seed=seed)
+        for k in range(64):
+            reservoir.offer(np.full((32, 2), k // 16))
+        assert reservoir.count == 256
+        shares.append(np.bincount(reservoir.kept[:, 0].astype(int), minlength=4) / 256)
+    assert np.allclose(np.mean(shares, axis=0), 0.25, atol=0.01)
+    assert np.std(np.array(shares)[:, 0]) == pytest.approx(np.sqrt(0.25 * 0.75 / 256), rel=0.35)
+
+
+def test_a_short_stream_is_kept_whole():
+    reservoir = Reservoir(100, seed=0)
+    reservoir.offer({"x": np.arange(30.0)[:, None], "y": np.arange(30)})
+    reservoir.offer({"x": np.arange(30.0, 60.0)[:, None], "y": np.arange(30, 60)})
+    assert reservoir.count == 60 and np.array_equal(reservoir.kept["y"], np.arange(60))
+    assert np.array_equal(reservoir.kept["x"][:, 0], np.arange(60.0))
 
 
 def test_mixed_batches_shuffle_the_kept_samples():
-    reservoir = Reservoir(4, seed=0)
+    reservoir = Reservoir(32, seed=0)
     for k in range(4):
         reservoir.offer({"x": np.full((8, 1), k, np.float32)})
     mixed = reservoir.mixed(16, exact=False, seed=1)

@@ -160,7 +160,8 @@ CASES: tuple[Case, ...] = (
     Case("keras-stale01-batch-8", K0, "batch size 8, 256 samples", draw(256), options={"batch_size": 8}),
     # degenerate and ordered data
     Case("keras-stale01-zeros", K0, "256 constant (all-zero) samples", constant(256), degenerate="constant samples"),
-    Case("keras-stale01-near-duplicates", K0, "one sample + noise of std 1e-3, 256 times", near_duplicates(256)),
+    Case("keras-stale01-near-duplicates", K0, "one sample + noise of std 1e-3, 256 times", near_duplicates(256),
+         degenerate="near-copies of one sample"),
     Case("keras-stale01-ordered", K0, "ordered Python dataset: 32 batches sorted by class", ordered_batches(1024)),
     Case("keras-stale01-ordered-until-stable", K0, "the same, until_stable=0.1", ordered_batches(1024),
          options={"until_stable": 0.1}),

@@ -9,10 +9,14 @@ verdict (docs/decisions.md states the same definitions):
     acc_training  BN on batch statistics (the mode the weights were trained in, for most subjects): reference
 
 A difference counts when it passes ``margin(p, q)``: at least MIN_MARGIN and at least SE_MULTIPLE standard errors
-of the difference of two held-out accuracies of HELD_OUT_SIZE samples each.
+of the difference of two held-out accuracies of HELD_OUT_SIZE samples each. A loss of the repair against the
+stored statistics (harm) counts from ``harm_margin(p, q)``: at least HARM_MARGIN and HARM_SE_MULTIPLE of the
+same (unpaired) standard errors -- larger than the paired ones of two models scored on the same held-out
+samples, so still a loss beyond the held-out noise -- since a repair that costs a healthy model two points is
+not one to write.
 
-Verdict truth: ``no-verdict`` for degenerate data (policy: one sample, constant images, batch size 1 cannot
-support a verdict); else ``needs-repair`` when acc_oracle - acc_stored passes the margin, ``healthy`` when not
+Verdict truth: ``no-verdict`` for degenerate data (policy: one sample, near-copies of one sample, constant
+images, batch size 1 cannot support a verdict); else ``needs-repair`` when acc_oracle - acc_stored passes the margin, ``healthy`` when not
 (including when the oracle's statistics make the model worse: BN frozen while training).
 
 Gate truth: ``refuse`` for degenerate data (policy), for a model whose BN was frozen while training unless the
@@ -33,6 +37,8 @@ ORACLE_FACTOR = 10
 ORACLE_SAMPLES = 256 * ORACLE_FACTOR
 MIN_MARGIN = 0.05
 SE_MULTIPLE = 3.0
+HARM_MARGIN = 0.015
+HARM_SE_MULTIPLE = 2.0
 
 VERDICTS = ("needs-repair", "healthy", "no-verdict")
 GATES = ("write", "refuse")
@@ -47,6 +53,11 @@ def margin(p: float, q: float, n: int = HELD_OUT_SIZE) -> float:
 def better(p: float, q: float) -> bool:
     """``p`` exceeds ``q`` by more than held-out noise."""
     return p - q >= margin(p, q)
+
+
+def harm_margin(p: float, q: float, n: int = HELD_OUT_SIZE) -> float:
+    """The smallest loss of the repair (``q``) against the stored statistics (``p``) that counts as harm."""
+    return max(HARM_MARGIN, HARM_SE_MULTIPLE * math.sqrt((p * (1 - p) + q * (1 - q)) / n))
 
 
 @dataclass(frozen=True)
@@ -86,7 +97,8 @@ def label(acc_stored: float, acc_repair: float, acc_oracle: float, acc_training:
     if math.isnan(acc_repair):
         refuse.append("the forced repair fails")
     else:
-        if better(acc_stored, acc_repair) and not (frozen_trained and adapt):  # adapting may cost accuracy here
+        if acc_stored - acc_repair >= harm_margin(acc_stored, acc_repair) and not (frozen_trained and adapt):
+            # adapting may cost accuracy here
             refuse.append("repair harmful")
         if better(acc_oracle, acc_repair):
             refuse.append("repair far worse than the oracle's")
