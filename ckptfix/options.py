@@ -76,7 +76,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "batch_size": (int,), "num_samples": (int,), "seed": (int,), "agreement_samples": (int,),
     "central_crop": (int, float), "until_stable": (int, float), "shuffle": (bool,), "unsafe": (bool,),
     "strict": (bool,), "overwrite": (bool,),
-    "progress": (bool,), "allow_unsafe_ops": (bool,), "force": (bool,),
+    "progress": (bool,), "allow_unsafe_ops": (bool,), "force": (bool,), "adapt": (bool,),
     "signature": (str,), "training_flag": (str,), "include": (str,), "exclude": (str,), "output_tensor": (str,),
     "feature": (str,), "model_args": (dict,), "input_shape": (str, tuple, list),
     "image_size": (str, tuple, list), "devices": (str, int, tuple, list),
@@ -113,7 +113,7 @@ FLAGS: dict[str, str] = {
     "agreement_samples": "--agreement-samples", "until_stable": "--until-stable",
     "allow_unsafe_ops": "--allow-unsafe-ops", "devices": "--devices",
     "output": "-o/--output", "overwrite": "--overwrite", "against": "--against", "report": "--report",
-    "summary": "--summary", "plot": "--plot", "force": "--force", "progress": "--progress",
+    "summary": "--summary", "plot": "--plot", "force": "--force", "adapt": "--adapt", "progress": "--progress",
     "custom_objects": "--import", "cluster_timeout": "--cluster-timeout",
 }
 
@@ -200,6 +200,10 @@ class Options:
             ``.pdf``, ``.svg``...). Checked with the other paths before any work (:mod:`ckptfix.io.outputs`)
             [--report, --summary, --plot].
         force: write statistics the repair gate refuses (:mod:`ckptfix.diagnostics.gate`) [--force].
+        adapt: also recompute BN layers that were frozen while training (Keras ``trainable=False``, slim
+            ``is_training=False`` inside a training graph): their stored statistics are what the weights were
+            trained against, so recomputing them adapts the model to this data (domain adaptation) rather than
+            repairing it; without it they are left as stored [--adapt].
         progress: a tqdm bar on stderr [--progress]. on_notice: called with each one-line notice.
 
     Which command takes which: ``recalibrate`` all but ``against``; ``diagnose`` all but ``output``,
@@ -244,6 +248,7 @@ class Options:
     summary: Path | None = None
     plot: Path | None = None
     force: bool = False
+    adapt: bool = False
     progress: bool = False
     on_notice: Callable[[str], None] | None = None
 

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ckptfix.data import DataKeys, open_calibration_data
-from ckptfix.data.batching import first_samples, samples_in
+from ckptfix.data.batching import Reservoir, Variety, samples_in
 from ckptfix.diagnostics import agreement as output_agreement
 from ckptfix.diagnostics import gate as repair_gate
 from ckptfix.diagnostics.drift import DEFAULT_EPSILON
@@ -40,7 +40,7 @@ from ckptfix.report import (DeviceReport, DiagnosisReport, InspectedLayer, Inspe
 from ckptfix.scaling import Cluster, DevicePool, join_cluster, resolve_devices
 from ckptfix.sources import open_source
 from ckptfix.sources.base import Layer, Session, Source
-from ckptfix.stats import Checks, Estimator, PooledMoments, UntilStable
+from ckptfix.stats import Checks, Estimator, PooledMoments, UntilStable, one_batch_standard_errors
 
 
 class Notices:
@@ -94,13 +94,16 @@ def _progress_bar(enabled: bool, total: int | None):
     return tqdm(total=total, disable=not enabled, unit="sample", desc="calibrating", file=sys.stderr, leave=False)
 
 
-def _layer_report(layer: Layer, pooled: PooledMoments, estimator: Estimator) -> LayerReport:
-    """The layer's new statistics in its own variance convention, next to the stored ones."""
+def _layer_report(layer: Layer, pooled: PooledMoments, estimator: Estimator, samples: int) -> LayerReport:
+    """The layer's new statistics in its own variance convention, next to the stored ones, with their standard
+    errors (from one batch of ``samples`` samples: :func:`ckptfix.stats.one_batch_standard_errors`)."""
     mean, variance = pooled.mean_and_variance(estimator, bessel=layer.bessel)
     if not (np.isfinite(mean).all() and np.isfinite(variance).all()):  # never write non-finite statistics
         raise DataError(f"BN layer {layer.name}: the pooled statistics are not finite (overflow?): nothing was written.")
     epsilon = DEFAULT_EPSILON if layer.epsilon is None else layer.epsilon
     mean_errors, variance_errors = pooled.standard_errors(epsilon)
+    if pooled.num_batches == 1:
+        mean_errors, variance_errors = one_batch_standard_errors(pooled.m2 / max(pooled.count, 1), epsilon, samples)
     return LayerReport(
         name=layer.name,
         kind=layer.kind,
@@ -114,6 +117,7 @@ def _layer_report(layer: Layer, pooled: PooledMoments, estimator: Estimator) -> 
         old_variance=layer.stored_variance,
         new_variance=variance,
         epsilon=epsilon,
+        frozen=layer.frozen,
         mean_standard_errors=mean_errors,
         variance_relative_errors=variance_errors,
     )
@@ -124,62 +128,38 @@ class _Stream:
     """What one pass over the calibration data gathered."""
 
     pooled: dict[str, PooledMoments]
-    kept: list = field(default_factory=list)  # the first samples' batches, for the agreement check
-    kept_outputs: list = field(default_factory=list)  # their outputs with BN on batch statistics
+    kept: Reservoir  # samples drawn from the whole stream, for the agreement check
     num_samples: int = 0
     num_batches: int = 0
     devices: dict[str, DeviceReport] = field(default_factory=dict)  # what each device of this worker took
-    variety: _Variety = field(default_factory=lambda: _Variety())
+    variety: Variety = field(default_factory=Variety)
     stable: bool = False  # stopped by --until-stable
 
 
-class _Variety:
-    """Whether the samples seen differ: the first sample is kept until one differs from it (then nothing is)."""
-
-    def __init__(self) -> None:
-        self.first = None
-        self.varied = False
-
-    def see(self, batch) -> None:
-        if self.varied:
-            return
-        arrays = [np.asarray(v) for v in (batch.values() if isinstance(batch, dict) else [batch])]
-        if self.first is None:
-            self.first = [a[:1].copy() for a in arrays]
-        self.varied = any(not np.array_equal(a, np.broadcast_to(f, a.shape)) for a, f in zip(arrays, self.first))
-        if self.varied:
-            self.first = None
-
-
-def _stream(pool: DevicePool, batches, layers: list[Layer], keep: int, progress: bool, cluster: Cluster,
+def _stream(pool: DevicePool, batches, layers: list[Layer], keep: Reservoir, progress: bool, cluster: Cluster,
             until: UntilStable | None = None) -> _Stream:
     """Run every batch of ``batches`` (this worker's share) once, on the pool's devices; pool each layer's
-    moments in batch order; keep the share's first ``keep`` samples and their outputs. With ``until``, stop
-    at the first check (:class:`ckptfix.stats.stopping.Checks`: after rounds of a batch per worker) at which
-    every layer's statistics, merged over the cluster, are stable."""
-    seen = _Stream({layer.name: PooledMoments(layer.channels) for layer in layers},
+    moments in batch order; offer each batch to ``keep``. With ``until``, stop at the first check
+    (:class:`ckptfix.stats.stopping.Checks`: after rounds of a batch per worker) at which every layer's
+    statistics, merged over the cluster, are stable."""
+    seen = _Stream({layer.name: PooledMoments(layer.channels) for layer in layers}, keep,
                    devices={device: DeviceReport(device, cluster.rank) for device, _ in pool.sessions})
     checks = None if until is None else Checks(cluster.size)
 
     def share():
-        submitted = 0
         for batch in batches:
             last = getattr(batches, "last", None)  # names this batch in errors, whenever they are raised
-            yield batch, submitted < keep, batches.describe_last if last is None else last.describe
-            submitted += samples_in(batch)
+            yield batch, False, batches.describe_last if last is None else last.describe
 
     with interrupts_between_steps() as check_interrupt, \
             _progress_bar(progress, batches.num_samples if cluster.size == 1 else None) as bar:
         for ran in pool.run(share()):
             check_interrupt()  # Ctrl-C between batches: inside a TensorFlow call it can be lost
-            wanted = keep - seen.num_samples
             for name, calls in ran.moments.items():
                 for moment in calls:
                     check_batch_moments(name, moment, ran.describe)
                     seen.pooled[name].add(moment)
-            if wanted > 0:
-                seen.kept.append(first_samples(ran.batch, wanted))
-                seen.kept_outputs.append(first_samples(ran.output if isinstance(ran.output, dict) else np.asarray(ran.output), wanted))
+            seen.kept.offer(ran.batch)
             seen.variety.see(ran.batch)
             samples = samples_in(ran.batch)
             seen.num_samples += samples
@@ -210,14 +190,32 @@ def _stable(until: UntilStable, cluster: Cluster, seen: _Stream, ended: bool) ->
     return until.reached(progress.pooled, progress.num_batches), progress.ended
 
 
-def _agreement(session: Session, stream: _Stream, reports: list[LayerReport]):
-    """Inference-mode outputs on the kept batches with the stored, then the new statistics, vs batch mode (an
-    output array per batch, or a dict of them for a model with several outputs)."""
+#: the batch size of the agreement check's training-mode reference when the input does not fix one (at
+#: least the run's): BN on 32 samples' statistics is close to BN on the population's, as training's was
+REFERENCE_BATCH = 32
+
+
+def _agreement(session: Session, stream: _Stream, reports: list[LayerReport], size: int, seed: int):
+    """The agreement check (:mod:`ckptfix.diagnostics.agreement`) on the samples kept from the whole stream,
+    shuffled together into new batches (a stream ordered by class would otherwise give one-class batches, whose
+    batch statistics are not training's): their outputs with BN on batch statistics (the reference), then in
+    inference mode with the stored, the new and the new statistics moved within their standard errors (one
+    draw, seeded; not with one batch, whose standard errors are unknown)."""
+    fixed = any(spec.shape and spec.shape[0] is not None for spec in session.input_specs)
+    mixed = stream.kept.mixed(size if fixed else max(size, REFERENCE_BATCH), exact=fixed, seed=seed)
     join = output_agreement.concatenate
-    before = join([session.inference_outputs(batch) for batch in stream.kept])
+    reference = join([session.moments(batch, keep_output=True)[1] for batch in mixed])
+    before = join([session.inference_outputs(batch) for batch in mixed])
     session.assign_statistics({r.name: (r.new_mean, r.new_variance) for r in reports})
-    after = join([session.inference_outputs(batch) for batch in stream.kept])
-    return output_agreement.compare(session.output_name, join(stream.kept_outputs), before, after)
+    after = join([session.inference_outputs(batch) for batch in mixed])
+    agreement = output_agreement.compare(session.output_name, reference, before, after)
+    if not all(np.isfinite(r.mean_standard_error) and np.isfinite(r.variance_relative_error) for r in reports):
+        return agreement
+    rng = np.random.default_rng(seed)
+    session.assign_statistics({r.name: output_agreement.perturbed_statistics(
+        r.new_mean, r.new_variance, r.epsilon, r.mean_standard_errors, r.variance_relative_errors, rng) for r in reports})
+    perturbed = join([session.inference_outputs(batch) for batch in mixed])
+    return output_agreement.with_stability(agreement, after, perturbed)
 
 
 #: RMS over channels of the first BN layer's mean shift, in stored standard deviations, above which the
@@ -306,16 +304,20 @@ def _initial(layer: Layer) -> bool:
     return bool(np.all(layer.stored_mean == 0) and np.all(layer.stored_variance == 1))
 
 
-def _evidence(layers: Sequence[Layer], reports: Sequence[LayerReport], agreement, cause, other) -> list[str]:
-    """:func:`ckptfix.diagnostics.evidence.staleness_evidence` for the layers that drift beyond the noise of the
-    data (none drift: no evidence needed)."""
-    drifted = {report.name for report in reports if report.drift.stale and not report.within_noise}
-    if not drifted:
+def _evidence(layers: Sequence[Layer], reports: Sequence[LayerReport], agreement, cause, other,
+              frozen: Sequence[str], adapt: bool) -> list[str]:
+    """:func:`ckptfix.diagnostics.evidence.staleness_evidence`: the history of the layers that drift beyond the
+    noise of the data (initial values, ``--against``'s, a cause in the graph: none drift, none needed), and what
+    a repair would change at the outputs. None when the layers were frozen while training (their stored
+    statistics are what the weights were trained against; ``adapt`` asks to recompute them, not to call them
+    stale)."""
+    if frozen:
         return []
+    drifted = {report.name for report in reports if report.drift.stale and not report.within_noise}
     chosen = [layer for layer in layers if layer.name in drifted]
     return staleness_evidence([layer.name for layer in chosen if _initial(layer)],
                               [layer.name for layer in chosen if other is not None and _same_as(other, layer)],
-                              cause, agreement)
+                              cause if chosen else None, agreement)
 
 
 def measure(source: Source, data, options: Options, cluster: Cluster | None = None, other=None) -> Measurement:
@@ -329,7 +331,7 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
     if cluster.size > 1:
         notice(f"{cluster.describe()} of the TF_CONFIG cluster: runs batches i with i mod {cluster.size} = "
                f"{cluster.rank}; the chief (worker 0) writes and reports")
-    layers = select_layers(source.layers, options.include, options.exclude)
+    layers, frozen = _unfrozen(select_layers(source.layers, options.include, options.exclude), options.adapt, notice)
     named = DataKeys(data, options.data_format)
     with contextlib.ExitStack() as stack:
         pool = _sessions(stack, source, layers, named.keys, options, notice)
@@ -353,8 +355,9 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
             given = " (--preprocess raw uses them as given)" if batches.integer_images and preset != "raw" else ""
             notice(f"{what} preprocessed with --preprocess {preset}: {batches.preprocessing}{given}")
         keep = options.agreement_samples if session.output_name and cluster.chief else 0
-        until = _until_stable(options, layers)
-        stream = _stream(pool, batches, layers, keep, options.progress, cluster, until)
+        until = _until_stable(options, layers, batches, notice)
+        kept = Reservoir(max(keep, size) if keep else 0, options.seed)  # at least one batch: a fixed batch dimension
+        stream = _stream(pool, batches, layers, kept, options.progress, cluster, until)
         if batches.merged_last:
             notice("the last batch had {} samples, fewer than half a batch: merged into the one before ({} samples)"
                    .format(*batches.merged_last))
@@ -365,19 +368,19 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
         num_samples = sum(device.samples for device in devices)
         if num_samples == 0:
             raise CkptfixError("the calibration data yielded no samples: pass a folder or array with at least one sample.")
-        reports = [_layer_report(layer, pooled[layer.name], options.estimator) for layer in layers]
+        reports = [_layer_report(layer, pooled[layer.name], options.estimator, num_samples) for layer in layers]
         mismatch = preprocessing_mismatch(source.layers[0], reports)
         if mismatch:
             notice(mismatch)
         agreement = None
-        if stream.kept:
+        if stream.kept.count:
             if session.inference_unavailable:
                 notice(f"no output agreement: {session.inference_unavailable} (training mode is baked into the graph)")
             else:
-                agreement = _agreement(session, stream, reports)
+                agreement = _agreement(session, stream, reports, size, options.seed)
         num_batches = sum(device.batches for device in devices)
-        gate = repair_gate.check(reports, num_samples=num_samples, num_batches=num_batches, batch_size=size,
-                                 samples_identical=not stream.variety.varied, agreement=agreement)
+        gate = repair_gate.check(reports, num_samples=num_samples, batch_size=size, variety=stream.variety,
+                                 agreement=agreement, frozen=frozen, adapt=options.adapt)
         for warning in gate.warnings:
             notice(warning)
         stopped = _stop_reason(options, stream, num_samples)
@@ -405,15 +408,42 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
             gate=gate,
             stop_reason=stopped,
         )
-        evidence = _evidence(layers, reports, agreement, cause, other)
+        evidence = _evidence(layers, reports, agreement, cause, other, frozen, options.adapt)
     new_values = {key: value for r in reports for key, value in ((r.mean_key, r.new_mean), (r.variance_key, r.new_variance))}
     return Measurement(fields, new_values, evidence, notice)
 
 
-def _until_stable(options: Options, layers: Sequence[Layer]) -> UntilStable | None:
-    """The ``--until-stable`` rule for ``layers`` (None without the option)."""
+def _unfrozen(chosen: list[Layer], adapt: bool, notice) -> tuple[list[Layer], list[str]]:
+    """The layers to measure and those of them that were frozen while training (:attr:`Layer.frozen`).
+
+    Frozen layers are left as stored (they stay in inference mode in the measuring pass too, as in training)
+    unless ``adapt``; when every chosen layer is frozen they are measured all the same, for the diagnosis, and
+    the repair gate refuses to write them without ``adapt``."""
+    frozen = [layer.name for layer in chosen if layer.frozen]
+    if not frozen or adapt:
+        return chosen, frozen
+    if len(frozen) == len(chosen):
+        notice(f"every chosen BN layer ({len(frozen)}) was frozen while training (trainable=False): its stored "
+               f"statistics are what the weights were trained against")
+        return chosen, frozen
+    notice(f"{len(frozen)} BN layer(s) frozen while training (trainable=False) left as stored: "
+           f"{', '.join(frozen[:3])}{' ...' if len(frozen) > 3 else ''} (--adapt recomputes them too)")
+    return [layer for layer in chosen if not layer.frozen], []
+
+
+def _until_stable(options: Options, layers: Sequence[Layer], batches, notice) -> UntilStable | None:
+    """The ``--until-stable`` rule for ``layers`` (None without the option, or when ``batches`` are not in a
+    random order and end: a first part of an ordered stream, e.g. sorted by class, need not represent the rest,
+    whatever its standard errors say, so such data is read to its end)."""
     if options.until_stable is None:
         return None
+    if not batches.random_order and (batches.finite or options.num_samples is not None):
+        notice(f"--until-stable reads all the data: {batches.source} is not read in a random order (a first part "
+               "of it need not represent the rest)")
+        return None
+    if not batches.random_order:
+        notice(f"--until-stable on {batches.source}, read in the order given: its first part is taken to represent "
+               "the rest (shuffle it if it is ordered, e.g. by class)")
     return UntilStable(options.until_stable, {
         layer.name: DEFAULT_EPSILON if layer.epsilon is None else layer.epsilon for layer in layers})
 

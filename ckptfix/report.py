@@ -80,6 +80,8 @@ class LayerReport:
     #: inf with one batch; None when not measured)
     mean_standard_errors: np.ndarray | None = None
     variance_relative_errors: np.ndarray | None = None
+    #: the layer was frozen while training (:attr:`ckptfix.sources.base.Layer.frozen`)
+    frozen: bool = False
 
     @property
     def mean_standard_error(self) -> float:
@@ -136,6 +138,7 @@ class LayerReport:
             "variance_convention": self.variance_convention,
             "count": self.count,
             "epsilon": self.epsilon,
+            "frozen": self.frozen,
             "mean_change": self.mean_change,
             "variance_change": self.variance_change,
             "drift": self.drift.to_dict(),
@@ -278,15 +281,16 @@ class RecalibrationReport(_Measured):
 class DiagnosisReport(_Measured):
     """What :func:`ckptfix.diagnose` measured: per-layer drift, output agreement, and the verdict.
 
-    ``verdict``: ``inconclusive`` when the repair gate refuses for another reason than standard errors over its
-    limits (the data cannot support a verdict: one batch, degenerate data, or a repair would make the model
-    worse; with finite standard errors each layer's drift is judged against them,
-    :attr:`LayerReport.within_noise`); ``fresh`` when no layer drifts past the thresholds of
-    :mod:`ckptfix.diagnostics.drift`; ``stale`` when layers drift and ``evidence`` shows a training bug (initial
-    0/1 statistics, statistics identical to ``--against``, a cause found in the training graph, inference mode
-    far from training mode on this data); ``differs`` when layers drift without such evidence: the stored
-    statistics differ from this data (a domain shift looks the same), and recalibrating would adapt the model
-    to it.
+    ``verdict``: ``inconclusive`` when the data cannot support a verdict (the repair gate's blockers: identical,
+    near-identical or flat samples, batch size 1, collapsed channels); ``stale`` when ``evidence``
+    shows a training bug or a broken inference mode (:mod:`ckptfix.diagnostics.evidence`: drifted layers with
+    initial 0/1 statistics or ``--against``'s, a cause in the training graph, or a repair that would change
+    much of what the model decides on this data, toward training mode); ``differs`` when layers drift past the
+    thresholds of :mod:`ckptfix.diagnostics.drift`, beyond the noise of the data
+    (:attr:`LayerReport.within_noise`), without such evidence: the stored statistics differ from this data (a
+    domain shift looks the same, as do layers frozen while training) and recalibrating would adapt the model to
+    it; ``fresh`` otherwise. Each layer's row says the same: ``stale`` / ``differs`` for its drift under that
+    verdict, ``noise``, ``fresh``, or ``frozen``.
     """
 
     evidence: list[str] = field(default_factory=list)
@@ -306,9 +310,19 @@ class DiagnosisReport(_Measured):
     def verdict(self) -> str:
         if self.gate is not None and not self.gate.conclusive:
             return "inconclusive"
-        if not self.stale_layers:
+        if self.evidence:
+            return "stale"
+        return "differs" if self.stale_layers else "fresh"
+
+    def layer_label(self, layer: LayerReport) -> str:
+        """The layer's row label, in the overall verdict's words (see the class docstring)."""
+        if layer.frozen:
+            return "frozen"
+        if not layer.drift.stale:
             return "fresh"
-        return "stale" if self.evidence else "differs"
+        if layer.within_noise:
+            return "noise"
+        return "stale" if self.verdict == "stale" else "differs"
 
     @property
     def stale(self) -> bool:
@@ -333,7 +347,7 @@ class DiagnosisReport(_Measured):
                 f"{drift.log_variance_ratio:.3g}",
                 str(drift.worst_channel),
                 layer.uncertainty_cell(),
-                ("noise" if layer.within_noise else "stale") if drift.stale else "fresh",
+                self.layer_label(layer),
                 drift_bar(drift.score),
             ))
         shown, more = _truncate(rows, show_all, "layers")

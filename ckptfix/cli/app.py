@@ -204,6 +204,7 @@ ShowAll = Annotated[bool, typer.Option("--all/--truncate", help=f"Show every lay
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar on stderr.", rich_help_panel=OUTPUT)]
 Plot = Annotated[Optional[Path], typer.Option(metavar="FILE.png", help="Also draw the per-layer drift and the agreement (.png, .pdf, .svg...; needs pip install 'ckptfix[plot]').", rich_help_panel=OUTPUT)]
 Force = Annotated[bool, typer.Option("--force", help="Write statistics the repair gate refuses (worse agreement, too little or degenerate data).", rich_help_panel=OUTPUT)]
+Adapt = Annotated[bool, typer.Option("--adapt", help="Also recompute BN layers frozen while training (trainable=False): adapt them to this data.")]
 Summary = Annotated[Optional[Path], typer.Option(metavar="FILE.md", help="Also write the facts as a Markdown table (CI step summaries).", rich_help_panel=OUTPUT)]
 Devices = Annotated[Optional[str], typer.Option(parser=_devices, metavar="all|N|/GPU:0,...", help="Where whole batches run: all (the default: every GPU, else the CPU), the first N GPUs, or device names; same statistics on any number. Workers: see TF_CONFIG in docs/scaling-out.md.", rich_help_panel=DATA)]
 ClusterTimeout = Annotated[Optional[float], typer.Option(parser=_number, metavar="SECONDS", help="TF_CONFIG workers: how long each waits for the others to join at start-up and to send their statistics (default: $CKPTFIX_WORKER_TIMEOUT, else 3600).", rich_help_panel=DATA)]
@@ -305,7 +306,7 @@ DATA_OPTIONS = (
 )
 STATISTICS_OPTIONS = (
     ("include", Include, None), ("exclude", Exclude, None), ("estimator", EstimatorOption, Estimator.POOLED),
-    ("output_tensor", OutputTensor, None), ("agreement_samples", AgreementSamples, 256),
+    ("output_tensor", OutputTensor, None), ("agreement_samples", AgreementSamples, 256), ("adapt", Adapt, False),
 )
 WRITE_OPTIONS = (("output", Output, None), ("overwrite", Overwrite, False), ("force", Force, False))
 REPORT_OPTIONS = (("report", Report, None), ("plot", Plot, None), ("summary", Summary, None))
@@ -429,13 +430,20 @@ def _command_line(ctx: typer.Context, command: str, leave_out: frozenset[str], d
 
 def _verdict(result, repair: str) -> str:
     """The diagnosis in one line, ending with the command to run next when there is one (see
-    :class:`ckptfix.report.DiagnosisReport` for the verdicts)."""
+    :class:`ckptfix.report.DiagnosisReport` for the verdicts). The repair command is suggested only when the
+    repair gate passes on this data (``recalibrate`` would write); otherwise the line says why it would not."""
     drifted = f"{len(result.stale_layers)} of {len(result.layers)} BN layers on {result.num_samples} samples"
     if result.verdict == "inconclusive":
         return f"INCONCLUSIVE ({result.num_samples} samples): {result.gate.reasons[0]}"
+    refused = result.gate is not None and not result.gate.passed
+    next_step = (f"but a repair from this data would be refused: {result.gate.reasons[0]}" if refused
+                 else f"repair with: {repair}")
     if result.verdict == "stale":
-        return f"STALE: {drifted} ({result.evidence[0]}); repair with: {repair}"
+        return f"STALE: {drifted} ({result.evidence[0]}); {next_step}"
     if result.verdict == "differs":
+        if refused:
+            return (f"DIFFERS: the stored statistics of {drifted} differ from this data, with no sign of a training "
+                    f"bug (a domain shift looks the same); {next_step}")
         return (f"DIFFERS: the stored statistics of {drifted} differ from this data, with no sign of a training bug "
                 f"(a domain shift looks the same); recalibrating would adapt the model to this data: {repair}")
     return f"fresh: all {len(result.layers)} BN layers match the calibration data ({result.num_samples} samples)"

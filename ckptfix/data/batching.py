@@ -286,3 +286,130 @@ def assigned_batches(chunks: Iterable[Chunk]) -> Iterator[Batch]:
     if pending:
         whole = _concat(pending)
         yield _finite(Batch(whole.values, list(whole.names), current))
+
+
+def take_samples(batch, rows: np.ndarray):
+    """The samples ``rows`` of a forward batch (an array, or a dict of arrays)."""
+    return {name: values[rows] for name, values in batch.items()} if isinstance(batch, dict) else batch[rows]
+
+
+class Reservoir:
+    """Up to ``size`` samples drawn uniformly from a stream of batches of unknown length (reservoir sampling,
+    Vitter's algorithm R over the samples, seeded), so that the samples kept for the agreement check represent
+    the whole stream -- every class of a stream ordered by class, in its proportions -- not its beginning.
+    Batches are arrays, or dicts of arrays (one per input)."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.kept = None  # array, or dict of arrays, of up to ``size`` samples
+        self.count = 0  # samples kept
+        self._seen = 0
+        self._rng = np.random.default_rng(seed)
+
+    def offer(self, batch) -> None:
+        n = samples_in(batch)
+        if self.size <= 0 or n == 0:
+            return
+        if self.kept is None:
+            arrays = batch if isinstance(batch, dict) else {None: batch}
+            self._store = {name: np.empty((self.size, *values.shape[1:]), values.dtype) for name, values in arrays.items()}
+        arrays = batch if isinstance(batch, dict) else {None: batch}
+        positions = self._seen + np.arange(n)
+        slots = np.where(positions < self.size, positions, self._rng.integers(0, positions + 1))
+        taken = slots < self.size
+        for name, values in arrays.items():
+            self._store[name][slots[taken]] = np.asarray(values)[taken]
+        self._seen += n
+        self.count = min(self._seen, self.size)
+        stored = {name: values[:self.count] for name, values in self._store.items()}
+        self.kept = stored if isinstance(batch, dict) else stored[None]
+
+    def mixed(self, batch_size: int, exact: bool, seed: int) -> list:
+        """The kept samples shuffled and cut into batches: of exactly ``batch_size`` samples when ``exact`` (a
+        graph input with a fixed batch dimension; the remainder dropped, unless that leaves none), else into
+        ``round(n / batch_size)`` batches of near-equal size (at least one)."""
+        if self.kept is None:
+            return []
+        order = np.random.default_rng(seed).permutation(self.count)
+        if exact:
+            whole = self.count // batch_size * batch_size if self.count >= batch_size else self.count
+            return [take_samples(self.kept, order[start:start + batch_size]) for start in range(0, whole, batch_size)]
+        parts = max(1, round(self.count / batch_size))
+        return [take_samples(self.kept, rows) for rows in np.array_split(order, parts)]
+
+
+#: samples vary across the data by less than this fraction of their own contrast: near-identical
+NEAR_IDENTICAL = 0.01
+
+
+class Variety:
+    """How much the samples differ from each other, against how much one sample varies within itself.
+
+    The first input's samples are read as ``(positions, channels)`` (the last axis the channels, a sample of
+    rank 1 one position). Per value ``(p, c)`` the mean ``m_pc`` and variance ``v_pc`` across samples are pooled in
+    float64 (Chan's merge, batch by batch). ``spread = mean_pc v_pc`` is how much samples differ; ``contrast =
+    mean_c var_p m_pc`` how much the typical sample varies across its positions, channel by channel (so that
+    channels of different offsets or scales, or tabular features, are not taken for image structure);
+    ``within`` the same for each sample, averaged over the samples. The samples are *identical* when each equals
+    the first bit for bit; with two positions or more, *near-identical* when ``spread < NEAR_IDENTICAL *
+    (spread + contrast)`` (one image with faint noise added: statistics of one input again) and *flat* when
+    ``within < NEAR_IDENTICAL * (within + spread)`` (blank or constant images). Samples of one position
+    (feature vectors) are never near-identical or flat: their values' offsets say nothing of their variety.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._mean = self._m2 = None
+        self._within = 0.0  # sum over samples of each one's variance across positions, averaged over channels
+        self._first = None  # the first sample (every input), until one differs from it
+        self.varied = False
+
+    def see(self, batch) -> None:
+        arrays = [np.asarray(v) for v in (batch.values() if isinstance(batch, dict) else [batch])]
+        if not self.varied:
+            self._first = self._first or [a[:1].copy() for a in arrays]
+            self.varied = any(not np.array_equal(a, np.broadcast_to(f, a.shape)) for a, f in zip(arrays, self._first))
+        values = arrays[0]
+        channels = values.shape[-1] if values.ndim > 2 else (values.shape[1] if values.ndim == 2 else 1)
+        x = np.asarray(values, np.float64).reshape(len(values), -1, channels)
+        n, mean = len(x), x.mean(axis=0)
+        m2 = ((x - mean) ** 2).sum(axis=0)
+        self._within += float(x.var(axis=1).mean(axis=-1).sum())
+        if self._mean is None:
+            self.count, self._mean, self._m2 = n, mean, m2
+            return
+        total = self.count + n
+        delta = mean - self._mean
+        self._mean = self._mean + delta * (n / total)
+        self._m2 = self._m2 + m2 + delta**2 * (self.count * n / total)
+        self.count = total
+
+    @property
+    def _positions(self) -> int:
+        return 0 if self._mean is None else self._mean.shape[0]
+
+    @property
+    def spread(self) -> float:
+        return 0.0 if self._mean is None else float(np.mean(self._m2) / self.count)
+
+    @property
+    def contrast(self) -> float:
+        return 0.0 if self._mean is None else float(np.mean(np.var(self._mean, axis=0)))
+
+    @property
+    def within(self) -> float:
+        return self._within / max(self.count, 1)
+
+    @property
+    def identical(self) -> bool:
+        """Every sample equal to the first, bit for bit (one sample included)."""
+        return not self.varied
+
+    @property
+    def near_identical(self) -> bool:
+        return (self._positions > 1 and not self.identical
+                and self.spread < NEAR_IDENTICAL * (self.spread + self.contrast))
+
+    @property
+    def flat(self) -> bool:
+        return self._positions > 1 and self.within < NEAR_IDENTICAL * (self.within + self.spread)

@@ -8,7 +8,7 @@ of data -- images (``.jpg .jpeg .png .bmp .gif``), numpy (``.npy .npz``) or TFRe
 Order: without shuffling, files in sorted path order and array rows in order. With shuffling (seeded by
 ``seed``, the same seed giving the same batches): arrays are read in a permutation of all rows (random
 access by positioned reads), image files in a permutation of the file list, TFRecord files in a permutation
-of the file list with records mixed in a bounded buffer (:data:`~ckptfix.data.tfrecord.SHUFFLE_BUFFER`).
+of the file list with records mixed in a buffer that holds them all when they fit (:func:`~ckptfix.data.tfrecord.shuffle_buffer`).
 ``num_samples`` stops reading once that many samples were batched.
 
 Shares (``share=(index, count)``, a ``TF_CONFIG`` worker's; :class:`~ckptfix.data.batching.Share`): files,
@@ -32,7 +32,7 @@ from ckptfix.data.images import array_image_chunks, image_chunks
 from ckptfix.data.preprocessing import resolve_preprocessing
 from ckptfix.data.python import dataset_chunks, in_memory, inputs_of, iterable_chunks
 from ckptfix.data.spec import InputSpec
-from ckptfix.data.tfrecord import feature_kind, record_chunks, scan
+from ckptfix.data.tfrecord import feature_kind, record_chunks, scan, shuffle_buffer
 from ckptfix.errors import DataError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif"})
@@ -132,7 +132,10 @@ class CalibrationBatches:
     ``preprocessing`` describes what image files, or integer arrays taken as images (``integer_images``), went
     through; None for data used as given. Only the batches of ``share`` are yielded (numbered in the whole
     data); ``assigned``: the chunks are already the share's, their samples carrying their batch, and
-    ``merged_last`` is the layout's.
+    ``merged_last`` is the layout's. ``random_order``: the samples come in a uniformly random order (files and
+    arrays shuffled, TFRecords whose records all fit the shuffle buffer), so any first part of the stream is a
+    random sample of the data; False for the caller's own order (datasets, iterables, ``shuffle=False``).
+    ``finite``: the data is known to end (files, arrays, sized iterables, datasets of known cardinality).
     """
 
     def __init__(
@@ -150,8 +153,11 @@ class CalibrationBatches:
         integer_images: bool = False,
         share: Share = Share(),
         assigned: tuple[int, int] | None = None,
+        random_order: bool = False,
+        finite: bool = True,
     ) -> None:
         self._chunks = chunks
+        self.random_order, self.finite = random_order, finite
         self._rebatcher = Rebatcher(batch_size, num_samples, fixed)
         self.share = share
         self._assigned = assigned  # (samples laid out, batch size)
@@ -357,6 +363,7 @@ def open_calibration_data(
     skips = SkipLog(strict=strict, warn=on_warning or (lambda message: None))
     shared = Share(*share)
     common = dict(inputs=inputs, batch_size=batch_size, num_samples=num_samples, skips=skips, share=shared)
+    shuffled = dict(common, random_order=shuffle)
     bounded = (lambda n: n if num_samples is None else min(n, num_samples))
 
     size = _parse_image_size(image_size)
@@ -380,11 +387,11 @@ def open_calibration_data(
         if shared.count == 1:
             chunks = preprocessed(lambda: indexed_chunks(arrays, order, batch_size, read), preps)
             return CalibrationBatches(chunks, expected=len(order), fixed=True, source=source, **described(preps),
-                                      **common)
+                                      **shuffled)
         positions, batches = shared.positions(len(order), batch_size)
         rows = lambda: with_batches(indexed_chunks(arrays, order[positions], batch_size, read), batches)  # noqa: E731
         return CalibrationBatches(preprocessed(rows, preps), expected=len(positions), fixed=True, source=source,
-                                  assigned=(len(order), batch_size), **described(preps), **common)
+                                  assigned=(len(order), batch_size), **described(preps), **shuffled)
 
     def is_integer(dtypes: dict[str, np.dtype]) -> Callable[[str], bool]:
         return lambda name: name in dtypes and np.issubdtype(dtypes[name], np.integer)
@@ -402,14 +409,16 @@ def open_calibration_data(
             preps = integer_images(is_integer(_dataset_dtypes(data, inputs)))
             chunks, samples = dataset_chunks(data, _read_specs(inputs, preps), batch_size)
             return CalibrationBatches(preprocessed(chunks, preps), expected=num_samples, fixed=samples,
-                                      source="the given tf.data.Dataset", **described(preps), **common)
+                                      source="the given tf.data.Dataset", finite=int(data.cardinality()) >= 0,
+                                      **described(preps), **common)
         if not hasattr(data, "__iter__"):
             raise DataError(f"calibration data of type {type(data).__name__}: pass a path, an array, a tf.data.Dataset or batches.")
+        sized = hasattr(data, "__len__")
         data, dtypes = _first_batch_dtypes(data, inputs)
         preps = integer_images(is_integer(dtypes))
         chunks = iterable_chunks(data, _read_specs(inputs, preps))
         return CalibrationBatches(preprocessed(chunks, preps), expected=num_samples, fixed=False,
-                                  source="the given batches", **described(preps), **common)
+                                  source="the given batches", finite=sized, **described(preps), **common)
 
     path = Path(data).expanduser()
     kind, files = collect_files(path, data_format)
@@ -427,12 +436,12 @@ def open_calibration_data(
         if shared.count == 1:
             chunks = lambda: image_chunks(ordered, prep, spec, skips, batch_size)  # noqa: E731
             return CalibrationBatches(chunks, expected=bounded(len(files)), fixed=True, source=source,
-                                      preprocessing=prep.description, **common)
+                                      preprocessing=prep.description, **shuffled)
         positions, batches = shared.positions(bounded(len(files)), batch_size)
         mine = [ordered[p] for p in positions]
         chunks = lambda: image_chunks(mine, prep, spec, skips, batch_size, batches)  # noqa: E731
         return CalibrationBatches(chunks, expected=len(mine), fixed=True, source=source, preprocessing=prep.description,
-                                  assigned=(bounded(len(files)), batch_size), **common)
+                                  assigned=(bounded(len(files)), batch_size), **shuffled)
     scanned = [scan(f) for f in files]
     ordered = [scanned[i] for i in _order(len(scanned), shuffle, seed, None)]
     record_kind = feature_kind(ordered, feature)
@@ -447,4 +456,5 @@ def open_calibration_data(
     images = described(preps) if preps else dict(preprocessing=None if prep is None else prep.description)
     expected = bounded(total) if layout is None else len(shared.positions(*layout)[0])
     return CalibrationBatches(preprocessed(chunks, preps), expected=expected, fixed=True, source=source,
-                              assigned=layout, **images, **common)
+                              assigned=layout, **images, **common,
+                              random_order=shuffle and total <= shuffle_buffer(scanned))

@@ -8,7 +8,9 @@ pixels for a float image input are preprocessed afterwards, see :func:`ckptfix.d
 Before streaming, each file's record framing is walked (8-byte lengths, seeking over the payloads, or
 reading through the gzip stream): this counts the records, for the progress bar and to find what was lost,
 and finds a truncated file, whose complete records are used and whose tail is reported as skipped.
-Streaming interleaves the (shuffled) files, shuffles serialized records in a bounded buffer, decodes with a
+Streaming interleaves the (shuffled) files, shuffles serialized records in a buffer that holds all of them
+when they fit :data:`SHUFFLE_BUFFER_BYTES` (a file sorted by class is then read in a random order; larger data
+is mixed only within the buffer, and is not taken as randomly ordered), decodes with a
 parallel map and drops records that fail (``ignore_errors``); every element carries its file and record
 number, so the records that never arrive are named at the end. For a share of the batches
 (:class:`~ckptfix.data.batching.Share`), the records are numbered in that stream and assigned to batches
@@ -33,7 +35,10 @@ from ckptfix.data.preprocessing import ImagePreprocessing
 from ckptfix.data.spec import InputSpec, show_shape
 from ckptfix.errors import DataError
 
-SHUFFLE_BUFFER = 1024  # serialized records
+#: the shuffle buffer holds every record of the data when their serialized bytes fit this budget (then the
+#: order is uniformly random); else as many records as fit, at least MIN_SHUFFLE_BUFFER
+SHUFFLE_BUFFER_BYTES = 256 * 2**20
+MIN_SHUFFLE_BUFFER = 1024
 _INTERLEAVE = 4  # files read at a time when shuffling (one after the other otherwise)
 
 
@@ -45,6 +50,16 @@ class RecordFile:
     records: int
     gzip: bool
     truncated: bool
+
+
+def shuffle_buffer(files: Sequence[RecordFile]) -> int:
+    """Records the shuffle buffer holds: all of them when their bytes fit :data:`SHUFFLE_BUFFER_BYTES` (a
+    compressed file counts at its size on disk times 4), else as many as fit, at least
+    :data:`MIN_SHUFFLE_BUFFER`."""
+    records = sum(f.records for f in files)
+    size = sum(f.path.stat().st_size * (4 if f.gzip else 1) for f in files)
+    per_record = size / max(records, 1)
+    return max(MIN_SHUFFLE_BUFFER, min(records, int(SHUFFLE_BUFFER_BYTES / max(per_record, 1.0))))
 
 
 def _is_gzip(path: Path) -> bool:
@@ -190,7 +205,7 @@ def record_chunks(
             records_of, cycle_length=cycle, num_parallel_calls=min(cycle, _parallel_calls()), deterministic=True
         )
         if shuffle:
-            dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=False)
+            dataset = dataset.shuffle(shuffle_buffer(files), seed=seed, reshuffle_each_iteration=False)
         if layout is None:
             return dataset
         total, batch_size = layout  # numbered in the stream, assigned to batches, the others' dropped undecoded

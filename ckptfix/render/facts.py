@@ -63,14 +63,20 @@ def compared(agreement: dict, outputs: bool = True) -> str:
 
 
 def agreement_line(report: dict) -> str | None:
-    """``"top-1 agreement 25% -> 100% of 256 samples, of logits:0 (relative error 1.84 -> 0.011)"``; None when
-    not measured."""
+    """``"decision agreement of inference with training mode 25% -> 100% of 256 samples, of logits:0 (relative
+    error 1.84 -> 0.011); stable to 0.4% under the statistics' uncertainty"``; for a regression output the
+    relative error alone; None when not measured."""
     agreement = report.get("agreement")
     if not agreement:
         return None
-    return (f"top-1 agreement of inference with training mode {agreement['top1_before']:.0%} -> "
-            f"{agreement['top1_after']:.0%} of {compared(agreement)} (relative output error "
-            f"{agreement['relative_error_before']:.3g} -> {agreement['relative_error_after']:.3g})")
+    error = (f"relative output error {agreement['relative_error_before']:.3g} -> "
+             f"{agreement['relative_error_after']:.3g}")
+    unstable = agreement.get("unstable")
+    stability = "" if unstable is None else f"; stable to {unstable:.1%} under the statistics' uncertainty"
+    if agreement.get("top1_before") is None:
+        return f"{error} of {compared(agreement)} (a regression output){stability}"
+    return (f"decision agreement of inference with training mode {agreement['top1_before']:.0%} -> "
+            f"{agreement['top1_after']:.0%} of {compared(agreement)} ({error}){stability}")
 
 
 def cause(report: dict) -> dict | None:

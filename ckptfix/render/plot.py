@@ -144,6 +144,11 @@ def _draw_agreement(axes, report: dict) -> None:
         axes.text(0.5, 0.5, "not measured\n(no output tensor)", ha="center", va="center", transform=axes.transAxes)
         axes.set_axis_off()
         return
+    if agreement.get("top1_before") is None:  # a regression output: no decisions to count
+        axes.text(0.5, 0.5, f"regression output\nrelative error {agreement['relative_error_before']:.3g} -> "
+                  f"{agreement['relative_error_after']:.3g}", ha="center", va="center", transform=axes.transAxes)
+        axes.set_axis_off()
+        return
     values = [agreement["top1_before"] * 100, agreement["top1_after"] * 100]
     errors = [agreement["relative_error_before"], agreement["relative_error_after"]]
     bars = axes.bar([0, 1], values, color=["#999999", "#2ca02c"], width=0.6)
@@ -154,4 +159,4 @@ def _draw_agreement(axes, report: dict) -> None:
     axes.set_xticklabels(["stored\nstatistics", "recomputed\nstatistics"])
     axes.set_ylim(0, 125)
     axes.set_yticks([0, 25, 50, 75, 100])
-    axes.set_ylabel(f"top-1 agreement with training mode (%),\n{facts.compared(agreement, outputs=False)}")
+    axes.set_ylabel(f"decision agreement with training mode (%),\n{facts.compared(agreement, outputs=False)}")

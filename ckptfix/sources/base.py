@@ -37,6 +37,7 @@ class Layer:
     stored dtype. ``bessel`` is the layer's variance convention: the moving variance its own update writes is
     Bessel-corrected ``M2 / (n - 1)`` (TF1 / tf_keras fused BN) or biased ``M2 / n`` (non-fused, Keras 3).
     ``found`` is the source's own description of the layer (graph nodes, Keras layer object).
+    ``frozen``: see the field.
     """
 
     name: str
@@ -49,6 +50,9 @@ class Layer:
     bessel: bool
     epsilon: float | None = None
     found: object = field(default=None, repr=False)
+    #: the layer ran in inference mode while the model trained (Keras ``trainable=False``, slim
+    #: ``is_training=False`` in a training graph): its stored statistics are what the weights were trained against
+    frozen: bool = False
 
     @property
     def channels(self) -> int:

@@ -20,7 +20,7 @@ from ckptfix.errors import CheckpointError, NoBatchNormError
 from ckptfix.graph.batchnorm import find_batchnorm_layers, layer_tensors
 from ckptfix.graph.feeds import detect_feeds
 from ckptfix.graph.frozen import check_output_path, write_recalibrated_graph
-from ckptfix.graph.index import GraphIndex
+from ckptfix.graph.index import GraphIndex, is_gradient
 from ckptfix.graph.meta import checkpoint_keys, partition_layout
 from ckptfix.graph.model import GraphModel
 from ckptfix.graph.outputs import resolve_output
@@ -100,6 +100,7 @@ class GraphSource:
         reader = _reader(files.prefix)
         self._check_restorable(reader)
         dtypes = reader.get_variable_to_dtype_map()
+        trains = training_graph and any(is_gradient(name) for name in self.index.nodes)
         self.layers = []
         for bn in found:
             mean_key = keys.get(bn.mean_variable, bn.mean_variable)
@@ -116,6 +117,7 @@ class GraphSource:
                 name=bn.name, kind=bn.kind, mean_key=mean_key, variance_key=variance_key,
                 stored_mean=stored[0], stored_variance=stored[1], dtype=dtypes[mean_key].name,
                 bessel=bn.bessel, epsilon=layer_epsilon(self.index, bn), found=bn,
+                frozen=trains and bool(bn.fused_nodes) and not any(node.is_training for node in bn.fused_nodes),
             ))
 
     def _check_restorable(self, reader) -> None:

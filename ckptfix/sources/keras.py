@@ -108,6 +108,9 @@ class KerasModelSource:
             raise NoBatchNormError(f"no BatchNormalization layers in the model of {self.source.path}: nothing to recalibrate.")
         self.keys = variable_keys(self.source)
         check_keys(self.source, self.keys, list(self.source.model.weights))
+        # a BN layer with trainable=False runs in inference mode when Keras trains the model; a model with no
+        # trainable weight at all was frozen as a whole (for export or inference), which says nothing of training
+        trains = bool(self.source.model.trainable_weights)
         self.layers = []
         for bn in found:
             mean, variance = bn.mean_variable.numpy(), bn.variance_variable.numpy()
@@ -117,6 +120,7 @@ class KerasModelSource:
                 stored_mean=np.asarray(mean, np.float64).reshape(-1),
                 stored_variance=np.asarray(variance, np.float64).reshape(-1),
                 dtype=str(mean.dtype), bessel=bn.bessel, epsilon=float(bn.layer.epsilon), found=bn,
+                frozen=trains and not bn.layer.trainable,
             ))
 
     @contextlib.contextmanager

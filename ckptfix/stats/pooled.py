@@ -31,7 +31,10 @@ are the independent draws). With ``B`` batches, weights ``n_b / N`` and the pool
 between-batch part of the pooled variance is left out of ``SE(V)``: it is of the order of ``SE(M)^2``. Both
 sums are kept as weighted (``u_b = n_b^2``) running means and squared deviations, merged like the moments, so
 workers' partial sums combine exactly. :meth:`PooledMoments.standard_errors` reports them per channel as
-``SE(M) / sqrt(V + eps)`` and ``SE(V) / (V + eps)``; with one batch they are infinite.
+``SE(M) / sqrt(V + eps)`` and ``SE(V) / (V + eps)``; with one batch they are infinite, and
+:func:`one_batch_standard_errors` estimates them instead as if the batch's ``S`` samples were independent draws
+of normal values: ``SE(M) = sqrt(V / S)``, ``SE(V) = V * sqrt(2 / (S - 1))`` (a sample, not each of its
+positions, is the unit: positions of one image are not independent, so this errs toward too large).
 """
 
 from __future__ import annotations
@@ -182,3 +185,14 @@ class PooledMoments:
             return self._sum_batch_mean / self.num_batches, sums / self.num_batches
         denominator = self.count - 1 if bessel and self.count > 1 else self.count
         return self.mean.copy(), self.m2 / denominator
+
+
+def one_batch_standard_errors(variance: np.ndarray, epsilon: float, samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """The standard errors of one batch of ``samples`` samples (module docstring), in the units of
+    :meth:`PooledMoments.standard_errors`; infinite for fewer than 2 samples."""
+    variance = np.asarray(variance, np.float64)
+    if samples < 2:
+        infinite = np.full(variance.shape, np.inf)
+        return infinite, infinite.copy()
+    scale2 = np.maximum(variance + epsilon, 1e-300)
+    return np.sqrt(variance / samples / scale2), variance * np.sqrt(2.0 / (samples - 1)) / scale2

@@ -89,16 +89,18 @@ def test_agreement_matches_an_independent_numpy_computation(tmp_path):
             prefix = saver.save(session, str(tmp_path / "train" / "model.ckpt"))
 
     data = (rng.normal(size=(64, 3)) * [1, 2, 3] + [4, -1, 0]).astype(np.float32)
-    report = ckptfix.diagnose(prefix, data, batch_size=16, shuffle=False, agreement_samples=48)
-    assert report.agreement.output_tensor == "logits:0" and report.agreement.num_samples == 48
+    report = ckptfix.diagnose(prefix, data, batch_size=16, shuffle=False, agreement_samples=64, seed=5)
+    assert report.agreement.output_tensor == "logits:0" and report.agreement.num_samples == 64
 
     def head(values, mean, variance):
         return ((values - mean) / np.sqrt(variance + 1e-3)) @ weights
 
-    batches = [data[i : i + 16] for i in range(0, 48, 16)]
-    batch_mode = np.concatenate([head(b, b.mean(0), b.var(0)) for b in batches])
+    # every batch kept; the samples shuffled with the seed and cut into two reference batches of 32 (docs/diagnostics.md)
+    order = np.random.default_rng(5).permutation(64)
+    mixed = np.concatenate([data[rows] for rows in np.array_split(order, 2)])
+    batch_mode = np.concatenate([head(b, b.mean(0), b.var(0)) for b in (mixed[:32], mixed[32:])])
     new_mean, new_variance = data.astype(np.float64).mean(0), data.astype(np.float64).var(0, ddof=1)
-    before, after = head(data[:48], 0.0, 1.0), head(data[:48], new_mean, new_variance)
+    before, after = head(mixed, 0.0, 1.0), head(mixed, new_mean, new_variance)
     top1 = lambda out: np.mean(out.argmax(1) == batch_mode.argmax(1))  # noqa: E731
     error = lambda out: np.linalg.norm(out - batch_mode) / np.linalg.norm(batch_mode)  # noqa: E731
     assert report.agreement.top1_before == pytest.approx(top1(before))

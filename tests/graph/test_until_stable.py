@@ -15,8 +15,9 @@ pytestmark = pytest.mark.subprocess  # CLI runs and fresh interpreters (make tes
 
 
 def test_stops_when_stable_with_the_statistics_of_what_it_read(slim_model, large_set, tmp_path):
+    """Read in a random order (the default): any first part is a random sample, so the pass may stop early."""
     model = slim_model("seed")
-    options = dict(batch_size=16, shuffle=False, agreement_samples=0)
+    options = dict(batch_size=16, agreement_samples=0)
     stopped = ckptfix.diagnose(model.prefix, large_set, until_stable=0.02, **options)
     assert stopped.stop_reason == "stable" and stopped.num_samples < 4096 // 4
     assert all(layer.mean_standard_error < 0.02 and layer.variance_relative_error < 0.02 for layer in stopped.layers)
@@ -36,6 +37,18 @@ def test_stops_when_stable_with_the_statistics_of_what_it_read(slim_model, large
                   until_stable=0.02, **options)
     assert two["num_samples"] == stopped.num_samples and two["stop_reason"] == "stable"
     assert_same_statistics(stopped.to_dict(), two)
+
+
+def test_data_in_the_callers_order_is_read_to_its_end(slim_model, large_set):
+    """``shuffle=False`` (or a list of batches): the order is the caller's, e.g. sorted by class, so a first part
+    need not represent the rest however stable its statistics look: read to the end, with a notice."""
+    model = slim_model("seed")
+    data = np.load(large_set)
+    for given, shuffle in ((large_set, False), ([data[k:k + 16] for k in range(0, len(data), 16)], True)):
+        report = ckptfix.diagnose(model.prefix, given, batch_size=16, shuffle=shuffle, agreement_samples=0,
+                                  until_stable=0.02)
+        assert report.stop_reason == "data" and report.num_samples == 4096
+        assert any("--until-stable reads all the data" in notice for notice in report.notices)
 
 
 def test_reported_standard_errors_are_honest_on_a_real_model(slim_model, large_set):

@@ -41,9 +41,14 @@ def test_cli_recalibrate_and_diagnose_keras_archive(keras_frozen, tmp_path):
     # BN frozen while fine-tuning on another domain: drift, but no evidence of a training bug -> "differs", exit 0
     assert diagnosed.returncode == 0 and json.loads(diagnosed.stdout)["verdict"] == "differs", diagnosed.stderr
     assert json.loads(diagnosed.stdout)["model_format"] == "keras"
+    assert {layer["frozen"] for layer in json.loads(diagnosed.stdout)["layers"]} == {True}
 
     output = tmp_path / "fixed.keras"
-    result = run_cli("recalibrate", source, keras_frozen.calibration, "-o", output, "--report", tmp_path / "r.json")
+    refused = run_cli("recalibrate", source, keras_frozen.calibration, "-o", output, "--no-progress")
+    assert refused.returncode == 5 and "frozen while training" in refused.stderr and "--adapt" in refused.stderr
+    assert not output.exists()
+    result = run_cli("recalibrate", source, keras_frozen.calibration, "-o", output, "--report", tmp_path / "r.json",
+                     "--adapt")
     assert result.returncode == 0, result.stderr
     assert "bn1" in result.stdout and "block/bn2" in result.stdout and f"wrote {output}" in result.stdout
     assert "Traceback" not in result.stderr and "I0000" not in result.stderr
@@ -67,7 +72,7 @@ def test_cli_weights_only_file_takes_model_or_architecture(keras_skipped, keras_
     # --architecture: the frozen model's .keras file describes the same nested architecture
     weights = keras_frozen.files["weights-h5"]
     report = ckptfix.recalibrate(weights, keras_frozen.calibration, output=tmp_path / "c.weights.h5",
-                                 architecture=keras_frozen.files["keras"])
+                                 architecture=keras_frozen.files["keras"], adapt=True)
     assert report.model_format == "weights-h5" and (tmp_path / "c.weights.h5").is_file()
 
 

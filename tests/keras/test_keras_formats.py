@@ -54,16 +54,15 @@ def _numpy_statistics(inputs: np.ndarray, channel_axis: int, bessel: bool) -> tu
     return values.mean(axis=0), values.var(axis=0, ddof=1 if bessel else 0)
 
 
-def _check_against_numpy(report, bn_inputs: dict[str, tuple[np.ndarray, int]], rtol: float = 1e-3) -> None:
-    """New statistics vs numpy (float64) on the BN inputs. The inputs of layers after another BN are taken
-    from the repaired model in inference mode, which normalises with the float32-stored statistics (+ its
-    epsilon) where the pass used the batch's own: agreement to ~1e-4 relative, hence the default rtol."""
+def _check_against_numpy(report, bn_inputs: dict[str, tuple[np.ndarray, int]], rtol: float = 1e-4) -> None:
+    """New statistics vs numpy (float64) on the BN inputs, taken from the model with every BN on the statistics
+    of each batch of the pass (:func:`_taps`), as the measuring pass computes them."""
     assert {layer.name for layer in report.layers} == set(bn_inputs)
     for layer in report.layers:
         values, axis = bn_inputs[layer.name]
         mean, variance = _numpy_statistics(values, axis, layer.variance_convention == "bessel")
         np.testing.assert_allclose(layer.new_mean, mean, rtol=rtol, atol=rtol * np.sqrt(variance).max())
-        np.testing.assert_allclose(layer.new_variance, variance, rtol=rtol)
+        np.testing.assert_allclose(layer.new_variance, variance, rtol=rtol, err_msg=layer.name)
         assert layer.count == values.size // values.shape[axis]
 
 
@@ -74,26 +73,42 @@ def _only(report, name):
     return _One
 
 
+#: the measuring pass's batches (in data order: shuffle=False)
+BATCH = 64
+
+
+def _taps(model, x) -> list[np.ndarray]:
+    """``model``'s outputs with every BN on the statistics of each batch of ``BATCH`` samples (``training=True``;
+    frozen BN layers made trainable, since Keras runs a frozen one in inference mode even then), dropout off (rate
+    0: the identity, as in inference mode): the BN inputs the measuring pass saw. Changes ``model``: a copy."""
+    for layer in model._flatten_layers(include_self=False):
+        if hasattr(layer, "rate") and "dropout" in type(layer).__name__.lower():
+            layer.rate = 0.0
+        if "BatchNormalization" in type(layer).__name__:
+            layer.trainable = True
+    batches = [model(x[start:start + BATCH], training=True) for start in range(0, len(x), BATCH)]
+    if not isinstance(batches[0], (list, tuple)):
+        return [np.concatenate([np.asarray(batch) for batch in batches])]
+    return [np.concatenate([np.asarray(batch[k]) for batch in batches]) for k in range(len(batches[0]))]
+
+
 def _keras3_bn_inputs(model, x) -> dict:
     import keras
 
     top = {name: model.get_layer(name) for name in ("bn1", "bn_axis1", "bn_plain")}
-    outer = keras.Model(model.inputs, [layer.input for layer in top.values()])
-    values = dict(zip(top, outer.predict(x, batch_size=256, verbose=0)))
+    values = dict(zip(top, _taps(keras.Model(model.inputs, [layer.input for layer in top.values()]), x)))
     found = {"bn1": (values["bn1"], -1), "bn_axis1": (values["bn_axis1"], 1), "bn_plain": (values["bn_plain"], -1)}
     if any(layer.name == "block" for layer in model.layers):
         block = model.get_layer("block")
-        block_input = keras.Model(model.inputs, model.layers[model.layers.index(block) - 1].output).predict(x, verbose=0)
+        block_input = _taps(keras.Model(model.inputs, model.layers[model.layers.index(block) - 1].output), x)[0]
         inner = keras.Model(block.inputs, block.get_layer("bn2").input)
-        found["block/bn2"] = (inner.predict(block_input, verbose=0), -1)
+        found["block/bn2"] = (_taps(inner, block_input)[0], -1)
     return found
 
 
 def _recalibrate(path, data, tmp_path, name, **options):
-    """One batch of all 256 calibration samples: the repaired model's inference-mode BN inputs are then the
-    inputs the measuring pass saw, so numpy can check every layer on them (batch splits: see test_diagnose)."""
-    return ckptfix.recalibrate(path, data, output=tmp_path / name, batch_size=256, shuffle=False, force=True,
-                               **options)  # one batch: the repair gate wants two to estimate the uncertainty
+    """Batches of ``BATCH`` in data order: numpy checks every layer on the inputs of the same batches (:func:`_taps`)."""
+    return ckptfix.recalibrate(path, data, output=tmp_path / name, batch_size=BATCH, shuffle=False, **options)
 
 
 @pytest.mark.parametrize("model_format", ["keras", "weights-h5"])
@@ -101,7 +116,8 @@ def test_frozen_bn_keras3_repaired(keras_frozen, tmp_path, model_format):
     import keras
 
     source = keras_frozen.files[model_format]
-    options = {} if model_format == "keras" else {"model": km.functional_keras3}
+    # BN frozen while fine-tuning on domain B: recomputing it for domain B is adaptation, asked for explicitly
+    options = {"adapt": True} if model_format == "keras" else {"model": km.functional_keras3, "adapt": True}
     name = "fixed.keras" if model_format == "keras" else "fixed.weights.h5"
     report = _recalibrate(source, keras_frozen.calibration, tmp_path, name, **options)
 
@@ -148,7 +164,7 @@ def test_skipped_updates_keras3_weights_and_tf_checkpoint(keras_skipped, tmp_pat
 
 def _xception_bn_inputs(tf_keras, model, x) -> dict:
     layers = [layer for layer in model.layers if layer.name.endswith("_bn")]
-    outputs = tf_keras.Model(model.inputs, [layer.input for layer in layers]).predict(x, verbose=0)
+    outputs = _taps(tf_keras.Model(model.inputs, [layer.input for layer in layers]), x)
     return {layer.name: (values, -1) for layer, values in zip(layers, outputs)}
 
 
@@ -183,6 +199,8 @@ def test_diagnose_and_inspect_keras_archive(keras_frozen, tmp_path):
 
     diagnosis = ckptfix.diagnose(keras_frozen.files["keras"], keras_frozen.calibration, batch_size=48, shuffle=True)
     assert diagnosis.stale_layers and diagnosis.verdict == "differs" and diagnosis.model_format == "keras"
+    assert {diagnosis.layer_label(layer) for layer in diagnosis.layers} == {"frozen"}  # trained against: never stale
+    assert diagnosis.evidence == [] and "--adapt" in diagnosis.gate.reasons[0]
     # bn1's input depends on no BN: pooled over 6 batches (the last one merged) it equals numpy on all samples
     model = keras.saving.load_model(keras_frozen.files["keras"])
     first = _keras3_bn_inputs(model, np.load(keras_frozen.calibration))["bn1"]
@@ -193,7 +211,7 @@ def test_diagnose_and_inspect_keras_archive(keras_frozen, tmp_path):
     assert inspected.flagged == []  # trained statistics, just from the wrong domain: only diagnose can tell
     assert inspected.to_dict()["model_format"] == "keras"
     validate_report(inspected.to_dict())
-    repaired = _recalibrate(keras_frozen.files["keras"], keras_frozen.calibration, tmp_path, "fixed.keras")
+    repaired = _recalibrate(keras_frozen.files["keras"], keras_frozen.calibration, tmp_path, "fixed.keras", adapt=True)
     assert not ckptfix.diagnose(repaired.output_checkpoint, keras_frozen.calibration, batch_size=64).stale
     against = ckptfix.inspect(repaired.output_checkpoint, against=keras_frozen.files["keras"])
     assert against.flagged == []
@@ -203,7 +221,7 @@ def test_diagnose_and_inspect_keras_archive(keras_frozen, tmp_path):
 
 def test_exclude_leaves_a_layer_untouched(keras_frozen, tmp_path):
     source = keras_frozen.files["keras"]
-    report = _recalibrate(source, keras_frozen.calibration, tmp_path, "partial.keras", exclude="axis1|plain")
+    report = _recalibrate(source, keras_frozen.calibration, tmp_path, "partial.keras", exclude="axis1|plain", adapt=True)
     assert [layer.name for layer in report.layers] == ["bn1", "block/bn2"]
     assert report.untouched_layers == ["bn_axis1", "bn_plain"]
     _assert_only_statistics_changed(report, source, tmp_path / "partial.keras", "keras")

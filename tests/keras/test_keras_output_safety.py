@@ -59,7 +59,7 @@ def test_an_output_that_appears_while_measuring_is_not_replaced(keras_frozen, tm
     output = tmp_path / "fixed.keras"
     data = _CreatesOutputWhenRead(np.load(keras_frozen.calibration), output)
     with pytest.raises(OutputError, match="appeared while writing: pass overwrite=True"):
-        ckptfix.recalibrate(keras_frozen.files["keras"], data, output=output, num_samples=64)
+        ckptfix.recalibrate(keras_frozen.files["keras"], data, output=output, num_samples=64, adapt=True)
     assert output.read_bytes() == b"the other run's output"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fixed.keras"]  # no staging folder, no lock file
 
@@ -69,7 +69,8 @@ def test_a_keras_write_fails_at_once_while_another_run_holds_the_output_lock(ker
     output = tmp_path / "fixed.keras"
     with _exclusive_lock(output):
         with pytest.raises(OutputError, match=f"another run is writing {output} right now"):
-            ckptfix.recalibrate(keras_frozen.files["keras"], keras_frozen.calibration, output=output, num_samples=64)
+            ckptfix.recalibrate(keras_frozen.files["keras"], keras_frozen.calibration, output=output, num_samples=64,
+                                adapt=True)
     assert sorted(tmp_path.iterdir()) == []
 
 
