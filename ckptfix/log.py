@@ -78,7 +78,7 @@ class Progress:
         now = self._clock()
         if now - self._last >= self._interval:
             self._last = now
-            self._tell(f"calibrating: {self._count()} samples, {self._rate(now)}")
+            self._tell(f"calibrating: {self._count()}, {self._rate(now)}")
 
     def __exit__(self, kind, error, traceback) -> None:
         if self._bar is not None:
@@ -88,10 +88,10 @@ class Progress:
             self._tell(f"calibrated: {self.samples} samples in {now - self._start:.1f} s, {self._rate(now)}")
 
     def _count(self) -> str:
+        """``256/512 samples (50%)``, or ``256 samples`` when the total is unknown."""
         if self.total is None:
-            return str(self.samples)
-        share = f" ({self.samples / self.total:.0%})" if self.samples else ""
-        return f"{self.samples}/{self.total}{share}"
+            return f"{self.samples} samples"
+        return f"{self.samples}/{self.total} samples ({self.samples / self.total:.0%})"
 
     def _rate(self, now: float) -> str:
         elapsed = now - self._start

@@ -200,7 +200,9 @@ class Options:
             ``.pdf``, ``.svg``...). Checked with the other paths before any work (:mod:`ckptfix.io.outputs`)
             [--report, --summary, --plot].
         force: write statistics the repair gate refuses (:mod:`ckptfix.diagnostics.gate`) [--force].
-        progress: a tqdm bar on stderr [--progress]. on_notice: called with each one-line notice.
+        progress: the calibration pass's progress on stderr: a tqdm bar on a terminal, plain lines otherwise
+            [--progress]. on_notice: called with each one-line notice. Both also go to the ``ckptfix`` and
+            ``ckptfix.progress`` loggers (:mod:`ckptfix.log`), with or without these.
 
     Which command takes which: ``recalibrate`` all but ``against``; ``diagnose`` all but ``output``,
     ``overwrite`` and ``force``; ``inspect`` only the model options and ``against``.

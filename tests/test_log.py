@@ -35,8 +35,8 @@ def test_progress_on_a_pipe_is_plain_lines_a_start_periodic_ones_and_an_end():
             progress.update(32)
     text = stream.getvalue()
     assert "\r" not in text
-    assert text.splitlines() == ["calibrating: 512 samples", "calibrating: 256/512 (50%) samples, 8 samples/s",
-                                 "calibrating: 512/512 (100%) samples, 8 samples/s",
+    assert text.splitlines() == ["calibrating: 512 samples", "calibrating: 256/512 samples (50%), 8 samples/s",
+                                 "calibrating: 512/512 samples (100%), 8 samples/s",
                                  "calibrated: 512 samples in 64.0 s, 8 samples/s"]
 
 

@@ -215,7 +215,7 @@ Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existin
 Report = Annotated[Optional[Path], typer.Option(metavar="FILE.json", help="Also write the report as JSON to this file.", rich_help_panel=OUTPUT)]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print the report as JSON (notices stay on stderr).", rich_help_panel=OUTPUT)]
 ShowAll = Annotated[bool, typer.Option("--all/--truncate", help=f"Show every layer, or only the first {DEFAULT_ROWS}.", rich_help_panel=OUTPUT)]
-Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar on stderr.", rich_help_panel=OUTPUT)]
+Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show the progress on stderr: a bar on a terminal, plain lines otherwise.", rich_help_panel=OUTPUT)]
 Plot = Annotated[Optional[Path], typer.Option(metavar="FILE.png", help="Also draw the per-layer drift and the agreement (.png, .pdf, .svg...; needs pip install 'ckptfix[plot]').", rich_help_panel=OUTPUT)]
 Force = Annotated[bool, typer.Option("--force", help="Write statistics the repair gate refuses (worse agreement, too little or degenerate data).", rich_help_panel=OUTPUT)]
 Summary = Annotated[Optional[Path], typer.Option(metavar="FILE.md", help="Also write the facts as a Markdown table (CI step summaries).", rich_help_panel=OUTPUT)]
