@@ -46,3 +46,19 @@ def test_the_comparison_takes_other_cpus_rounding_and_catches_a_changed_output()
 def test_every_marked_block_has_an_example_and_no_example_is_documented_twice():
     names = set(doc_examples.documented())
     assert names == {"demo", "recalibrate", "inspect", "diagnose", "agreement", "summary", "keras"}
+
+
+def test_regenerating_replaces_only_the_blocks_contents(tmp_path):
+    """Same texts: no file changes; a new text lands inside its block, the rest of the file as it was."""
+    import shutil
+
+    shutil.copy(ROOT / "README.md", tmp_path)
+    shutil.copytree(ROOT / "docs", tmp_path / "docs")
+    known = {name: text for name, (_, text) in doc_examples.documented(tmp_path).items()}
+    assert doc_examples.rewrite(known, tmp_path) == []
+    before = (tmp_path / "docs" / "diagnostics.md").read_text()
+    assert doc_examples.rewrite({**known, "inspect": "$ ckptfix inspect x\nnew\n"}, tmp_path) == [
+        tmp_path / "docs" / "diagnostics.md"]
+    after = (tmp_path / "docs" / "diagnostics.md").read_text()
+    assert doc_examples.documented(tmp_path)["inspect"][1] == "$ ckptfix inspect x\nnew\n"
+    assert after.replace("$ ckptfix inspect x\nnew\n", known["inspect"]) == before
