@@ -204,7 +204,9 @@ class Options:
             ``is_training=False`` inside a training graph): their stored statistics are what the weights were
             trained against, so recomputing them adapts the model to this data (domain adaptation) rather than
             repairing it; without it they are left as stored [--adapt].
-        progress: a tqdm bar on stderr [--progress]. on_notice: called with each one-line notice.
+        progress: the calibration pass's progress on stderr: a tqdm bar on a terminal, plain lines otherwise
+            [--progress]. on_notice: called with each one-line notice. Both also go to the ``ckptfix`` and
+            ``ckptfix.progress`` loggers (:mod:`ckptfix.log`), with or without these.
 
     Which command takes which: ``recalibrate`` all but ``against``; ``diagnose`` all but ``output``,
     ``overwrite`` and ``force``; ``inspect`` only the model options and ``against``.

@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -34,6 +33,7 @@ from ckptfix.diagnostics.evidence import staleness_evidence
 from ckptfix.errors import CkptfixError, DataError, NoBatchNormError, RepairRefused
 from ckptfix.interrupts import commit_scope, interrupts_between_steps
 from ckptfix.io.outputs import Place, check_run_paths, staged_files
+from ckptfix.log import Notices, Progress
 from ckptfix.options import Options, flag
 from ckptfix.report import (DeviceReport, DiagnosisReport, InspectedLayer, InspectionReport, LayerReport,
                             RecalibrationReport)
@@ -41,19 +41,6 @@ from ckptfix.scaling import Cluster, DevicePool, join_cluster, resolve_devices
 from ckptfix.sources import open_source
 from ckptfix.sources.base import Layer, Session, Source
 from ckptfix.stats import Checks, Estimator, PooledMoments, UntilStable, one_batch_standard_errors
-
-
-class Notices:
-    """One-line notices of a run: kept for the report, and passed on as they come (the CLI prints them)."""
-
-    def __init__(self, on_notice: Callable[[str], None] | None) -> None:
-        self.messages: list[str] = []
-        self._forward = on_notice
-
-    def __call__(self, message: str) -> None:
-        self.messages.append(message)
-        if self._forward is not None:
-            self._forward(message)
 
 
 def select_layers(layers: Sequence[Layer], include: str | None, exclude: str | None) -> list[Layer]:
@@ -86,12 +73,6 @@ def check_batch_moments(layer: str, moments, describe_batch: Callable[[], str]) 
             f"BN layer {layer} sees a single value per channel in {describe_batch()}, so its batch variance "
             "would be 0: use --batch-size 2 or more and at least 2 samples."
         )
-
-
-def _progress_bar(enabled: bool, total: int | None):
-    from tqdm import tqdm
-
-    return tqdm(total=total, disable=not enabled, unit="sample", desc="calibrating", file=sys.stderr, leave=False)
 
 
 def _layer_report(layer: Layer, pooled: PooledMoments, estimator: Estimator, samples: int) -> LayerReport:
@@ -152,7 +133,7 @@ def _stream(pool: DevicePool, batches, layers: list[Layer], keep: Reservoir, pro
             yield batch, False, batches.describe_last if last is None else last.describe
 
     with interrupts_between_steps() as check_interrupt, \
-            _progress_bar(progress, batches.num_samples if cluster.size == 1 else None) as bar:
+            Progress(batches.num_samples if cluster.size == 1 else None, display=progress) as bar:
         for ran in pool.run(share()):
             check_interrupt()  # Ctrl-C between batches: inside a TensorFlow call it can be lost
             for name, calls in ran.moments.items():
@@ -252,7 +233,7 @@ class Measurement:
     fields: dict
     new_values: dict[str, np.ndarray]
     evidence: list[str]
-    notice: Callable[[str], None]  # the run's Notices: kept for the report and passed on
+    notice: Notices  # the run's notices: kept for the report, logged and passed on
 
 
 def _sessions(stack: contextlib.ExitStack, source: Source, layers, data_keys, options: Options, notice) -> DevicePool:
@@ -371,7 +352,7 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
         reports = [_layer_report(layer, pooled[layer.name], options.estimator, num_samples) for layer in layers]
         mismatch = preprocessing_mismatch(source.layers[0], reports)
         if mismatch:
-            notice(mismatch)
+            notice.warn(mismatch)
         agreement = None
         if stream.kept.count:
             if session.inference_unavailable:
@@ -382,7 +363,7 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
         gate = repair_gate.check(reports, num_samples=num_samples, batch_size=size, variety=stream.variety,
                                  agreement=agreement, frozen=frozen, adapt=options.adapt)
         for warning in gate.warnings:
-            notice(warning)
+            notice.warn(warning)
         stopped = _stop_reason(options, stream, num_samples)
         cause = source.cause()
         fields = dict(
@@ -521,7 +502,7 @@ def recalibrate(checkpoint, data, options: Options) -> RecalibrationReport:
             report = RecalibrationReport(**measured.fields, output_checkpoint="", output_dir="")
             raise RepairRefused(_refusal(gate, "recalibrate"), report)
         if not gate.passed:
-            measured.notice("written despite the repair gate (--force): " + "; ".join(gate.reasons))
+            measured.notice.warn("written despite the repair gate (--force): " + "; ".join(gate.reasons))
         if not cluster.chief:
             return RecalibrationReport(**measured.fields, output_checkpoint=str(destination), output_dir=str(output_dir))
         report = RecalibrationReport(**measured.fields, output_checkpoint=str(source.written_path(destination)),

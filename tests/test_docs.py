@@ -79,3 +79,15 @@ def test_the_license_is_an_spdx_string():
     assert project["project"]["license"] == "Apache-2.0"
     assert any(re.fullmatch(r"setuptools>=(\d+)", r) and int(r.split(">=")[1]) >= 77
                for r in project["build-system"]["requires"])
+
+
+def test_the_api_section_lists_every_error_with_its_exit_code():
+    """DataError, CheckpointError, OutputError, NoBatchNormError were raised by the API and documented nowhere."""
+    import ckptfix.scaling.cluster  # noqa: F401  (defines WorkerError)
+
+    guide = (ROOT / "docs/user-guide.md").read_text()
+    table = guide.split("**Errors and exit codes.**", 1)[1].split("\n\n", 2)[1]
+    rows = {re.match(r"\| `(\w+)`", row).group(1): int(row.rstrip(" |").rsplit("| ", 1)[1])
+            for row in table.splitlines()[2:]}
+    classes = {errors.CkptfixError, *_subclasses(errors.CkptfixError)}
+    assert rows == {cls.__name__: cls.exit_code for cls in classes}

@@ -20,7 +20,7 @@ from typing import Annotated, Callable, List, Optional
 import typer
 
 from ckptfix import _quiet
-from ckptfix.errors import CkptfixError, RepairRefused
+from ckptfix.errors import CkptfixError, OptionError, RepairRefused
 from ckptfix.options import DataFormat, Estimator, ModelFormat, Options, Preset
 from ckptfix.report import DEFAULT_ROWS
 
@@ -66,7 +66,20 @@ def _help_record(param, ctx) -> tuple[str, str] | None:
     return names, f"{help_text.rstrip('.')} (default: {shown})."
 
 
-class _Command(typer.core.TyperCommand):
+class _HelpNames:
+    """``-h, --help`` in that order on every run (click builds the help option from a set of names, so the order
+    changed with Python's string hashing between identical runs)."""
+
+    def get_help_option_names(self, ctx) -> list[str]:
+        taken = {name for param in self.params for name in (*param.opts, *param.secondary_opts)}
+        return [name for name in ctx.help_option_names if name not in taken]
+
+
+class _Group(_HelpNames, typer.core.TyperGroup):
+    """The ``ckptfix`` group: its help option in a fixed order."""
+
+
+class _Command(_HelpNames, typer.core.TyperCommand):
     """A command whose --help reads like pip's or saved_model_cli's: ``Usage: ckptfix recalibrate [OPTIONS]
     CKPT DATA``, plain metavars, no types on flags, the options grouped into sections (``Model options:``...)."""
 
@@ -93,6 +106,7 @@ class _Command(typer.core.TyperCommand):
 
 
 app = typer.Typer(
+    cls=_Group,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -201,7 +215,7 @@ Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existin
 Report = Annotated[Optional[Path], typer.Option(metavar="FILE.json", help="Also write the report as JSON to this file.", rich_help_panel=OUTPUT)]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print the report as JSON (notices stay on stderr).", rich_help_panel=OUTPUT)]
 ShowAll = Annotated[bool, typer.Option("--all/--truncate", help=f"Show every layer, or only the first {DEFAULT_ROWS}.", rich_help_panel=OUTPUT)]
-Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar on stderr.", rich_help_panel=OUTPUT)]
+Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show the progress on stderr: a bar on a terminal, plain lines otherwise.", rich_help_panel=OUTPUT)]
 Plot = Annotated[Optional[Path], typer.Option(metavar="FILE.png", help="Also draw the per-layer drift and the agreement (.png, .pdf, .svg...; needs pip install 'ckptfix[plot]').", rich_help_panel=OUTPUT)]
 Force = Annotated[bool, typer.Option("--force", help="Write statistics the repair gate refuses (worse agreement, too little or degenerate data).", rich_help_panel=OUTPUT)]
 Adapt = Annotated[bool, typer.Option("--adapt", help="Also recompute BN layers frozen while training (trainable=False): adapt them to this data.")]
@@ -246,7 +260,7 @@ def _close_progress_bars() -> None:
         bar.close()
 
 
-def _run(action: Callable[[], int | None]) -> None:
+def _run(action: Callable[[], int | None], ctx: typer.Context | None = None) -> None:
     """Run a command body, turning user errors into a short message and their exit code. Once the output is in
     place (the commit point, :func:`ckptfix.interrupts.commit_scope`) Ctrl-C is ignored to the end of the
     process: the run completes its report and exits 0."""
@@ -261,6 +275,8 @@ def _run(action: Callable[[], int | None]) -> None:
         if os.environ.get("CKPTFIX_DEBUG") == "1":
             raise
         typer.echo(f"error: {error}", err=True)
+        if isinstance(error, OptionError):  # a usage error, as click's own: the same help line
+            _see_help(ctx)
         raise typer.Exit(error.exit_code) from None
     except KeyboardInterrupt:
         _close_progress_bars()
@@ -275,7 +291,9 @@ def _print_json(content: dict) -> None:
 
 
 def _echo_written(options_paths) -> None:
-    """Name each side output written (stderr, so --json stays parseable)."""
+    """Name each side output written (stderr, so --json stays parseable), after what the run printed: they are
+    put in place after the model (:mod:`ckptfix.io.outputs`), and ``2>&1`` then reads in the order of the run.
+    ``typer.echo`` flushes each line, so stdout's lines are out before these."""
     for path in options_paths:
         if path is not None:
             typer.echo(f"wrote {path}", err=True)
@@ -347,9 +365,9 @@ def recalibrate(ctx, checkpoint, data, report, plot, summary, json_output, show_
             typer.echo(f"worker {result.worker} of {result.num_workers}: statistics combined; the chief (worker 0) "
                        f"writes {result.output_checkpoint} and reports.")
             return
-        _echo_written((report, summary, plot))
         if json_output:
             _print_json(result.to_dict())
+            _echo_written((report, summary, plot))
             return
         typer.echo(result.format_table(show_all))
         typer.echo(f"\n{len(result.layers)} BN layers recalibrated ({result.estimator} estimator) from "
@@ -364,8 +382,9 @@ def recalibrate(ctx, checkpoint, data, report, plot, summary, json_output, show_
             typer.echo(f"{len(result.untouched_layers)} layers left as they were: {', '.join(result.untouched_layers)}")
         _echo_cause(result, stale=False)
         typer.echo(f"wrote {result.output_checkpoint}")
+        _echo_written((report, summary, plot))
 
-    _run(action)
+    _run(action, ctx)
 
 
 @_command(CKPT_ARGUMENT, DATA_ARGUMENT, MODEL_OPTIONS, FEED_OPTIONS, DATA_OPTIONS, STATISTICS_OPTIONS,
@@ -381,7 +400,6 @@ def diagnose(ctx, checkpoint, data, report, plot, summary, json_output, show_all
         if result.worker != 0:
             typer.echo(f"worker {result.worker} of {result.num_workers}: statistics combined; the chief (worker 0) reports.")
             return 0
-        _echo_written((report, summary, plot))
         if json_output:
             _print_json(result.to_dict())
         else:
@@ -396,9 +414,10 @@ def diagnose(ctx, checkpoint, data, report, plot, summary, json_output, show_all
             typer.echo(f"\ndata: {result.stop_summary()}")
             typer.echo(_verdict(result, _command_line(ctx, 'recalibrate', REPAIR_LEAVES_OUT)))
             _echo_cause(result, result.stale)
+        _echo_written((report, summary, plot))
         return {"stale": STALE_EXIT_CODE, "inconclusive": RepairRefused.exit_code}.get(result.verdict, 0)
 
-    _run(action)
+    _run(action, ctx)
 
 
 #: the options of a diagnose or inspect run that its suggested next command leaves out (they only shape what is
@@ -463,12 +482,13 @@ def inspect_(ctx, checkpoint, json_output, show_all, **_) -> None:
             return
         typer.echo(result.format_table(show_all))
         flagged = result.flagged
+        why = "initial 0/1 or identical to --against" if result.against is not None else "initial 0/1"
         typer.echo(f"\n{len(result.layers)} BN layers; " + (
-            f"{len(flagged)} look never updated (initial 0/1 or identical to --against): "
+            f"{len(flagged)} look never updated ({why}): "
             f"check with: {_command_line(ctx, 'diagnose', REPAIR_LEAVES_OUT - {'against'}, data='DATA')}" if flagged else "none flagged"))
         _echo_cause(result, bool(flagged))
 
-    _run(action)
+    _run(action, ctx)
 
 
 @app.command(cls=_Command)
@@ -523,10 +543,8 @@ def _main() -> int:
         if type(error).__name__ == "NoArgsIsHelpError":  # no arguments: the help, as click prints it
             typer.echo(error.format_message())
             return 2
-        message = _usage_message(error)
-        typer.echo(f"error: {message}", err=True)
-        context = getattr(error, "ctx", None)
-        typer.echo(f"see '{context.command_path if context is not None else 'ckptfix'} --help'.", err=True)
+        typer.echo(f"error: {_usage_message(error)}", err=True)
+        _see_help(getattr(error, "ctx", None))
         return 2
     except KeyboardInterrupt:
         typer.echo("interrupted: nothing was written.", err=True)
@@ -534,10 +552,31 @@ def _main() -> int:
     return code if isinstance(code, int) else 0
 
 
+def _see_help(context) -> None:
+    """The line after every usage error: where the command's options are listed."""
+    typer.echo(f"see '{context.command_path if context is not None else 'ckptfix'} --help'.", err=True)
+
+
+#: how close (difflib's ratio) an unknown option must be to a known one to be suggested: ``--batchsize`` gets
+#: ``--batch-size``; ``--bogus`` gets no ``--verbose`` (click's own cut-off, 0.6, suggests it)
+SUGGESTION_CUTOFF = 0.8
+
+
+def _suggestions(error) -> str:
+    """``(Possible options: --batch-size)`` for an unknown option close to known ones, else nothing."""
+    import difflib
+
+    known = getattr(error, "possibilities", None) or []
+    close = difflib.get_close_matches(error.option_name, known, cutoff=SUGGESTION_CUTOFF) if known else []
+    return f" (Possible options: {', '.join(sorted(close))})" if close else ""
+
+
 def _usage_message(error) -> str:
     """click's message in the form every bad option value takes (:class:`OptionError`'s too): ``--batch-size
     must be a whole number (got abc)``, ``--estimator must be one of pooled, batch-mean (got foo)``; none of
     the validation library's wording (``Value error, ...``, ``Input should be a valid integer...``)."""
+    if type(error).__name__ == "NoSuchOption":
+        return f"No such option: {error.option_name}{_suggestions(error)}"
     message = error.format_message().strip()
     invalid = re.fullmatch(r"Invalid value for (.+?): (.*)", message, re.S)
     if invalid is None:

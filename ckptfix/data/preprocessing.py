@@ -59,7 +59,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        Preset("inception", "x / 127.5 - 1, in [-1, 1] (slim Inception; --central-crop 0.875 as slim's eval)"),
+        Preset("inception", "x / 127.5 - 1, in [-1, 1] (slim Inception's scaling)"),
         Preset("vgg", "shorter side to 256/224 of the input size, central crop, x - (123.68, 116.78, 103.94) (slim VGG/ResNet-v1)", True),
         Preset("caffe", "RGB -> BGR, x - (103.939, 116.779, 123.68)", True),
         Preset("torch", "(x / 255 - (0.485, 0.456, 0.406)) / (0.229, 0.224, 0.225)", True),
@@ -132,7 +132,9 @@ def resolve_preprocessing(
         raise DataError(f"--preprocess {preset.name} works on RGB images but the input takes {channels} channel(s): pick inception, unit or raw.")
     if central_crop is not None and preset.name == "vgg":
         raise DataError("--preprocess vgg crops to the input size by construction: drop --central-crop.")
-    description = preset.formula + (f", central crop {central_crop}" if central_crop is not None else "")
+    description = preset.formula + (f", central crop {central_crop}" if central_crop is not None else
+                                    ", no crop (slim's eval crops: --central-crop 0.875)"
+                                    if preset.name == "inception" else "")
     return ImagePreprocessing(preset.name, None, description, height, width, channels, central_crop)
 
 

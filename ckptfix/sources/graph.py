@@ -53,22 +53,26 @@ def layer_epsilon(index: GraphIndex, found) -> float | None:
 class GraphSession:
     """A :class:`~ckptfix.sources.base.Session` over a :class:`GraphModel`, speaking in layer names."""
 
-    def __init__(self, model: GraphModel, layers: list[Layer], feeds, output_name: str | None) -> None:
+    def __init__(self, model: GraphModel, layers: list[Layer], feeds, output_name: str | None,
+                 output_label: str | None = None) -> None:
+        """``output_name``: the tensor fetched for the agreement check; ``output_label``: how reports name it
+        (default: the tensor's name)."""
         self._model = model
+        self._output_tensor = output_name
         self._variables = {layer.name: (layer.found.mean_variable, layer.found.variance_variable) for layer in layers}
         self.input_specs = model.input_specs
         self.input_names = list(feeds.inputs)
         self.training_flag = feeds.training_flag
-        self.output_name = output_name
+        self.output_name = output_label or output_name
         self.inference_unavailable = model.inference_unavailable
 
     def moments(self, batch, keep_output: bool):
         # the output is fetched with every batch: one fetch list, so TensorFlow optimises the graph once
-        moments, output = self._model.moments(batch, self.output_name)
+        moments, output = self._model.moments(batch, self._output_tensor)
         return moments, output if keep_output else None
 
     def inference_outputs(self, batch) -> np.ndarray:
-        return self._model.inference_outputs(batch, self.output_name)
+        return self._model.inference_outputs(batch, self._output_tensor)
 
     def assign_statistics(self, values: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
         by_variable = {}

@@ -90,11 +90,12 @@ def _layer_name(bn, mean_key: str) -> str:
 
 
 class _SavedModelSession(GraphSession):
-    """The graph session, its inputs named (and batch dicts keyed) by signature input keys."""
+    """The graph session, its inputs named (and batch dicts keyed) by signature input keys, its output by the
+    signature's output key (``output_0``, not the inlined graph's ``StatefulPartitionedCall_1:0``)."""
 
     def __init__(self, model: GraphModel, layers: list[Layer], feeds: Feeds, fed: dict[str, str],
-                 flag_key: str | None, output_name: str | None) -> None:
-        super().__init__(model, layers, feeds, output_name)
+                 flag_key: str | None, output: tuple[str, str]) -> None:
+        super().__init__(model, layers, feeds, *output[::-1])
         self._tensors = fed
         self._names = {layer.found.name: layer.name for layer in layers}  # the graph's names -> the source's
         self.input_specs = [InputSpec(key, spec.shape, spec.dtype) for key, spec in zip(fed, model.input_specs)]
@@ -157,19 +158,21 @@ class SavedModelSource:
                 bessel=bn.bessel, epsilon=layer_epsilon(self.index, bn), found=bn,
             ))
 
-    def _output(self, output_tensor: str | None, notice: Notice) -> str:
+    def _output(self, output_tensor: str | None, notice: Notice) -> tuple[str, str]:
+        """The output the agreement check compares: (its signature output key, its tensor in the graph)."""
         outputs = self.graph.outputs
         if output_tensor is not None:
             if output_tensor in outputs:
-                return outputs[output_tensor]
-            if output_tensor in outputs.values() or output_tensor + ":0" in outputs.values():
-                return output_tensor if ":" in output_tensor else output_tensor + ":0"
+                return output_tensor, outputs[output_tensor]
+            tensor = output_tensor if ":" in output_tensor else output_tensor + ":0"
+            if tensor in outputs.values():
+                return next(key for key, value in outputs.items() if value == tensor), tensor
             raise GraphError(f"--output-tensor {output_tensor}: signature {self.graph.signature_name} has outputs "
                              f"{', '.join(sorted(outputs))}; name one of them.")
         key = sorted(outputs)[0]
         if len(outputs) > 1:
             notice(f"the agreement check compares signature output {key} (--output-tensor chooses another)")
-        return outputs[key]
+        return key, outputs[key]
 
     @contextlib.contextmanager
     def session(self, layers: list[Layer], data_keys, options, notice: Notice, device: str | None = None

@@ -65,6 +65,7 @@ def test_every_suggested_command_works_when_typed_in_order(demo):
         if words[1] == "inspect":  # item 3: the cause says what the graph shows, once
             assert "cause: unknown: the train op Adam exists, but the graph holds no op that updates" in result.stdout
             assert "cause: cause" not in result.stdout and "inference mode while training" not in result.stdout
+            assert "look never updated (initial 0/1): check" in result.stdout  # no --against given, none named
         if words[1] == "recalibrate":  # item 8: a drift measure, not 100% for any change from 0
             header = result.stdout.splitlines()[0]
             assert "mean shift" in header and "log var ratio" in header and "Δmean" not in result.stdout.split("\n\n")[0]
@@ -112,6 +113,7 @@ def test_diagnose_suggests_the_repair_with_the_options_given(demo, tmp_path):
     inspected = CliRunner().invoke(app, ["inspect", str(folder / DEMO / "train"), "--against", str(folder / DEMO / "train")])
     assert f"check with: ckptfix diagnose {folder / DEMO / 'train'} DATA --against {folder / DEMO / 'train'}" \
         in inspected.output
+    assert "look never updated (initial 0/1 or identical to --against)" in inspected.output
 
 
 def test_swapped_arguments_are_named(demo):

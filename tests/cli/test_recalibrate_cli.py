@@ -31,7 +31,10 @@ def test_recalibrate_prints_the_table_and_writes_a_restorable_checkpoint(slim_mo
     assert "conv1/BatchNorm" in result.stdout and "conv2/BatchNorm" in result.stdout
     assert f"wrote {tmp_path / 'out' / 'model.ckpt-150'}" in result.stdout
     assert "notice: images preprocessed with --preprocess inception" in result.stderr
-    assert "calibrating" in result.stderr  # the progress bar
+    assert "calibrating" in result.stderr  # the progress, as plain lines into a file: no carriage return
+    assert "\r" not in result.stderr
+    # as the run happened: notices, the table (stdout), the model written, then the side outputs
+    assert result.stdout.startswith("layer") and result.stderr.splitlines()[-1] == f"wrote {tmp_path / 'r.json'}"
     assert "Traceback" not in result.stderr and "cuda" not in result.stderr.lower() and "I0000" not in result.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["num_samples"] == len(list(model.images_dir.glob("*.png")))

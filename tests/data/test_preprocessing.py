@@ -82,3 +82,13 @@ def test_user_function_runs_in_the_pipeline(photo, tmp_path, monkeypatch):
         batches(folder, preprocess="no_such_module_xyz:f")
     callable_got = batches(folder, preprocess=lambda image: tf.cast(image, tf.float32) * 2, input_shape=(None, 8, 8, 3))
     np.testing.assert_allclose(callable_got[0][0], x * 2)
+
+
+def test_the_inception_notice_says_whether_a_crop_is_applied():
+    """'(slim Inception; --central-crop 0.875 as slim's eval)' read as if a crop were applied; none was."""
+    from ckptfix.data.preprocessing import resolve_preprocessing
+
+    default = resolve_preprocessing("inception", (None, 8, 8, 3), None, None).description
+    cropped = resolve_preprocessing("inception", (None, 8, 8, 3), None, 0.875).description
+    assert "no crop" in default and "central crop" not in default
+    assert cropped.endswith(", central crop 0.875") and "no crop" not in cropped

@@ -80,6 +80,8 @@ def _repair(exported, tmp_path, **keywords):
 def test_keras3_export(keras3_export, tmp_path):
     output, report = _repair(keras3_export, tmp_path)
     assert [layer.name for layer in report.layers] == ["bn"] and report.layers[0].variance_convention == "biased"
+    # named by the signature's output key, not the inlined graph's StatefulPartitionedCall_1:0
+    assert report.agreement.output_tensor == "output_0" and "of output_0 " in report.agreement.summary()
     _check_repaired(keras3_export, output, report)
 
 
