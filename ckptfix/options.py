@@ -16,7 +16,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
-from ckptfix.data.preprocessing import PRESETS
+from ckptfix.data.preprocessing import PRESETS, parse_image_size
 from ckptfix.data.sources import FORMATS
 from ckptfix.errors import CkptfixError, DataError, KeywordError, OptionError
 from ckptfix.graph.feeds import input_names
@@ -79,8 +79,9 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "progress": (bool,), "allow_unsafe_ops": (bool,), "force": (bool,),
     "signature": (str,), "training_flag": (str,), "include": (str,), "exclude": (str,), "output_tensor": (str,),
     "feature": (str,), "model_args": (dict,), "input_shape": (str, tuple, list),
-    "image_size": (str, tuple, list), "devices": (str, int, tuple, list),
-    "input_name": (str, tuple, list),
+    "image_size": (str, int, tuple, list), "devices": (str, int, tuple, list),
+    "input_name": (str, tuple, list), "custom_objects": (dict, str, tuple, list),
+    "cluster_timeout": (int, float),
 }
 _PATHS = ("meta", "architecture", "output", "against", "report", "summary", "plot")
 
@@ -265,6 +266,11 @@ class Options:
         _at_least(self.batch_size, 1, "--batch-size")
         _at_least(self.num_samples, 1, "--num-samples")
         _at_least(self.agreement_samples, 0, "--agreement-samples")
+        _at_least(self.seed, 0, "--seed")  # numpy's generators take non-negative seeds
+        if self.central_crop is not None and not 0 < self.central_crop <= 1:
+            raise OptionError(f"--central-crop must be above 0 and at most 1, e.g. 0.875 (got {self.central_crop}).")
+        if self.image_size is not None:
+            normalise("image_size", parse_image_size(self.image_size))
         if self.until_stable is not None and not 0 < self.until_stable < 1:
             raise OptionError(f"--until-stable must be between 0 and 1, e.g. 0.01 (got {self.until_stable}).")
         _compile(self.include, "--include")
@@ -275,7 +281,7 @@ class Options:
         normalise("input_name", None if names is None else tuple(names))
         normalise("devices", parse_devices(self.devices))
         if self.cluster_timeout is not None and not 0 < self.cluster_timeout < float("inf"):
-            raise CkptfixError(f"--cluster-timeout must be a number of seconds above 0 (got {self.cluster_timeout}).")
+            raise OptionError(f"--cluster-timeout must be a number of seconds above 0 (got {self.cluster_timeout}).")
         if self.model is None and any((self.model_args, self.input_shape, self.arg_scope)):
             raise OptionError("--num-classes, --model-arg, --input-shape and --arg-scope apply only with --model.")
         for name in _PATHS:

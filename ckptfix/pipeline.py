@@ -27,6 +27,7 @@ import numpy as np
 
 from ckptfix.data import DataKeys, open_calibration_data
 from ckptfix.data.batching import first_samples, samples_in
+from ckptfix.data.python import check_bounded
 from ckptfix.diagnostics import agreement as output_agreement
 from ckptfix.diagnostics import gate as repair_gate
 from ckptfix.diagnostics.drift import DEFAULT_EPSILON
@@ -480,6 +481,7 @@ def recalibrate(checkpoint, data, options: Options) -> RecalibrationReport:
     before it, Ctrl-C leaves nothing written; after it, Ctrl-C is ignored until the call returns
     (:func:`ckptfix.interrupts.commit_scope`).
     """
+    check_bounded(data, options.num_samples, options.until_stable is not None)
     cluster = join_cluster(options.cluster_timeout)  # before the model is loaded: joining renames the devices
     with open_source(checkpoint, options) as source:
         destination = source.check_output(options.output, options.overwrite)  # a bad -o fails before the pass
@@ -505,6 +507,7 @@ def diagnose(checkpoint, data, options: Options) -> DiagnosisReport:
     """Measure only: how far the stored statistics are from the recomputed ones, and whether that is stale
     (``report.verdict``); nothing is written but the side outputs asked for. A gate refusal is the
     ``inconclusive`` verdict."""
+    check_bounded(data, options.num_samples, options.until_stable is not None)
     cluster = join_cluster(options.cluster_timeout)
     with open_source(checkpoint, options) as source, contextlib.ExitStack() as stack:
         _run_paths(source, data, options, None)

@@ -260,6 +260,8 @@ def _run(action: Callable[[], int | None]) -> None:
         if os.environ.get("CKPTFIX_DEBUG") == "1":
             raise
         typer.echo(f"error: {error}", err=True)
+        if getattr(error, "user_traceback", None):  # raised inside the user's own code: their traceback
+            typer.echo(error.user_traceback.rstrip("\n"), err=True)
         raise typer.Exit(error.exit_code) from None
     except KeyboardInterrupt:
         _close_progress_bars()
