@@ -15,6 +15,7 @@ from typing import Iterator
 
 from ckptfix import _quiet
 from ckptfix.errors import CkptfixError, OptionError
+from ckptfix.interrupts import sigterm_during_call
 from ckptfix.options import FLAGS, Options
 from ckptfix.report import DiagnosisReport, InspectionReport, RecalibrationReport
 
@@ -38,7 +39,7 @@ def run(command: str, checkpoint, data, options: Options):
 
     if not isinstance(checkpoint, (str, os.PathLike)):
         raise OptionError(f"checkpoint takes str or path, not {type(checkpoint).__name__} ({checkpoint!r}).")
-    with _eager():
+    with sigterm_during_call(), _eager():
         if command == "inspect":
             return pipeline.inspect(checkpoint, options)
         return getattr(pipeline, command)(checkpoint, data, options)

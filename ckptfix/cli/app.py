@@ -3,7 +3,7 @@
 Exit codes (the table in README.md and docs/user-guide.md): 0 success (``diagnose``: fresh or differs); 1 user
 error (one or two lines naming the fix; ``CKPTFIX_DEBUG=1`` shows the traceback); 2 a bad option or option value
 (one line); 3 ``diagnose`` found stale statistics; 4 nothing to recalibrate (no BN layer in the graph or none
-selected); 5 the repair gate refused (``diagnose``: inconclusive); 130 interrupted.
+selected); 5 the repair gate refused (``diagnose``: inconclusive); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -263,10 +263,9 @@ def _run(action: Callable[[], int | None]) -> None:
         if getattr(error, "user_traceback", None):  # raised inside the user's own code: their traceback
             typer.echo(error.user_traceback.rstrip("\n"), err=True)
         raise typer.Exit(error.exit_code) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         _close_progress_bars()
-        typer.echo("interrupted: nothing was written.", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(_interrupted(interrupt)) from None
     if code:
         raise typer.Exit(code)
 
@@ -496,6 +495,9 @@ def main() -> None:
     the float64 reference with oneDNN, 2.4e-4 with Eigen; issue 25 item 14). The CLI owns its process; the
     Python API leaves its host's allocators, kernels and environment alone.
     """
+    from ckptfix.interrupts import take_sigterm
+
+    take_sigterm()  # SIGTERM (timeout, Kubernetes, Slurm) taken as Ctrl-C: cleaned up, one line, exit 143
     verbose = bool({"-v", "--verbose"} & set(sys.argv[1:]))
     os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
@@ -522,10 +524,20 @@ def _main() -> int:
         context = getattr(error, "ctx", None)
         typer.echo(f"see '{context.command_path if context is not None else 'ckptfix'} --help'.", err=True)
         return 2
-    except KeyboardInterrupt:
-        typer.echo("interrupted: nothing was written.", err=True)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        return _interrupted(interrupt)
     return code if isinstance(code, int) else 0
+
+
+def _interrupted(interrupt: KeyboardInterrupt) -> int:
+    """The line and exit code of a run stopped by Ctrl-C (130) or SIGTERM (143), before its commit point."""
+    from ckptfix.interrupts import Terminated
+
+    if isinstance(interrupt, Terminated):
+        typer.echo("terminated: nothing was written.", err=True)
+        return Terminated.exit_code
+    typer.echo("interrupted: nothing was written.", err=True)
+    return 130
 
 
 def _usage_message(error) -> str:
