@@ -193,7 +193,10 @@ class Options:
         output: recalibrate's destination: a folder (default ``<checkpoint folder>-recalibrated``); for a frozen
             graph or a Keras ``.keras`` / ``.h5`` / ``.weights.h5`` file, a file (default
             ``<name>-recalibrated.<ext>`` beside it; a frozen graph's suffix picks binary or text) [-o].
-        overwrite: replace an existing output [--overwrite].
+        overwrite: replace an existing output: a folder only when it holds a model ckptfix writes and nothing
+            else (:func:`ckptfix.io.atomic.foreign_content`), a file only when it is a model file of that kind;
+            and existing ``report`` / ``summary`` / ``plot`` files (GitHub's step summary is appended to, never
+            replaced: :mod:`ckptfix.io.outputs`) [--overwrite].
         against: inspect and diagnose: another checkpoint (e.g. the pretrained one) whose identical statistics
             are flagged; in ``diagnose`` they are evidence of staleness [--against].
         report, summary, plot: side outputs written after the run (atomically, only when it succeeds): the JSON
@@ -203,8 +206,8 @@ class Options:
         force: write statistics the repair gate refuses (:mod:`ckptfix.diagnostics.gate`) [--force].
         progress: a tqdm bar on stderr [--progress]. on_notice: called with each one-line notice.
 
-    Which command takes which: ``recalibrate`` all but ``against``; ``diagnose`` all but ``output``,
-    ``overwrite`` and ``force``; ``inspect`` only the model options and ``against``.
+    Which command takes which: ``recalibrate`` all but ``against``; ``diagnose`` all but ``output`` and
+    ``force`` (its ``overwrite`` is for the side outputs); ``inspect`` only the model options and ``against``.
     """
 
     meta: Path | None = None
@@ -326,6 +329,6 @@ class Options:
 _ALL = frozenset(f.name for f in dataclasses.fields(Options))
 Options.COMMANDS.update(
     recalibrate=_ALL - {"against"},
-    diagnose=_ALL - {"output", "overwrite", "force"},
+    diagnose=_ALL - {"output", "force"},
     inspect=frozenset({*_MODEL, "against"}),
 )

@@ -442,7 +442,7 @@ def _run_paths(source: Source, data, options: Options, destination: Path | None)
         from ckptfix.render.plot import image_format
 
         image_format(options.plot)
-    check_run_paths(None if destination is None else Place(destination, "-o/--output"), sides, inputs)
+    check_run_paths(None if destination is None else Place(destination, "-o/--output"), sides, inputs, options.overwrite)
 
 
 def _side_outputs(report, options: Options) -> list[tuple[Path, bytes, str]]:
@@ -498,7 +498,7 @@ def recalibrate(checkpoint, data, options: Options) -> RecalibrationReport:
             return RecalibrationReport(**measured.fields, output_checkpoint=str(destination), output_dir=str(output_dir))
         report = RecalibrationReport(**measured.fields, output_checkpoint=str(source.written_path(destination)),
                                      output_dir=str(output_dir))
-        with commit_scope(), staged_files(_side_outputs(report, options)):
+        with commit_scope(), staged_files(_side_outputs(report, options), options.overwrite):
             source.write(measured.new_values, destination, options.overwrite)
     return report
 
@@ -515,7 +515,7 @@ def diagnose(checkpoint, data, options: Options) -> DiagnosisReport:
         measured = measure(source, data, options, cluster, other)
         report = DiagnosisReport(**measured.fields, evidence=measured.evidence)
         if cluster.chief:
-            with staged_files(_side_outputs(report, options)):
+            with staged_files(_side_outputs(report, options), options.overwrite):
                 pass
         return report
 

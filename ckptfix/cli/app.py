@@ -197,7 +197,8 @@ AgreementSamples = Annotated[int, typer.Option(parser=_whole, metavar="N", help=
 Against = Annotated[Optional[Path], typer.Option(metavar="CKPT", help="Another checkpoint (e.g. the pretrained one): statistics identical to it are flagged (evidence of staleness).", rich_help_panel=STATISTICS)]
 
 Output = Annotated[Optional[Path], typer.Option("-o", "--output", metavar="PATH", help="Output folder (default: <checkpoint folder>-recalibrated); a file for .pb/.pbtxt/.keras/.h5 inputs (default: <name>-recalibrated.<ext>).", rich_help_panel=OUTPUT)]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.", rich_help_panel=OUTPUT)]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output: a folder only if it holds a model ckptfix writes and nothing else; and existing --report/--summary/--plot files.", rich_help_panel=OUTPUT)]
+OverwriteSides = Annotated[bool, typer.Option("--overwrite", help="Replace existing --report/--summary/--plot files.", rich_help_panel=OUTPUT)]
 Report = Annotated[Optional[Path], typer.Option(metavar="FILE.json", help="Also write the report as JSON to this file.", rich_help_panel=OUTPUT)]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print the report as JSON (notices stay on stderr).", rich_help_panel=OUTPUT)]
 ShowAll = Annotated[bool, typer.Option("--all/--truncate", help=f"Show every layer, or only the first {DEFAULT_ROWS}.", rich_help_panel=OUTPUT)]
@@ -369,7 +370,8 @@ def recalibrate(ctx, checkpoint, data, report, plot, summary, json_output, show_
 
 
 @_command(CKPT_ARGUMENT, DATA_ARGUMENT, MODEL_OPTIONS, FEED_OPTIONS, DATA_OPTIONS, STATISTICS_OPTIONS,
-          (("against", Against, None),), REPORT_OPTIONS, PRINT_OPTIONS, RUN_OPTIONS, SAFETY_OPTIONS, show_all=False)
+          (("against", Against, None),), REPORT_OPTIONS, (("overwrite", OverwriteSides, False),), PRINT_OPTIONS,
+          RUN_OPTIONS, SAFETY_OPTIONS, show_all=False)
 def diagnose(ctx, checkpoint, data, report, plot, summary, json_output, show_all, **_) -> None:
     """Measure how stale the stored statistics are (writes nothing). Exit 0 fresh (or differs), 3 stale, 5
     inconclusive, 1 error."""
@@ -403,7 +405,8 @@ def diagnose(ctx, checkpoint, data, report, plot, summary, json_output, show_all
 
 #: the options of a diagnose or inspect run that its suggested next command leaves out (they only shape what is
 #: printed or written beside it, or are not the next command's)
-REPAIR_LEAVES_OUT = frozenset({"against", "report", "plot", "summary", "json_output", "show_all", "progress", "verbose"})
+REPAIR_LEAVES_OUT = frozenset({"against", "report", "plot", "summary", "overwrite", "json_output", "show_all", "progress",
+                               "verbose"})
 
 
 def _command_line(ctx: typer.Context, command: str, leave_out: frozenset[str], data: str | None = None) -> str:
