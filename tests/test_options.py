@@ -100,7 +100,7 @@ def test_options_are_frozen_and_replace_revalidates():
 
 @pytest.mark.parametrize("command, refused", [
     ("recalibrate", ["against"]),
-    ("diagnose", ["output", "overwrite", "force"]),
+    ("diagnose", ["output", "force"]),
     ("inspect", ["batch_size", "output", "estimator", "training_flag", "progress", "on_notice", "data_format"]),
 ])
 def test_keywords_a_command_does_not_take_are_type_errors(command, refused):
@@ -112,7 +112,7 @@ def test_keywords_a_command_does_not_take_are_type_errors(command, refused):
 def test_keywords_each_command_takes():
     fields = {f.name for f in dataclasses.fields(Options)}
     assert Options.COMMANDS["recalibrate"] == fields - {"against"}
-    assert Options.COMMANDS["diagnose"] == fields - {"output", "overwrite", "force"}
+    assert Options.COMMANDS["diagnose"] == fields - {"output", "force"}  # its overwrite: for the side outputs
     assert Options.COMMANDS["inspect"] == {
         "meta", "model", "model_args", "input_shape", "arg_scope", "model_format", "architecture", "unsafe", "signature",
         "custom_objects",
