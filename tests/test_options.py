@@ -142,8 +142,8 @@ def test_the_api_refuses_unknown_keywords_before_any_work(tmp_path):
 
 def test_data_options_and_tf1_only_flags():
     options = Options(image_size="8x8", central_crop=0.875, data_format="images", feature="x", strict=True)
-    assert options.data_options == dict(image_size="8x8", central_crop=0.875, data_format=DataFormat.IMAGES,
-                                        feature="x", strict=True)
+    assert options.data_options == dict(image_size=(8, 8), central_crop=0.875, data_format=DataFormat.IMAGES,
+                                        feature="x", strict=True)  # the size parsed (and checked) once
     assert Options().tf1_only() == []
     flagged = Options(training_flag="is_training", output_tensor="logits", allow_unsafe_ops=True, model="m:f",
                       model_args={"num_classes": 2}, input_shape="8x8x3", arg_scope="m:scope")
