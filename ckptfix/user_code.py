@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import importlib.util
 import inspect
 import os
 import re
@@ -45,7 +44,8 @@ def _library_folders() -> tuple[str, ...]:
     """Folders whose files are not the user's: ckptfix's, the standard library's and the installed packages'."""
     paths = sysconfig.get_paths()
     folders = {str(Path(__file__).resolve().parent)}
-    folders.update(os.path.realpath(paths[key]) for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths)
+    folders.update(os.path.realpath(paths[key]) for key in ("stdlib", "platstdlib", "purelib", "platlib")
+                   if key in paths)
     return tuple(folder + os.sep for folder in folders)
 
 
@@ -127,25 +127,13 @@ def _module_name(spec: str, module_name: str, option: str, error: type[CkptfixEr
 
 
 def _import(spec: str, module_name: str, option: str, error: type[CkptfixError]):
-    """Import the user's module: their exception shown as theirs, a missing module as one line."""
+    """Import the user's module: an exception raised by its code shown as theirs (a module it imports that is
+    missing included); the module itself not found, one line."""
     try:
         with running_user_code(f"{option} {spec}"):
             return importlib.import_module(module_name)
-    except ModuleNotFoundError as failure:
-        if failure.name is not None and (module_name + ".").startswith(failure.name + "."):
-            raise error(f"{option} {spec}: cannot import {module_name} ({failure}); is it on PYTHONPATH?") from None
-        raise _as_users(option, spec, failure, module_name) from failure
     except ImportError as failure:
-        raise _as_users(option, spec, failure, module_name) from failure
-
-
-def _as_users(option: str, spec: str, failure: BaseException, module_name: str) -> UserCodeError:
-    """An import error raised while the user's module ran (it imports something missing)."""
-    found = None
-    with contextlib.suppress(Exception):
-        found = importlib.util.find_spec(module_name)
-    shown = user_traceback(failure, [getattr(found, "origin", None) or ""])
-    return UserCodeError(f"{option} {spec}", failure, shown or "".join(traceback.format_exception_only(type(failure), failure)))
+        raise error(f"{option} {spec}: cannot import {module_name} ({failure}); is it on PYTHONPATH?") from None
 
 
 def resolve_function(spec: str | Callable, option: str = "--model", error: type[CkptfixError] = CkptfixError) -> Callable:

@@ -38,7 +38,7 @@ from typing import Callable, Iterator, Sequence
 
 from ckptfix.errors import OutputError, error_reason
 from ckptfix.interrupts import commit, interrupts_between_steps
-from ckptfix.io.outputs import overlap, umask
+from ckptfix.io.outputs import overlap, through_link, umask
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
@@ -73,13 +73,6 @@ _MODEL_FILES = {".pb": None, ".pbtxt": None, ".keras": b"PK\x03\x04", ".h5": b"\
                 ".hdf5": b"\x89HDF\r\n\x1a\n"}
 
 
-def target(output: Path) -> Path:
-    """Where a write to ``output`` goes: the absolute path, or for a symbolic link, the path it points to (the
-    link is kept and then points at the new output, as a write through it would leave it)."""
-    output = Path(output).expanduser().absolute()
-    return Path(os.path.realpath(output)) if output.is_symlink() else output
-
-
 def foreign_content(output: Path, copies: Path | None = None) -> str | None:
     """Why ``--overwrite`` may not replace the existing ``output`` (None: it may): a folder must hold a model
     ckptfix writes (a checkpoint, a SavedModel) and nothing else (``copies``: a folder whose entries the output
@@ -94,7 +87,8 @@ def foreign_content(output: Path, copies: Path | None = None) -> str | None:
         if foreign:
             return f"holds {foreign[0]}" + (f" and {len(foreign) - 1} more file(s)" if len(foreign) > 1 else "") + \
                 ", which ckptfix did not write"
-        if not any(name == "checkpoint" or name.endswith(".index") or name.startswith("saved_model.") for name in names):
+        if not any(name == "checkpoint" or name.endswith(".index") or name.startswith("saved_model.")
+                   for name in names):
             return "holds no checkpoint or SavedModel"
         return None
     suffix = output.suffix.lower()
@@ -120,8 +114,9 @@ def check_destination(output: Path, inputs: Sequence[Path], *, is_folder: bool, 
     """Refuse an output that is, sits inside or contains one of ``inputs`` (``what`` names them in the
     message), exists as the wrong kind, exists (a non-empty folder) without ``overwrite``, exists with
     ``overwrite`` but holds something ckptfix did not write (:func:`foreign_content`), or whose folder cannot
-    be created or written. Returns the absolute output path (a link's target: :func:`target`); creates nothing."""
-    output = target(output)
+    be created or written. Returns the absolute output path (a link's target:
+    :func:`~ckptfix.io.outputs.through_link`); creates nothing."""
+    output = through_link(output)
     resolved = output.resolve()
     for item in (Path(path).resolve() for path in inputs):
         how = overlap(resolved, item)
@@ -159,7 +154,8 @@ class Staged:
 
 
 @contextlib.contextmanager
-def atomic_output(destination: Path, *, overwrite: bool, is_folder: bool, copies: Path | None = None) -> Iterator[Staged]:
+def atomic_output(destination: Path, *, overwrite: bool, is_folder: bool,
+                  copies: Path | None = None) -> Iterator[Staged]:
     """Stage, lock, re-check and swap ``destination`` (see the module docstring; a link: its target, which
     the link keeps pointing at; ``copies``: as :func:`check_destination`'s)::
 
@@ -168,7 +164,7 @@ def atomic_output(destination: Path, *, overwrite: bool, is_folder: bool, copies
 
     The swap happens when the block ends without an exception; any exception removes the staging folder.
     """
-    destination = target(destination)
+    destination = through_link(destination)
     try:
         destination.parent.mkdir(parents=True, exist_ok=True, mode=0o777)
         with _exclusive_lock(destination), interrupts_between_steps() as check_interrupt:

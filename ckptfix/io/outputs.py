@@ -94,14 +94,15 @@ def check_run_paths(destination: Place | None, side_outputs: Sequence[Place], in
                                   f"choose another {side.what}.")
 
 
-def _written(path: Path) -> Path:
-    """The file a side output goes to: ``path``, or the file a link there points to."""
+def through_link(path: Path) -> Path:
+    """Where a write to ``path`` goes: the absolute path, or for a symbolic link, the path it points to (the
+    link is kept and then points at the new file or folder, as a write through it would leave it)."""
     path = Path(path).expanduser().absolute()
     return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
 def _check_side_output(side: Place, overwrite: bool) -> None:
-    path = _written(side.path)
+    path = through_link(side.path)
     if path.is_dir():
         raise OutputError(f"{side.what} {side.path} is a folder: name a file.")
     folder = path.parent
@@ -134,9 +135,9 @@ def staged_files(contents: Sequence[tuple[Path, bytes, str]], overwrite: bool = 
     try:
         for path, content, what in contents:
             if what == "summary" and appends(path):
-                appended.append((_written(path), content))
+                appended.append((through_link(path), content))
             else:
-                staged.append((_write_temporary(_written(path), content, what), _written(path)))
+                staged.append((_write_temporary(through_link(path), content, what), through_link(path)))
         yield
         for temporary, path in staged:
             if not overwrite and path.exists():
