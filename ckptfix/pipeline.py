@@ -32,7 +32,7 @@ from ckptfix.diagnostics import agreement as output_agreement
 from ckptfix.diagnostics import gate as repair_gate
 from ckptfix.diagnostics.drift import DEFAULT_EPSILON
 from ckptfix.diagnostics.evidence import staleness_evidence
-from ckptfix.errors import CkptfixError, DataError, NoBatchNormError, OutputError, RepairRefused
+from ckptfix.errors import CkptfixError, DataError, ForeignOutputError, NoBatchNormError, RepairRefused
 from ckptfix.interrupts import commit_scope, interrupts_between_steps
 from ckptfix.io.outputs import Place, check_run_paths, staged_files
 from ckptfix.options import Options, flag
@@ -486,8 +486,8 @@ def recalibrate(checkpoint, data, options: Options) -> RecalibrationReport:
     with open_source(checkpoint, options) as source:
         try:
             destination = source.check_output(options.output, options.overwrite)  # a bad -o fails before the pass
-        except OutputError:
-            if options.output is not None:  # an -o that is or holds an input: that reason first (the data...)
+        except ForeignOutputError:  # an -o holding the calibration data (an input): that reason first
+            if options.output is not None:
                 _run_paths(source, data, options, Path(options.output))
             raise
         _run_paths(source, data, options, destination)

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from ckptfix.errors import OutputError, error_reason
+from ckptfix.errors import ForeignOutputError, OutputError, error_reason
 from ckptfix.interrupts import commit, interrupts_between_steps
 from ckptfix.io.outputs import overlap, through_link, umask
 
@@ -105,7 +105,7 @@ def foreign_content(output: Path, copies: Path | None = None) -> str | None:
 def _refuse_foreign(output: Path, copies: Path | None) -> None:
     reason = foreign_content(output, copies)
     if reason is not None:
-        raise OutputError(f"output {output} {reason}: --overwrite replaces only a model ckptfix writes; choose "
+        raise ForeignOutputError(f"output {output} {reason}: --overwrite replaces only a model ckptfix writes; choose "
                           "another -o/--output.")
 
 
