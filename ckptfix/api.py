@@ -8,12 +8,14 @@ keyword arguments, or takes one ready-made, and runs :mod:`ckptfix.pipeline` on 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from pathlib import Path
 from typing import Iterator
 
 from ckptfix import _quiet
-from ckptfix.errors import CkptfixError
+from ckptfix.errors import CkptfixError, OptionError
+from ckptfix.interrupts import sigterm_during_call
 from ckptfix.options import FLAGS, Options
 from ckptfix.report import DiagnosisReport, InspectionReport, RecalibrationReport
 
@@ -35,7 +37,9 @@ def run(command: str, checkpoint, data, options: Options):
     errors name the command-line flags (the CLI's entry; the functions below name keywords instead)."""
     from ckptfix import pipeline
 
-    with _eager():
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        raise OptionError(f"checkpoint takes str or path, not {type(checkpoint).__name__} ({checkpoint!r}).")
+    with sigterm_during_call(), _eager():
         if command == "inspect":
             return pipeline.inspect(checkpoint, options)
         return getattr(pipeline, command)(checkpoint, data, options)

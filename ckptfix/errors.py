@@ -36,6 +36,10 @@ class OutputError(CkptfixError):
     """The output location is unusable (exists, is the input, is not writable)."""
 
 
+class ForeignOutputError(OutputError):
+    """``--overwrite`` on an output that holds what ckptfix did not write (the user's files): never replaced."""
+
+
 class OptionError(CkptfixError, ValueError):
     """An option's value is of the wrong type or out of range (a usage error: exit 2, as the CLI's own)."""
 

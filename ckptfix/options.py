@@ -16,7 +16,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
-from ckptfix.data.preprocessing import PRESETS
+from ckptfix.data.preprocessing import PRESETS, parse_image_size
 from ckptfix.data.sources import FORMATS
 from ckptfix.errors import CkptfixError, DataError, KeywordError, OptionError
 from ckptfix.graph.feeds import input_names
@@ -79,8 +79,9 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "progress": (bool,), "allow_unsafe_ops": (bool,), "force": (bool,), "adapt": (bool,),
     "signature": (str,), "training_flag": (str,), "include": (str,), "exclude": (str,), "output_tensor": (str,),
     "feature": (str,), "model_args": (dict,), "input_shape": (str, tuple, list),
-    "image_size": (str, tuple, list), "devices": (str, int, tuple, list),
-    "input_name": (str, tuple, list),
+    "image_size": (str, int, tuple, list), "devices": (str, int, tuple, list),
+    "input_name": (str, tuple, list), "custom_objects": (dict, str, tuple, list),
+    "cluster_timeout": (int, float),
 }
 _PATHS = ("meta", "architecture", "output", "against", "report", "summary", "plot")
 
@@ -192,7 +193,10 @@ class Options:
         output: recalibrate's destination: a folder (default ``<checkpoint folder>-recalibrated``); for a frozen
             graph or a Keras ``.keras`` / ``.h5`` / ``.weights.h5`` file, a file (default
             ``<name>-recalibrated.<ext>`` beside it; a frozen graph's suffix picks binary or text) [-o].
-        overwrite: replace an existing output [--overwrite].
+        overwrite: replace an existing output: a folder only when it holds a model ckptfix writes and nothing
+            else (:func:`ckptfix.io.atomic.foreign_content`), a file only when it is a model file of that kind;
+            and existing ``report`` / ``summary`` / ``plot`` files (GitHub's step summary is appended to, never
+            replaced: :mod:`ckptfix.io.outputs`) [--overwrite].
         against: inspect and diagnose: another checkpoint (e.g. the pretrained one) whose identical statistics
             are flagged; in ``diagnose`` they are evidence of staleness [--against].
         report, summary, plot: side outputs written after the run (atomically, only when it succeeds): the JSON
@@ -208,8 +212,8 @@ class Options:
             [--progress]. on_notice: called with each one-line notice. Both also go to the ``ckptfix`` and
             ``ckptfix.progress`` loggers (:mod:`ckptfix.log`), with or without these.
 
-    Which command takes which: ``recalibrate`` all but ``against``; ``diagnose`` all but ``output``,
-    ``overwrite`` and ``force``; ``inspect`` only the model options and ``against``.
+    Which command takes which: ``recalibrate`` all but ``against``; ``diagnose`` all but ``output`` and
+    ``force`` (its ``overwrite`` is for the side outputs); ``inspect`` only the model options and ``against``.
     """
 
     meta: Path | None = None
@@ -272,6 +276,11 @@ class Options:
         _at_least(self.batch_size, 1, "--batch-size")
         _at_least(self.num_samples, 1, "--num-samples")
         _at_least(self.agreement_samples, 0, "--agreement-samples")
+        _at_least(self.seed, 0, "--seed")  # numpy's generators take non-negative seeds
+        if self.central_crop is not None and not 0 < self.central_crop <= 1:
+            raise OptionError(f"--central-crop must be above 0 and at most 1, e.g. 0.875 (got {self.central_crop}).")
+        if self.image_size is not None:
+            normalise("image_size", parse_image_size(self.image_size))
         if self.until_stable is not None and not 0 < self.until_stable < 1:
             raise OptionError(f"--until-stable must be between 0 and 1, e.g. 0.01 (got {self.until_stable}).")
         _compile(self.include, "--include")
@@ -282,7 +291,7 @@ class Options:
         normalise("input_name", None if names is None else tuple(names))
         normalise("devices", parse_devices(self.devices))
         if self.cluster_timeout is not None and not 0 < self.cluster_timeout < float("inf"):
-            raise CkptfixError(f"--cluster-timeout must be a number of seconds above 0 (got {self.cluster_timeout}).")
+            raise OptionError(f"--cluster-timeout must be a number of seconds above 0 (got {self.cluster_timeout}).")
         if self.model is None and any((self.model_args, self.input_shape, self.arg_scope)):
             raise OptionError("--num-classes, --model-arg, --input-shape and --arg-scope apply only with --model.")
         for name in _PATHS:
@@ -327,6 +336,6 @@ class Options:
 _ALL = frozenset(f.name for f in dataclasses.fields(Options))
 Options.COMMANDS.update(
     recalibrate=_ALL - {"against"},
-    diagnose=_ALL - {"output", "overwrite", "force"},
+    diagnose=_ALL - {"output", "force"},
     inspect=frozenset({*_MODEL, "against"}),
 )

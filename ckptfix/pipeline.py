@@ -26,11 +26,12 @@ import numpy as np
 
 from ckptfix.data import DataKeys, open_calibration_data
 from ckptfix.data.batching import Reservoir, Variety, samples_in
+from ckptfix.data.python import check_bounded
 from ckptfix.diagnostics import agreement as output_agreement
 from ckptfix.diagnostics import gate as repair_gate
 from ckptfix.diagnostics.drift import DEFAULT_EPSILON
 from ckptfix.diagnostics.evidence import staleness_evidence
-from ckptfix.errors import CkptfixError, DataError, NoBatchNormError, RepairRefused
+from ckptfix.errors import CkptfixError, DataError, ForeignOutputError, NoBatchNormError, RepairRefused
 from ckptfix.interrupts import commit_scope, interrupts_between_steps
 from ckptfix.io.outputs import Place, check_run_paths, staged_files
 from ckptfix.log import Notices, Progress
@@ -452,7 +453,7 @@ def _run_paths(source: Source, data, options: Options, destination: Path | None)
         from ckptfix.render.plot import image_format
 
         image_format(options.plot)
-    check_run_paths(None if destination is None else Place(destination, "-o/--output"), sides, inputs)
+    check_run_paths(None if destination is None else Place(destination, "-o/--output"), sides, inputs, options.overwrite)
 
 
 def _side_outputs(report, options: Options) -> list[tuple[Path, bytes, str]]:
@@ -491,9 +492,15 @@ def recalibrate(checkpoint, data, options: Options) -> RecalibrationReport:
     before it, Ctrl-C leaves nothing written; after it, Ctrl-C is ignored until the call returns
     (:func:`ckptfix.interrupts.commit_scope`).
     """
+    check_bounded(data, options.num_samples, options.until_stable is not None)
     cluster = join_cluster(options.cluster_timeout)  # before the model is loaded: joining renames the devices
     with open_source(checkpoint, options) as source:
-        destination = source.check_output(options.output, options.overwrite)  # a bad -o fails before the pass
+        try:
+            destination = source.check_output(options.output, options.overwrite)  # a bad -o fails before the pass
+        except ForeignOutputError:  # an -o holding the calibration data (an input): that reason first
+            if options.output is not None:
+                _run_paths(source, data, options, Path(options.output))
+            raise
         _run_paths(source, data, options, destination)
         measured = measure(source, data, options, cluster)
         gate = measured.fields["gate"]
@@ -507,7 +514,7 @@ def recalibrate(checkpoint, data, options: Options) -> RecalibrationReport:
             return RecalibrationReport(**measured.fields, output_checkpoint=str(destination), output_dir=str(output_dir))
         report = RecalibrationReport(**measured.fields, output_checkpoint=str(source.written_path(destination)),
                                      output_dir=str(output_dir))
-        with commit_scope(), staged_files(_side_outputs(report, options)):
+        with commit_scope(), staged_files(_side_outputs(report, options), options.overwrite):
             source.write(measured.new_values, destination, options.overwrite)
     return report
 
@@ -516,6 +523,7 @@ def diagnose(checkpoint, data, options: Options) -> DiagnosisReport:
     """Measure only: how far the stored statistics are from the recomputed ones, and whether that is stale
     (``report.verdict``); nothing is written but the side outputs asked for. A gate refusal is the
     ``inconclusive`` verdict."""
+    check_bounded(data, options.num_samples, options.until_stable is not None)
     cluster = join_cluster(options.cluster_timeout)
     with open_source(checkpoint, options) as source, contextlib.ExitStack() as stack:
         _run_paths(source, data, options, None)
@@ -523,7 +531,7 @@ def diagnose(checkpoint, data, options: Options) -> DiagnosisReport:
         measured = measure(source, data, options, cluster, other)
         report = DiagnosisReport(**measured.fields, evidence=measured.evidence)
         if cluster.chief:
-            with staged_files(_side_outputs(report, options)):
+            with staged_files(_side_outputs(report, options), options.overwrite):
                 pass
         return report
 

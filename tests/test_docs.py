@@ -23,8 +23,11 @@ def _subclasses(cls):
 
 
 def exit_codes() -> set[int]:
-    """Every code the CLI exits with: success, each user error's, usage (2), stale (3), interrupted (130)."""
-    return {0, 2, STALE_EXIT_CODE, 130, errors.CkptfixError.exit_code,
+    """Every code the CLI exits with: success, each user error's, usage (2), stale (3), interrupted (130),
+    terminated (SIGTERM: 143)."""
+    from ckptfix.interrupts import Terminated
+
+    return {0, 2, STALE_EXIT_CODE, 130, Terminated.exit_code, errors.CkptfixError.exit_code,
             *(cls.exit_code for cls in _subclasses(errors.CkptfixError))}
 
 

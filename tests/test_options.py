@@ -100,7 +100,7 @@ def test_options_are_frozen_and_replace_revalidates():
 
 @pytest.mark.parametrize("command, refused", [
     ("recalibrate", ["against"]),
-    ("diagnose", ["output", "overwrite", "force"]),
+    ("diagnose", ["output", "force"]),
     ("inspect", ["batch_size", "output", "estimator", "training_flag", "progress", "on_notice", "data_format"]),
 ])
 def test_keywords_a_command_does_not_take_are_type_errors(command, refused):
@@ -112,7 +112,7 @@ def test_keywords_a_command_does_not_take_are_type_errors(command, refused):
 def test_keywords_each_command_takes():
     fields = {f.name for f in dataclasses.fields(Options)}
     assert Options.COMMANDS["recalibrate"] == fields - {"against"}
-    assert Options.COMMANDS["diagnose"] == fields - {"output", "overwrite", "force"}
+    assert Options.COMMANDS["diagnose"] == fields - {"output", "force"}  # its overwrite: for the side outputs
     assert Options.COMMANDS["inspect"] == {
         "meta", "model", "model_args", "input_shape", "arg_scope", "model_format", "architecture", "unsafe", "signature",
         "custom_objects",
@@ -142,8 +142,8 @@ def test_the_api_refuses_unknown_keywords_before_any_work(tmp_path):
 
 def test_data_options_and_tf1_only_flags():
     options = Options(image_size="8x8", central_crop=0.875, data_format="images", feature="x", strict=True)
-    assert options.data_options == dict(image_size="8x8", central_crop=0.875, data_format=DataFormat.IMAGES,
-                                        feature="x", strict=True)
+    assert options.data_options == dict(image_size=(8, 8), central_crop=0.875, data_format=DataFormat.IMAGES,
+                                        feature="x", strict=True)  # the size parsed (and checked) once
     assert Options().tf1_only() == []
     flagged = Options(training_flag="is_training", output_tensor="logits", allow_unsafe_ops=True, model="m:f",
                       model_args={"num_classes": 2}, input_shape="8x8x3", arg_scope="m:scope")

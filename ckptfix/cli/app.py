@@ -3,7 +3,7 @@
 Exit codes (the table in README.md and docs/user-guide.md): 0 success (``diagnose``: fresh or differs); 1 user
 error (one or two lines naming the fix; ``CKPTFIX_DEBUG=1`` shows the traceback); 2 a bad option or option value
 (one line); 3 ``diagnose`` found stale statistics; 4 nothing to recalibrate (no BN layer in the graph or none
-selected); 5 the repair gate refused (``diagnose``: inconclusive); 130 interrupted.
+selected); 5 the repair gate refused (``diagnose``: inconclusive); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -211,7 +211,8 @@ AgreementSamples = Annotated[int, typer.Option(parser=_whole, metavar="N", help=
 Against = Annotated[Optional[Path], typer.Option(metavar="CKPT", help="Another checkpoint (e.g. the pretrained one): statistics identical to it are flagged (evidence of staleness).", rich_help_panel=STATISTICS)]
 
 Output = Annotated[Optional[Path], typer.Option("-o", "--output", metavar="PATH", help="Output folder (default: <checkpoint folder>-recalibrated); a file for .pb/.pbtxt/.keras/.h5 inputs (default: <name>-recalibrated.<ext>).", rich_help_panel=OUTPUT)]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.", rich_help_panel=OUTPUT)]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output: a folder only if it holds a model ckptfix writes and nothing else; and existing --report/--summary/--plot files.", rich_help_panel=OUTPUT)]
+OverwriteSides = Annotated[bool, typer.Option("--overwrite", help="Replace existing --report/--summary/--plot files.", rich_help_panel=OUTPUT)]
 Report = Annotated[Optional[Path], typer.Option(metavar="FILE.json", help="Also write the report as JSON to this file.", rich_help_panel=OUTPUT)]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print the report as JSON (notices stay on stderr).", rich_help_panel=OUTPUT)]
 ShowAll = Annotated[bool, typer.Option("--all/--truncate", help=f"Show every layer, or only the first {DEFAULT_ROWS}.", rich_help_panel=OUTPUT)]
@@ -277,11 +278,12 @@ def _run(action: Callable[[], int | None], ctx: typer.Context | None = None) -> 
         typer.echo(f"error: {error}", err=True)
         if isinstance(error, OptionError):  # a usage error, as click's own: the same help line
             _see_help(ctx)
+        if getattr(error, "user_traceback", None):  # raised inside the user's own code: their traceback
+            typer.echo(error.user_traceback.rstrip("\n"), err=True)
         raise typer.Exit(error.exit_code) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         _close_progress_bars()
-        typer.echo("interrupted: nothing was written.", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(_interrupted(interrupt)) from None
     if code:
         raise typer.Exit(code)
 
@@ -388,7 +390,8 @@ def recalibrate(ctx, checkpoint, data, report, plot, summary, json_output, show_
 
 
 @_command(CKPT_ARGUMENT, DATA_ARGUMENT, MODEL_OPTIONS, FEED_OPTIONS, DATA_OPTIONS, STATISTICS_OPTIONS,
-          (("against", Against, None),), REPORT_OPTIONS, PRINT_OPTIONS, RUN_OPTIONS, SAFETY_OPTIONS, show_all=False)
+          (("against", Against, None),), REPORT_OPTIONS, (("overwrite", OverwriteSides, False),), PRINT_OPTIONS,
+          RUN_OPTIONS, SAFETY_OPTIONS, show_all=False)
 def diagnose(ctx, checkpoint, data, report, plot, summary, json_output, show_all, **_) -> None:
     """Measure how stale the stored statistics are (writes nothing). Exit 0 fresh (or differs), 3 stale, 5
     inconclusive, 1 error."""
@@ -422,7 +425,8 @@ def diagnose(ctx, checkpoint, data, report, plot, summary, json_output, show_all
 
 #: the options of a diagnose or inspect run that its suggested next command leaves out (they only shape what is
 #: printed or written beside it, or are not the next command's)
-REPAIR_LEAVES_OUT = frozenset({"against", "report", "plot", "summary", "json_output", "show_all", "progress", "verbose"})
+REPAIR_LEAVES_OUT = frozenset({"against", "report", "plot", "summary", "overwrite", "json_output", "show_all", "progress",
+                               "verbose"})
 
 
 def _command_line(ctx: typer.Context, command: str, leave_out: frozenset[str], data: str | None = None) -> str:
@@ -522,6 +526,9 @@ def main() -> None:
     the float64 reference with oneDNN, 2.4e-4 with Eigen; issue 25 item 14). The CLI owns its process; the
     Python API leaves its host's allocators, kernels and environment alone.
     """
+    from ckptfix.interrupts import take_sigterm
+
+    take_sigterm()  # SIGTERM (timeout, Kubernetes, Slurm) taken as Ctrl-C: cleaned up, one line, exit 143
     verbose = bool({"-v", "--verbose"} & set(sys.argv[1:]))
     os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
@@ -546,9 +553,8 @@ def _main() -> int:
         typer.echo(f"error: {_usage_message(error)}", err=True)
         _see_help(getattr(error, "ctx", None))
         return 2
-    except KeyboardInterrupt:
-        typer.echo("interrupted: nothing was written.", err=True)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        return _interrupted(interrupt)
     return code if isinstance(code, int) else 0
 
 
@@ -569,6 +575,17 @@ def _suggestions(error) -> str:
     known = getattr(error, "possibilities", None) or []
     close = difflib.get_close_matches(error.option_name, known, cutoff=SUGGESTION_CUTOFF) if known else []
     return f" (Possible options: {', '.join(sorted(close))})" if close else ""
+
+
+def _interrupted(interrupt: KeyboardInterrupt) -> int:
+    """The line and exit code of a run stopped by Ctrl-C (130) or SIGTERM (143), before its commit point."""
+    from ckptfix.interrupts import Terminated
+
+    if isinstance(interrupt, Terminated):
+        typer.echo("terminated: nothing was written.", err=True)
+        return Terminated.exit_code
+    typer.echo("interrupted: nothing was written.", err=True)
+    return 130
 
 
 def _usage_message(error) -> str:

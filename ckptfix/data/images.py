@@ -76,7 +76,7 @@ def decode_error(path: str) -> str:
     import tensorflow as tf
 
     try:
-        tf.io.decode_image(tf.io.read_file(path), channels=0, expand_animations=False)
+        tf.io.decode_image(tf.io.read_file(os.fsencode(path)), channels=0, expand_animations=False)
     except (tf.errors.OpError, ValueError) as error:
         text = getattr(error, "message", str(error))
         return text.split("}}")[-1].split("[Op:")[0].strip() or type(error).__name__
@@ -110,14 +110,17 @@ def image_chunks(
         sample, ok, padded = decode_and_preprocess(tf.io.read_file(path), prep, spec)
         return sample, ok, padded, position
 
-    dataset = (
-        tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths))
-        .map(load, num_parallel_calls=_parallel_calls(), deterministic=True)
-        .ignore_errors()
-        .batch(read_batch)
-        .prefetch(2)
-        .with_options(pipeline_options())
-    )
+    # file names as bytes: a name that is not UTF-8 (undecodable bytes kept by Python as surrogates) is no tf.string
+    encoded = [os.fsencode(path) for path in paths]
+    with prep.running():
+        dataset = (
+            tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), tf.constant(encoded, tf.string)))
+            .map(load, num_parallel_calls=_parallel_calls(), deterministic=True)
+            .ignore_errors()
+            .batch(read_batch)
+            .prefetch(2)
+            .with_options(pipeline_options())
+        )
     expected = 0
     for samples, ok, padded, positions in dataset.as_numpy_iterator():
         for position in positions:
@@ -159,7 +162,8 @@ def array_image_chunks(
                     f"{chunk.names[int(np.argmax(outside))]} holds integers outside 0..255, so it is not an 8-bit "
                     "image: pass floats, already preprocessed, instead."
                 )
-            samples, ok, padded = (tensor.numpy() for tensor in run(tf.constant(pixels.astype(np.uint8))))
+            with preps[name].running():
+                samples, ok, padded = (tensor.numpy() for tensor in run(tf.constant(pixels.astype(np.uint8))))
             if not ok.all():
                 bad = int(np.argmin(ok))
                 raise wrong_shape(padded[bad], chunk.names[bad], preps[name], by_name[name])

@@ -35,11 +35,12 @@ Channel conversion (before any preset): grey -> RGB repeats the grey value; RGB(
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
-from ckptfix.errors import DataError
-from ckptfix.user_code import resolve_function
+from ckptfix.errors import DataError, OptionError
+from ckptfix.user_code import describe, resolve_function, running_user_code
 
 _VGG_MEANS = (123.68, 116.78, 103.94)
 _CAFFE_BGR_MEANS = (103.939, 116.779, 123.68)
@@ -83,12 +84,19 @@ class ImagePreprocessing:
     width: int
     channels: int
     central_crop: float | None = None
+    spec: str | None = None  # the user's ``package.module:function``, as given
 
     def build(self):
         """``uint8 [h, w, C]`` tensor -> float32 sample tensor (preset) or the user function's output."""
         if self.function is not None:
             return self.function
         return lambda image: apply_preset(self.preset, image, self.height, self.width, self.central_crop)
+
+    def running(self):
+        """Around code that traces or runs the per-image function: the user's exceptions shown as theirs."""
+        if self.function is None:
+            return contextlib.nullcontext()
+        return running_user_code(describe("--preprocess", self.spec or self.function), self.function)
 
 
 def resolve_preprocessing(
@@ -115,14 +123,12 @@ def resolve_preprocessing(
         height, width = image_size
     if height is None or width is None:
         raise DataError(f"the model input {_shape(input_shape)} has no static height and width: pass --image-size HxW.")
-    if central_crop is not None and not 0.0 < central_crop <= 1.0:
-        raise DataError(f"--central-crop must be in (0, 1] (got {central_crop}).")
     if callable(preprocess):
         name = getattr(preprocess, "__qualname__", repr(preprocess))
         return ImagePreprocessing(None, preprocess, f"the function {name}", height, width, channels)
     if isinstance(preprocess, str) and ":" in preprocess:
         function = resolve_function(preprocess, "--preprocess", DataError)
-        return ImagePreprocessing(None, function, f"{preprocess} (your code)", height, width, channels)
+        return ImagePreprocessing(None, function, f"{preprocess} (your code)", height, width, channels, spec=preprocess)
     preset = PRESETS.get(preprocess)
     if preset is None:
         raise DataError(
@@ -138,25 +144,43 @@ def resolve_preprocessing(
     return ImagePreprocessing(preset.name, None, description, height, width, channels, central_crop)
 
 
+def parse_image_size(image_size) -> tuple[int, int] | None:
+    """``--image-size``: ``224`` / ``"224"`` (square), ``"224x160"`` or ``(224, 160)`` -> ``(H, W)``; an
+    :class:`~ckptfix.errors.OptionError` for anything else, or a size below 1."""
+    if image_size is None:
+        return None
+    if isinstance(image_size, (tuple, list)):
+        parts = list(image_size)
+    else:
+        try:
+            parts = [int(p) for p in str(image_size).lower().strip().split("x")]
+        except ValueError:
+            parts = []
+    if (len(parts) not in (1, 2) or not all(isinstance(p, int) and not isinstance(p, bool) for p in parts)
+            or min(parts) < 1):
+        raise OptionError(f"--image-size takes H or HxW in pixels, like 224 or 224x160 (got {image_size}).")
+    return parts[0], parts[-1]
+
+
 def _shape(shape) -> str:
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
 
 
 def convert_channels(image, channels: int):
-    """``uint8 [h, w, c]`` with c in 1..4 -> ``[h, w, channels]`` (grey repeated, RGB to grey, alpha dropped)."""
+    """``uint8 [h, w, c]`` with c in 1..4 -> ``[h, w, channels]`` (grey repeated, RGB to grey, alpha dropped).
+
+    A decoded file's channel count is known when it runs; an array's images have it in their static shape,
+    and then only the branch that applies is built (the other would not trace: RGB to grey of one channel)."""
     import tensorflow as tf
 
-    have = tf.shape(image)[-1]
     colour = lambda: image[..., :3]  # noqa: E731  (RGB, RGBA)
     grey = lambda: image[..., :1]  # noqa: E731  (grey, grey + alpha)
     if channels == 3:
-        converted = tf.cond(have >= 3, colour, lambda: tf.tile(grey(), [1, 1, 3]))
+        many, few = colour, lambda: tf.tile(grey(), [1, 1, 3])
     else:
-        converted = tf.cond(
-            have >= 3,
-            lambda: tf.cast(tf.round(tf.image.rgb_to_grayscale(tf.cast(colour(), tf.float32))), tf.uint8),
-            grey,
-        )
+        many, few = lambda: tf.cast(tf.round(tf.image.rgb_to_grayscale(tf.cast(colour(), tf.float32))), tf.uint8), grey
+    known = image.shape[-1]
+    converted = tf.cond(tf.shape(image)[-1] >= 3, many, few) if known is None else many() if known >= 3 else few()
     return tf.ensure_shape(converted, [None, None, channels])
 
 

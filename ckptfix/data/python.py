@@ -3,9 +3,10 @@
 * a numpy array ``(N, ...)`` (or, for several inputs, a dict of them keyed by input name): preprocessed
   samples, batched with ``batch_size``, shuffled with ``seed`` unless ``shuffle=False``.
 * a ``tf.data.Dataset``: of samples (rank of the input minus one: batched here with ``batch_size``) or of
-  batches (used as they come); elements may be arrays, dicts keyed by input name, or ``(inputs, labels)``.
-* any other iterable of batches: arrays, dicts keyed by input name, or ``(inputs, labels)`` pairs; each
-  item is one forward pass, as the caller batched it.
+  batches (used as they come); elements may be arrays, dicts keyed by input name, or ``(inputs, labels)`` /
+  ``(inputs, labels, sample_weights)`` tuples, as ``Model.fit`` takes them.
+* any other iterable of batches: arrays, dicts keyed by input name, or ``(inputs, labels)`` pairs (or
+  ``(inputs, labels, sample_weights)`` tuples); each item is one forward pass, as the caller batched it.
 
 The caller's pipeline order is kept (``shuffle`` does not apply to datasets and iterables); labels are ignored.
 """
@@ -20,6 +21,14 @@ from ckptfix.data.arrays import InMemory
 from ckptfix.data.batching import Chunk
 from ckptfix.data.spec import InputSpec, check_sample_shape, key_for_input, keys_for_inputs
 from ckptfix.errors import DataError
+
+
+def features(item):
+    """The inputs part of an element: ``x`` of ``(x, y)`` (a tuple or a list) or of a ``(x, y, sample_weight)``
+    tuple, as ``Model.fit`` reads them; anything else is the inputs itself. Works on element specs too."""
+    if isinstance(item, (tuple, list)) and len(item) == 2 or isinstance(item, tuple) and len(item) == 3:
+        return item[0]
+    return item
 
 
 def inputs_of(item, inputs: Sequence[InputSpec], where: str) -> dict:
@@ -38,8 +47,8 @@ def inputs_of(item, inputs: Sequence[InputSpec], where: str) -> dict:
                 )
             picked[spec.name] = item[key]
         return picked
-    if isinstance(item, (tuple, list)) and len(item) == 2:  # (inputs, labels)
-        return inputs_of(item[0], inputs, where)
+    if features(item) is not item:  # (inputs, labels[, sample_weights])
+        return inputs_of(features(item), inputs, where)
     if len(inputs) > 1:
         raise DataError(f"{where}: a model with several inputs needs dicts keyed by input name.")
     return {inputs[0].name: item}
@@ -85,7 +94,7 @@ def dataset_chunks(dataset, inputs: Sequence[InputSpec], batch_size: int) -> tup
     import tensorflow as tf
 
     spec = dataset.element_spec
-    part = spec[0] if isinstance(spec, tuple) and len(spec) == 2 else spec
+    part = features(spec)
     first = next(iter(part.values())) if isinstance(part, dict) else part
     rank = getattr(first.shape, "rank", None) if isinstance(first, tf.TensorSpec) else None
     input_rank = None if inputs[0].shape is None else len(inputs[0].shape)
@@ -97,6 +106,21 @@ def dataset_chunks(dataset, inputs: Sequence[InputSpec], batch_size: int) -> tup
             yield _to_chunk(item, inputs, k, "dataset element" if not samples else "dataset batch")
 
     return chunks, samples
+
+
+def check_bounded(data, num_samples: int | None, stops_early: bool) -> None:
+    """Refuse a ``tf.data.Dataset`` that never ends (``.repeat()``: cardinality ``INFINITE``) unless
+    ``num_samples`` bounds the read or the caller stops by itself (``stops_early``: ``until_stable``); it would run
+    for ever. A dataset whose cardinality TensorFlow cannot tell (``UNKNOWN``: a generator, a ``filter``) is read
+    until it ends."""
+    import sys
+
+    tf = sys.modules.get("tensorflow")  # only a caller holding a Dataset has imported it
+    if tf is None or not isinstance(data, tf.data.Dataset) or num_samples is not None or stops_early:
+        return
+    if int(data.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
+        raise DataError("the tf.data.Dataset never ends (.repeat() without a count): pass num_samples=N or "
+                        "until_stable=TOL, or give a finite dataset (.take(N)).")
 
 
 def iterable_chunks(data: Iterable, inputs: Sequence[InputSpec]) -> Callable[[], Iterator[Chunk]]:

@@ -29,8 +29,8 @@ from ckptfix.data.arrays import indexed_chunks, open_array_files, read_npz
 from ckptfix.data.batching import (Batch, Chunk, Rebatcher, Share, SkipLog, assigned_batches, merged_rest,
                                    with_batches)
 from ckptfix.data.images import array_image_chunks, image_chunks
-from ckptfix.data.preprocessing import resolve_preprocessing
-from ckptfix.data.python import dataset_chunks, in_memory, inputs_of, iterable_chunks
+from ckptfix.data.preprocessing import parse_image_size, resolve_preprocessing
+from ckptfix.data.python import dataset_chunks, features, in_memory, inputs_of, iterable_chunks
 from ckptfix.data.spec import InputSpec
 from ckptfix.data.tfrecord import feature_kind, record_chunks, scan, shuffle_buffer
 from ckptfix.errors import DataError
@@ -233,8 +233,7 @@ class DataKeys:
 
     @staticmethod
     def _of(element) -> list[str] | None:
-        if isinstance(element, (tuple, list)) and len(element) == 2:  # (inputs, labels)
-            element = element[0]
+        element = features(element)  # (inputs, labels[, sample_weights])
         return [str(key) for key in element] if isinstance(element, dict) else None
 
     def keys(self) -> list[str] | None:
@@ -300,28 +299,13 @@ def _first_batch_dtypes(data, inputs: Sequence[InputSpec]) -> tuple[object, dict
 def _dataset_dtypes(dataset, inputs: Sequence[InputSpec]) -> dict[str, np.dtype]:
     """Input name -> the dtype a ``tf.data.Dataset``'s elements give it (from its element spec)."""
     spec = dataset.element_spec
-    part = spec[0] if isinstance(spec, tuple) and len(spec) == 2 else spec
+    part = features(spec)
     try:
         picked = inputs_of(part, inputs, "the dataset's elements")
     except DataError:
         return {}  # named wrongly: the read reports it
     return {name: np.dtype(component.dtype.as_numpy_dtype) for name, component in picked.items()
             if hasattr(component, "dtype")}
-
-
-def _parse_image_size(image_size) -> tuple[int, int] | None:
-    if image_size is None or isinstance(image_size, tuple):
-        return image_size
-    if isinstance(image_size, int):
-        return image_size, image_size
-    text = str(image_size).lower().strip()
-    try:
-        parts = [int(p) for p in text.split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) not in (1, 2) or min(parts) < 1:
-        raise DataError(f"--image-size takes H or HxW in pixels, like 224 or 224x160 (got {image_size}).")
-    return (parts[0], parts[-1])
 
 
 def open_calibration_data(
@@ -366,7 +350,7 @@ def open_calibration_data(
     shuffled = dict(common, random_order=shuffle)
     bounded = (lambda n: n if num_samples is None else min(n, num_samples))
 
-    size = _parse_image_size(image_size)
+    size = parse_image_size(image_size)
 
     def integer_images(integer: Callable[[str], bool]) -> dict:
         return _integer_images(integer, inputs, preprocess, size, central_crop)

@@ -27,7 +27,7 @@ from typing import Callable, Mapping
 
 from ckptfix.errors import CheckpointError, CkptfixError, GraphError
 from ckptfix.io.checkpoint_reader import open_reader
-from ckptfix.user_code import resolve_function
+from ckptfix.user_code import describe, resolve_function, running_user_code
 
 INPUT_NAME = "input"
 
@@ -134,13 +134,14 @@ def build_meta_graph(
         if scope is not None:
             import tf_slim
 
-            context = tf_slim.arg_scope(scope())
+            with running_user_code(describe("--arg-scope", arg_scope), scope):
+                context = tf_slim.arg_scope(scope())
         try:
-            with context:
+            with running_user_code(label, function), context:
                 function(images, **kwargs)
         except CkptfixError:
             raise
-        except Exception as error:  # the user's code failed: show its own message, and where it came from
+        except Exception as error:  # not from their code's own lines: the call itself (its arguments)
             raise GraphError(f"{label} raised {type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}") from error
         variables = tf.compat.v1.global_variables()
         if not variables:

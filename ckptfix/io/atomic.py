@@ -27,6 +27,7 @@ import errno
 import fcntl
 import glob
 import os
+import re
 import shutil
 import socket
 import sys
@@ -35,9 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from ckptfix.errors import OutputError, error_reason
+from ckptfix.errors import ForeignOutputError, OutputError, error_reason
 from ckptfix.interrupts import commit, interrupts_between_steps
-from ckptfix.io.outputs import overlap, umask
+from ckptfix.io.outputs import overlap, through_link, umask
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
@@ -62,11 +63,60 @@ def _check_writable_folder(folder: Path) -> None:
         raise OutputError(f"cannot write to {folder}: choose a writable -o/--output.")
 
 
-def check_destination(output: Path, inputs: Sequence[Path], *, is_folder: bool, overwrite: bool, what: str) -> Path:
+#: what ckptfix writes into an output folder: checkpoint files (TF1 Saver's and TF2 object-based ones) and a
+#: SavedModel's entries; a folder holding anything else is never replaced, ``--overwrite`` or not
+_CHECKPOINT_FILE = re.compile(r"checkpoint|.*\.(?:index|meta|data-\d{5}-of-\d{5})")
+_SAVED_MODEL = frozenset({"saved_model.pb", "saved_model.pbtxt", "variables", "assets", "assets.extra",
+                          "fingerprint.pb", "keras_metadata.pb"})
+#: model files ckptfix writes, by suffix, and how such a file starts (None: any content)
+_MODEL_FILES = {".pb": None, ".pbtxt": None, ".keras": b"PK\x03\x04", ".h5": b"\x89HDF\r\n\x1a\n",
+                ".hdf5": b"\x89HDF\r\n\x1a\n"}
+
+
+def foreign_content(output: Path, copies: Path | None = None) -> str | None:
+    """Why ``--overwrite`` may not replace the existing ``output`` (None: it may): a folder must hold a model
+    ckptfix writes (a checkpoint, a SavedModel) and nothing else (``copies``: a folder whose entries the output
+    copies, the input SavedModel's); a file must be a model file of a kind ckptfix writes."""
+    if output.is_dir():
+        names = sorted(os.listdir(output))
+        if not names:
+            return None
+        copied = set(os.listdir(copies)) if copies is not None and copies.is_dir() else set()
+        foreign = [name for name in names if not (_CHECKPOINT_FILE.fullmatch(name) or name in _SAVED_MODEL
+                                                   or name in copied)]
+        if foreign:
+            return f"holds {foreign[0]}" + (f" and {len(foreign) - 1} more file(s)" if len(foreign) > 1 else "") + \
+                ", which ckptfix did not write"
+        if not any(name == "checkpoint" or name.endswith(".index") or name.startswith("saved_model.")
+                   for name in names):
+            return "holds no checkpoint or SavedModel"
+        return None
+    suffix = output.suffix.lower()
+    if suffix not in _MODEL_FILES:
+        return "is not a model file (.pb, .pbtxt, .keras, .h5)"
+    magic = _MODEL_FILES[suffix]
+    if magic is not None:
+        with open(output, "rb") as handle:
+            if handle.read(len(magic)) != magic:
+                return f"is not a {suffix} file"
+    return None
+
+
+def _refuse_foreign(output: Path, copies: Path | None) -> None:
+    reason = foreign_content(output, copies)
+    if reason is not None:
+        raise ForeignOutputError(f"output {output} {reason}: --overwrite replaces only a model ckptfix writes; choose "
+                          "another -o/--output.")
+
+
+def check_destination(output: Path, inputs: Sequence[Path], *, is_folder: bool, overwrite: bool, what: str,
+                      copies: Path | None = None) -> Path:
     """Refuse an output that is, sits inside or contains one of ``inputs`` (``what`` names them in the
-    message), exists as the wrong kind, exists (a non-empty folder) without ``overwrite``, or whose folder
-    cannot be created or written. Returns the absolute output path; creates nothing."""
-    output = Path(output).expanduser().absolute()
+    message), exists as the wrong kind, exists (a non-empty folder) without ``overwrite``, exists with
+    ``overwrite`` but holds something ckptfix did not write (:func:`foreign_content`), or whose folder cannot
+    be created or written. Returns the absolute output path (a link's target:
+    :func:`~ckptfix.io.outputs.through_link`); creates nothing."""
+    output = through_link(output)
     resolved = output.resolve()
     for item in (Path(path).resolve() for path in inputs):
         how = overlap(resolved, item)
@@ -83,6 +133,8 @@ def check_destination(output: Path, inputs: Sequence[Path], *, is_folder: bool, 
             raise OutputError(f"output {output} exists and is not empty: pass --overwrite or choose another -o.")
         if not overwrite and not is_folder:
             raise OutputError(f"output {output} exists: pass --overwrite or choose another -o/--output.")
+        if overwrite:
+            _refuse_foreign(output, copies)
     _check_writable_folder(output.parent)
     return output
 
@@ -102,15 +154,17 @@ class Staged:
 
 
 @contextlib.contextmanager
-def atomic_output(destination: Path, *, overwrite: bool, is_folder: bool) -> Iterator[Staged]:
-    """Stage, lock, re-check and swap ``destination`` (see the module docstring)::
+def atomic_output(destination: Path, *, overwrite: bool, is_folder: bool,
+                  copies: Path | None = None) -> Iterator[Staged]:
+    """Stage, lock, re-check and swap ``destination`` (see the module docstring; a link: its target, which
+    the link keeps pointing at; ``copies``: as :func:`check_destination`'s)::
 
         with atomic_output(out, overwrite=False, is_folder=True) as staged:
             write_into(staged.path); staged.check_interrupt(); verify(staged.path)
 
     The swap happens when the block ends without an exception; any exception removes the staging folder.
     """
-    destination = Path(destination)
+    destination = through_link(destination)
     try:
         destination.parent.mkdir(parents=True, exist_ok=True, mode=0o777)
         with _exclusive_lock(destination), interrupts_between_steps() as check_interrupt:
@@ -120,7 +174,7 @@ def atomic_output(destination: Path, *, overwrite: bool, is_folder: bool) -> Ite
             try:
                 yield Staged(staging if is_folder else staging / destination.name, staging, check_interrupt)
                 check_interrupt()
-                _move_into_place(staging if is_folder else staging / destination.name, destination, overwrite)
+                _move_into_place(staging if is_folder else staging / destination.name, destination, overwrite, copies)
                 commit()  # the commit point: from here a Ctrl-C no longer undoes the run
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -233,9 +287,12 @@ def _appeared(destination: Path) -> OutputError:
     return OutputError(f"output {destination} appeared while writing: pass --overwrite or choose another -o.")
 
 
-def _move_into_place(staged: Path, destination: Path, overwrite: bool) -> None:
+def _move_into_place(staged: Path, destination: Path, overwrite: bool, copies: Path | None = None) -> None:
     """Put ``staged`` at ``destination``. Without ``overwrite`` an existing destination (a non-empty folder,
-    or any file) is refused; a previous output replaced ends up in the staging folder (removed by the caller)."""
+    or any file) is refused, and with it one that holds what ckptfix did not write (re-checked: it may have
+    changed during the run); a previous output replaced ends up in the staging folder (removed by the caller)."""
+    if overwrite and destination.exists():
+        _refuse_foreign(destination, copies)
     if staged.is_file():
         if overwrite:
             os.replace(staged, destination)

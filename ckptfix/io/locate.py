@@ -46,6 +46,11 @@ class Prefix(os.PathLike):
         return self.parent / name
 
     def absolute(self) -> "Prefix":
+        """The prefix with an absolute folder; a ``..`` in it resolved as the file system does (through a
+        symbolic link, ``link/..`` is the link target's parent, not the link's; TensorFlow's readers clean ``..``
+        away as text and would look elsewhere)."""
+        if ".." in self.parent.parts:
+            return Prefix(Path(os.path.realpath(self.parent)), self.name)
         return Prefix(self.parent.absolute(), self.name)
 
     def __fspath__(self) -> str:
@@ -142,9 +147,9 @@ def read_state_file(folder: Path) -> tuple[Prefix, str | None]:
             f"the 'checkpoint' state file in {folder} names {found.group(1)}, which is not in that folder: "
             "pass the prefix explicitly" + (f" (the folder holds {listed})." if candidates else ".")
         )
+    what = "is not a checkpoint (no .index file)" if Path(os.fspath(as_given)).exists() else "does not exist here"
     notice = None if not elsewhere else (
-        f"the 'checkpoint' state file in {folder} names {found.group(1)}, which does not exist here: "
-        f"using {chosen}, {why}")
+        f"the 'checkpoint' state file in {folder} names {found.group(1)}, which {what}: using {chosen}, {why}")
     return chosen, notice
 
 

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from ckptfix.errors import CheckpointError, CkptfixError, UnsafeModelError
 from ckptfix.io.locate import STATE_FILE, prefix_named_by, read_state_file
-from ckptfix.user_code import import_custom_objects, resolve_function
+from ckptfix.user_code import describe, import_custom_objects, resolve_function, running_user_code
 
 MODEL_FORMATS = ("keras", "h5", "weights-h5", "tf-checkpoint", "savedmodel", "tf1")
 _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
@@ -348,7 +348,9 @@ def _tf_keras_load(path: Path, unsafe: bool, custom_objects: dict | None = None,
 
 def _from_function(model) -> object:
     """``model``: a callable, or ``package.module:function`` naming one; either returns the built model."""
-    built = resolve_function(model, "--model")()
+    function = resolve_function(model, "--model")
+    with running_user_code(describe("--model", model), function):
+        built = function()
     if not hasattr(built, "layers") or not hasattr(built, "weights"):
         raise CkptfixError(f"--model {model} returned {type(built).__name__}, not a Keras model.")
     if not built.weights:

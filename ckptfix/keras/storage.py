@@ -233,7 +233,12 @@ def check_output(source: KerasSource, output: Path, overwrite: bool) -> Path:
         raise OutputError(f"output {output}: Keras 3 only loads weights named *.weights.h5; choose such a -o/--output.")
     inputs = [source.path] + ([source.prefix.parent] if source.prefix is not None else [])
     return check_destination(output, inputs, is_folder=not is_file_format(source), overwrite=overwrite,
-                             what=f"the input {source.path}")
+                             what=f"the input {source.path}", copies=_copied(source))
+
+
+def _copied(source: KerasSource) -> Path | None:
+    """The folder whose entries a write copies into the output (a Keras SavedModel's), else None."""
+    return source.path if source.model_format == "savedmodel" else None
 
 
 def _patch_h5(path: Path, new_values: Mapping[str, np.ndarray]) -> None:
@@ -276,7 +281,7 @@ def write_output(
     checkpoint prefix for TF2 checkpoints).
     """
     fmt = source.model_format
-    with atomic_output(output, overwrite=overwrite, is_folder=not is_file_format(source)) as staged:
+    with atomic_output(output, overwrite=overwrite, is_folder=not is_file_format(source), copies=_copied(source)) as staged:
         loaded = staged.path
         if fmt == "keras":
             _write_archive(source.path, staged.path, new_values, staged.folder)

@@ -181,15 +181,15 @@ def read_tf_config(environ=os.environ) -> tuple[int, list[tuple[str, int]]] | No
     except (ValueError, AttributeError):
         raise WorkerError("TF_CONFIG is not a JSON object with \"cluster\" and \"task\": fix it or unset it.") from None
     ranked = _ranked(cluster)
+    place = (task.get("type"), task.get("index", 0))
+    if ranked and place[0] in ("chief", "worker") and place not in ranked:  # one task too: a wrong index is a mistake
+        raise WorkerError(f"TF_CONFIG's task {place[0]} {place[1]} is not in its cluster of {len(ranked)} task(s): set "
+                          "task.type to chief or worker and task.index to this process's place in that list.")
     if len(ranked) <= 1:
         return None
     other = sorted(set(cluster) - {"chief", "worker"})
     if other:
         raise WorkerError(f"TF_CONFIG has {', '.join(other)} jobs: ckptfix runs only chief and worker tasks.")
-    place = (task.get("type"), task.get("index", 0))
-    if place not in ranked:
-        raise WorkerError(f"TF_CONFIG's task {place[0]} {place[1]} is not in its cluster: set task.type to chief or "
-                          "worker and task.index to this process's place in that list.")
     return ranked.index(place), ranked
 
 

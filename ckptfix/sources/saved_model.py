@@ -207,7 +207,7 @@ class SavedModelSource:
     def check_output(self, output: Path | None, overwrite: bool) -> Path:
         destination = Path(output) if output is not None else self.path.with_name(self.path.name + "-recalibrated")
         return check_destination(destination, [self.path], is_folder=True, overwrite=overwrite,
-                                 what=f"the input {self.path}")
+                                 what=f"the input {self.path}", copies=self.path)
 
     def write(self, new_values: Mapping[str, np.ndarray], destination: Path, overwrite: bool) -> Path:
         """A copy of the folder with ``variables/`` rewritten (only ``new_values`` replaced); every other file
@@ -215,7 +215,7 @@ class SavedModelSource:
         def ignore(folder, names):
             return [n for n in names if n.startswith("variables.")] if Path(folder) == self.prefix.parent else []
 
-        with atomic_output(destination, overwrite=overwrite, is_folder=True) as staged:
+        with atomic_output(destination, overwrite=overwrite, is_folder=True, copies=self.path) as staged:
             shutil.copytree(self.path, staged.path, dirs_exist_ok=True, ignore=ignore)
             copy_checkpoint(self.prefix, staged.path / "variables" / "variables", new_values, layout=self.graph.layout,
                             check_interrupt=staged.check_interrupt)

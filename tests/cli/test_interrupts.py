@@ -1,6 +1,6 @@
-"""Ctrl-C and a full disk through the real CLI, on a slim checkpoint that also holds a 96 MB variable the graph
-does not use (so the write takes a measurable time): exit 130 or 1, one clear line, no output folder, no
-temporary files, the input untouched."""
+"""Ctrl-C, SIGTERM and a full disk through the real CLI, on a slim checkpoint that also holds a 96 MB variable the
+graph does not use (so the write takes a measurable time): exit 130, 143 or 1, one clear line, no output folder,
+no temporary files (staging folder, lock file), the input untouched."""
 
 import hashlib
 import os
@@ -88,8 +88,15 @@ POINTS = {
 }
 
 
+#: Ctrl-C, and SIGTERM (what timeout, Kubernetes and Slurm send), taken alike: the exit code and line of each
+SIGNALS = {"SIGINT": (signal.SIGINT, 130, "interrupted: nothing was written."),
+           "SIGTERM": (signal.SIGTERM, 143, "terminated: nothing was written.")}
+
+
+@pytest.mark.parametrize("name", list(SIGNALS))
 @pytest.mark.parametrize("point", list(POINTS))
-def test_ctrl_c_exits_130_and_leaves_nothing(heavy, long_calibration, tmp_path, point):
+def test_a_signal_exits_with_its_code_and_leaves_nothing(heavy, long_calibration, tmp_path, point, name):
+    number, code, line = SIGNALS[name]
     output = tmp_path / "out"
     before = _digest(heavy.parent)
     data = long_calibration if point == "calibrating" else long_calibration.parent / "short.npy"
@@ -97,9 +104,9 @@ def test_ctrl_c_exits_130_and_leaves_nothing(heavy, long_calibration, tmp_path, 
         np.save(data, np.load(long_calibration)[:64])
     cli = Cli("recalibrate", heavy, data, "-o", output, "--batch-size", "4")
     cli.wait_for(lambda: POINTS[point](cli, output))
-    cli.process.send_signal(signal.SIGINT)
-    assert cli.finish() == 130, cli.stderr
-    assert cli.stderr.strip().splitlines()[-1] == "interrupted: nothing was written."
+    cli.process.send_signal(number)
+    assert cli.finish() == code, cli.stderr
+    assert cli.stderr.strip().splitlines()[-1] == line
     assert "Traceback" not in cli.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no output, no staging folder, no lock file
     assert _digest(heavy.parent) == before

@@ -82,14 +82,19 @@ def test_no_staging_folder_is_left_behind(saved, tmp_path):
 
 
 def test_refuses_non_empty_output_unless_overwrite(saved, tmp_path):
+    """Without overwrite, a non-empty folder is refused; with it, only one holding a checkpoint ckptfix writes
+    and nothing else is replaced (a folder of the user's files never is)."""
     files = locate_checkpoint(saved)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
     with pytest.raises(OutputError, match="--overwrite"):
         check_output_dir(files, tmp_path / "out", overwrite=False)
-    write_recalibrated_checkpoint(files, {}, tmp_path / "out", overwrite=True)
-    assert not (tmp_path / "out" / "keep.txt").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    with pytest.raises(OutputError, match="holds keep.txt, which ckptfix did not write"):
+        write_recalibrated_checkpoint(files, {}, tmp_path / "out", overwrite=True)
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    write_recalibrated_checkpoint(files, {}, tmp_path / "earlier")
+    write_recalibrated_checkpoint(files, {}, tmp_path / "earlier", overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier", "out"]
 
 
 @pytest.mark.parametrize("where", ["same", "inside", "parent"])

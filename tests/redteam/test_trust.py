@@ -31,7 +31,7 @@ def tree_digest(*roots: Path) -> str:
     for root in roots:
         paths = [root] + (sorted(root.rglob("*")) if root.is_dir() else [])
         for path in paths:
-            digest.update(f"{path.relative_to(root.parent)}:{oct(path.stat().st_mode)}".encode())
+            digest.update(os.fsencode(path.relative_to(root.parent)) + f":{oct(path.stat().st_mode)}".encode())
             if path.is_file():
                 digest.update(path.read_bytes())
     return digest.hexdigest()
