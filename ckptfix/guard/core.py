@@ -172,4 +172,4 @@ class Guard:
             self._warned.add(key)
             import warnings
 
-            warnings.warn(message, StatisticsNotUpdatedWarning, stacklevel=3)
+            warnings.warn(message, StatisticsNotUpdatedWarning, stacklevel=4)  # the caller of the guard's step

@@ -1,9 +1,11 @@
 """The Keras guards (Keras 3 and tf_keras): :class:`BatchNormGuard` for custom training loops, and the ``fit``
 callbacks built on it.
 
-The BN layers watched are the model's BatchNormalization layers that train (``layer.trainable``: a frozen BN
-layer runs in inference mode in both Keras 3 and tf_keras, and its statistics are meant to stay), less
-``exclude``; the weights watched are the smallest few of ``model.trainable_variables``. The rule is
+The BN layers watched are the model's BatchNormalization layers that run in training mode in a training step,
+less ``exclude``: not a frozen one (``layer.trainable`` False: inference mode in both Keras 3 and tf_keras), nor, in
+tf_keras, one inside a layer every call site of which passes ``training=False`` (the transfer-learning idiom
+``base(x, training=False)``; Keras 3's ``fit`` calls nested models with ``training=True`` whatever the call site
+said); the weights watched are the smallest few of ``model.trainable_variables``. The rule is
 :mod:`ckptfix.guard.core`'s.
 """
 
@@ -14,7 +16,7 @@ import functools
 import numpy as np
 
 from ckptfix.guard.core import DEFAULT_EVERY_N_STEPS, Guard, Reading, Verdict, excluded, failure_message, smallest
-from ckptfix.keras.batchnorm import find_batchnorm_layers, is_tf_keras
+from ckptfix.keras.batchnorm import find_batchnorm_layers, is_tf_keras, walk_layers
 
 _STATELESS_FIX = ("`model.fit` keeps them; a custom loop must keep the state updates of a training-mode call: "
                   "call the model with `training=True` inside `tf.GradientTape`, or assign the non-trainable "
@@ -25,6 +27,24 @@ _STATELESS_FIX = ("`model.fit` keeps them; a custom loop must keep the state upd
 
 def _index_of(variables, wanted) -> int | None:
     return next((i for i, v in enumerate(variables) if v is wanted), None)
+
+
+def _called_in_inference(layer) -> bool:
+    """tf_keras: every call site of ``layer`` in a functional model passes ``training=False``."""
+    nodes = getattr(layer, "_inbound_nodes", None) or []
+    return is_tf_keras(layer) and bool(nodes) and all(
+        (getattr(node, "call_kwargs", None) or {}).get("training") is False for node in nodes)
+
+
+def _training_layers(model) -> list:
+    """The BN layers of ``model`` (:class:`~ckptfix.keras.batchnorm.KerasBatchNorm`) in training mode in a training
+    step (see the module docstring)."""
+    paths = dict(walk_layers(model))
+    frozen = {path for path, layer in paths.items() if _called_in_inference(layer)}
+    return [
+        bn for bn in find_batchnorm_layers(model) if bn.layer.trainable
+        and not any(bn.name == path or bn.name.startswith(path + "/") for path in frozen)
+    ]
 
 
 def _to_numpy(value) -> np.ndarray:
@@ -57,12 +77,17 @@ class BatchNormGuard:
         return self._guard.verdicts
 
     @property
+    def steps(self) -> int:
+        """Training steps counted so far."""
+        return self._guard.step
+
+    @property
     def watched_layers(self) -> list[str]:
         """The BN layers watched (paths in the model, ``backbone/bn1``)."""
         return list(self._layers or {})
 
     def _start(self, trainable, non_trainable) -> None:
-        found = [bn for bn in find_batchnorm_layers(self.model) if bn.layer.trainable]
+        found = _training_layers(self.model)
         kept = set(excluded([bn.name for bn in found], self.exclude))
         self._layers = {bn.name: bn.layer for bn in found if bn.name in kept}
         weights = list(self.model.trainable_variables)

@@ -90,6 +90,11 @@ class BatchNormGuardHook(tf.compat.v1.train.SessionRunHook):
         """Every window's verdict so far."""
         return self._guard.verdicts
 
+    @property
+    def steps(self) -> int:
+        """Training steps counted so far."""
+        return self._guard.step
+
     def begin(self) -> None:
         self._begin(tf.compat.v1.get_default_graph())
 
