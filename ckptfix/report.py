@@ -442,7 +442,7 @@ class CheckReport:
         if self.verdict == "pass":
             return (f"ok: the train op {self.cause.train_op} runs the update ops of all {len(self.layers)} BN layers "
                     f"of {Path(self.graph).name}.")
-        if self.cause.found:  # the graph cannot tell which of the train op and a runner training runs
+        if self.cause.runners and self.cause.found:  # the graph cannot tell which of the two training runs
             return (f"UNKNOWN: {self.cause.message}\nTo let the graph tell, register the op your loop runs: "
                     "`tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.TRAIN_OP, train_op)`.")
         message = self.cause.message
