@@ -233,8 +233,8 @@ def find_cause(meta_graph_def, index: GraphIndex | None = None) -> Cause:
         return Cause(
             CUSTOM_COLLECTION_NOT_RUN,
             f"the train op {train_op} never runs the {len(missed)} BN update ops{of_layers} of the custom collection "
-            f"'{key}' (slim.batch_norm updates_collections){caveat}.\nFix the training script: build the train op inside "
-            f"`with tf.control_dependencies(tf.compat.v1.get_collection('{key}')):`, or pass "
+            f"'{key}' (slim.batch_norm updates_collections){caveat}.\nFix the training script: build the train op "
+            f"inside `with tf.control_dependencies(tf.compat.v1.get_collection('{key}')):`, or pass "
             f"`update_ops=tf.compat.v1.get_collection('{key}')` to `slim.learning.create_train_op`.",
             train_op, missed, evidence, layers, sorted(runners))
     where = "" if holders else " (held by no collection: make the train op depend on them)"

@@ -173,3 +173,19 @@ class Guard:
             import warnings
 
             warnings.warn(message, StatisticsNotUpdatedWarning, stacklevel=4)  # the caller of the guard's step
+
+
+class Guarded:
+    """What a guard shows of its :class:`Guard` (``self._guard``): the verdicts so far and the steps counted."""
+
+    _guard: Guard
+
+    @property
+    def verdicts(self) -> list[Verdict]:
+        """Every window's verdict so far."""
+        return self._guard.verdicts
+
+    @property
+    def steps(self) -> int:
+        """Training steps counted so far."""
+        return self._guard.step

@@ -15,7 +15,8 @@ import functools
 
 import numpy as np
 
-from ckptfix.guard.core import DEFAULT_EVERY_N_STEPS, Guard, Reading, Verdict, excluded, failure_message, smallest
+from ckptfix.guard.core import (DEFAULT_EVERY_N_STEPS, Guard, Guarded, Reading, Verdict, excluded, failure_message,
+                                smallest)
 from ckptfix.keras.batchnorm import find_batchnorm_layers, is_tf_keras, walk_layers
 
 _STATELESS_FIX = ("`model.fit` keeps them; a custom loop must keep the state updates of a training-mode call: "
@@ -52,7 +53,7 @@ def _to_numpy(value) -> np.ndarray:
     return np.asarray(value.numpy() if hasattr(value, "numpy") else value)
 
 
-class BatchNormGuard:
+class BatchNormGuard(Guarded):
     """For a custom training loop: call :meth:`step` after every training step; it reads every
     ``every_n_steps`` steps and raises :class:`~ckptfix.errors.StatisticsNotUpdated` (``warn_only``: warns) once
     the weights moved while a training BN layer's moving statistics did not.
@@ -70,16 +71,6 @@ class BatchNormGuard:
         self._layers: dict[str, object] | None = None
         if getattr(model, "built", False) and model.trainable_variables:
             self._start(None, None)
-
-    @property
-    def verdicts(self) -> list[Verdict]:
-        """Every window's verdict so far."""
-        return self._guard.verdicts
-
-    @property
-    def steps(self) -> int:
-        """Training steps counted so far."""
-        return self._guard.step
 
     @property
     def watched_layers(self) -> list[str]:
@@ -124,7 +115,8 @@ class BatchNormGuard:
     def _explain(self, verdict: Verdict) -> str:
         fixed = [name for name in verdict.not_updated if float(getattr(self._layers[name], "momentum", 0.0)) >= 1.0]
         if fixed:
-            return failure_message(verdict, len(self._layers), f"{', '.join(fixed)} {'has' if len(fixed) == 1 else 'have'} momentum=1.0, which keeps "
+            verb = "has" if len(fixed) == 1 else "have"
+            return failure_message(verdict, len(self._layers), f"{', '.join(fixed)} {verb} momentum=1.0, which keeps "
                                    "the moving statistics where they are (moving * 1 + batch * 0)",
                                    "give every BatchNormalization layer a momentum below 1 (Keras' default: 0.99).")
         return failure_message(verdict, len(self._layers), "the training step drops the BN layers' state updates",
@@ -139,7 +131,10 @@ def callback_class(flavour: str):
         from keras.callbacks import Callback
     else:
         from tf_keras.callbacks import Callback
-    other, named = ("TfKerasBatchNormGuardCallback", "tf_keras") if flavour == "keras" else ("BatchNormGuardCallback", "Keras 3")
+    if flavour == "keras":
+        other, named = "TfKerasBatchNormGuardCallback", "tf_keras"
+    else:
+        other, named = "BatchNormGuardCallback", "Keras 3"
 
     class GuardCallback(Callback):
         """Stops ``model.fit`` whose BN moving statistics are not updated (a custom ``train_step`` that drops

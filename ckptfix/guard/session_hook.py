@@ -19,7 +19,8 @@ import tensorflow as tf
 from ckptfix.diagnostics.cause import FIX, UPDATE_OPS_RUN, find_cause, optimized_variables, updated_statistics
 from ckptfix.errors import GraphError
 from ckptfix.graph.index import GraphIndex
-from ckptfix.guard.core import DEFAULT_EVERY_N_STEPS, Guard, Reading, Verdict, excluded, failure_message, smallest
+from ckptfix.guard.core import (DEFAULT_EVERY_N_STEPS, Guard, Guarded, Reading, Verdict, excluded, failure_message,
+                                smallest)
 
 
 def _meta_graph(graph):
@@ -67,7 +68,7 @@ class _Plan:
         return Reading(step, statistics, values[k:])
 
 
-class BatchNormGuardHook(tf.compat.v1.train.SessionRunHook):
+class BatchNormGuardHook(Guarded, tf.compat.v1.train.SessionRunHook):
     """Stops TF1 training whose BN moving statistics are not updated (:mod:`ckptfix.guard.core` has the rule).
 
     ``every_n_steps``: session runs between reads (the documented bound: a buggy loop whose first steps train is
@@ -84,16 +85,6 @@ class BatchNormGuardHook(tf.compat.v1.train.SessionRunHook):
         self.exclude, self.check_graph = exclude, check_graph
         self._plan: _Plan | None = None
         self._began = False
-
-    @property
-    def verdicts(self) -> list[Verdict]:
-        """Every window's verdict so far."""
-        return self._guard.verdicts
-
-    @property
-    def steps(self) -> int:
-        """Training steps counted so far."""
-        return self._guard.step
 
     def begin(self) -> None:
         self._begin(tf.compat.v1.get_default_graph())
