@@ -81,6 +81,10 @@ class BatchNormGuard(Guarded):
         found = _training_layers(self.model)
         kept = set(excluded([bn.name for bn in found], self.exclude))
         self._layers = {bn.name: bn.layer for bn in found if bn.name in kept}
+        if not self._layers:
+            import warnings
+
+            warnings.warn("ckptfix guard: no BN layer to watch (none in training mode, or all excluded)", stacklevel=4)
         weights = list(self.model.trainable_variables)
         self._weights = smallest([int(np.prod(v.shape)) for v in weights])
         self._weight_variables = [weights[i] for i in self._weights]
@@ -106,7 +110,8 @@ class BatchNormGuard(Guarded):
 
     def step(self, trainable_variables=None, non_trainable_variables=None) -> Verdict | None:
         """One training step ran; returns the verdict of the window it closed, if any (see the class docstring)."""
-        if self._layers is None:
+        if self._layers is None:  # built by its first step: the first read is after it
+            self._guard.step += 1
             self._start(trainable_variables, non_trainable_variables)
             return None
         return self._guard.after_step(lambda step: self._read(step, trainable_variables, non_trainable_variables),
