@@ -195,3 +195,28 @@ def test_a_tf_keras_gradient_tape_loop(training):
     except StatisticsNotUpdated:
         stopped_at = guard.steps
     assert stopped_at == (None if training else 10)
+
+
+def test_exclude_leaves_a_layer_out(flavour):
+    keras, Callback = flavour
+    guard = Callback(exclude="/bn$")
+    with pytest.warns(UserWarning, match="no BN layer to watch"):
+        fit(build(keras, momentum=1.0), guard)
+    assert guard.guard.steps == STEPS and guard.guard.watched_layers == []
+
+
+def test_a_model_built_by_its_first_step_is_guarded_from_there():
+    """A Sequential without an Input is built by its first call: the guard starts after step 1."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.layers.Conv2D(4, 3), keras.layers.BatchNormalization(momentum=1.0, name="bn"),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
+    guard = BatchNormGuard(model)
+    assert not model.built
+    model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.raises(StatisticsNotUpdated, match=r"\(bn\) did not change over training steps 1-11"):
+        for k in range(STEPS):
+            model.train_on_batch(X[k * BATCH:(k + 1) * BATCH], Y[k * BATCH:(k + 1) * BATCH])
+            guard.step()
+    assert guard.steps == 11
