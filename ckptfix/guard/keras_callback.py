@@ -12,6 +12,7 @@ said); the weights watched are the smallest few of ``model.trainable_variables``
 from __future__ import annotations
 
 import functools
+import warnings
 
 import numpy as np
 
@@ -61,7 +62,7 @@ class BatchNormGuard(Guarded):
     Stateless loops that keep the variables' values outside the model (Keras 3 ``stateless_call``) pass them:
     ``guard.step(trainable_variables=values, non_trainable_variables=values)``, lists in the order of
     ``model.trainable_variables`` / ``model.non_trainable_variables``. Create the guard once the model is built
-    (else it starts at the first :meth:`step`).
+    (else its first read follows the first :meth:`step`, and the bound is one step later).
     """
 
     def __init__(self, model, every_n_steps: int = DEFAULT_EVERY_N_STEPS, warn_only: bool = False,
@@ -82,8 +83,6 @@ class BatchNormGuard(Guarded):
         kept = set(excluded([bn.name for bn in found], self.exclude))
         self._layers = {bn.name: bn.layer for bn in found if bn.name in kept}
         if not self._layers:
-            import warnings
-
             warnings.warn("ckptfix guard: no BN layer to watch (none in training mode, or all excluded)", stacklevel=4)
         weights = list(self.model.trainable_variables)
         self._weights = smallest([int(np.prod(v.shape)) for v in weights])
@@ -102,10 +101,11 @@ class BatchNormGuard(Guarded):
             weights = [_to_numpy(trainable[i]) for i in self._weights]
         statistics = {}
         for name, layer in self._layers.items():
-            if non_trainable is None:
-                statistics[name] = [_to_numpy(layer.moving_mean), _to_numpy(layer.moving_variance)]
-            else:
-                statistics[name] = [_to_numpy(non_trainable[i]) for i in self._statistics[name] if i is not None]
+            variables = (layer.moving_mean, layer.moving_variance)
+            statistics[name] = [
+                _to_numpy(variable if non_trainable is None or i is None else non_trainable[i])
+                for variable, i in zip(variables, self._statistics[name])
+            ]
         return Reading(step, statistics, weights)
 
     def step(self, trainable_variables=None, non_trainable_variables=None) -> Verdict | None:

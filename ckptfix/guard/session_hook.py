@@ -102,9 +102,9 @@ class BatchNormGuardHook(Guarded, tf.compat.v1.train.SessionRunHook):
             # proven from the graph: nothing else runs the train op together with the missed update ops
             self._guard.fail(f"ckptfix guard: {cause.message}", ("graph",))
         if not self._plan.layers:
-            if not self._plan.total:
-                warnings.warn("ckptfix guard: off, the graph has no BN layer with update ops (none, or all in "
-                              "inference mode)", stacklevel=3)
+            why = ("the graph has no BN layer with update ops (none, or all in inference mode)" if not self._plan.total
+                   else "every BN layer with update ops is excluded")
+            warnings.warn(f"ckptfix guard: off, {why}", stacklevel=3)
             self._plan = None
 
     def after_create_session(self, session, coord) -> None:
