@@ -25,7 +25,7 @@ CASES = ("create_train_op", "momentum_0.9997", "forgotten", "runtime_forgotten",
 # v1: every loop and case; tf2 (resource variables, If ops): every case in MonitoredTrainingSession, the slim loops'
 # basics (the hook's graph side is the same whatever runs it)
 RUNS = {
-    "v1": [f"{loop}:{case}" for loop in LOOPS for case in CASES],
+    "v1": [f"{loop}:{case}" for loop in LOOPS for case in CASES] + ["monitored:runtime_excluded"],
     "tf2": [f"monitored:{case}" for case in CASES]
     + [f"{loop}:{case}" for loop in LOOPS[1:] for case in ("create_train_op", "forgotten", "runtime_forgotten")],
 }
@@ -103,3 +103,10 @@ def test_warn_only_warns_and_trains_on(runs, mode, name):
     run = runs[mode, name]
     assert run["stopped_at"] is None and run["steps"] == STEPS
     assert run["warnings"][0] == PROVEN and run["warnings"][1].startswith(RUNTIME.format(start=0, end=10))
+
+
+@pytest.mark.parametrize("mode,name", each("runtime_excluded"))
+def test_excluded_layers_are_not_watched(runs, mode, name):
+    run = runs[mode, name]
+    assert run["stopped_at"] == 10 and run["verdicts"] == [[0, 10, True, ["conv1/BatchNorm"]]]
+    assert "the moving statistics of 1 of 1 BN layers (conv1/BatchNorm) did not change" in run["message"]
