@@ -1,4 +1,5 @@
-"""The public API: :func:`recalibrate`, :func:`diagnose` and :func:`inspect`. The CLI is a thin layer on it.
+"""The public API: :func:`recalibrate`, :func:`diagnose`, :func:`inspect` and :func:`check`. The CLI is a thin layer
+on it.
 
 Each builds one :class:`~ckptfix.options.Options` (validated once; its docstring lists every option) from the
 keyword arguments, or takes one ready-made, and runs :mod:`ckptfix.pipeline` on the model source CKPT names
@@ -17,7 +18,7 @@ from ckptfix import _quiet
 from ckptfix.errors import CkptfixError, OptionError
 from ckptfix.interrupts import sigterm_during_call
 from ckptfix.options import FLAGS, Options
-from ckptfix.report import DiagnosisReport, InspectionReport, RecalibrationReport
+from ckptfix.report import CheckReport, DiagnosisReport, InspectionReport, RecalibrationReport
 
 
 @contextlib.contextmanager
@@ -127,3 +128,22 @@ def inspect(checkpoint: str | Path, options: Options | None = None, **keywords) 
     """
     with _keywords():
         return run("inspect", checkpoint, None, Options.build(options, keywords, "inspect"))
+
+
+def check(graph: str | Path) -> CheckReport:
+    """Whether a training graph's train op runs the BN update ops, before training or in CI (no checkpoint needed).
+
+    Args:
+        graph: the ``.meta`` written by ``tf.compat.v1.train.export_meta_graph(filename=...)`` once the train op is
+            built, or a training checkpoint's ``.meta``, prefix or folder.
+
+    Returns:
+        A :class:`CheckReport`: ``verdict`` ``pass``, ``fail`` (``cause.message`` names the layers and the fix, as
+        :func:`inspect` does) or ``unknown``. Raises :class:`~ckptfix.errors.NoBatchNormError` for a graph without
+        BN layers, another :class:`~ckptfix.errors.CkptfixError` for a missing or unreadable file. The training
+        guards (:mod:`ckptfix.guard`) run the same check at their start.
+    """
+    from ckptfix import pipeline
+
+    with _eager():
+        return pipeline.check(graph)

@@ -99,3 +99,14 @@ def error_reason(error: BaseException) -> str:
     first = lines[0] if lines else type(error).__name__
     path, separator, reason = first.rpartition("; ")
     return reason if separator and path.startswith("/") else first
+
+
+class StatisticsNotUpdated(CkptfixError):
+    """A training guard (:mod:`ckptfix.guard`) saw the BN moving statistics stand still while the weights trained,
+    or the training graph proves its train op never runs the BN update ops: training stops with the fix."""
+
+    exit_code = 3
+
+
+class StatisticsNotUpdatedWarning(UserWarning):
+    """The same finding as :class:`StatisticsNotUpdated`, from a guard told to only warn (``warn_only=True``)."""

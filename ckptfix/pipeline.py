@@ -36,7 +36,7 @@ from ckptfix.interrupts import commit_scope, interrupts_between_steps
 from ckptfix.io.outputs import Place, check_run_paths, staged_files
 from ckptfix.log import Notices, Progress
 from ckptfix.options import Options, flag
-from ckptfix.report import (DeviceReport, DiagnosisReport, InspectedLayer, InspectionReport, LayerReport,
+from ckptfix.report import (CheckReport, DeviceReport, DiagnosisReport, InspectedLayer, InspectionReport, LayerReport,
                             RecalibrationReport)
 from ckptfix.scaling import Cluster, DevicePool, join_cluster, resolve_devices
 from ckptfix.sources import open_source
@@ -568,3 +568,33 @@ def inspect(checkpoint, options: Options) -> InspectionReport:
         against = None if options.against is None else str(options.against)
         return InspectionReport(source.label, source.graph_label, against, inspected, model_format=source.model_format,
                                 cause=source.cause(), notices=notice.messages)
+
+
+_CHECK_FIX = "pass the .meta that tf.compat.v1.train.export_meta_graph() or a training checkpoint wrote"
+
+
+def check(graph) -> CheckReport:
+    """Whether the training graph ``graph`` (a ``.meta`` file, or a checkpoint prefix / folder whose ``.meta`` it
+    reads) runs its BN update ops in its train op: :func:`~ckptfix.diagnostics.cause.find_cause`, the proof
+    ``inspect`` gives. Needs no checkpoint (a ``.meta`` exported before the first step will do)."""
+    from ckptfix.diagnostics.cause import find_cause
+    from ckptfix.errors import CheckpointError
+    from ckptfix.graph.batchnorm import find_batchnorm_layers
+    from ckptfix.graph.index import GraphIndex
+    from ckptfix.graph.meta import load_meta_graph
+    from ckptfix.io.locate import locate_checkpoint, prefix_named_by
+
+    path = Path(graph).expanduser()
+    if path.is_dir():
+        path = locate_checkpoint(path).meta
+    elif not path.is_file():
+        meta = prefix_named_by(path).file(".meta")
+        if not meta.is_file():
+            raise CheckpointError(f"no .meta graph at {graph}: {_CHECK_FIX}.")
+        path = meta
+    meta_graph = load_meta_graph(path, _CHECK_FIX)
+    index = GraphIndex(meta_graph.graph_def)
+    layers = find_batchnorm_layers(index)
+    if not layers:
+        raise NoBatchNormError(f"no BatchNorm layers in {path.name}: nothing to check.")
+    return CheckReport(str(path), [layer.name for layer in layers], find_cause(meta_graph, index))

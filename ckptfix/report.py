@@ -8,6 +8,7 @@ as stored before and as computed (float64).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -429,3 +430,44 @@ class InspectionReport:
         ]
         shown, more = _truncate(rows, show_all, "layers")
         return _table(header, shown) + (f"\n{more}" if more else "")
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """``ckptfix check``: does the training graph's train op run the BN update ops (``cause``, as ``inspect`` reads
+    it)? ``verdict``: ``pass`` (it runs them all), ``fail`` (it never runs some and no other op runs both:
+    ``cause.layers`` names their layers), ``unknown`` (no train op, no update op, or another op runs the train op
+    and the missed updates together: the graph cannot tell which one training runs)."""
+
+    graph: str
+    layers: list[str]
+    cause: Cause
+
+    @property
+    def verdict(self) -> str:
+        from ckptfix.diagnostics.cause import UPDATE_OPS_RUN
+
+        if self.cause.found:
+            return "unknown" if self.cause.runners else "fail"
+        return "pass" if self.cause.code == UPDATE_OPS_RUN else "unknown"
+
+    def summary(self) -> str:
+        """The verdict in a line or three (``fail``: the cause's message, the fix on its second line)."""
+        if self.verdict == "pass":
+            return (f"ok: the train op {self.cause.train_op} runs the update ops of all {len(self.layers)} BN layers "
+                    f"of {Path(self.graph).name}.")
+        if self.cause.runners and self.cause.found:  # the graph cannot tell which of the two training runs
+            return (f"UNKNOWN: {self.cause.message}\nTo let the graph tell, register the op your loop runs: "
+                    "`tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.TRAIN_OP, train_op)`.")
+        message = self.cause.message
+        return message if message.startswith("unknown") else f"{self.verdict.upper()}: {message}"
+
+    def to_dict(self) -> dict:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "check",
+            "graph": self.graph,
+            "verdict": self.verdict,
+            "layers": list(self.layers),
+            "cause": self.cause.to_dict(),
+        }

@@ -1,9 +1,11 @@
 """``ckptfix`` commands (typer). Each parses its options, calls one API function and prints the result.
 
-Exit codes (the table in README.md and docs/user-guide.md): 0 success (``diagnose``: fresh or differs); 1 user
-error (one or two lines naming the fix; ``CKPTFIX_DEBUG=1`` shows the traceback); 2 a bad option or option value
-(one line); 3 ``diagnose`` found stale statistics; 4 nothing to recalibrate (no BN layer in the graph or none
-selected); 5 the repair gate refused (``diagnose``: inconclusive); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
+Exit codes (the table in README.md and docs/user-guide.md): 0 success (``diagnose``: fresh or differs; ``check``: the
+train op runs the BN update ops); 1 user error (one or two lines naming the fix; ``CKPTFIX_DEBUG=1`` shows the
+traceback); 2 a bad option or option value (one line); 3 ``diagnose`` found stale statistics (``check``: the train op
+never runs some BN update ops); 4 nothing to recalibrate (no BN layer in the graph or none selected; ``check``: no BN
+layer); 5 the repair gate refused (``diagnose``: inconclusive; ``check``: the graph cannot tell); 130 interrupted
+(Ctrl-C); 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -493,6 +495,32 @@ def inspect_(ctx, checkpoint, json_output, show_all, **_) -> None:
         _echo_cause(result, bool(flagged))
 
     _run(action, ctx)
+
+
+#: ``ckptfix check``'s exit code per verdict
+CHECK_EXIT_CODES = {"pass": 0, "fail": STALE_EXIT_CODE, "unknown": RepairRefused.exit_code}
+
+
+@app.command(cls=_Command)
+def check(
+    graph: Annotated[Path, typer.Argument(metavar="GRAPH", help="The training graph: the .meta tf.compat.v1.train.export_meta_graph() wrote once the train op was built, or a training checkpoint's .meta, prefix or folder.")],
+    json_output: JsonOutput = False,
+    verbose: Verbose = False,
+) -> None:
+    """Check that the train op runs the BN update ops, before training or in CI. Exit 0 it does, 3 it does not
+    (the layers and the fix are named), 5 the graph cannot tell, 4 no BN layer, 1 error."""
+
+    def action() -> int:
+        from ckptfix.api import check as check_graph
+
+        result = check_graph(graph)
+        if json_output:
+            _print_json(result.to_dict())
+        else:
+            typer.echo(result.summary())
+        return CHECK_EXIT_CODES[result.verdict]
+
+    _run(action)
 
 
 @app.command(cls=_Command)

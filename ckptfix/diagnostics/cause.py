@@ -15,7 +15,7 @@ Pure graph analysis (protos only, nothing is imported into TensorFlow or run). D
 * **runs**: the update op lies in the train op's transitive closure over data and control inputs.
 
 Only what the graph proves is claimed: a train op whose closure misses update ops is named with the ops it
-misses; the graph cannot say whether the training loop ran them some other way (``sess.run([train_op,
+misses and the BN layers whose statistics they update; the graph cannot say whether the training loop ran them some other way (``sess.run([train_op,
 update_ops])``), so ops that run the train op together with the missing updates are listed as evidence.
 """
 
@@ -41,7 +41,8 @@ TRAIN_OP_KEY = "train_op"  # tf.compat.v1.GraphKeys.TRAIN_OP
 _NOT_UPDATE_COLLECTIONS = frozenset({TRAIN_OP_KEY, "losses", "regularization_losses", "summaries"})
 _UPDATE_ASSIGNS = frozenset({"AssignSub", "AssignSubVariableOp", "AssignAdd", "AssignAddVariableOp"})
 _APPLY_PREFIXES = ("Apply", "ResourceApply", "SparseApply", "ResourceSparseApply")
-_FIX = ("build the train op inside `with tf.control_dependencies(tf.compat.v1.get_collection("
+#: how a TF1 training script makes its train op run the update ops (the guards' messages say it too)
+FIX = ("build the train op inside `with tf.control_dependencies(tf.compat.v1.get_collection("
         "tf.compat.v1.GraphKeys.UPDATE_OPS)):`, or with `slim.learning.create_train_op`")
 
 
@@ -54,6 +55,8 @@ class Cause:
     train_op: str | None = None
     update_ops: list[str] = field(default_factory=list)  # BN update ops the train op never runs
     evidence: list[str] = field(default_factory=list)  # op names that show it
+    layers: list[str] = field(default_factory=list)  # the BN layers whose statistics those update ops update
+    runners: list[str] = field(default_factory=list)  # ops that run the train op together with those update ops
 
     @property
     def found(self) -> bool:
@@ -62,7 +65,7 @@ class Cause:
 
     def to_dict(self) -> dict:
         return {"code": self.code, "message": self.message, "train_op": self.train_op,
-                "update_ops": list(self.update_ops), "evidence": list(self.evidence)}
+                "update_ops": list(self.update_ops), "evidence": list(self.evidence), "layers": list(self.layers)}
 
 
 def _node_name(text: str) -> str:
@@ -107,29 +110,53 @@ def _collection(meta_graph_def, key: str) -> list[str]:
     return list(dict.fromkeys(_node_name(v) for v in meta_graph_def.collection_def[key].node_list.value))
 
 
-def _moving_statistics(index: GraphIndex) -> set[str]:
-    """The variable ops of every BN layer's moving mean and variance (by name when the BN search fails)."""
+def _statistics_layers(index: GraphIndex) -> dict[str, str]:
+    """The variable op of every BN layer's moving mean and variance -> the layer's name (by variable name, the
+    layer its scope, when the BN search fails)."""
     try:
-        return {v for layer in find_batchnorm_layers(index) for v in (layer.mean_variable, layer.variance_variable)}
+        return {v: layer.name for layer in find_batchnorm_layers(index)
+                for v in (layer.mean_variable, layer.variance_variable)}
     except GraphError:
         return {
-            node.name for node in index.nodes.values()
+            node.name: node.name.rsplit("/", 1)[0] for node in index.nodes.values()
             if node.op in VARIABLE_OPS and node.name.rsplit("/", 1)[-1].startswith(("moving_mean", "moving_variance"))
         }
 
 
-def _update_assignments(index: GraphIndex, statistics: set[str]) -> list[str]:
-    """Top-level ops that assign to moving statistics, in graph order (an If op for an assignment in its branch)."""
-    found: dict[str, None] = {}
+def _update_assignments(index: GraphIndex, statistics) -> dict[str, set[str]]:
+    """Top-level ops that assign to moving statistics, in graph order (an If op for an assignment in its branch),
+    each with the statistics variables it assigns."""
+    found: dict[str, set[str]] = {}
     scopes = [(None, index.graph_def.node)] + [(name, f.node_def) for name, f in index.functions.items()]
     for function, nodes in scopes:
         for node in nodes:
             if node.op not in _UPDATE_ASSIGNS or is_gradient(node.name):
                 continue
-            if _variables_behind(index, index.inputs(node, function)[0]) & statistics:
+            assigned = _variables_behind(index, index.inputs(node, function)[0]) & set(statistics)
+            if assigned:
                 for name in [node.name] if function is None else index.call_sites.get(function, []):
-                    found[name] = None
-    return sorted(found, key=index.position.__getitem__)
+                    found.setdefault(name, set()).update(assigned)
+    return {name: found[name] for name in sorted(found, key=index.position.__getitem__)}
+
+
+def updated_statistics(index: GraphIndex) -> dict[str, set[str]]:
+    """Every BN layer some op of the graph updates (one in inference mode has no update op) -> the variable ops of
+    its moving statistics that are updated; in graph order."""
+    layers = _statistics_layers(index)
+    updated: dict[str, set[str]] = {}
+    for variables in _update_assignments(index, layers).values():
+        for variable in variables:
+            updated.setdefault(layers[variable], set()).add(variable)
+    return updated
+
+
+def optimized_variables(index: GraphIndex) -> list[str]:
+    """The variable ops the optimizer's ``Apply*`` / ``ResourceApply*`` ops update (the weights training moves)."""
+    found: dict[str, None] = {}
+    for node in index.nodes.values():
+        if node.op.startswith(_APPLY_PREFIXES) and not is_gradient(node.name):
+            found.update(dict.fromkeys(sorted(_variables_behind(index, Tensor(_node_name(node.input[0]))))))
+    return list(found)
 
 
 def _train_ops(meta_graph_def, index: GraphIndex, closure: _Closure) -> tuple[list[str], list[str]]:
@@ -169,7 +196,9 @@ def find_cause(meta_graph_def, index: GraphIndex | None = None) -> Cause:
     train_op = candidates[0]
     runs = closure.of([train_op])
     evidence = [train_op, *candidates[1:], *identified_by[:3]]  # a few of the optimizer's apply ops
-    assignments = _update_assignments(index, _moving_statistics(index))
+    layer_of = _statistics_layers(index)
+    assigned = _update_assignments(index, layer_of)
+    assignments = list(assigned)
     # members of UPDATE_OPS that run none of the recognised assignments are update ops of their own
     running_one = closure.downstream(*assignments)  # the nodes that run a recognised assignment
     update_ops = assignments + [
@@ -181,6 +210,7 @@ def find_cause(meta_graph_def, index: GraphIndex | None = None) -> Cause:
                               "the BN moving statistics, so it cannot show how they were meant to be updated.",
                      train_op, [], evidence)
     missed = [name for name in update_ops if name not in runs]
+    layers = list(dict.fromkeys(layer_of[v] for name in missed for v in sorted(assigned.get(name, ()))))
     if not missed:
         return Cause(UPDATE_OPS_RUN, f"the train op {train_op} runs all {len(update_ops)} BN update ops: the graph "
                                      "shows no cause (were the statistics computed on other data?).",
@@ -194,24 +224,32 @@ def find_cause(meta_graph_def, index: GraphIndex | None = None) -> Cause:
     if runners and identified_by:  # no train_op collection says which of them training ran
         return Cause(UNKNOWN, f"unknown: the optimizer step {train_op} never runs {len(missed)} BN update ops, "
                               f"but {', '.join(sorted(runners))} runs both; the graph does not show which one training "
-                              "ran.", train_op, missed, evidence)
+                              "ran.", train_op, missed, evidence, layers, sorted(runners))
     caveat = f" ({', '.join(sorted(runners))} runs both: if training ran that, look elsewhere)" if runners else ""
+    of_layers = f" of {_layers_named(layers)}" if layers else ""
     custom = sorted(key for key in holders if key != UPDATE_OPS_KEY)
     if custom and UPDATE_OPS_KEY not in holders:
         key = custom[0]
         return Cause(
             CUSTOM_COLLECTION_NOT_RUN,
-            f"the train op {train_op} never runs the {len(missed)} BN update ops of the custom collection '{key}' "
-            f"(slim.batch_norm updates_collections){caveat}.\nFix the training script: build the train op inside "
-            f"`with tf.control_dependencies(tf.compat.v1.get_collection('{key}')):`, or pass "
+            f"the train op {train_op} never runs the {len(missed)} BN update ops{of_layers} of the custom collection "
+            f"'{key}' (slim.batch_norm updates_collections){caveat}.\nFix the training script: build the train op "
+            f"inside `with tf.control_dependencies(tf.compat.v1.get_collection('{key}')):`, or pass "
             f"`update_ops=tf.compat.v1.get_collection('{key}')` to `slim.learning.create_train_op`.",
-            train_op, missed, evidence)
+            train_op, missed, evidence, layers, sorted(runners))
     where = "" if holders else " (held by no collection: make the train op depend on them)"
     return Cause(
         UPDATE_OPS_NOT_RUN,
-        f"the train op {train_op} never runs the {len(missed)} BN update ops{where}, so the moving statistics "
-        f"never followed training{caveat}.\nFix the training script: {_FIX}.",
-        train_op, missed, evidence)
+        f"the train op {train_op} never runs the {len(missed)} BN update ops{of_layers}{where}, so the moving "
+        f"statistics never followed training{caveat}.\nFix the training script: {FIX}.",
+        train_op, missed, evidence, layers, sorted(runners))
+
+
+def _layers_named(layers: list[str]) -> str:
+    """``2 BN layers (conv1/BatchNorm, conv2/BatchNorm)``, the first few named."""
+    from ckptfix.data.batching import name_few
+
+    return f"{len(layers)} BN layer{'s' if len(layers) != 1 else ''} ({name_few(layers)})"
 
 
 def _holding_collections(meta_graph_def, closure: _Closure, update_ops: list[str]) -> set[str]:

@@ -10,8 +10,11 @@ from ckptfix.errors import GraphError
 _VARIABLE_COLLECTIONS = ("variables", "local_variables", "model_variables", "trainable_variables")
 
 
-def load_meta_graph(path: Path):
-    """Parse a binary MetaGraphDef; raises GraphError when the file is not one."""
+_META_FIX = "pass --meta with the graph the checkpoint was saved from"
+
+
+def load_meta_graph(path: Path, fix: str = _META_FIX):
+    """Parse a binary MetaGraphDef; raises GraphError (ending with ``fix``) when the file is not one."""
     from google.protobuf.message import DecodeError
     from tensorflow.core.protobuf import meta_graph_pb2
 
@@ -19,9 +22,9 @@ def load_meta_graph(path: Path):
     try:
         meta_graph.ParseFromString(Path(path).read_bytes())
     except (DecodeError, RuntimeError):
-        raise GraphError(f"{path} is not a TensorFlow .meta graph: pass --meta with the graph the checkpoint was saved from.") from None
+        raise GraphError(f"{path} is not a TensorFlow .meta graph: {fix}.") from None
     if not meta_graph.graph_def.node:
-        raise GraphError(f"{path} holds an empty graph: pass --meta with the graph the checkpoint was saved from.")
+        raise GraphError(f"{path} holds an empty graph: {fix}.")
     return meta_graph
 
 

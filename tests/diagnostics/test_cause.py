@@ -53,8 +53,11 @@ def test_forgotten_update_ops_are_named_with_the_fix(graphs, mode):
     assert cause.update_ops and all("AssignMovingAvg" in name or "cond" in name for name in cause.update_ops)
     assert {"conv1", "conv2"} == {name.split("/")[0] for name in cause.update_ops}
     assert FIX in cause.message and "slim.learning.create_train_op" in cause.message
+    assert cause.layers == ["conv1/BatchNorm", "conv2/BatchNorm"] and cause.runners == []
+    assert "of 2 BN layers (conv1/BatchNorm, conv2/BatchNorm)" in cause.message.splitlines()[0]
     assert cause.to_dict() == {"code": "update-ops-not-run", "message": cause.message, "train_op": "GradientDescent",
-                               "update_ops": cause.update_ops, "evidence": cause.evidence}
+                               "update_ops": cause.update_ops, "evidence": cause.evidence,
+                               "layers": ["conv1/BatchNorm", "conv2/BatchNorm"]}
 
 
 @pytest.mark.parametrize("mode", MODES)
