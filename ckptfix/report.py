@@ -331,7 +331,8 @@ class DiagnosisReport(_Measured):
 
     def to_dict(self) -> dict:
         return {**self._common_dict("diagnosis"), "verdict": self.verdict, "stale_layers": self.stale_layers,
-                "noise_layers": self.noise_layers, "evidence": list(self.evidence)}
+                "noise_layers": self.noise_layers, "evidence": list(self.evidence),
+                "layer_labels": {layer.name: self.layer_label(layer) for layer in self.layers}}
 
     def format_table(self, show_all: bool = False) -> str:
         """Layers stalest first: RMS mean shift (in new σ), RMS |log variance ratio|, worst channel, a drift bar."""
