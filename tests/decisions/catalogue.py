@@ -165,7 +165,8 @@ class Catalogue:
         messages = []
         options = {**subject.options, **case.options}
         try:
-            verdict = ckptfix.diagnose(subject.checkpoint, data, **options).verdict
+            diagnosis = ckptfix.diagnose(subject.checkpoint, data, **options).to_dict()
+            verdict = _coherent(diagnosis, messages)
         except Exception as error:  # noqa: BLE001 -- any other outcome is an off-diagonal "error"
             verdict = "error"
             messages.append(f"diagnose: {type(error).__name__}: {error}")
@@ -191,7 +192,7 @@ class Catalogue:
         report = folder / "diagnosis.json"
         diagnosed = _ckptfix("diagnose", subject.checkpoint, data, *flags, "--report", report)
         messages = []
-        verdict = json.loads(report.read_text())["verdict"] if report.exists() else "error"
+        verdict = _coherent(json.loads(report.read_text()), messages) if report.exists() else "error"
         if diagnosed.returncode != DIAGNOSE_EXITS.get(verdict):
             messages.append(f"diagnose: exit {diagnosed.returncode} ({verdict}): {diagnosed.stderr.strip()[-300:]}")
             verdict = "error"
@@ -201,6 +202,9 @@ class Catalogue:
         gate = {(0, True): "write", (5, False): "refuse"}.get((repaired.returncode, written), "error")
         if repaired.returncode != 0:
             messages.append(f"recalibrate: exit {repaired.returncode}: {repaired.stderr.strip()[-300:]}")
+        if "ckptfix recalibrate" in diagnosed.stdout and gate != "write":  # diagnose recommended a refused command
+            messages.append(f"diagnose recommended the repair that recalibrate refused: {diagnosed.stdout.strip()[-300:]}")
+            gate = "error"
         return verdict, gate, " | ".join(messages)
 
     # --- scratch space ---------------------------------------------------------------------------------
@@ -214,6 +218,16 @@ class Catalogue:
         """Where a run writes: a ``.keras`` file for Keras subjects, else a folder (neither exists yet)."""
         folder = self._scratch(name)
         return str(folder / ("out.keras" if subject.checkpoint.endswith(".keras") else "out"))
+
+
+def _coherent(diagnosis: dict, messages: list[str]) -> str:
+    """The diagnosis's verdict, or ``error`` when a layer's label contradicts it (a ``stale`` row under another
+    verdict, a ``differs`` row under ``stale``)."""
+    verdict, labels = diagnosis["verdict"], set(diagnosis["layer_labels"].values())
+    if ("stale" in labels and verdict != "stale") or ("differs" in labels and verdict != "differs"):
+        messages.append(f"diagnose: layer labels {sorted(labels)} under the verdict {verdict}")
+        return "error"
+    return verdict
 
 
 def _ckptfix(*args):
