@@ -16,8 +16,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
-from ckptfix.data.preprocessing import PRESETS
-from ckptfix.data.sources import FORMATS
+from ckptfix.data.preprocessing import PRESETS, check_central_crop
+from ckptfix.data.sources import FORMATS, parse_image_size
 from ckptfix.errors import CkptfixError, DataError, KeywordError, OptionError
 from ckptfix.graph.feeds import input_names
 from ckptfix.keras.formats import MODEL_FORMATS
@@ -162,7 +162,9 @@ class Options:
             one name, ``"a,b"``, or a list of either. Without it, every input candidate is fed when the data
             keys an array by each one's name (``.npz`` members, dict keys) [--input].
         preprocess: a :class:`Preset`, ``"package.module:function"`` or a callable (runs your code) applied
-            to decoded images and to integer arrays of 0..255 images; float arrays are used as given [--preprocess].
+            to decoded images and to integer arrays of 0..255 images; float arrays are used as given. Default:
+            what the model says (:mod:`ckptfix.data.conventions`: its first layers, its name, a uint8 input, a
+            tf-slim network's scope); images for a model that says nothing are a usage error [--preprocess].
         image_size, central_crop: ``"HxW"`` / ``(H, W)`` images are resized to when the input has no static
             size; the central fraction of each side kept before resizing [--image-size, --central-crop].
         data_format: a :class:`DataFormat`, for a folder mixing kinds [--format].
@@ -223,7 +225,7 @@ class Options:
     shuffle: bool = True
     seed: int = 0
     input_name: tuple[str, ...] | None = None
-    preprocess: Preset | str | Callable = "inception"
+    preprocess: Preset | str | Callable | None = None
     image_size: str | tuple[int, int] | None = None
     central_crop: float | None = None
     data_format: DataFormat | None = None
@@ -262,6 +264,8 @@ class Options:
         normalise("data_format", _choice(DataFormat, self.data_format, "--format", DataError))
         if isinstance(self.preprocess, str) and ":" not in self.preprocess:
             normalise("preprocess", _choice(Preset, self.preprocess, "--preprocess"))
+        check_central_crop(self.central_crop)
+        normalise("image_size", parse_image_size(self.image_size))
         _at_least(self.batch_size, 1, "--batch-size")
         _at_least(self.num_samples, 1, "--num-samples")
         _at_least(self.agreement_samples, 0, "--agreement-samples")
@@ -275,7 +279,7 @@ class Options:
         normalise("input_name", None if names is None else tuple(names))
         normalise("devices", parse_devices(self.devices))
         if self.cluster_timeout is not None and not 0 < self.cluster_timeout < float("inf"):
-            raise CkptfixError(f"--cluster-timeout must be a number of seconds above 0 (got {self.cluster_timeout}).")
+            raise OptionError(f"--cluster-timeout must be a number of seconds above 0 (got {self.cluster_timeout}).")
         if self.model is None and any((self.model_args, self.input_shape, self.arg_scope)):
             raise OptionError("--num-classes, --model-arg, --input-shape and --arg-scope apply only with --model.")
         for name in _PATHS:

@@ -38,7 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from ckptfix.errors import DataError
+from ckptfix.errors import DataError, OptionError, PreprocessingUnknown
 from ckptfix.user_code import resolve_function
 
 _VGG_MEANS = (123.68, 116.78, 103.94)
@@ -94,7 +94,9 @@ class ImagePreprocessing:
 def resolve_preprocessing(
     preprocess, input_shape: tuple | None, image_size: tuple[int, int] | None, central_crop: float | None
 ) -> ImagePreprocessing:
-    """Check ``preprocess`` (preset name, ``module:function`` or callable) against the input; user errors named."""
+    """Check ``preprocess`` (preset name, ``module:function`` or callable) against the input; user errors named.
+    ``preprocess=None`` (nothing given, nothing read from the model: :mod:`ckptfix.data.conventions`) is
+    :class:`~ckptfix.errors.PreprocessingUnknown`."""
     if input_shape is None or len(input_shape) != 4:
         raise DataError(
             f"images need a model input shaped (N, H, W, C), this one is {input_shape}: "
@@ -115,8 +117,11 @@ def resolve_preprocessing(
         height, width = image_size
     if height is None or width is None:
         raise DataError(f"the model input {_shape(input_shape)} has no static height and width: pass --image-size HxW.")
-    if central_crop is not None and not 0.0 < central_crop <= 1.0:
-        raise DataError(f"--central-crop must be in (0, 1] (got {central_crop}).")
+    check_central_crop(central_crop)
+    if preprocess is None:
+        raise PreprocessingUnknown(
+            "images need the model's preprocessing and nothing in the model says which: pass --preprocess "
+            f"{'|'.join(PRESETS)} or MODULE:FN.")
     if callable(preprocess):
         name = getattr(preprocess, "__qualname__", repr(preprocess))
         return ImagePreprocessing(None, preprocess, f"the function {name}", height, width, channels)
@@ -134,6 +139,12 @@ def resolve_preprocessing(
         raise DataError("--preprocess vgg crops to the input size by construction: drop --central-crop.")
     description = preset.formula + (f", central crop {central_crop}" if central_crop is not None else "")
     return ImagePreprocessing(preset.name, None, description, height, width, channels, central_crop)
+
+
+def check_central_crop(central_crop: float | None) -> None:
+    """``--central-crop`` is a fraction in (0, 1] (a usage error otherwise)."""
+    if central_crop is not None and not 0.0 < central_crop <= 1.0:
+        raise OptionError(f"--central-crop must be in (0, 1] (got {central_crop}).")
 
 
 def _shape(shape) -> str:

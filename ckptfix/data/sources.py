@@ -33,7 +33,7 @@ from ckptfix.data.preprocessing import resolve_preprocessing
 from ckptfix.data.python import dataset_chunks, in_memory, inputs_of, iterable_chunks
 from ckptfix.data.spec import InputSpec
 from ckptfix.data.tfrecord import feature_kind, record_chunks, scan
-from ckptfix.errors import DataError
+from ckptfix.errors import DataError, OptionError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif"})
 ARRAY_SUFFIXES = frozenset({".npy", ".npz"})
@@ -303,18 +303,17 @@ def _dataset_dtypes(dataset, inputs: Sequence[InputSpec]) -> dict[str, np.dtype]
             if hasattr(component, "dtype")}
 
 
-def _parse_image_size(image_size) -> tuple[int, int] | None:
-    if image_size is None or isinstance(image_size, tuple):
-        return image_size
-    if isinstance(image_size, int):
-        return image_size, image_size
-    text = str(image_size).lower().strip()
+def parse_image_size(image_size) -> tuple[int, int] | None:
+    """``--image-size``: ``H``, ``"HxW"`` or ``(H, W)`` -> ``(H, W)`` (a usage error when not positive whole numbers)."""
+    if image_size is None:
+        return None
+    pieces = list(image_size) if isinstance(image_size, (tuple, list)) else str(image_size).lower().strip().split("x")
     try:
-        parts = [int(p) for p in text.split("x")]
-    except ValueError:
+        parts = [int(p) for p in pieces if not isinstance(p, (bool, float))]
+    except (TypeError, ValueError):
         parts = []
-    if len(parts) not in (1, 2) or min(parts) < 1:
-        raise DataError(f"--image-size takes H or HxW in pixels, like 224 or 224x160 (got {image_size}).")
+    if len(parts) != len(pieces) or len(parts) not in (1, 2) or min(parts) < 1:
+        raise OptionError(f"--image-size takes H or HxW in pixels, like 224 or 224x160 (got {image_size}).")
     return (parts[0], parts[-1])
 
 
@@ -359,7 +358,7 @@ def open_calibration_data(
     common = dict(inputs=inputs, batch_size=batch_size, num_samples=num_samples, skips=skips, share=shared)
     bounded = (lambda n: n if num_samples is None else min(n, num_samples))
 
-    size = _parse_image_size(image_size)
+    size = parse_image_size(image_size)
 
     def integer_images(integer: Callable[[str], bool]) -> dict:
         return _integer_images(integer, inputs, preprocess, size, central_crop)

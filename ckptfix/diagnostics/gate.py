@@ -15,6 +15,8 @@ when the findings are only standard errors over the limits -- it then judges eac
   has channels whose variance collapses: ``new var < 1e-4 * stored var`` where the stored variance exceeds
   the layer's epsilon (blank or constant inputs; not checked against the initial 0 / 1 statistics, where a
   real model's dead channels would look collapsed);
+* **the data looks preprocessed unlike the training data** (:mod:`ckptfix.diagnostics.mismatch`: the
+  first BN layer's stored statistics are far from the new ones, in mean or in variance);
 * **the data is too thin**: fewer than :data:`MIN_BATCHES` batches (the uncertainty cannot be estimated), or
   a layer's worst-channel standard error of the mean above :data:`MAX_MEAN_STANDARD_ERROR` (in units of
   ``sqrt(var + eps)``) or relative standard error of ``var + eps`` above :data:`MAX_VARIANCE_RELATIVE_ERROR`
@@ -73,10 +75,11 @@ def _names(items: Sequence, most: int = 3) -> str:
 
 
 def check(layers, *, num_samples: int, num_batches: int, batch_size: int, samples_identical: bool,
-          agreement=None) -> Gate:
-    """The gate's findings for measured ``layers`` (:class:`~ckptfix.report.LayerReport`, with standard errors)
-    and the run's ``agreement`` (:class:`~ckptfix.diagnostics.agreement.Agreement` or None)."""
-    reasons, warnings, uncertain_layers = [], [], []
+          agreement=None, mismatch: str | None = None) -> Gate:
+    """The gate's findings for measured ``layers`` (:class:`~ckptfix.report.LayerReport`, with standard errors),
+    the run's ``agreement`` (:class:`~ckptfix.diagnostics.agreement.Agreement` or None) and a preprocessing
+    ``mismatch`` (:attr:`ckptfix.diagnostics.mismatch.Mismatch.message`, or None)."""
+    reasons, warnings, uncertain_layers = ([mismatch] if mismatch else []), [], []
     if samples_identical:
         reasons.append(f"all {num_samples} calibration sample(s) are identical: statistics of one input say "
                        "nothing of the data; give varied samples")
@@ -103,7 +106,7 @@ def check(layers, *, num_samples: int, num_batches: int, batch_size: int, sample
                 f"{MAX_VARIANCE_RELATIVE_ERROR:.0%} (variance) (worst: {worst.name}, mean ±"
                 f"{worst.mean_standard_error:.2g}σ, variance ±{worst.variance_relative_error:.0%}) over "
                 f"{num_samples} samples; give more calibration data")
-    blockers = len(reasons) - (1 if uncertain_layers else 0)
+    blockers = len(reasons) - (1 if uncertain_layers else 0)  # a mismatch included: no verdict either
     for layer in layers:
         collapsed = collapsed_channels(layer)
         if collapsed.size:

@@ -15,6 +15,7 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
+from ckptfix.data.conventions import slim_convention
 from ckptfix.diagnostics.cause import Cause, find_cause
 from ckptfix.errors import CheckpointError, NoBatchNormError
 from ckptfix.graph.batchnorm import find_batchnorm_layers, layer_tensors
@@ -117,6 +118,7 @@ class GraphSource:
                 stored_mean=stored[0], stored_variance=stored[1], dtype=dtypes[mean_key].name,
                 bessel=bn.bessel, epsilon=layer_epsilon(self.index, bn), found=bn,
             ))
+        self.convention = slim_convention([layer.name for layer in self.layers])
 
     def _check_restorable(self, reader) -> None:
         """Every entry the graph's saver restores is in the checkpoint with its variable's dtype and shape."""

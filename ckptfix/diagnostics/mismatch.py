@@ -1,0 +1,79 @@
+"""Calibration data preprocessed unlike the training data, as the model's first BN layer sees it.
+
+The agreement check cannot see a preprocessing mistake (both BN modes see the same wrongly scaled inputs,
+and batch statistics normalise the scale away), but the first BN layer (network order) can, when it holds
+statistics of the training data (not the initial 0 / 1). Per channel ``c``, with ``ε`` the layer's epsilon:
+
+* mean shift on the stored scale: ``z_c = (new_mean_c - stored_mean_c) / sqrt(stored_var_c + ε)``;
+* log variance ratio: ``r_c = ln((new_var_c + ε) / (stored_var_c + ε))``.
+
+A mismatch is found when ``sqrt(mean_c z_c²) > MEAN_SIGMAS`` or ``|mean_c r_c| > LOG_VARIANCE`` (new
+variances off by more than ×3 on average, in one direction). Staleness moves a first layer little: it sees the
+data directly, through fixed weights; a wrong input scale moves its variance by the square of the scale error
+(``ln 4 = 1.39`` for [-1, 1] data into a model trained on [0, 1], ``2 ln 127.5 = 9.7`` for 0..255 pixels into
+a model trained on [-1, 1]) and a wrong offset moves its mean by many standard deviations.
+
+Every preset is affine in the pixels with one scale ``a`` (:data:`SCALES`; ``torch``'s three are close to
+their geometric mean), so the first layer's input scales by ``a_trained / a_chosen`` and its variance by the
+square: the presets ``P`` whose predicted ``2 ln(a_P / a_chosen)`` is within :data:`FIT_TOLERANCE` of the
+observed ``-mean_c r_c`` are named as the ones that would fit (presets of the same scale and other offsets
+cannot be told apart by the variance: those are named together).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+MEAN_SIGMAS = 10.0
+LOG_VARIANCE = math.log(3.0)
+FIT_TOLERANCE = 0.5
+#: the scale each preset gives a 0..255 pixel (``torch``: 1 / (255 x the geometric mean of its stds))
+SCALES = {"inception": 1 / 127.5, "vgg": 1.0, "caffe": 1.0, "torch": 1 / (255 * (0.229 * 0.224 * 0.225) ** (1 / 3)),
+          "unit": 1 / 255, "raw": 1.0}
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """The first layer's finding: its shift and log variance ratio (signed mean), the presets that would fit."""
+
+    layer: str
+    mean_shift: float
+    log_variance_ratio: float
+    fits: tuple[str, ...]
+
+    @property
+    def message(self) -> str:
+        how = (f"a mean {self.mean_shift:.0f} stored standard deviations from the stored one"
+               if self.mean_shift > MEAN_SIGMAS else
+               f"variances {math.exp(abs(self.log_variance_ratio)):.3g}x {'above' if self.log_variance_ratio > 0 else 'below'}"
+               " the stored ones")
+        fit = f"; --preprocess {' or '.join(self.fits)} would fit" if self.fits else ""
+        return (f"the first BN layer {self.layer} sees {how} (over channels): the calibration data is likely "
+                f"preprocessed unlike the training data; check --preprocess (or the arrays' scale){fit}")
+
+
+def first_layer_mismatch(report, chosen: str | None) -> Mismatch | None:
+    """The :class:`Mismatch` of the first layer's ``report`` (a :class:`~ckptfix.report.LayerReport`), or None;
+    ``chosen``: the preset the images went through (None: arrays, or your function)."""
+    old_mean, old_var = np.asarray(report.old_mean, np.float64), np.asarray(report.old_variance, np.float64)
+    if np.all(old_mean == 0) and np.all(old_var == 1):
+        return None
+    new_mean, new_var = np.asarray(report.new_mean, np.float64), np.asarray(report.new_variance, np.float64)
+    scale2 = np.maximum(old_var + report.epsilon, 1e-12)
+    shift = float(np.sqrt(np.mean((new_mean - old_mean) ** 2 / scale2)))
+    ratio = float(np.mean(np.log(np.maximum(new_var + report.epsilon, 1e-12) / scale2)))
+    if not (shift > MEAN_SIGMAS or abs(ratio) > LOG_VARIANCE):
+        return None
+    return Mismatch(report.name, shift, ratio, fitting_presets(ratio, chosen))
+
+
+def fitting_presets(log_variance_ratio: float, chosen: str | None) -> tuple[str, ...]:
+    """The presets other than ``chosen`` whose scale explains ``log_variance_ratio`` (see the module docstring)."""
+    if chosen not in SCALES:
+        return ()
+    return tuple(name for name, scale in SCALES.items()
+                 if scale != SCALES[chosen]
+                 and abs(2 * math.log(scale / SCALES[chosen]) + log_variance_ratio) < FIT_TOLERANCE)
