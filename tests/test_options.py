@@ -26,7 +26,8 @@ def test_defaults_are_the_api_defaults():
     options = Options()
     # batch_size None: the graph input's fixed batch size, else 32 (ckptfix.pipeline.batch_size)
     assert (options.batch_size, options.shuffle, options.seed, options.agreement_samples) == (None, True, 0, 256)
-    assert options.estimator is Estimator.POOLED and options.preprocess is Preset.INCEPTION
+    # preprocess None: what the model says (ckptfix.data.conventions)
+    assert options.estimator is Estimator.POOLED and options.preprocess is None
     assert options.feature == "image/encoded" and options.input_name is None and options.model_format is None
 
 
@@ -142,7 +143,7 @@ def test_the_api_refuses_unknown_keywords_before_any_work(tmp_path):
 
 def test_data_options_and_tf1_only_flags():
     options = Options(image_size="8x8", central_crop=0.875, data_format="images", feature="x", strict=True)
-    assert options.data_options == dict(image_size="8x8", central_crop=0.875, data_format=DataFormat.IMAGES,
+    assert options.data_options == dict(image_size=(8, 8), central_crop=0.875, data_format=DataFormat.IMAGES,
                                         feature="x", strict=True)
     assert Options().tf1_only() == []
     flagged = Options(training_flag="is_training", output_tensor="logits", allow_unsafe_ops=True, model="m:f",

@@ -100,8 +100,8 @@ class Choice:
         name = getattr(self.preprocess, "__qualname__", self.preprocess)
         as_given = " (--preprocess raw uses them as given)" if integer_images and name != "raw" else ""
         if self.read is not None:
-            return (f"{what} preprocessed with {name} ({formula}) because {self.read.reason}{as_given}; "
-                    "--preprocess sets another")
+            return (f"{what} preprocessed with {name}: {formula}{as_given}; chosen because {self.read.reason} "
+                    "(--preprocess sets another)")
         told = f"; the model suggests {self.other.preset} because {self.other.reason}" if self.other else ""
         return f"{what} preprocessed with --preprocess {name}: {formula}{as_given}{told}"
 
