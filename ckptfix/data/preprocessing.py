@@ -120,8 +120,8 @@ def resolve_preprocessing(
     check_central_crop(central_crop)
     if preprocess is None:
         raise PreprocessingUnknown(
-            "images need the model's preprocessing and nothing in the model says which: pass --preprocess "
-            f"{'|'.join(PRESETS)} or MODULE:FN.")
+            "images need the model's preprocessing and nothing in the model says which: pass --preprocess PRESET "
+            f"(one of {', '.join(PRESETS)}) or --preprocess MODULE:FN.")
     if callable(preprocess):
         name = getattr(preprocess, "__qualname__", repr(preprocess))
         return ImagePreprocessing(None, preprocess, f"the function {name}", height, width, channels)

@@ -53,7 +53,7 @@ class Mismatch:
                if self.mean_shift > MEAN_SIGMAS else
                f"variances {math.exp(abs(self.log_variance_ratio)):.3g}x {'above' if self.log_variance_ratio > 0 else 'below'}"
                " the stored ones")
-        fit = f"; the stored scale fits --preprocess {' or '.join(self.fits)}" if self.fits else ""
+        fit = f"; the stored scale fits {' or '.join(f'--preprocess {name}' for name in self.fits)}" if self.fits else ""
         return (f"the first BN layer {self.layer} sees {how} (over channels): the calibration data is likely "
                 f"preprocessed unlike the training data; check --preprocess (or the arrays' scale){fit}")
 

@@ -187,7 +187,7 @@ def test_a_model_that_says_nothing_asks_for_the_preprocessing(tmp_path):
         assert report is None and "calibrating" not in stderr
         assert stderr.strip().splitlines() == [
             "error: images need the model's preprocessing and nothing in the model says which: pass --preprocess "
-            "inception|vgg|caffe|torch|unit|raw or MODULE:FN."], stderr
+            "PRESET (one of inception, vgg, caffe, torch, unit, raw) or --preprocess MODULE:FN."], stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras", "pngs"]
     np.save(tmp_path / "floats.npy", cm.preprocess(cm.pixels(64, 16, 0)[0], "tf"))  # arrays: taken as given
     _cli("diagnose", tmp_path / "model.keras", tmp_path / "floats.npy", exit_code=3)

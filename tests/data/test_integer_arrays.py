@@ -82,7 +82,7 @@ def test_cli_raw_uses_the_values_and_warns_of_the_first_layer(uint8_npy, tmp_pat
     reason = report["gate"]["reasons"][0]
     assert reason.startswith(f"the first BN layer {first} sees a mean"), reason
     assert "preprocessed unlike the training data; check --preprocess" in reason
-    assert "; the stored scale fits --preprocess " in reason and "inception" in reason.rsplit("fits", 1)[1], reason
+    assert "; the stored scale fits " in reason and "--preprocess inception" in reason.rsplit("fits", 1)[1], reason
 
 
 def _int64_records(path, images: np.ndarray) -> None:
