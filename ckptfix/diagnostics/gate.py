@@ -113,7 +113,8 @@ def check(layers, *, num_samples: int, num_batches: int, batch_size: int, sample
             reasons.append(
                 f"BN layer {layer.name}: {collapsed.size} of {layer.channels} channel(s) ({_names(collapsed.tolist())})"
                 f" have almost no variance in the calibration data where the stored variance does not: blank or "
-                "constant inputs? check the data (--force if these channels are dead in the model)")
+                "constant inputs, or images scaled unlike the training data? check the data and --preprocess (--force "
+                "if these channels are dead in the model)")
             blockers += 1
             break
     if agreement is not None:

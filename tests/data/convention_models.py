@@ -56,18 +56,19 @@ def write_pngs(folder: Path, images: np.ndarray) -> Path:
     return folder
 
 
-def small_cnn(keras, size: int, first_layers=(), name: str = "small", dtype: str = "float32"):
-    """``first_layers`` (e.g. a Rescaling) then conv-BN-relu twice, global pooling and a dense head."""
+def small_cnn(keras, size: int, first_layers=(), name: str = "small", dtype: str = "float32", momentum: float = 0.99):
+    """``first_layers`` (e.g. a Rescaling) then conv-BN-relu twice, global pooling and a dense head (BN
+    ``momentum``: 0.9 lets a short fit() bring the moving statistics to the data's)."""
     layers = keras.layers
     inputs = keras.Input((size, size, 3), name="images", dtype=dtype)
     x = inputs
     for layer in first_layers:
         x = layer(x)
     x = layers.Conv2D(8, 3, padding="same", use_bias=False, name="conv1")(x)
-    x = layers.BatchNormalization(name="bn1")(x)
+    x = layers.BatchNormalization(momentum=momentum, name="bn1")(x)
     x = layers.ReLU()(x)
     x = layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False, name="conv2")(x)
-    x = layers.BatchNormalization(name="bn2")(x)
+    x = layers.BatchNormalization(momentum=momentum, name="bn2")(x)
     x = layers.ReLU()(x)
     x = layers.GlobalAveragePooling2D()(x)
     return keras.Model(inputs, layers.Dense(CLASSES, name="logits")(x), name=name)
