@@ -340,8 +340,10 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
         if num_samples == 0:
             raise CkptfixError("the calibration data yielded no samples: pass a folder or array with at least one sample.")
         reports = [_layer_report(layer, pooled[layer.name], options.estimator) for layer in layers]
+        cause = source.cause()
         first = next((r for r in reports if r.name == source.layers[0].name), None)
-        mismatch = first and first_layer_mismatch(first, preprocessing.preset if batches.images else None)
+        mismatch = first and first_layer_mismatch(first, preprocessing.preset if batches.images else None,
+                                                  explained=bool(cause and cause.found))
         agreement = None
         if stream.kept:
             if session.inference_unavailable:
@@ -355,7 +357,6 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
         for warning in gate.warnings:
             notice(warning)
         stopped = _stop_reason(options, stream, num_samples)
-        cause = source.cause()
         fields = dict(
             checkpoint=source.label,
             num_samples=num_samples,
