@@ -79,7 +79,7 @@ def check(layers, *, num_samples: int, num_batches: int, batch_size: int, sample
     """The gate's findings for measured ``layers`` (:class:`~ckptfix.report.LayerReport`, with standard errors),
     the run's ``agreement`` (:class:`~ckptfix.diagnostics.agreement.Agreement` or None) and a preprocessing
     ``mismatch`` (:attr:`ckptfix.diagnostics.mismatch.Mismatch.message`, or None)."""
-    reasons, warnings, uncertain_layers = ([mismatch] if mismatch else []), [], []
+    reasons, warnings, uncertain_layers = [], [], []
     if samples_identical:
         reasons.append(f"all {num_samples} calibration sample(s) are identical: statistics of one input say "
                        "nothing of the data; give varied samples")
@@ -106,7 +106,7 @@ def check(layers, *, num_samples: int, num_batches: int, batch_size: int, sample
                 f"{MAX_VARIANCE_RELATIVE_ERROR:.0%} (variance) (worst: {worst.name}, mean ±"
                 f"{worst.mean_standard_error:.2g}σ, variance ±{worst.variance_relative_error:.0%}) over "
                 f"{num_samples} samples; give more calibration data")
-    blockers = len(reasons) - (1 if uncertain_layers else 0)  # a mismatch included: no verdict either
+    blockers = len(reasons) - (1 if uncertain_layers else 0)
     for layer in layers:
         collapsed = collapsed_channels(layer)
         if collapsed.size:
@@ -117,6 +117,9 @@ def check(layers, *, num_samples: int, num_batches: int, batch_size: int, sample
                 "if these channels are dead in the model)")
             blockers += 1
             break
+    if mismatch:  # the agreement check cannot see it: no verdict either
+        reasons.append(mismatch)
+        blockers += 1
     if agreement is not None:
         reasons += contradiction(agreement)
     return Gate(reasons, warnings, blockers)
