@@ -344,6 +344,8 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
         first = next((r for r in reports if r.name == source.layers[0].name), None)
         mismatch = first and first_layer_mismatch(first, preprocessing.preset if batches.images else None,
                                                   explained=bool(cause and cause.found))
+        if mismatch and not batches.images:  # arrays are preprocessed by their owner: a domain shift looks the same
+            notice(mismatch.message)
         agreement = None
         if stream.kept:
             if session.inference_unavailable:
@@ -353,7 +355,7 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
         num_batches = sum(device.batches for device in devices)
         gate = repair_gate.check(reports, num_samples=num_samples, num_batches=num_batches, batch_size=size,
                                  samples_identical=not stream.variety.varied, agreement=agreement,
-                                 mismatch=mismatch and mismatch.message)
+                                 mismatch=mismatch.message if mismatch and batches.images else None)
         for warning in gate.warnings:
             notice(warning)
         stopped = _stop_reason(options, stream, num_samples)

@@ -19,7 +19,8 @@ data into an ``inception`` model) shows in the mean more than in the variance (m
 images: mean shift 1.75 and 2.3 stored σ, log variance ratio -0.15 and 0.2; the same model on its own
 preprocessing: 0.11 σ). Statistics left from pretraining on another domain
 move the first layer too (5.3 σ on the tests' pretrained slim model): a cause in the training graph explains
-them, and ``--force`` writes them where none is found.
+them, and ``--force`` writes them where none is found. The pipeline makes a finding on images a reason of the
+repair gate, and one on arrays (preprocessed by their owner: a domain shift looks the same) a notice.
 
 Every preset is affine in the pixels with one scale ``a`` (:data:`SCALES`; ``torch``'s three are close to
 their geometric mean), so the first layer's input scales by ``a_trained / a_chosen`` and its variance by the
