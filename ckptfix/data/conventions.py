@@ -12,8 +12,9 @@ place the preprocessing of a run is decided, in this order:
    ``preprocess_input`` mode (:data:`KERAS_APPLICATIONS`); a tf-slim network by its scope -> tf-slim's
    ``preprocessing_factory`` choice (:data:`SLIM_NETWORKS`); another tf-slim network (BN scopes
    ``.../BatchNorm``) -> ``inception``, the factory's choice for most of its networks.
-4. Nothing: no preprocessing; images then stop the run before any work (:class:`~ckptfix.errors.PreprocessingUnknown`, exit
-   2). Float arrays, float TFRecord features and Python batches never need one (taken as preprocessed).
+4. Nothing: no preprocessing; images (files, encoded records, integer arrays of pixels) then stop the run
+   before any batch (:class:`~ckptfix.errors.PreprocessingUnknown`, exit 2). Float arrays, float TFRecord
+   features and Python batches of floats never need one (taken as preprocessed).
 """
 
 from __future__ import annotations
