@@ -26,8 +26,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ckptfix.data import DataKeys, open_calibration_data
-from ckptfix.data.conventions import choose as choose_preprocessing
 from ckptfix.data.batching import first_samples, samples_in
+from ckptfix.data.conventions import choose as choose_preprocessing
 from ckptfix.diagnostics import agreement as output_agreement
 from ckptfix.diagnostics import gate as repair_gate
 from ckptfix.diagnostics.drift import DEFAULT_EPSILON
