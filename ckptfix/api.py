@@ -9,6 +9,7 @@ keyword arguments, or takes one ready-made, and runs :mod:`ckptfix.pipeline` on 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Iterator
 from ckptfix import _quiet
 from ckptfix.errors import CkptfixError, OptionError
 from ckptfix.interrupts import sigterm_during_call
-from ckptfix.options import FLAGS, Options
+from ckptfix.options import FLAGS, DataFormat, Estimator, ModelFormat, Options, Preset
 from ckptfix.report import CheckReport, DiagnosisReport, InspectionReport, RecalibrationReport
 
 
@@ -49,19 +50,28 @@ def run(command: str, checkpoint, data, options: Options):
 def _keyword(flag: str, value: str | None) -> str:
     """How the API names what the CLI calls ``flag`` (followed by ``value``, a metavar or a value, or None):
     ``overwrite=True`` for a flag that is switched on, ``meta=PATH`` / ``model=pkg.mod:fn`` with its value,
-    else the keyword alone (``batch_size must be at least 1``, ``choose another output``)."""
+    ``preprocess="raw"`` for one of a choice option's values (a word that is none of them stays a word), else the
+    keyword alone (``batch_size must be at least 1``, ``choose another output``)."""
     names = [name for name, text in FLAGS.items() if flag in text.split("/")]
     if not names:
         return flag + (f" {value}" if value else "")
     name = names[0]
     if Options.__dataclass_fields__[name].default is False:
         return f"{name}=True" + (f" {value}" if value else "")
+    if value and re.fullmatch(r"[a-z][\w-]*", value):  # a word: a choice's value, or the sentence going on
+        return f'{name}="{value}"' if value in _CHOICES.get(name, ()) else f"{name} {value}"
     return f"{name}={value}" if value else name
 
 
-#: a CLI flag, and the value after it when it looks like one (an upper-case metavar, or a token with . : /)
+#: the values of the choice options (str-valued enums), by keyword
+_CHOICES = {name: {choice.value for choice in enum} for name, enum in
+            (("preprocess", Preset), ("estimator", Estimator), ("data_format", DataFormat), ("model_format", ModelFormat))}
+
+
+#: a CLI flag, and the value after it when it looks like one (an upper-case metavar, a number, a token with
+#: . : /, or a word: see :func:`_keyword`)
 _FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z-]*(?:/--[a-z][a-z-]*)?|-o/--output|-o)(?![\w-])"
-                   r"(?: ([A-Z][A-Z_]*\b|\d[\w.]*|[\w-]*[.:/][\w./:-]*\w))?")
+                   r"(?: ([A-Z][A-Z_]*\b|\d[\w.]*|[\w-]*[.:/][\w./:-]*\w|[a-z][\w-]*\b))?")
 
 
 def _keywords_of(match: re.Match) -> str:
@@ -71,13 +81,41 @@ def _keywords_of(match: re.Match) -> str:
     return "/".join(dict.fromkeys(named))
 
 
+def _named(text: str) -> str:
+    """``text`` naming the keyword arguments instead of the CLI's flags (``pass overwrite=True``)."""
+    return _FLAG.sub(_keywords_of, text)
+
+
+def _named_report(report):
+    """``report`` with its notices and the repair gate's reasons and warnings naming keywords."""
+    if report is None:
+        return None
+    changes = {"notices": [_named(notice) for notice in report.notices]}
+    gate = getattr(report, "gate", None)
+    if gate is not None:
+        changes["gate"] = dataclasses.replace(gate, reasons=[_named(r) for r in gate.reasons],
+                                              warnings=[_named(w) for w in gate.warnings])
+    return dataclasses.replace(report, **changes)
+
+
+def _run_named(command: str, checkpoint, data, options: Options):
+    """:func:`run` for the API: notices (as they come, and in the report) and the gate's findings name the
+    keyword arguments, not the CLI's flags (errors: :func:`_keywords`)."""
+    if options.on_notice is not None:
+        forward = options.on_notice
+        options = dataclasses.replace(options, on_notice=lambda message: forward(_named(message)))
+    return _named_report(run(command, checkpoint, data, options))
+
+
 @contextlib.contextmanager
 def _keywords() -> Iterator[None]:
-    """Errors raised inside name the keyword arguments, not the CLI's flags (``pass overwrite=True``)."""
+    """Errors raised inside, and the report a refusal carries, name the keyword arguments, not the CLI's flags."""
     try:
         yield
     except CkptfixError as error:
-        error.args = (_FLAG.sub(_keywords_of, str(error)), *error.args[1:])
+        error.args = (_named(str(error)), *error.args[1:])
+        if getattr(error, "report", None) is not None:
+            error.report = _named_report(error.report)
         raise
 
 
@@ -106,7 +144,7 @@ def recalibrate(checkpoint: str | Path, data, options: Options | None = None, **
     cluster, and only the chief (``report.worker == 0``) writes; docs/scaling-out.md.
     """
     with _keywords():
-        return run("recalibrate", checkpoint, data, Options.build(options, keywords, "recalibrate"))
+        return _run_named("recalibrate", checkpoint, data, Options.build(options, keywords, "recalibrate"))
 
 
 def diagnose(checkpoint: str | Path, data, options: Options | None = None, **keywords) -> DiagnosisReport:
@@ -117,7 +155,7 @@ def diagnose(checkpoint: str | Path, data, options: Options | None = None, **key
     see :mod:`ckptfix.diagnostics.drift` for the per-layer metrics and thresholds.
     """
     with _keywords():
-        return run("diagnose", checkpoint, data, Options.build(options, keywords, "diagnose"))
+        return _run_named("diagnose", checkpoint, data, Options.build(options, keywords, "diagnose"))
 
 
 def inspect(checkpoint: str | Path, options: Options | None = None, **keywords) -> InspectionReport:
@@ -127,7 +165,7 @@ def inspect(checkpoint: str | Path, options: Options | None = None, **keywords) 
     pretrained checkpoint) whose identical statistics are flagged (not for frozen graphs).
     """
     with _keywords():
-        return run("inspect", checkpoint, None, Options.build(options, keywords, "inspect"))
+        return _run_named("inspect", checkpoint, None, Options.build(options, keywords, "inspect"))
 
 
 def check(graph: str | Path) -> CheckReport:

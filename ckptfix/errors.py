@@ -50,6 +50,11 @@ class KeywordError(OptionError, TypeError):
     """An API call with a keyword argument its command does not take (a TypeError, as in any Python call)."""
 
 
+class PreprocessingUnknown(OptionError):
+    """Images to preprocess for a model that says nothing of its input, and no ``--preprocess`` given
+    (:mod:`ckptfix.data.conventions`): a usage error, raised before any batch runs."""
+
+
 class RepairRefused(CkptfixError):
     """The repair gate refused to write: the run's own evidence contradicts the new statistics, or the data is
     too thin or degenerate to support them (:mod:`ckptfix.diagnostics.gate`). ``report`` is what was measured;

@@ -16,7 +16,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
-from ckptfix.data.preprocessing import PRESETS, parse_image_size
+from ckptfix.data.preprocessing import PRESETS, check_central_crop, parse_image_size
 from ckptfix.data.sources import FORMATS
 from ckptfix.errors import CkptfixError, DataError, KeywordError, OptionError
 from ckptfix.graph.feeds import input_names
@@ -163,7 +163,9 @@ class Options:
             one name, ``"a,b"``, or a list of either. Without it, every input candidate is fed when the data
             keys an array by each one's name (``.npz`` members, dict keys) [--input].
         preprocess: a :class:`Preset`, ``"package.module:function"`` or a callable (runs your code) applied
-            to decoded images and to integer arrays of 0..255 images; float arrays are used as given [--preprocess].
+            to decoded images and to integer arrays of 0..255 images; float arrays are used as given. Default:
+            what the model says (:mod:`ckptfix.data.conventions`: its first layers, its name, a uint8 input, a
+            tf-slim network's scope); images for a model that says nothing are a usage error [--preprocess].
         image_size, central_crop: ``"HxW"`` / ``(H, W)`` images are resized to when the input has no static
             size; the central fraction of each side kept before resizing [--image-size, --central-crop].
         data_format: a :class:`DataFormat`, for a folder mixing kinds [--format].
@@ -233,7 +235,7 @@ class Options:
     shuffle: bool = True
     seed: int = 0
     input_name: tuple[str, ...] | None = None
-    preprocess: Preset | str | Callable = "inception"
+    preprocess: Preset | str | Callable | None = None
     image_size: str | tuple[int, int] | None = None
     central_crop: float | None = None
     data_format: DataFormat | None = None
@@ -277,8 +279,7 @@ class Options:
         _at_least(self.num_samples, 1, "--num-samples")
         _at_least(self.agreement_samples, 0, "--agreement-samples")
         _at_least(self.seed, 0, "--seed")  # numpy's generators take non-negative seeds
-        if self.central_crop is not None and not 0 < self.central_crop <= 1:
-            raise OptionError(f"--central-crop must be above 0 and at most 1, e.g. 0.875 (got {self.central_crop}).")
+        check_central_crop(self.central_crop)
         if self.image_size is not None:
             normalise("image_size", parse_image_size(self.image_size))
         if self.until_stable is not None and not 0 < self.until_stable < 1:

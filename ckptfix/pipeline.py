@@ -26,11 +26,13 @@ import numpy as np
 
 from ckptfix.data import DataKeys, open_calibration_data
 from ckptfix.data.batching import Reservoir, Variety, samples_in
+from ckptfix.data.conventions import choose as choose_preprocessing
 from ckptfix.data.python import check_bounded
 from ckptfix.diagnostics import agreement as output_agreement
 from ckptfix.diagnostics import gate as repair_gate
 from ckptfix.diagnostics.drift import DEFAULT_EPSILON
 from ckptfix.diagnostics.evidence import staleness_evidence
+from ckptfix.diagnostics.mismatch import first_layer_mismatch
 from ckptfix.errors import CkptfixError, DataError, ForeignOutputError, NoBatchNormError, RepairRefused
 from ckptfix.interrupts import commit_scope, interrupts_between_steps
 from ckptfix.io.outputs import Place, check_run_paths, staged_files
@@ -200,32 +202,6 @@ def _agreement(session: Session, stream: _Stream, reports: list[LayerReport], si
     return output_agreement.with_stability(agreement, after, perturbed)
 
 
-#: RMS over channels of the first BN layer's mean shift, in stored standard deviations, above which the
-#: calibration data looks preprocessed differently from the training data
-MISMATCH_SIGMAS = 10.0
-
-
-def preprocessing_mismatch(first: Layer, reports: Sequence[LayerReport]) -> str | None:
-    """A warning when the model's first BN layer (network order) sees inputs unlike those of training.
-
-    Its shift is ``z_c = (new_mean_c - stored_mean_c) / sqrt(stored_var_c + epsilon)`` per channel; the warning
-    is given when ``sqrt(mean_c z_c^2) > MISMATCH_SIGMAS``. Staleness moves a first layer little (it sees the
-    data directly), a wrong input scale or offset moves it by many standard deviations. Not checked when the
-    layer was not measured or holds the initial 0/1 statistics (nothing to compare with).
-    """
-    report = next((r for r in reports if r.name == first.name), None)
-    if report is None or (np.all(report.old_mean == 0) and np.all(report.old_variance == 1)):
-        return None
-    scale = np.sqrt(np.asarray(report.old_variance, np.float64) + report.epsilon)
-    shift = (np.asarray(report.new_mean, np.float64) - report.old_mean) / scale
-    rms = float(np.sqrt(np.mean(shift**2)))
-    if not rms > MISMATCH_SIGMAS:
-        return None
-    return (f"the first BN layer {report.name} sees a mean {rms:.0f} stored standard deviations from the stored one "
-            "(RMS over channels): the calibration data is likely preprocessed unlike the training data; "
-            "check --preprocess (or the arrays' scale)")
-
-
 @dataclass
 class Measurement:
     """A measuring pass's results: the report fields, the new values by checkpoint key, and the evidence that
@@ -319,6 +295,7 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
         pool = _sessions(stack, source, layers, named.keys, options, notice)
         session = pool.sessions[0][1]
         size = batch_size(options, session, notice)
+        preprocessing = choose_preprocessing(options.preprocess, source.convention, session.input_specs)
         batches = open_calibration_data(
             named.data,
             inputs=session.input_specs,
@@ -327,15 +304,12 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
             shuffle=options.shuffle,
             seed=options.seed,
             share=(cluster.rank, cluster.size),
-            preprocess=options.preprocess,
+            preprocess=preprocessing.preprocess,
             on_warning=notice,
             **options.data_options,
         )
         if batches.images:
-            preset = getattr(options.preprocess, "__qualname__", options.preprocess)
-            what = "integer arrays taken as 0..255 images," if batches.integer_images else "images"
-            given = " (--preprocess raw uses them as given)" if batches.integer_images and preset != "raw" else ""
-            notice(f"{what} preprocessed with --preprocess {preset}: {batches.preprocessing}{given}")
+            notice(preprocessing.describe(batches.preprocessing, batches.integer_images))
         keep = options.agreement_samples if session.output_name and cluster.chief else 0
         until = _until_stable(options, layers, batches, notice)
         kept = Reservoir(max(keep, size) if keep else 0, options.seed)  # at least one batch: a fixed batch dimension
@@ -351,9 +325,12 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
         if num_samples == 0:
             raise CkptfixError("the calibration data yielded no samples: pass a folder or array with at least one sample.")
         reports = [_layer_report(layer, pooled[layer.name], options.estimator, num_samples) for layer in layers]
-        mismatch = preprocessing_mismatch(source.layers[0], reports)
-        if mismatch:
-            notice.warn(mismatch)
+        cause = source.cause()
+        first = next((r for r in reports if r.name == source.layers[0].name), None)
+        mismatch = first and first_layer_mismatch(first, preprocessing.preset if batches.images else None,
+                                                  explained=bool(cause and cause.found))
+        if mismatch and not batches.images:  # arrays are preprocessed by their owner: a domain shift looks the same
+            notice.warn(mismatch.message)
         agreement = None
         if stream.kept.count:
             if session.inference_unavailable:
@@ -362,11 +339,11 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
                 agreement = _agreement(session, stream, reports, size, options.seed)
         num_batches = sum(device.batches for device in devices)
         gate = repair_gate.check(reports, num_samples=num_samples, batch_size=size, variety=stream.variety,
-                                 agreement=agreement, frozen=frozen, adapt=options.adapt)
+                                 agreement=agreement, frozen=frozen, adapt=options.adapt,
+                                 mismatch=mismatch.message if mismatch and batches.images else None)
         for warning in gate.warnings:
             notice.warn(warning)
         stopped = _stop_reason(options, stream, num_samples)
-        cause = source.cause()
         fields = dict(
             checkpoint=source.label,
             num_samples=num_samples,

@@ -8,7 +8,7 @@ import pytest
 
 import ckptfix
 from ckptfix.data import FORMATS, PRESETS
-from ckptfix.errors import CkptfixError, DataError, GraphError
+from ckptfix.errors import CkptfixError, DataError, GraphError, OptionError
 from ckptfix.keras.formats import MODEL_FORMATS
 from ckptfix.options import DataFormat, Estimator, ModelFormat, Options, Preset
 from ckptfix.stats import pooled
@@ -26,7 +26,8 @@ def test_defaults_are_the_api_defaults():
     options = Options()
     # batch_size None: the graph input's fixed batch size, else 32 (ckptfix.pipeline.batch_size)
     assert (options.batch_size, options.shuffle, options.seed, options.agreement_samples) == (None, True, 0, 256)
-    assert options.estimator is Estimator.POOLED and options.preprocess is Preset.INCEPTION
+    # preprocess None: what the model says (ckptfix.data.conventions)
+    assert options.estimator is Estimator.POOLED and options.preprocess is None
     assert options.feature == "image/encoded" and options.input_name is None and options.model_format is None
 
 
@@ -69,6 +70,22 @@ def test_each_bad_value_is_named(keywords, error, message):
     with pytest.raises(error) as raised:
         Options(**keywords)
     assert str(raised.value).startswith(message)
+
+
+@pytest.mark.parametrize("keywords, message", [
+    (dict(central_crop=1.5), "--central-crop must be above 0 and at most 1, e.g. 0.875 (got 1.5)."),
+    (dict(central_crop=0), "--central-crop must be above 0 and at most 1, e.g. 0.875 (got 0)."),
+    (dict(image_size="0x8"), "--image-size takes H or HxW in pixels, like 224 or 224x160 (got 0x8)."),
+    (dict(image_size=(8, 0)), "--image-size takes H or HxW in pixels"),
+    (dict(image_size="8x8x8"), "--image-size takes H or HxW in pixels"),
+    (dict(cluster_timeout=0), "--cluster-timeout must be a number of seconds above 0 (got 0)."),
+])
+def test_options_out_of_range_are_usage_errors_before_any_work(keywords, message):
+    """Issue 33 item 5: checked when the options are built (exit 2), not once the model is loaded."""
+    with pytest.raises(OptionError) as raised:
+        Options(**keywords)
+    assert raised.value.exit_code == 2 and str(raised.value).startswith(message)
+    assert Options(central_crop=1.0, image_size="8x6").image_size == (8, 6)
 
 
 def test_model_options_with_model_are_fine():

@@ -198,7 +198,7 @@ UntilStable = Annotated[Optional[float], typer.Option(parser=_number, metavar="T
 Shuffle = Annotated[bool, typer.Option("--shuffle/--no-shuffle", help="Shuffle the samples (--no-shuffle: sorted files, array order).", rich_help_panel=DATA)]
 Seed = Annotated[int, typer.Option(parser=_whole, metavar="N", help="Seed of the shuffle.", rich_help_panel=DATA)]
 InputName = Annotated[Optional[List[str]], typer.Option("--input", metavar="TENSOR", help="Tensor(s) fed the batches (default: detected); several: --input a,b or repeat it.", rich_help_panel=DATA)]
-Preprocess = Annotated[str, typer.Option(parser=_preprocess, metavar="PRESET|MODULE:FN", help=f"Image preprocessing: a preset ({PRESETS}) or your function.", rich_help_panel=DATA)]
+Preprocess = Annotated[Optional[str], typer.Option(parser=_preprocess, metavar="PRESET|MODULE:FN", help=f"Image preprocessing: a preset ({PRESETS}) or your function (default: what the model says; images for a model that says nothing need it).", rich_help_panel=DATA)]
 ImageSize = Annotated[Optional[str], typer.Option(metavar="H[xW]", help="Size images are resized to (224: 224x224), if the input has none.", rich_help_panel=DATA)]
 CentralCrop = Annotated[Optional[float], typer.Option(parser=_number, metavar="F", help="Keep the central F of each image side first (slim's eval: 0.875).", rich_help_panel=DATA)]
 DataFormatOption = Annotated[Optional[DataFormat], typer.Option("--format", metavar="KIND", help=f"{_listed(DataFormat)}: the files to use in a folder mixing kinds.", rich_help_panel=DATA)]
@@ -322,7 +322,7 @@ FEED_OPTIONS = (("training_flag", TrainingFlag, None),)
 DATA_OPTIONS = (
     ("batch_size", BatchSize, None), ("num_samples", NumSamples, None), ("until_stable", UntilStable, None),
     ("shuffle", Shuffle, True), ("seed", Seed, 0),
-    ("input_name", InputName, None), ("preprocess", Preprocess, "inception"), ("image_size", ImageSize, None),
+    ("input_name", InputName, None), ("preprocess", Preprocess, None), ("image_size", ImageSize, None),
     ("central_crop", CentralCrop, None), ("data_format", DataFormatOption, None), ("feature", Feature, "image/encoded"),
     ("strict", Strict, False), ("devices", Devices, None), ("cluster_timeout", ClusterTimeout, None),
 )

@@ -6,6 +6,7 @@
 * :mod:`~ckptfix.data.arrays` -- ``.npy`` / ``.npz`` rows read at their offsets, and in-memory arrays
 * :mod:`~ckptfix.data.python` -- ``tf.data.Dataset`` and iterables of batches
 * :mod:`~ckptfix.data.preprocessing` -- image presets (with formulas) and ``module:function``
+* :mod:`~ckptfix.data.conventions` -- which preprocessing a run uses: given, or read from the model
 * :mod:`~ckptfix.data.batching` -- batch sizes, the too-small last batch, skipped files, finite checks
 """
 

@@ -39,7 +39,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
-from ckptfix.errors import DataError, OptionError
+from ckptfix.errors import DataError, OptionError, PreprocessingUnknown
 from ckptfix.user_code import describe, resolve_function, running_user_code
 
 _VGG_MEANS = (123.68, 116.78, 103.94)
@@ -102,7 +102,9 @@ class ImagePreprocessing:
 def resolve_preprocessing(
     preprocess, input_shape: tuple | None, image_size: tuple[int, int] | None, central_crop: float | None
 ) -> ImagePreprocessing:
-    """Check ``preprocess`` (preset name, ``module:function`` or callable) against the input; user errors named."""
+    """Check ``preprocess`` (preset name, ``module:function`` or callable) against the input; user errors named.
+    ``preprocess=None`` (nothing given, nothing read from the model: :mod:`ckptfix.data.conventions`) is
+    :class:`~ckptfix.errors.PreprocessingUnknown`."""
     if input_shape is None or len(input_shape) != 4:
         raise DataError(
             f"images need a model input shaped (N, H, W, C), this one is {input_shape}: "
@@ -123,6 +125,11 @@ def resolve_preprocessing(
         height, width = image_size
     if height is None or width is None:
         raise DataError(f"the model input {_shape(input_shape)} has no static height and width: pass --image-size HxW.")
+    check_central_crop(central_crop)
+    if preprocess is None:
+        raise PreprocessingUnknown(
+            "images need the model's preprocessing and nothing in the model says which: pass --preprocess PRESET "
+            f"(one of {', '.join(PRESETS)}) or --preprocess MODULE:FN.")
     if callable(preprocess):
         name = getattr(preprocess, "__qualname__", repr(preprocess))
         return ImagePreprocessing(None, preprocess, f"the function {name}", height, width, channels)
@@ -160,6 +167,12 @@ def parse_image_size(image_size) -> tuple[int, int] | None:
             or min(parts) < 1):
         raise OptionError(f"--image-size takes H or HxW in pixels, like 224 or 224x160 (got {image_size}).")
     return parts[0], parts[-1]
+
+
+def check_central_crop(central_crop: float | None) -> None:
+    """``--central-crop`` is a fraction in (0, 1] (a usage error otherwise)."""
+    if central_crop is not None and not 0.0 < central_crop <= 1.0:
+        raise OptionError(f"--central-crop must be above 0 and at most 1, e.g. 0.875 (got {central_crop}).")
 
 
 def _shape(shape) -> str:

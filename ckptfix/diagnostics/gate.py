@@ -11,7 +11,10 @@
 * the batch size is 1 (BN on one sample's statistics is instance normalisation, not what training computed);
 * a layer has channels whose variance collapses: ``new var < 1e-4 * stored var`` where the stored variance
   exceeds the layer's epsilon (not checked against the initial 0 / 1 statistics, where a real model's dead
-  channels would look collapsed).
+  channels would look collapsed);
+* the data looks **preprocessed unlike the training data** (:mod:`ckptfix.diagnostics.mismatch`: images whose
+  first BN layer's stored statistics are far from the new ones, in mean or in variance): the agreement check
+  cannot see it, since both modes see the same wrongly scaled inputs.
 
 ``recalibrate`` also refuses (``diagnose`` still gives a verdict) when the **repair itself** is not supported:
 
@@ -106,18 +109,21 @@ def degenerate(layers, *, num_samples: int, batch_size: int, variety) -> list[st
             reasons.append(
                 f"BN layer {layer.name}: {collapsed.size} of {layer.channels} channel(s) ({_names(collapsed.tolist())})"
                 f" have almost no variance in the calibration data where the stored variance does not: blank or "
-                "constant inputs, or inputs preprocessed unlike the training data? check the data")
+                "constant inputs, or images scaled unlike the training data? check the data and --preprocess (--force "
+                "if these channels are dead in the model)")
             break
     return reasons
 
 
 def check(layers, *, num_samples: int, batch_size: int, variety, agreement=None,
-          frozen: Sequence[str] = (), adapt: bool = False) -> Gate:
+          frozen: Sequence[str] = (), adapt: bool = False, mismatch: str | None = None) -> Gate:
     """The gate's findings for measured ``layers`` (:class:`~ckptfix.report.LayerReport`, with standard errors),
     the data's ``variety`` (:class:`~ckptfix.data.batching.Variety`), the run's ``agreement``
-    (:class:`~ckptfix.diagnostics.agreement.Agreement` or None) and the measured layers that were ``frozen``
-    while training."""
+    (:class:`~ckptfix.diagnostics.agreement.Agreement` or None), the measured layers that were ``frozen``
+    while training and a preprocessing ``mismatch`` (:attr:`ckptfix.diagnostics.mismatch.Mismatch.message`)."""
     reasons = degenerate(layers, num_samples=num_samples, batch_size=batch_size, variety=variety)
+    if mismatch:  # the agreement check cannot see it: no verdict either
+        reasons.append(mismatch)
     blockers = len(reasons)
     warnings = []
     if 1 < batch_size < SMALL_BATCH:

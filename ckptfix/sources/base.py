@@ -22,6 +22,7 @@ from typing import Callable, ContextManager, Mapping, Protocol
 
 import numpy as np
 
+from ckptfix.data.conventions import Convention
 from ckptfix.data.spec import InputSpec
 from ckptfix.diagnostics.cause import Cause
 from ckptfix.stats import BatchMoments
@@ -100,6 +101,9 @@ class Source(Protocol):
     layers: list[Layer]
     #: notices from opening CKPT (e.g. which checkpoint a state file from another machine was taken to mean)
     notices: list[str]
+    #: what the model says about its input's preprocessing (None: nothing); :mod:`ckptfix.data.conventions`
+    #: decides the run's preprocessing from it
+    convention: Convention | None
 
     def session(self, layers: list[Layer], data_keys, options, notice: Notice, device: str | None = None) -> ContextManager[Session]:
         """One load of the model with ``layers`` measurable; ``data_keys()`` names the data's arrays (or None).

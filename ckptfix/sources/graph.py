@@ -15,6 +15,7 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
+from ckptfix.data.conventions import slim_convention
 from ckptfix.diagnostics.cause import Cause, find_cause
 from ckptfix.errors import CheckpointError, NoBatchNormError
 from ckptfix.graph.batchnorm import find_batchnorm_layers, layer_tensors
@@ -123,6 +124,7 @@ class GraphSource:
                 bessel=bn.bessel, epsilon=layer_epsilon(self.index, bn), found=bn,
                 frozen=trains and bool(bn.fused_nodes) and not any(node.is_training for node in bn.fused_nodes),
             ))
+        self.convention = slim_convention([layer.name for layer in self.layers])
 
     def _check_restorable(self, reader) -> None:
         """Every entry the graph's saver restores is in the checkpoint with its variable's dtype and shape."""

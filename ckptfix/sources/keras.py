@@ -19,6 +19,7 @@ import numpy as np
 from ckptfix.data.spec import InputSpec
 from ckptfix.errors import CkptfixError, NoBatchNormError, OutputError
 from ckptfix.keras.batchnorm import find_batchnorm_layers
+from ckptfix.keras.conventions import model_convention
 from ckptfix.keras.formats import KerasSource, load_source, restore_object_checkpoint
 from ckptfix.keras.measure import BatchStatisticsForward, InferenceForward, host, output_names
 from ckptfix.keras.storage import (StoredValues, check_keys, check_output, default_output, is_file_format, variable_keys,
@@ -122,6 +123,7 @@ class KerasModelSource:
                 dtype=str(mean.dtype), bessel=bn.bessel, epsilon=float(bn.layer.epsilon), found=bn,
                 frozen=trains and not bn.layer.trainable,
             ))
+        self.convention = model_convention(self.source.model)
 
     @contextlib.contextmanager
     def session(self, layers: list[Layer], data_keys, options, notice: Notice, device: str | None = None) -> Iterator[_KerasSession]:

@@ -23,6 +23,7 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
+from ckptfix.data.conventions import slim_convention
 from ckptfix.data.spec import InputSpec
 from ckptfix.errors import CheckpointError, CkptfixError, GraphError, NoBatchNormError, OutputError
 from ckptfix.graph.batchnorm import find_batchnorm_layers, layer_tensors
@@ -157,6 +158,7 @@ class SavedModelSource:
                 stored_mean=stored[0], stored_variance=stored[1], dtype=dtypes[mean_key].name,
                 bessel=bn.bessel, epsilon=layer_epsilon(self.index, bn), found=bn,
             ))
+        self.convention = slim_convention([layer.name for layer in self.layers])
 
     def _output(self, output_tensor: str | None, notice: Notice) -> tuple[str, str]:
         """The output the agreement check compares: (its signature output key, its tensor in the graph)."""

@@ -30,7 +30,7 @@ def test_recalibrate_prints_the_table_and_writes_a_restorable_checkpoint(slim_mo
     assert result.returncode == 0, result.stderr
     assert "conv1/BatchNorm" in result.stdout and "conv2/BatchNorm" in result.stdout
     assert f"wrote {tmp_path / 'out' / 'model.ckpt-150'}" in result.stdout
-    assert "notice: images preprocessed with --preprocess inception" in result.stderr
+    assert "notice: images preprocessed with inception: x / 127.5 - 1" in result.stderr  # read from the slim scopes
     assert "calibrating" in result.stderr  # the progress, as plain lines into a file: no carriage return
     assert "\r" not in result.stderr
     # as the run happened: notices, the table (stdout), the model written, then the side outputs

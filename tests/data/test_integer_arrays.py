@@ -58,8 +58,8 @@ def _cli(*args, exit_code: int = 0):
 def test_cli_uint8_npy_gets_the_preset_and_says_so(uint8_npy, tmp_path):
     model, folder = uint8_npy
     as_images, stderr = _cli("recalibrate", model.prefix, folder / "pixels.npy", "-o", tmp_path / "a")
-    assert "notice: integer arrays taken as 0..255 images, preprocessed with --preprocess inception: x / 127.5 - 1" \
-        in stderr and "--preprocess raw uses them as given" in stderr
+    assert "notice: integer arrays taken as 0..255 images, preprocessed with inception: x / 127.5 - 1" in stderr
+    assert "--preprocess raw uses them as given" in stderr and "chosen because its BN layers are scoped" in stderr
     assert "preprocessed unlike the training data" not in stderr
     floats, _ = _cli("recalibrate", model.prefix, folder / "floats.npy", "-o", tmp_path / "b")
     for got, want in zip(as_images["layers"], floats["layers"]):  # the same samples, the same statistics
@@ -73,13 +73,16 @@ def test_cli_raw_uses_the_values_and_warns_of_the_first_layer(uint8_npy, tmp_pat
     checkpoint = repaired["output_checkpoint"]
     fresh, stderr = _cli("diagnose", checkpoint, folder / "pixels.npy")  # preprocessed: the training inputs
     assert "preprocessed unlike the training data" not in stderr and fresh["verdict"] == "fresh"
-    report, stderr = _cli("diagnose", checkpoint, folder / "pixels.npy", "--preprocess", "raw", exit_code=3)
+    # issue 33 item 3: no verdict (exit 5), neither stale nor a recommended command
+    report, stderr = _cli("diagnose", checkpoint, folder / "pixels.npy", "--preprocess", "raw", exit_code=5)
     assert "integer arrays taken as 0..255 images, preprocessed with --preprocess raw: x, 0..255 floats" in stderr
     assert "raw uses them as given" not in stderr
     first = report["layers"][0]["name"]
-    assert f"notice: the first BN layer {first} sees a mean" in stderr, stderr
-    assert "preprocessed unlike the training data; check --preprocess" in stderr
-    assert any("preprocessed unlike" in n for n in report["notices"])
+    assert report["verdict"] == "inconclusive"
+    reason = report["gate"]["reasons"][0]
+    assert reason.startswith(f"the first BN layer {first} sees a mean"), reason
+    assert "preprocessed unlike the training data; check --preprocess" in reason
+    assert "; the stored scale fits " in reason and "--preprocess inception" in reason.rsplit("fits", 1)[1], reason
 
 
 def _int64_records(path, images: np.ndarray) -> None:
