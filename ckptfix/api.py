@@ -99,12 +99,12 @@ def _named_report(report):
 
 
 def _run_named(command: str, checkpoint, data, options: Options):
-    """:func:`run` for the API: notices (as they come, and in the report) and the gate's findings name the
-    keyword arguments, not the CLI's flags (errors: :func:`_keywords`)."""
-    if options.on_notice is not None:
-        forward = options.on_notice
-        options = dataclasses.replace(options, on_notice=lambda message: forward(_named(message)))
-    return _named_report(run(command, checkpoint, data, options))
+    """:func:`run` for the API: notices (as they come, logged, and in the report) and the gate's findings name
+    the keyword arguments, not the CLI's flags (errors: :func:`_keywords`)."""
+    from ckptfix.log import naming
+
+    with naming(_named):
+        return _named_report(run(command, checkpoint, data, options))
 
 
 @contextlib.contextmanager

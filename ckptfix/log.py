@@ -15,10 +15,12 @@ carriage return.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
-from typing import Callable, TextIO
+from contextvars import ContextVar
+from typing import Callable, Iterator, TextIO
 
 LOGGER = logging.getLogger("ckptfix")
 LOGGER.addHandler(logging.NullHandler())
@@ -28,14 +30,30 @@ PROGRESS_LOGGER = logging.getLogger("ckptfix.progress")
 PROGRESS_INTERVAL = 30.0
 
 
+#: how notices name options: the CLI's flags, unless an API call says otherwise (:func:`naming`)
+_NAMING: ContextVar[Callable[[str], str]] = ContextVar("ckptfix_notice_naming", default=lambda message: message)
+
+
+@contextlib.contextmanager
+def naming(rename: Callable[[str], str]) -> Iterator[None]:
+    """Within the block, every notice is ``rename(message)`` wherever it goes (the API names keywords, not flags)."""
+    token = _NAMING.set(rename)
+    try:
+        yield
+    finally:
+        _NAMING.reset(token)
+
+
 class Notices:
-    """One-line notices of a run: kept for the report, logged, and passed on as they come (the CLI prints them)."""
+    """One-line notices of a run: kept for the report, logged, and passed on as they come (the CLI prints them),
+    each in the words of :func:`naming`."""
 
     def __init__(self, on_notice: Callable[[str], None] | None) -> None:
         self.messages: list[str] = []
         self._forward = on_notice
 
     def __call__(self, message: str, level: int = logging.INFO) -> None:
+        message = _NAMING.get()(message)
         self.messages.append(message)
         LOGGER.log(level, message)
         if self._forward is not None:
