@@ -27,6 +27,7 @@ import numpy as np
 
 from ckptfix.data import DataKeys, open_calibration_data
 from ckptfix.data.batching import first_samples, samples_in
+from ckptfix.data.spec import FixedBatch
 from ckptfix.diagnostics import agreement as output_agreement
 from ckptfix.diagnostics import gate as repair_gate
 from ckptfix.diagnostics.drift import DEFAULT_EPSILON
@@ -281,7 +282,19 @@ DEFAULT_BATCH_SIZE = 32
 
 def batch_size(options: Options, session: Session, notice) -> int:
     """``--batch-size``, else the fixed batch dimension of the graph's first input (a training graph fed by a
-    queue or a fixed placeholder records the batch size it trained with), else :data:`DEFAULT_BATCH_SIZE`."""
+    queue or a fixed placeholder records the batch size it trained with), else :data:`DEFAULT_BATCH_SIZE`.
+
+    A declared batch dimension is freed by the session; one the model's own operations need
+    (``session.fixed_batch``) is the only batch size possible: another ``--batch-size``, or 1, is refused."""
+    fixed = session.fixed_batch
+    if fixed is not None:
+        if fixed.size == 1:
+            raise DataError(f"the model fixes the batch of its input {fixed.input} at 1 ({fixed.reason}), and batch "
+                            "statistics need several samples: export it with a free batch dimension (None).")
+        if options.batch_size not in (None, fixed.size):
+            raise DataError(f"the model takes batches of exactly {fixed.size} samples at {fixed.input} "
+                            f"({fixed.reason}): pass --batch-size {fixed.size}, or leave it out.")
+        return fixed.size
     if options.batch_size is not None:
         return options.batch_size
     for spec in session.input_specs:
@@ -291,6 +304,21 @@ def batch_size(options: Options, session: Session, notice) -> int:
                    "--batch-size sets another)")
             return int(fixed)
     return DEFAULT_BATCH_SIZE
+
+
+def check_whole_batches(fixed: FixedBatch | None, num_samples: int | None, notice) -> None:
+    """With a batch size the model needs, a known number of samples must fill whole batches: refused before any
+    work otherwise (the last batch would fail, or be re-batched by the operation that fixes it)."""
+    if fixed is None:
+        return
+    if num_samples is None or num_samples % fixed.size == 0:
+        notice(f"batch size {fixed.size}: the model's input {fixed.input} takes exactly {fixed.size} samples "
+               f"({fixed.reason})")
+        return
+    whole = num_samples - num_samples % fixed.size
+    fix = f"pass --num-samples {whole}" if whole else f"pass at least {fixed.size} samples"
+    raise DataError(f"the model takes batches of exactly {fixed.size} samples at {fixed.input} ({fixed.reason}), and "
+                    f"{num_samples} samples are not a multiple of {fixed.size}: {fix}.")
 
 
 def _same_as(other, layer: Layer) -> bool:
@@ -347,6 +375,7 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
             on_warning=notice,
             **options.data_options,
         )
+        check_whole_batches(session.fixed_batch, batches.num_samples if cluster.size == 1 else None, notice)
         if batches.images:
             preset = getattr(options.preprocess, "__qualname__", options.preprocess)
             what = "integer arrays taken as 0..255 images," if batches.integer_images else "images"

@@ -23,6 +23,17 @@ class InputSpec:
         return None if self.shape is None else tuple(self.shape[1:])
 
 
+@dataclass(frozen=True)
+class FixedBatch:
+    """A batch size the model's own operations fix: ``size`` samples per batch at ``input``, because of ``reason``
+    (the operation that needs it, e.g. ``Reshape flat reshapes to [32, -1]``). A declared batch dimension alone
+    (a placeholder saved as ``[32, ...]``) is freed and fixes nothing (:mod:`ckptfix.graph.model`)."""
+
+    size: int
+    input: str
+    reason: str
+
+
 def show_shape(shape) -> str:
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
 

@@ -22,7 +22,7 @@ from typing import Callable, ContextManager, Mapping, Protocol
 
 import numpy as np
 
-from ckptfix.data.spec import InputSpec
+from ckptfix.data.spec import FixedBatch, InputSpec
 from ckptfix.diagnostics.cause import Cause
 from ckptfix.stats import BatchMoments
 
@@ -66,6 +66,8 @@ class Session(Protocol):
     """
 
     input_specs: list[InputSpec]
+    #: the batch size the model's own operations need (None: any batch size runs)
+    fixed_batch: FixedBatch | None
     #: names of the fed inputs and of the training flag fed False (None: none), for the report
     input_names: list[str]
     training_flag: str | None

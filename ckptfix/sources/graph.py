@@ -57,6 +57,7 @@ class GraphSession:
         self._model = model
         self._variables = {layer.name: (layer.found.mean_variable, layer.found.variance_variable) for layer in layers}
         self.input_specs = model.input_specs
+        self.fixed_batch = model.fixed_batch
         self.input_names = list(feeds.inputs)
         self.training_flag = feeds.training_flag
         self.output_name = output_name

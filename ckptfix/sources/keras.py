@@ -57,6 +57,7 @@ class _KerasSession:
         self._inference = InferenceForward(model, output)
         self._assigned = contextlib.ExitStack()
         self.input_specs = specs
+        self.fixed_batch = None  # Keras models run any batch size, whatever their Input layers declare
         self.input_names = [spec.name for spec in specs]
         self.training_flag = None
         self.output_name = ",".join(output_names(model, output))  # all the outputs, or --output-tensor's
