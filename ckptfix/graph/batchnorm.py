@@ -7,7 +7,10 @@ Two shapes of BN are recognised:
   two nodes per layer (one per ``tf.cond`` branch, both fed through ``Switch``).
 * **non-fused**: ``tf.nn.batch_normalization`` arithmetic,
   ``y = x * inv + (beta - mean * inv)`` with ``inv = rsqrt(variance + eps) [* gamma]``, as slim
-  (``fused=False``) and ``tf.nn.moments``-based code build it.
+  (``fused=False``) and ``tf.nn.moments``-based code build it; hand-written BN in
+  ``tf.cond(training, batch moments, population variables)`` (many TF1 research repositories: the branches read
+  ``pop_mean`` / ``pop_var`` or the batch moments whose update assigns them) is one layer whose input is the
+  tensor both branches read through their ``Switch``.
 
 A layer is identified by its ``moving_mean`` / ``moving_variance`` variables, found by walking a node's
 mean/variance inputs back through Identity / ReadVariableOp / Switch / Merge / If to the variable op (op
@@ -19,6 +22,7 @@ normalisations without moving variables (layer norm, instance norm) are not BN l
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from ckptfix.errors import GraphError
@@ -244,13 +248,20 @@ def _nonfused_candidates(index: GraphIndex) -> list[_Candidate]:
         means = _variables_behind(index, site.mean) or _variables_updated_from(index, site.mean)
         variances = _variables_behind(index, site.variance) or _variables_updated_from(index, site.variance)
         if means or variances:  # no moving statistics: layer/instance norm, not BN
-            candidates.append(_Candidate(site.input, means, variances, site=site))
+            # hand-written tf.cond(training, batch moments, population variables): each branch reads the layer's
+            # input through its own Switch; the layer's input is the one tensor both read
+            candidates.append(_Candidate(_through_switch(index, site.input), means, variances, site=site))
     return candidates
+
+
+#: the last component of a mean variable's name that its scope names the layer by: ``moving_mean`` (slim,
+#: tf.layers, Keras), ``pop_mean`` / ``population_mean`` / ``running_mean`` (hand-written BN)
+_MEAN_VARIABLE = re.compile(r"^(moving|pop|population|running)_mean(_\d+)?$")
 
 
 def _layer_name(mean_variable: str) -> str:
     scope, _, last = mean_variable.rpartition("/")
-    return scope if last.startswith("moving_mean") and scope else mean_variable
+    return scope if _MEAN_VARIABLE.match(last) and scope else mean_variable
 
 
 def find_batchnorm_layers(index: GraphIndex, folded: list[str] | None = None) -> list[BatchNormLayer]:

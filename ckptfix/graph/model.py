@@ -341,12 +341,23 @@ def _through_identity(tensor):
     return tensor
 
 
-def _normalised_input(op):
-    """The tensor a top-level fused node normalises, before the Switch of a TF1 ``tf.cond`` (if any)."""
-    tensor = op.inputs[0]
+def _before_switches(tensor):
+    """``tensor`` before the Switch ops of TF1 ``tf.cond`` branches (if any): what every branch reads."""
     while tensor.op.type in _SWITCH_OPS:
         tensor = tensor.op.inputs[0]
     return tensor
+
+
+def _normalised_input(op):
+    """The tensor a top-level fused node normalises, before the Switch of a TF1 ``tf.cond`` (if any)."""
+    return _before_switches(op.inputs[0])
+
+
+def _in_training_branch(tensor, flag: str) -> bool:
+    """Whether ``tensor`` is the true output of a Switch on the training flag (through Identity ops, as TF1
+    ``tf.cond`` reads its predicate through ``cond/pred_id``): the branch taken when the flag is True."""
+    return (tensor.op.type in _SWITCH_OPS and tensor.value_index == 1
+            and _through_identity(tensor.op.inputs[1]).name == flag)
 
 
 class GraphModel(SessionModel):
@@ -405,12 +416,15 @@ class GraphModel(SessionModel):
         by_input: dict[str, ShiftedSums | FusedInputSums] = {}
         for site in layer.nonfused_sites:
             x = self.graph.get_tensor_by_name(site.input.name)
+            if flag is not None and _in_training_branch(x, flag):
+                continue  # a hand-written tf.cond's batch-moments branch: never runs with the flag fed False
+            name = _before_switches(x).name  # the layer's input (see find_batchnorm_layers)
             for (node, position), variable in ((site.mean_use, layer.mean_variable), (site.variance_use, layer.variance_variable)):
                 op = self.graph.get_operation_by_name(node)
                 used = op.inputs[position]
-                moments = by_input.get(x.name)
+                moments = by_input.get(name)
                 if moments is None:
-                    moments = by_input[x.name] = shifted_sums(x, _channel_axes(x, None, used.shape), self._constants)
+                    moments = by_input[name] = shifted_sums(x, _channel_axes(x, None, used.shape), self._constants)
                 n = tf.cast(tf.reduce_prod(moments.count), tf.float32) / tf.cast(tf.size(moments.s1), tf.float32)
                 mean = moments.shift + moments.s1 / n
                 if variable == layer.mean_variable:

@@ -1,0 +1,88 @@
+"""BatchNorm as TF1 users wrote it (issue 32 items 1 and 5), each a small real graph built in a fresh TF1 process by
+bn_flavours_tool.py, repaired from its ``.meta`` as shipped through the CLI; truth is the tool's reference statistics
+(the graph's own BN inputs with the training flag fed True, pooled in float64)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import forked
+from cli.test_errors import run_cli
+
+pytestmark = pytest.mark.subprocess  # a fixture process and CLI runs (make test-fast leaves them out)
+
+TOOL = Path(__file__).with_name("bn_flavours_tool.py")
+
+
+@pytest.fixture(scope="module")
+def flavours(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("flavours")
+    result = forked.run([sys.executable, str(TOOL), str(root), "chiron"], timeout=300,
+                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    made = json.loads(result.stdout.strip().splitlines()[-1])
+    for case, info in made.items():
+        info["root"] = root / case
+    return made
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_hand_written_bn_in_tf_cond_is_repaired_from_the_meta_as_shipped(flavours, tmp_path):
+    """chiron's pattern: each layer's input is read by both branches through their own Switch; it is one layer, one
+    input, measured with the flag fed False (the batch-moments branch never runs). Its ``model.json`` comes along."""
+    case = flavours["chiron"]
+    train = Path(case["prefix"]).parent
+    before = digest(train)
+    out = tmp_path / "repaired"
+    result = run_cli("recalibrate", case["prefix"], case["root"] / "data.npy", "-o", out, "--no-shuffle", "--json",
+                     "--output-tensor", case["output"], "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    report = json.loads(result.stdout)
+    reference = np.load(case["root"] / "reference.npz")
+    assert [layer["name"] for layer in report["layers"]] == ["conv0_bn", "conv1_bn"]
+    assert report["training_flag"] == "training:0"
+    reader = tf.train.load_checkpoint(str(out / "model.ckpt"))
+    for name in ("conv0_bn", "conv1_bn"):
+        np.testing.assert_allclose(reader.get_tensor(f"{name}/pop_mean"), reference[f"{name}/mean"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(reader.get_tensor(f"{name}/pop_var"), reference[f"{name}/variance"], rtol=1e-5)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint", "model.ckpt.data-00000-of-00001", "model.ckpt.index", "model.ckpt.meta", "model.json"]
+    assert (out / "model.json").read_bytes() == (train / "model.json").read_bytes()
+    assert digest(train) == before  # the input untouched
+
+
+def test_the_repaired_checkpoint_serves_the_inference_branch(flavours, tmp_path):
+    """What chiron's eval does: the saved graph restored from the repaired checkpoint, run with training False, gives
+    what batch statistics (training True) give on the calibration data, where the stale checkpoint does not (compared
+    at the second layer's input, where the first layer's statistics show undamped by chiron's 0.1 scale init)."""
+    case = flavours["chiron"]
+    out = tmp_path / "repaired"
+    result = run_cli("recalibrate", case["prefix"], case["root"] / "data.npy", "-o", out, "--no-shuffle", "--no-progress",
+                     "--output-tensor", case["output"])
+    assert result.returncode == 0, result.stderr
+    data = np.load(case["root"] / "data.npy")
+
+    def outputs(prefix: str, training: bool) -> np.ndarray:
+        graph = tf.Graph()
+        with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
+            tf.compat.v1.train.import_meta_graph(case["prefix"] + ".meta").restore(session, prefix)
+            return np.concatenate([session.run("conv1/conv:0", {"signal:0": data[k:k + case["batch"]], "training:0": training})
+                                   for k in range(0, len(data), case["batch"])])
+
+    batch_mode = outputs(case["prefix"], True)
+    stale, repaired = outputs(case["prefix"], False), outputs(str(out / "model.ckpt"), False)
+    scale = np.abs(batch_mode).mean()
+    assert np.abs(stale - batch_mode).mean() > 0.1 * scale
+    assert np.abs(repaired - batch_mode).mean() < 0.05 * scale
