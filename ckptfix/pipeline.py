@@ -97,6 +97,8 @@ def _progress_bar(enabled: bool, total: int | None):
 
 def _layer_report(layer: Layer, pooled: PooledMoments, estimator: Estimator) -> LayerReport:
     """The layer's new statistics in its own variance convention, next to the stored ones."""
+    if layer.virtual_batch_size:  # each group is one entry of ``pooled``: their mean, what training's update estimates
+        estimator = Estimator.BATCH_MEAN
     mean, variance = pooled.mean_and_variance(estimator, bessel=layer.bessel)
     if not (np.isfinite(mean).all() and np.isfinite(variance).all()):  # never write non-finite statistics
         raise DataError(f"BN layer {layer.name}: the pooled statistics are not finite (overflow?): nothing was written.")
@@ -395,6 +397,10 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
         if num_samples == 0:
             raise CkptfixError("the calibration data yielded no samples: pass a folder or array with at least one sample.")
         reports = [_layer_report(layer, pooled[layer.name], options.estimator) for layer in layers]
+        ghosts = [layer.name for layer in layers if layer.virtual_batch_size]
+        if ghosts:
+            notice(f"ghost batch norm (virtual_batch_size) in {', '.join(ghosts)}: their statistics are the mean over "
+                   "groups of that many samples of each group's moments, as the layer's own update computes them")
         mismatch = preprocessing_mismatch(source.layers[0], reports)
         if mismatch:
             notice(mismatch)

@@ -36,7 +36,9 @@ _MERGE_OPS = frozenset({"Merge", "RefMerge"})
 _ASSIGN_OPS = frozenset(
     {"Assign", "AssignSub", "AssignAdd", "AssignVariableOp", "AssignSubVariableOp", "AssignAddVariableOp"}
 )
-_FORWARD_STOP = frozenset({"Conv2D", "MatMul", "DepthwiseConv2dNative"}) | FUSED_OPS
+# the walk from a batch statistic to the update assigning it stops at the next layer, and at the variance a mean
+# feeds (tf.nn.moments: StopGradient(mean) -> SquaredDifference)
+_FORWARD_STOP = frozenset({"Conv2D", "MatMul", "DepthwiseConv2dNative", "StopGradient", "SquaredDifference"}) | FUSED_OPS
 _CHANNELS_LAST = frozenset({"NHWC", "NDHWC"})
 
 
@@ -74,6 +76,9 @@ class BatchNormLayer:
     inputs: list[Tensor] = field(default_factory=list)
     fused_nodes: list[FusedNode] = field(default_factory=list)
     nonfused_sites: list[NonFusedSite] = field(default_factory=list)
+    #: ghost batch norm (``virtual_batch_size=V``): the input is reshaped to ``[V, groups, ...]`` and each group of
+    #: V samples normalised by its own moments (None: ordinary BN)
+    virtual_batch_size: int | None = None
 
     @property
     def bessel(self) -> bool:
@@ -259,6 +264,24 @@ def _nonfused_candidates(index: GraphIndex) -> list[_Candidate]:
 _MEAN_VARIABLE = re.compile(r"^(moving|pop|population|running)_mean(_\d+)?$")
 
 
+def _virtual_batch_size(index: GraphIndex, x: Tensor) -> int | None:
+    """V when ``x`` is ghost BN's reshape of its input to ``[V, -1, ...]`` (tf.compat.v1.layers / tf_keras
+    ``virtual_batch_size``: ``Reshape(inputs, concat([[V, -1], shape(inputs)[1:]]))``), else None."""
+    from tensorflow.python.framework import tensor_util
+
+    node = index.node(x.node, x.function)
+    if node is None or node.op != "Reshape" or x.function is not None:
+        return None
+    shape = index.node(index.inputs(node)[1].node)
+    if shape is None or shape.op != "ConcatV2":
+        return None
+    head = index.node(index.inputs(shape)[0].node)
+    if head is None or head.op != "Const":
+        return None
+    value = tensor_util.MakeNdarray(head.attr["value"].tensor).reshape(-1).tolist()
+    return int(value[0]) if len(value) == 2 and value[1] == -1 and value[0] > 0 else None
+
+
 def _layer_name(mean_variable: str) -> str:
     scope, _, last = mean_variable.rpartition("/")
     return scope if _MEAN_VARIABLE.match(last) and scope else mean_variable
@@ -304,6 +327,7 @@ def find_batchnorm_layers(index: GraphIndex, folded: list[str] | None = None) ->
             layer.fused_nodes.append(candidate.fused)
         else:
             layer.nonfused_sites.append(candidate.site)
+            layer.virtual_batch_size = layer.virtual_batch_size or _virtual_batch_size(index, candidate.site.input)
     return sorted(layers.values(), key=lambda layer: _graph_position(index, layer))
 
 

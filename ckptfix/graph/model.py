@@ -335,6 +335,23 @@ def _channel_axes(x, channels_last: bool | None, reference_shape=None) -> list[i
     return [offset + i for i, d in enumerate(dims) if d != 1]
 
 
+def _per_group(moments: BatchMoments, channels: int | None) -> list[BatchMoments]:
+    """A ghost BN input's moments (one per group and channel, group-major) as one entry per group; others as they are."""
+    if channels is None:
+        return [moments]
+    return [BatchMoments(moments.count, moments.mean[k : k + channels], moments.m2[k : k + channels])
+            for k in range(0, moments.mean.size, channels)]
+
+
+def _kept_dims(x, axes: list[int]):
+    """The shape of a statistic of ``x`` per ``axes`` with the others kept as 1 (``keepdims``), as a tensor."""
+    import tensorflow as tf
+
+    ones = tf.ones_like(tf.shape(x))
+    keep = tf.constant([a in axes for a in range(x.shape.rank)])
+    return tf.where(keep, tf.shape(x), ones)
+
+
 def _through_identity(tensor):
     while tensor.op.type in _IDENTITY_OPS:
         tensor = tensor.op.inputs[0]
@@ -383,6 +400,7 @@ class GraphModel(SessionModel):
         self._assigns: dict[str, tuple] = {}  # variable -> placeholder, assign op, dtype (see _assign)
         self._reads: dict[str, object] = {}  # variable -> its read (see _read)
         self._constants = SharedConstants()
+        self._ghost_channels: dict[int, int] = {}  # id of a ghost BN input's sums -> its channels (see _per_group)
         with self.graph.as_default(), tf.device(device):
             self.inputs = [self.graph.get_tensor_by_name(name) for name in feeds.inputs]
             self.training_flag = None if feeds.training_flag is None else self.graph.get_tensor_by_name(feeds.training_flag)
@@ -419,20 +437,27 @@ class GraphModel(SessionModel):
             if flag is not None and _in_training_branch(x, flag):
                 continue  # a hand-written tf.cond's batch-moments branch: never runs with the flag fed False
             name = _before_switches(x).name  # the layer's input (see find_batchnorm_layers)
+            ghost = self._ghost_axes(layer, x) if layer.virtual_batch_size else None
             for (node, position), variable in ((site.mean_use, layer.mean_variable), (site.variance_use, layer.variance_variable)):
                 op = self.graph.get_operation_by_name(node)
                 used = op.inputs[position]
                 moments = by_input.get(name)
                 if moments is None:
-                    moments = by_input[name] = shifted_sums(x, _channel_axes(x, None, used.shape), self._constants)
+                    moments = by_input[name] = shifted_sums(x, ghost or _channel_axes(x, None, used.shape), self._constants)
+                    if ghost:
+                        self._ghost_channels[id(moments)] = x.shape[ghost[1]]
                 n = tf.cast(tf.reduce_prod(moments.count), tf.float32) / tf.cast(tf.size(moments.s1), tf.float32)
                 mean = moments.shift + moments.s1 / n
                 if variable == layer.mean_variable:
                     batch = mean
                 else:  # biased, as the layer normalises with it
                     batch = tf.maximum(moments.s2 / n - tf.square(mean - moments.center), 0.0)
-                moving = used if flag is not None else tf.reshape(tf.cast(self._read(variable), used.dtype), tf.shape(used))
-                op._update_input(position, self._select(tf.reshape(tf.cast(batch, used.dtype), tf.shape(used)), moving))
+                # ghost BN: one statistic per group and channel, shaped [1, groups, 1.., channels, 1..] as the layer
+                # keeps them; the moving one broadcast over the groups
+                shape = tf.shape(used) if ghost is None else _kept_dims(x, ghost)
+                moving_shape = tf.shape(used) if ghost is None else [x.shape[a] if a == ghost[1] else 1 for a in range(x.shape.rank)]
+                moving = used if flag is not None else tf.reshape(tf.cast(self._read(variable), used.dtype), moving_shape)
+                op._update_input(position, self._select(tf.reshape(tf.cast(batch, used.dtype), shape), moving))
         for node in fused:  # twinned (see _twin): shifted by the training node's own batch mean
             op = self.graph.get_operation_by_name(node.node)
             name = _normalised_input(op).name
@@ -446,6 +471,17 @@ class GraphModel(SessionModel):
                 axes = _channel_axes(x, layer.channels_last)
                 by_input[tensor.name] = shifted_sums(x, axes, self._constants, shift=self._if_batch_mean(layer, x))
         return list(by_input.values())
+
+    def _ghost_axes(self, layer: BatchNormLayer, x) -> list[int]:
+        """Ghost BN's per-statistic axes of its reshaped input ``[V, groups, ...]``: the groups (axis 1) and the channels
+        (the axis after it whose size is the moving statistics' length)."""
+        shape = self.graph.get_operation_by_name(layer.mean_variable).get_attr("shape")
+        channels = int(np.prod([d.size for d in shape.dim]))
+        dims = x.shape.as_list() if x.shape.rank else []
+        axes = [a for a in range(2, len(dims)) if dims[a] == channels]
+        if not axes:
+            raise GraphError(f"ghost BN layer {layer.name}: no axis of {x.name} {x.shape} holds its {channels} channels.")
+        return [1, axes[-1]]
 
     def _if_batch_mean(self, layer: BatchNormLayer, x):
         """The batch mean of ``x`` returned by the one ``If`` whose training copy of an else branch (see
@@ -571,7 +607,8 @@ class GraphModel(SessionModel):
             moments, value = self._run(arrays, output, routes)
         result, k = {}, 0
         for name, per_input in self._fetches.items():
-            result[name] = moments[k : k + len(per_input)]
+            result[name] = [group for sums, moment in zip(per_input, moments[k : k + len(per_input)])
+                            for group in _per_group(moment, self._ghost_channels.get(id(sums)))]
             k += len(per_input)
         return result, value
 

@@ -49,6 +49,9 @@ class Layer:
     bessel: bool
     epsilon: float | None = None
     found: object = field(default=None, repr=False)
+    #: ghost BN's group size: the session reports one moments entry per group of V samples, and the new statistics
+    #: are their mean over groups (what the layer's own update computes), not the population's
+    virtual_batch_size: int | None = None
 
     @property
     def channels(self) -> int:

@@ -158,6 +158,7 @@ class SavedModelSource:
                 name=name, kind=bn.kind, mean_key=mean_key, variance_key=variance_key,
                 stored_mean=stored[0], stored_variance=stored[1], dtype=dtypes[mean_key].name,
                 bessel=bn.bessel, epsilon=layer_epsilon(self.index, bn), found=bn,
+                virtual_batch_size=bn.virtual_batch_size,
             ))
 
     def _output(self, output_tensor: str | None, notice: Notice) -> str:

@@ -10,10 +10,17 @@ Cases:
             in the batch branch; input ``signal [16, 32]`` reshaped with its static batch to ``[16, 1, 32, 1]``, two
             conv + BN + relu layers, a ``model.json`` beside the checkpoint (chiron's eval script reads it).
 
+``ghost``    ``tf.compat.v1.layers.batch_normalization(virtual_batch_size=8)`` twice (conv -> ghost BN -> relu), training
+            flag an ``is_training`` placeholder_with_default(False); samples with per-sample offsets, so that the
+            within-group variance (what the layer's update estimates) is well below the population's.
+``ghost_baked`` the same with ``training=True`` (training mode baked into the graph, no flag).
+
 Each case writes ``OUTDIR/CASE/train/model.ckpt{.meta,...}``, ``OUTDIR/CASE/data.npy`` (calibration samples) and
 ``OUTDIR/CASE/reference.npz``: per BN layer (keyed by its variables' scope) the mean and the biased variance of its
 input over all samples, the graph run with the training flag fed True (every BN on batch statistics) on batches of
-``BATCH`` in order, in float64. Prints one JSON line ``{case: {"prefix": ..., "batch": ...}}``.
+``BATCH`` in order, in float64; for ghost BN also ``ghost_mean`` / ``ghost_variance``, the mean over the ghost batches of ``VIRTUAL`` samples
+of each batch (TensorFlow's reshape to ``[VIRTUAL, -1, ...]`` puts samples g, g + G, ... in group g) of each group's
+mean and biased variance (what the layer's update computes). Prints one JSON line ``{case: {"prefix": ..., "batch": ...}}``.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import numpy as np
 
 BATCH = 16
 SAMPLES = 64
+VIRTUAL = 8
 
 
 def _chiron_batchnorm(tf, inp, scope, training, decay=0.99, epsilon=1e-5):
@@ -82,19 +90,65 @@ def build_chiron(tf, folder: Path) -> dict:
                     fetched[name].append(value)
     (train / "model.json").write_text(json.dumps({"cnn": {"model": "tiny"}, "rnn": {"layer_num": 0}}) + "\n")
     np.save(folder / "data.npy", data)
-    reference = {}
-    for name, values in fetched.items():
-        flat = np.concatenate(values).astype(np.float64).reshape(-1, values[0].shape[-1])
-        reference[f"{name}/mean"], reference[f"{name}/variance"] = flat.mean(0), flat.var(0)
-    np.savez(folder / "reference.npz", **reference)
+    np.savez(folder / "reference.npz", **_reference(fetched))
     return {"prefix": prefix, "batch": BATCH, "output": logits.name}
 
 
-CASES = {"chiron": build_chiron}
+def _reference(fetched: dict[str, list[np.ndarray]], virtual: int | None = None) -> dict[str, np.ndarray]:
+    reference = {}
+    for name, values in fetched.items():
+        channels = values[0].shape[-1]
+        flat = np.concatenate(values).astype(np.float64).reshape(-1, channels)
+        reference[f"{name}/mean"], reference[f"{name}/variance"] = flat.mean(0), flat.var(0)
+        if virtual:
+            # reshape(batch, [V, -1, ...]): group g holds samples g, g + G, g + 2G... (G = batch / V)
+            groups = [v[g::len(v) // virtual].astype(np.float64).reshape(-1, channels) for v in values
+                      for g in range(len(v) // virtual)]
+            reference[f"{name}/ghost_mean"] = np.mean([g.mean(0) for g in groups], axis=0)
+            reference[f"{name}/ghost_variance"] = np.mean([g.var(0) for g in groups], axis=0)
+    return reference
+
+
+def _build_ghost(tf, folder: Path, baked: bool) -> dict:
+    v1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default():
+        v1.set_random_seed(0)
+        images = v1.placeholder(tf.float32, [None, 6, 6, 3], name="images")
+        training = True if baked else v1.placeholder_with_default(False, [], name="is_training")
+        net, taps = images, {}
+        for k in range(2):
+            net = v1.layers.conv2d(net, 4, 3, padding="same", name=f"conv{k}")
+            taps[f"bn{k}"] = net.name
+            net = tf.nn.relu(v1.layers.batch_normalization(net, virtual_batch_size=VIRTUAL, training=training,
+                                                          name=f"bn{k}"))
+        logits = v1.layers.dense(tf.reduce_mean(net, axis=[1, 2]), 3, name="logits")
+        saver = v1.train.Saver()
+        train = folder / "train"
+        train.mkdir(parents=True)
+        rng = np.random.default_rng(1)
+        data = (rng.normal(0.0, 1.0, (SAMPLES, 6, 6, 3)) + rng.normal(0.0, 2.0, (SAMPLES, 1, 1, 3))).astype(np.float32)
+        with v1.Session(graph=graph) as session:
+            session.run(v1.global_variables_initializer())
+            prefix = saver.save(session, str(train / "model.ckpt"))
+            fetched = {name: [] for name in taps}
+            feed = {} if baked else {training: True}
+            for start in range(0, SAMPLES, BATCH):
+                values = session.run(taps, {images: data[start:start + BATCH], **feed})
+                for name, value in values.items():
+                    fetched[name].append(value)
+    np.save(folder / "data.npy", data)
+    np.savez(folder / "reference.npz", **_reference(fetched, VIRTUAL))
+    return {"prefix": prefix, "batch": BATCH, "output": logits.name}
+
+
+CASES = {"chiron": build_chiron, "ghost": lambda tf, folder: _build_ghost(tf, folder, baked=False),
+         "ghost_baked": lambda tf, folder: _build_ghost(tf, folder, baked=True)}
 
 
 def main(argv: list[str]) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"  # tf.compat.v1.layers is tf_keras's on TensorFlow >= 2.16
     import tensorflow as tf
 
     tf.compat.v1.disable_v2_behavior()

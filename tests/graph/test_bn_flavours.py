@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import ckptfix
 import forked
 from cli.test_errors import run_cli
 
@@ -25,7 +26,7 @@ TOOL = Path(__file__).with_name("bn_flavours_tool.py")
 @pytest.fixture(scope="module")
 def flavours(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("flavours")
-    result = forked.run([sys.executable, str(TOOL), str(root), "chiron"], timeout=300,
+    result = forked.run([sys.executable, str(TOOL), str(root), "chiron", "ghost", "ghost_baked"], timeout=300,
                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert result.returncode == 0, result.stderr[-3000:]
     made = json.loads(result.stdout.strip().splitlines()[-1])
@@ -86,3 +87,25 @@ def test_the_repaired_checkpoint_serves_the_inference_branch(flavours, tmp_path)
     scale = np.abs(batch_mode).mean()
     assert np.abs(stale - batch_mode).mean() > 0.1 * scale
     assert np.abs(repaired - batch_mode).mean() < 0.05 * scale
+
+
+@pytest.mark.parametrize("case", ["ghost", "ghost_baked"])
+def test_ghost_batch_norm_gets_the_statistics_its_own_update_computes(flavours, case, tmp_path):
+    """``virtual_batch_size=8``: training normalises each ghost batch by its own moments and the layer's update moves
+    toward their mean over ghost batches; that is what is written (the within-group variance), not the population's,
+    which differs here by far more than the tolerance (samples carry their own offsets)."""
+    info = flavours[case]
+    data = np.load(info["root"] / "data.npy")
+    notices = []
+    report = ckptfix.recalibrate(info["prefix"], data, batch_size=info["batch"], shuffle=False, output=tmp_path / "out",
+                                 on_notice=notices.append, force=True)  # the gate is not what is tested here
+    reference = np.load(info["root"] / "reference.npz")
+    assert [layer.name for layer in report.layers] == ["bn0", "bn1"]
+    assert any("ghost batch norm (virtual_batch_size) in bn0, bn1" in n for n in notices), notices
+    reader = tf.train.load_checkpoint(str(tmp_path / "out" / "model.ckpt"))
+    for name in ("bn0", "bn1"):
+        written = reader.get_tensor(f"{name}/moving_variance").astype(np.float64).reshape(-1)  # kept [1, 1, 1, 1, C]
+        np.testing.assert_allclose(reader.get_tensor(f"{name}/moving_mean").reshape(-1), reference[f"{name}/ghost_mean"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(written, reference[f"{name}/ghost_variance"], rtol=1e-5)
+    population = reference["bn0/variance"]
+    assert np.all(np.abs(reader.get_tensor("bn0/moving_variance").reshape(-1) - population) > 100 * 1e-5 * population)
