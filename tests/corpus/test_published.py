@@ -61,8 +61,8 @@ def _output_prefix(output: Path) -> str:
 
 
 def _repaired_statistics(case, output: Path) -> dict[str, published.LayerStats]:
-    if case.model.format == "tf1":
-        return published.tf1_stored(_output_prefix(output))
+    if case.model.format.startswith("tf1"):
+        return published.tf1_stored(_output_prefix(output), hand_written=case.model.format == "tf1-hand-written")
     return published.keras_stored(output, custom_objects(case))
 
 
@@ -81,6 +81,15 @@ def test_recalibrate_writes_a_file_the_publisher_loads(corpus, variant):
             training_flag=published.MUSICNN_FLAG, output_tensor=published.MUSICNN_OUTPUT)
         means = {name.split("/")[-2]: value for name, value in restored.items() if "moving_mean" in name}
         assert scores.shape == (2, 50)
+    elif case.model.format == "tf1-hand-written":
+        # chiron: its eval restores the model folder into the graph with a Saver, then runs training=False; the
+        # input takes exactly 300 segments. The folder keeps the model.json the eval script reads.
+        assert (output / "model.json").read_bytes() == (case.shipped / "model.json").read_bytes()
+        sample = case.data[:case.model.batch_size]
+        restored, scores = published.tf1_saver_restore(
+            case.meta, _output_prefix(output), sample, input_tensor=published.CHIRON_INPUT,
+            training_flag=published.CHIRON_FLAG, output_tensor=published.CHIRON_OUTPUT)
+        means = {name.rpartition("/")[0]: value for name, value in restored.items() if name.endswith("/pop_mean:0")}
     elif case.variant == "crema":
         # crema: CremaModel._instantiate builds the model from model_spec.pkl with its layers, then
         # load_weights(model.h5) (tf_keras and the Keras 2 imports for Keras 2 code), then predict.
