@@ -65,6 +65,16 @@ class NonFusedSite:
     variance: Tensor
 
 
+@dataclass(frozen=True)
+class ZeroDebias:
+    """A moving mean kept debiased (slim ``zero_debias_moving_mean=True``): its update assigns
+    ``moving_mean = biased / (1 - decay ** local_step)`` after moving ``biased`` and counting ``local_step``."""
+
+    biased: str  # variable op names
+    local_step: str
+    decay: float
+
+
 @dataclass
 class BatchNormLayer:
     """A BN layer: its statistics' checkpoint keys, the tensors it normalises, and its nodes."""
@@ -79,6 +89,7 @@ class BatchNormLayer:
     #: ghost batch norm (``virtual_batch_size=V``): the input is reshaped to ``[V, groups, ...]`` and each group of
     #: V samples normalised by its own moments (None: ordinary BN)
     virtual_batch_size: int | None = None
+    zero_debias: ZeroDebias | None = None
 
     @property
     def bessel(self) -> bool:
@@ -139,13 +150,17 @@ def _variables_behind(index: GraphIndex, start: Tensor) -> set[str]:
 
 
 def _variables_updated_from(index: GraphIndex, start: Tensor, depth: int = 8) -> set[str]:
-    """Variables that update ops fed by ``start`` assign to (the moving-average update a layer built)."""
+    """Variables that update ops fed by ``start`` assign to (the moving-average update a layer built).
+
+    The walk goes on through an assignment's value: when that reaches another assignment, the first variable was
+    an accumulator and the last one is the statistic (slim ``zero_debias_moving_mean``: ``AssignSub`` of
+    ``moving_mean/biased``, then ``moving_mean = biased / (1 - decay ** step)``)."""
     if start.function is not None:
         return set()
     found: set[str] = set()
     frontier, seen = [start.name], set()
     for _ in range(depth):
-        following = []
+        following, assigned = [], set()
         for tensor_name in frontier:
             for user, _position in index.consumers.get(tensor_name, []):
                 if user in seen:
@@ -153,9 +168,11 @@ def _variables_updated_from(index: GraphIndex, start: Tensor, depth: int = 8) ->
                 seen.add(user)
                 node = index.nodes[user]
                 if node.op in _ASSIGN_OPS:
-                    found |= _variables_behind(index, index.inputs(node)[0])
+                    assigned |= _variables_behind(index, index.inputs(node)[0])
+                    following.append(f"{user}:0")
                 elif node.op not in _FORWARD_STOP and not node.op.endswith("Grad"):
                     following.extend(f"{user}:{k}" for k in range(3))
+        found = assigned or found  # a later assignment of the value wins
         frontier = following
     return found
 
@@ -264,6 +281,45 @@ def _nonfused_candidates(index: GraphIndex) -> list[_Candidate]:
 _MEAN_VARIABLE = re.compile(r"^(moving|pop|population|running)_mean(_\d+)?$")
 
 
+def _constant(index: GraphIndex, tensor: Tensor) -> float | None:
+    from tensorflow.python.framework import tensor_util
+
+    node = index.node(tensor.node)
+    if node is None or node.op != "Const":
+        return None
+    value = tensor_util.MakeNdarray(node.attr["value"].tensor)
+    return float(value) if value.size == 1 else None
+
+
+def _zero_debias(index: GraphIndex, mean_variable: str) -> ZeroDebias | None:
+    """The companions of a debiased moving mean (:class:`ZeroDebias`), from its update op's arithmetic
+    (``moving_averages.assign_moving_average(zero_debias=True)``)::
+
+        Assign(moving_mean, RealDiv(AssignSub(biased, ...), Sub(1, Pow(Sub(1, 1 - decay), AssignAdd(local_step, 1)))))
+    """
+    def producer(tensor: Tensor, ops: frozenset | set):
+        node = index.node(tensor.node)
+        return node if node is not None and node.op in ops else None
+
+    for user, position in index.consumers.get(f"{mean_variable}:0", []):
+        assign = index.nodes[user]
+        if assign.op != "Assign" or position != 0:
+            continue
+        divide = producer(index.inputs(assign)[1], {"RealDiv"})
+        moved = divide and producer(index.inputs(divide)[0], {"AssignSub"})
+        debias = divide and producer(index.inputs(divide)[1], {"Sub"})
+        power = debias and producer(index.inputs(debias)[1], {"Pow"})
+        counted = power and producer(index.inputs(power)[1], {"AssignAdd"})
+        base = power and producer(index.inputs(power)[0], {"Sub"})
+        if not (moved and counted and base):
+            continue
+        one, rate = (_constant(index, t) for t in index.inputs(base))
+        biased, local_step = _variables_behind(index, index.inputs(moved)[0]), _variables_behind(index, index.inputs(counted)[0])
+        if one == 1.0 and rate is not None and len(biased) == 1 and len(local_step) == 1:
+            return ZeroDebias(biased.pop(), local_step.pop(), 1.0 - rate)
+    return None
+
+
 def _virtual_batch_size(index: GraphIndex, x: Tensor) -> int | None:
     """V when ``x`` is ghost BN's reshape of its input to ``[V, -1, ...]`` (tf.compat.v1.layers / tf_keras
     ``virtual_batch_size``: ``Reshape(inputs, concat([[V, -1], shape(inputs)[1:]]))``), else None."""
@@ -328,6 +384,8 @@ def find_batchnorm_layers(index: GraphIndex, folded: list[str] | None = None) ->
         else:
             layer.nonfused_sites.append(candidate.site)
             layer.virtual_batch_size = layer.virtual_batch_size or _virtual_batch_size(index, candidate.site.input)
+    for layer in layers.values():
+        layer.zero_debias = _zero_debias(index, layer.mean_variable)
     return sorted(layers.values(), key=lambda layer: _graph_position(index, layer))
 
 

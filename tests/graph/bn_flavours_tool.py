@@ -14,6 +14,8 @@ Cases:
             flag an ``is_training`` placeholder_with_default(False); samples with per-sample offsets, so that the
             within-group variance (what the layer's update estimates) is well below the population's.
 ``ghost_baked`` the same with ``training=True`` (training mode baked into the graph, no flag).
+``zero_debias`` slim conv + ``batch_norm(zero_debias_moving_mean=True, decay=0.9)``, training mode baked in (no
+            reference: the test checks what resumed training does with the repaired checkpoint).
 
 Each case writes ``OUTDIR/CASE/train/model.ckpt{.meta,...}``, ``OUTDIR/CASE/data.npy`` (calibration samples) and
 ``OUTDIR/CASE/reference.npz``: per BN layer (keyed by its variables' scope) the mean and the biased variance of its
@@ -142,7 +144,33 @@ def _build_ghost(tf, folder: Path, baked: bool) -> dict:
     return {"prefix": prefix, "batch": BATCH, "output": logits.name}
 
 
-CASES = {"chiron": build_chiron, "ghost": lambda tf, folder: _build_ghost(tf, folder, baked=False),
+def build_zero_debias(tf, folder: Path) -> dict:
+    """slim conv + ``batch_norm(zero_debias_moving_mean=True, decay=0.9)``, training mode baked in, update ops never
+    run: ``moving_mean``, ``moving_mean/biased`` and ``local_step`` stay 0."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import slim_compat  # noqa: F401  (patches TF before tf_slim is imported)
+    import tf_slim as slim
+
+    v1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default():
+        v1.set_random_seed(0)
+        images = v1.placeholder(tf.float32, [None, 6, 6, 3], name="images")
+        net = slim.conv2d(images, 4, 3, scope="conv1", normalizer_fn=slim.batch_norm,
+                          normalizer_params={"is_training": True, "zero_debias_moving_mean": True, "decay": 0.9})
+        logits = slim.fully_connected(slim.flatten(net), 3, activation_fn=None, scope="logits")
+        saver = v1.train.Saver()
+        train = folder / "train"
+        train.mkdir(parents=True)
+        with v1.Session(graph=graph) as session:
+            session.run(v1.global_variables_initializer())
+            prefix = saver.save(session, str(train / "model.ckpt"))
+    data = np.random.default_rng(2).normal(2.0, 3.0, (SAMPLES, 6, 6, 3)).astype(np.float32)
+    np.save(folder / "data.npy", data)
+    return {"prefix": prefix, "batch": BATCH, "output": logits.name}
+
+
+CASES = {"chiron": build_chiron, "zero_debias": build_zero_debias, "ghost": lambda tf, folder: _build_ghost(tf, folder, baked=False),
          "ghost_baked": lambda tf, folder: _build_ghost(tf, folder, baked=True)}
 
 

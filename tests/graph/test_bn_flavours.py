@@ -26,7 +26,7 @@ TOOL = Path(__file__).with_name("bn_flavours_tool.py")
 @pytest.fixture(scope="module")
 def flavours(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("flavours")
-    result = forked.run([sys.executable, str(TOOL), str(root), "chiron", "ghost", "ghost_baked"], timeout=300,
+    result = forked.run([sys.executable, str(TOOL), str(root), "chiron", "ghost", "ghost_baked", "zero_debias"], timeout=300,
                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert result.returncode == 0, result.stderr[-3000:]
     made = json.loads(result.stdout.strip().splitlines()[-1])
@@ -109,3 +109,36 @@ def test_ghost_batch_norm_gets_the_statistics_its_own_update_computes(flavours, 
         np.testing.assert_allclose(written, reference[f"{name}/ghost_variance"], rtol=1e-5)
     population = reference["bn0/variance"]
     assert np.all(np.abs(reader.get_tensor("bn0/moving_variance").reshape(-1) - population) > 100 * 1e-5 * population)
+
+
+def test_zero_debias_companions_keep_the_repaired_mean_when_training_resumes(flavours, tmp_path):
+    """slim ``zero_debias_moving_mean``: the update recomputes ``moving_mean = biased / (1 - decay**local_step)``. The
+    repaired checkpoint's companions make one resumed update step move the repaired mean by one EMA step
+    (0.9 * repaired + 0.1 * batch mean); from the stale checkpoint (local_step 0) the same step yields the batch
+    mean, whatever the stored mean was."""
+    info = flavours["zero_debias"]
+    data = np.load(info["root"] / "data.npy")
+    report = ckptfix.recalibrate(info["prefix"], data, batch_size=info["batch"], shuffle=False, output=tmp_path / "out",
+                                 force=True)
+    (layer,) = report.layers
+    repaired = str(tmp_path / "out" / "model.ckpt")
+    reader = tf.train.load_checkpoint(repaired)
+    np.testing.assert_allclose(reader.get_tensor("conv1/BatchNorm/moving_mean"), layer.new_mean, rtol=1e-6)
+    batch = data[:info["batch"]]
+
+    def resumed_mean(prefix: str) -> tuple[np.ndarray, np.ndarray]:
+        """One training step's BN update from ``prefix``: (moving_mean after it, the batch mean it used)."""
+        graph = tf.Graph()
+        with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
+            tf.compat.v1.train.import_meta_graph(info["prefix"] + ".meta").restore(session, prefix)
+            updates = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
+            conv = graph.get_tensor_by_name("conv1/Conv2D:0")
+            values, _ = session.run([conv, updates], {"images:0": batch})
+            mean = graph.get_tensor_by_name("conv1/BatchNorm/moving_mean:0")
+            return session.run(mean), values.astype(np.float64).reshape(-1, values.shape[-1]).mean(0)
+
+    after, batch_mean = resumed_mean(repaired)
+    np.testing.assert_allclose(after, 0.9 * layer.new_mean + 0.1 * batch_mean, rtol=1e-5, atol=1e-5)
+    after_stale, batch_mean = resumed_mean(info["prefix"])
+    np.testing.assert_allclose(after_stale, batch_mean, rtol=1e-5, atol=1e-5)
+    assert np.max(np.abs(after_stale - layer.new_mean)) > 100 * np.max(np.abs(after - (0.9 * layer.new_mean + 0.1 * batch_mean)))
