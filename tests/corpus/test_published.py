@@ -97,6 +97,12 @@ def test_recalibrate_writes_a_file_the_publisher_loads(corpus, variant):
         loaded = published.crema_chord_model(root / "model_spec.pkl", output)
         scores = np.concatenate([np.ravel(out) for out in loaded.predict(sample, verbose=0)])
         means = {layer.name: np.asarray(layer.moving_mean) for layer in published.keras_bn_layers(loaded)}
+    elif case.variant == "ina":
+        # inaSpeechSegmenter: keras.models.load_model of a Keras 2.3.1 Sequential; Keras 3 rebuilds its input as
+        # (None, None, 68, 21) and rejects the file as shipped too, so Keras 2 code's route: tf_keras.
+        loaded = published._tf_keras().models.load_model(str(output), compile=False)
+        scores = loaded.predict(sample, verbose=0)
+        means = {layer.name: np.asarray(layer.moving_mean) for layer in published.keras_bn_layers(loaded)}
     elif case.model.format == "savedmodel":
         # basic-pitch: tf.saved_model.load(path), then model(audio) -> {"contour", "note", "onset"}.
         import tensorflow as tf
