@@ -106,6 +106,12 @@ class GraphSource:
         if not found:
             where = "the graph --model built" if graph_label.startswith("built by") else Path(graph_label).name
             raise NoBatchNormError(f"no BatchNorm layers in {where}: nothing to recalibrate.")
+        renorm = [bn.name for bn in found if f"{bn.mean_variable.rpartition('/')[0]}/renorm_mean" in self.index.nodes]
+        if renorm:
+            self.notices.append(
+                f"batch renormalization (renorm=True) in {', '.join(renorm)}: training corrected each batch toward "
+                "renorm_mean / renorm_stddev, which are not recomputed; what is written is each layer's population "
+                "statistics, as for plain BN")
         keys = checkpoint_keys(meta_graph)
         reader = _reader(files.prefix)
         self._check_restorable(reader)

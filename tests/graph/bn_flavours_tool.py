@@ -14,6 +14,8 @@ Cases:
             flag an ``is_training`` placeholder_with_default(False); samples with per-sample offsets, so that the
             within-group variance (what the layer's update estimates) is well below the population's.
 ``ghost_baked`` the same with ``training=True`` (training mode baked into the graph, no flag).
+``renorm``   conv -> ``batch_normalization(renorm=True)`` with an ``is_training`` flag (reference: its input's
+            population statistics).
 ``zero_debias`` slim conv + ``batch_norm(zero_debias_moving_mean=True, decay=0.9)``, training mode baked in (no
             reference: the test checks what resumed training does with the repaired checkpoint).
 
@@ -111,6 +113,30 @@ def _reference(fetched: dict[str, list[np.ndarray]], virtual: int | None = None)
     return reference
 
 
+def build_renorm(tf, folder: Path) -> dict:
+    """conv -> ``tf.compat.v1.layers.batch_normalization(renorm=True)`` -> dense, flag ``is_training``."""
+    v1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default():
+        v1.set_random_seed(0)
+        images = v1.placeholder(tf.float32, [None, 6, 6, 3], name="images")
+        training = v1.placeholder_with_default(False, [], name="is_training")
+        net = v1.layers.conv2d(images, 4, 3, padding="same", name="conv0")
+        net = tf.nn.relu(v1.layers.batch_normalization(net, renorm=True, training=training, name="bn0"))
+        logits = v1.layers.dense(tf.reduce_mean(net, axis=[1, 2]), 3, name="logits")
+        saver = v1.train.Saver()
+        train = folder / "train"
+        train.mkdir(parents=True)
+        data = np.random.default_rng(3).normal(1.0, 2.0, (SAMPLES, 6, 6, 3)).astype(np.float32)
+        with v1.Session(graph=graph) as session:
+            session.run(v1.global_variables_initializer())
+            prefix = saver.save(session, str(train / "model.ckpt"))
+            conv = session.run(graph.get_tensor_by_name("conv0/BiasAdd:0"), {images: data})
+    np.save(folder / "data.npy", data)
+    np.savez(folder / "reference.npz", **_reference({"bn0": [conv]}))
+    return {"prefix": prefix, "batch": BATCH, "output": logits.name}
+
+
 def _build_ghost(tf, folder: Path, baked: bool) -> dict:
     v1 = tf.compat.v1
     graph = tf.Graph()
@@ -170,7 +196,7 @@ def build_zero_debias(tf, folder: Path) -> dict:
     return {"prefix": prefix, "batch": BATCH, "output": logits.name}
 
 
-CASES = {"chiron": build_chiron, "zero_debias": build_zero_debias, "ghost": lambda tf, folder: _build_ghost(tf, folder, baked=False),
+CASES = {"chiron": build_chiron, "zero_debias": build_zero_debias, "renorm": build_renorm, "ghost": lambda tf, folder: _build_ghost(tf, folder, baked=False),
          "ghost_baked": lambda tf, folder: _build_ghost(tf, folder, baked=True)}
 
 

@@ -26,7 +26,7 @@ TOOL = Path(__file__).with_name("bn_flavours_tool.py")
 @pytest.fixture(scope="module")
 def flavours(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("flavours")
-    result = forked.run([sys.executable, str(TOOL), str(root), "chiron", "ghost", "ghost_baked", "zero_debias"], timeout=300,
+    result = forked.run([sys.executable, str(TOOL), str(root), "chiron", "ghost", "ghost_baked", "zero_debias", "renorm"], timeout=300,
                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert result.returncode == 0, result.stderr[-3000:]
     made = json.loads(result.stdout.strip().splitlines()[-1])
@@ -142,3 +142,17 @@ def test_zero_debias_companions_keep_the_repaired_mean_when_training_resumes(fla
     after_stale, batch_mean = resumed_mean(info["prefix"])
     np.testing.assert_allclose(after_stale, batch_mean, rtol=1e-5, atol=1e-5)
     assert np.max(np.abs(after_stale - layer.new_mean)) > 100 * np.max(np.abs(after - (0.9 * layer.new_mean + 0.1 * batch_mean)))
+
+
+def test_renorm_layers_get_population_statistics_and_a_notice(flavours):
+    """``renorm=True``: training corrects each batch toward renorm_mean / renorm_stddev, which ckptfix leaves alone;
+    the layer gets its input's population statistics (the choice for now, said in a notice)."""
+    info = flavours["renorm"]
+    notices = []
+    report = ckptfix.diagnose(info["prefix"], np.load(info["root"] / "data.npy"), batch_size=info["batch"],
+                              on_notice=notices.append)
+    assert any("batch renormalization (renorm=True) in bn0" in n for n in notices), notices
+    reference = np.load(info["root"] / "reference.npz")
+    (layer,) = report.layers
+    np.testing.assert_allclose(layer.new_mean, reference["bn0/mean"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(layer.new_variance, reference["bn0/variance"], rtol=1e-5)
