@@ -28,6 +28,7 @@ from ckptfix.data import DataKeys, open_calibration_data
 from ckptfix.data.batching import Reservoir, Variety, samples_in
 from ckptfix.data.conventions import choose as choose_preprocessing
 from ckptfix.data.python import check_bounded
+from ckptfix.data.spec import FixedBatch
 from ckptfix.diagnostics import agreement as output_agreement
 from ckptfix.diagnostics import gate as repair_gate
 from ckptfix.diagnostics.drift import DEFAULT_EPSILON
@@ -81,6 +82,8 @@ def check_batch_moments(layer: str, moments, describe_batch: Callable[[], str]) 
 def _layer_report(layer: Layer, pooled: PooledMoments, estimator: Estimator, samples: int) -> LayerReport:
     """The layer's new statistics in its own variance convention, next to the stored ones, with their standard
     errors (from one batch of ``samples`` samples: :func:`ckptfix.stats.one_batch_standard_errors`)."""
+    if layer.virtual_batch_size:  # each group is one entry of ``pooled``: their mean, what training's update estimates
+        estimator = Estimator.BATCH_MEAN
     mean, variance = pooled.mean_and_variance(estimator, bessel=layer.bessel)
     if not (np.isfinite(mean).all() and np.isfinite(variance).all()):  # never write non-finite statistics
         raise DataError(f"BN layer {layer.name}: the pooled statistics are not finite (overflow?): nothing was written.")
@@ -185,7 +188,7 @@ def _agreement(session: Session, stream: _Stream, reports: list[LayerReport], si
     batch statistics are not training's): their outputs with BN on batch statistics (the reference), then in
     inference mode with the stored, the new and the new statistics moved within their standard errors (one
     draw, seeded; not with one batch, whose standard errors are unknown)."""
-    fixed = any(spec.shape and spec.shape[0] is not None for spec in session.input_specs)
+    fixed = session.fixed_batch is not None  # the model's own operations need batches of exactly ``size``
     mixed = stream.kept.mixed(size if fixed else max(size, REFERENCE_BATCH), exact=fixed, seed=seed)
     join = output_agreement.concatenate
     reference = join([session.moments(batch, keep_output=True)[1] for batch in mixed])
@@ -237,7 +240,19 @@ DEFAULT_BATCH_SIZE = 32
 
 def batch_size(options: Options, session: Session, notice) -> int:
     """``--batch-size``, else the fixed batch dimension of the graph's first input (a training graph fed by a
-    queue or a fixed placeholder records the batch size it trained with), else :data:`DEFAULT_BATCH_SIZE`."""
+    queue or a fixed placeholder records the batch size it trained with), else :data:`DEFAULT_BATCH_SIZE`.
+
+    A declared batch dimension is freed by the session; one the model's own operations need
+    (``session.fixed_batch``) is the only batch size possible: another ``--batch-size``, or 1, is refused."""
+    fixed = session.fixed_batch
+    if fixed is not None:
+        if fixed.size == 1:
+            raise DataError(f"the model fixes the batch of its input {fixed.input} at 1 ({fixed.reason}), and batch "
+                            "statistics need several samples: export it with a free batch dimension (None).")
+        if options.batch_size not in (None, fixed.size):
+            raise DataError(f"the model takes batches of exactly {fixed.size} samples at {fixed.input} "
+                            f"({fixed.reason}): pass --batch-size {fixed.size}, or leave it out.")
+        return fixed.size
     if options.batch_size is not None:
         return options.batch_size
     for spec in session.input_specs:
@@ -247,6 +262,21 @@ def batch_size(options: Options, session: Session, notice) -> int:
                    "--batch-size sets another)")
             return int(fixed)
     return DEFAULT_BATCH_SIZE
+
+
+def check_whole_batches(fixed: FixedBatch | None, num_samples: int | None, notice) -> None:
+    """With a batch size the model needs, a known number of samples must fill whole batches: refused before any
+    work otherwise (the last batch would fail, or be re-batched by the operation that fixes it)."""
+    if fixed is None:
+        return
+    if num_samples is None or num_samples % fixed.size == 0:
+        notice(f"batch size {fixed.size}: the model's input {fixed.input} takes exactly {fixed.size} samples "
+               f"({fixed.reason})")
+        return
+    whole = num_samples - num_samples % fixed.size
+    fix = f"pass --num-samples {whole}" if whole else f"pass at least {fixed.size} samples"
+    raise DataError(f"the model takes batches of exactly {fixed.size} samples at {fixed.input} ({fixed.reason}), and "
+                    f"{num_samples} samples are not a multiple of {fixed.size}: {fix}.")
 
 
 def _same_as(other, layer: Layer) -> bool:
@@ -308,6 +338,7 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
             on_warning=notice,
             **options.data_options,
         )
+        check_whole_batches(session.fixed_batch, batches.num_samples if cluster.size == 1 else None, notice)
         if batches.images:
             notice(preprocessing.describe(batches.preprocessing, batches.integer_images))
         keep = options.agreement_samples if session.output_name and cluster.chief else 0
@@ -325,6 +356,10 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
         if num_samples == 0:
             raise CkptfixError("the calibration data yielded no samples: pass a folder or array with at least one sample.")
         reports = [_layer_report(layer, pooled[layer.name], options.estimator, num_samples) for layer in layers]
+        ghosts = [layer.name for layer in layers if layer.virtual_batch_size]
+        if ghosts:
+            notice(f"ghost batch norm (virtual_batch_size) in {', '.join(ghosts)}: their statistics are the mean over "
+                   "groups of that many samples of each group's moments, as the layer's own update computes them")
         cause = source.cause()
         first = next((r for r in reports if r.name == source.layers[0].name), None)
         mismatch = first and first_layer_mismatch(first, preprocessing.preset if batches.images else None,

@@ -132,7 +132,7 @@ def read_npz(path: Path) -> dict[str, StoredArray]:
 
 def _pick(members: dict[str, StoredArray], spec: InputSpec, path: Path) -> StoredArray:
     """The array for a one-input model: the one named after the input, or the only one."""
-    key = key_for_input(list(members), spec.name)
+    key = key_for_input(list(members), spec.name, spec.aliases)
     if key is None and len(members) == 1:
         key = next(iter(members))
     if key is None:

@@ -38,7 +38,7 @@ def inputs_of(item, inputs: Sequence[InputSpec], where: str) -> dict:
     if isinstance(item, dict):
         picked = {}
         for spec in inputs:
-            key = key_for_input(item.keys(), spec.name)
+            key = key_for_input(item.keys(), spec.name, spec.aliases)
             if key is None and len(item) == 1 and len(inputs) == 1:
                 key = next(iter(item))
             if key is None:

@@ -19,6 +19,7 @@ array rows and TFRecord records are assigned to batches by their position in the
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -281,7 +282,7 @@ def _integer_images(integer: Callable[[str], bool], inputs: Sequence[InputSpec],
 
 def _read_specs(inputs: Sequence[InputSpec], preps: dict) -> list[InputSpec]:
     """The inputs as the data is read: the integer-image ones as int64 (preprocessed afterwards)."""
-    return [InputSpec(s.name, s.shape, np.dtype(np.int64)) if s.name in preps else s for s in inputs]
+    return [dataclasses.replace(s, dtype=np.dtype(np.int64)) if s.name in preps else s for s in inputs]
 
 
 def _first_batch_dtypes(data, inputs: Sequence[InputSpec]) -> tuple[object, dict[str, np.dtype]]:

@@ -12,15 +12,28 @@ from ckptfix.errors import DataError
 
 @dataclass(frozen=True)
 class InputSpec:
-    """A model input: tensor name (``images:0``), static shape with ``None`` for unknown dims (or None), dtype."""
+    """A model input: tensor name (``images:0``), static shape with ``None`` for unknown dims (or None), dtype, and
+    ``aliases``: other names the data may key it by (a Keras input: its tensor's name, its position ``arr_0``, ``0``)."""
 
     name: str
     shape: tuple | None
     dtype: np.dtype
+    aliases: tuple[str, ...] = ()
 
     @property
     def sample_shape(self) -> tuple | None:
         return None if self.shape is None else tuple(self.shape[1:])
+
+
+@dataclass(frozen=True)
+class FixedBatch:
+    """A batch size the model's own operations fix: ``size`` samples per batch at ``input``, because of ``reason``
+    (the operation that needs it, e.g. ``Reshape flat reshapes to [32, -1]``). A declared batch dimension alone
+    (a placeholder saved as ``[32, ...]``) is freed and fixes nothing (:mod:`ckptfix.graph.model`)."""
+
+    size: int
+    input: str
+    reason: str
 
 
 def show_shape(shape) -> str:
@@ -49,25 +62,31 @@ def input_aliases(name: str) -> set[str]:
     return {name, node, node.split("/")[-1]}
 
 
-def key_for_input(keys: Iterable, name: str) -> str | None:
-    """The one key among ``keys`` naming the input ``name``, or None."""
-    aliases = input_aliases(name)
-    matches = [k for k in keys if k in aliases]
+def key_for_input(keys: Iterable, name: str, aliases: Iterable[str] = ()) -> str | None:
+    """The one key among ``keys`` naming the input ``name`` (or one of its ``aliases``), or None."""
+    names = input_aliases(name) | set(aliases)
+    matches = [k for k in keys if str(k) in names]
     return matches[0] if len(matches) == 1 else None
+
+
+def positional_aliases(k: int) -> tuple[str, ...]:
+    """The names of input ``k`` by position: ``arr_k`` (what ``np.savez(path, x0, x1)`` names arrays) and ``k``."""
+    return f"arr_{k}", str(k)
 
 
 def keys_for_inputs(keys: Iterable, inputs: Sequence[InputSpec], where: str) -> dict[str, str]:
     """Input name -> its key among ``keys``, for a model with several inputs; keys naming no input (labels)
     are ignored. DataError naming the fix for a missing input or a key that names two inputs."""
     keys = list(keys)
-    found = {spec.name: key_for_input(keys, spec.name) for spec in inputs}
+    found = {spec.name: key_for_input(keys, spec.name, spec.aliases) for spec in inputs}
     missing = [name for name, key in found.items() if key is None]
     if missing:
-        unused = [str(k) for k in keys if not any(k in input_aliases(spec.name) for spec in inputs)]
-        hint = f"; {', '.join(unused)} name no input" if unused else ""
+        by_position = all(positional_aliases(k)[0] in spec.aliases for k, spec in enumerate(inputs))
+        positions = ", ".join(positional_aliases(k)[0] for k in range(len(inputs)))
+        order = f", or give them in the model's input order as np.savez names them ({positions})" if by_position else ""
         raise DataError(
-            f"{where} has no array for input {', '.join(missing)} (keys: {', '.join(map(str, keys))}{hint}): "
-            f"key one array by each input's name ({', '.join(spec.name for spec in inputs)})."
+            f"{where} has no array for the model's input {', '.join(missing)}: its arrays are named "
+            f"{', '.join(map(str, keys))}. Name one array after each input ({', '.join(spec.name for spec in inputs)}){order}."
         )
     shared = {key for key in found.values() if list(found.values()).count(key) > 1}
     if shared:

@@ -7,7 +7,10 @@ Two shapes of BN are recognised:
   two nodes per layer (one per ``tf.cond`` branch, both fed through ``Switch``).
 * **non-fused**: ``tf.nn.batch_normalization`` arithmetic,
   ``y = x * inv + (beta - mean * inv)`` with ``inv = rsqrt(variance + eps) [* gamma]``, as slim
-  (``fused=False``) and ``tf.nn.moments``-based code build it.
+  (``fused=False``) and ``tf.nn.moments``-based code build it; hand-written BN in
+  ``tf.cond(training, batch moments, population variables)`` (many TF1 research repositories: the branches read
+  ``pop_mean`` / ``pop_var`` or the batch moments whose update assigns them) is one layer whose input is the
+  tensor both branches read through their ``Switch``.
 
 A layer is identified by its ``moving_mean`` / ``moving_variance`` variables, found by walking a node's
 mean/variance inputs back through Identity / ReadVariableOp / Switch / Merge / If to the variable op (op
@@ -19,6 +22,7 @@ normalisations without moving variables (layer norm, instance norm) are not BN l
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from ckptfix.errors import GraphError
@@ -32,7 +36,9 @@ _MERGE_OPS = frozenset({"Merge", "RefMerge"})
 _ASSIGN_OPS = frozenset(
     {"Assign", "AssignSub", "AssignAdd", "AssignVariableOp", "AssignSubVariableOp", "AssignAddVariableOp"}
 )
-_FORWARD_STOP = frozenset({"Conv2D", "MatMul", "DepthwiseConv2dNative"}) | FUSED_OPS
+# the walk from a batch statistic to the update assigning it stops at the next layer, and at the variance a mean
+# feeds (tf.nn.moments: StopGradient(mean) -> SquaredDifference)
+_FORWARD_STOP = frozenset({"Conv2D", "MatMul", "DepthwiseConv2dNative", "StopGradient", "SquaredDifference"}) | FUSED_OPS
 _CHANNELS_LAST = frozenset({"NHWC", "NDHWC"})
 
 
@@ -59,6 +65,16 @@ class NonFusedSite:
     variance: Tensor
 
 
+@dataclass(frozen=True)
+class ZeroDebias:
+    """A moving mean kept debiased (slim ``zero_debias_moving_mean=True``): its update assigns
+    ``moving_mean = biased / (1 - decay ** local_step)`` after moving ``biased`` and counting ``local_step``."""
+
+    biased: str  # variable op names
+    local_step: str
+    decay: float
+
+
 @dataclass
 class BatchNormLayer:
     """A BN layer: its statistics' checkpoint keys, the tensors it normalises, and its nodes."""
@@ -70,6 +86,10 @@ class BatchNormLayer:
     inputs: list[Tensor] = field(default_factory=list)
     fused_nodes: list[FusedNode] = field(default_factory=list)
     nonfused_sites: list[NonFusedSite] = field(default_factory=list)
+    #: ghost batch norm (``virtual_batch_size=V``): the input is reshaped to ``[V, groups, ...]`` and each group of
+    #: V samples normalised by its own moments (None: ordinary BN)
+    virtual_batch_size: int | None = None
+    zero_debias: ZeroDebias | None = None
 
     @property
     def bessel(self) -> bool:
@@ -130,13 +150,17 @@ def _variables_behind(index: GraphIndex, start: Tensor) -> set[str]:
 
 
 def _variables_updated_from(index: GraphIndex, start: Tensor, depth: int = 8) -> set[str]:
-    """Variables that update ops fed by ``start`` assign to (the moving-average update a layer built)."""
+    """Variables that update ops fed by ``start`` assign to (the moving-average update a layer built).
+
+    The walk goes on through an assignment's value: when that reaches another assignment, the first variable was
+    an accumulator and the last one is the statistic (slim ``zero_debias_moving_mean``: ``AssignSub`` of
+    ``moving_mean/biased``, then ``moving_mean = biased / (1 - decay ** step)``)."""
     if start.function is not None:
         return set()
     found: set[str] = set()
     frontier, seen = [start.name], set()
     for _ in range(depth):
-        following = []
+        following, assigned = [], set()
         for tensor_name in frontier:
             for user, _position in index.consumers.get(tensor_name, []):
                 if user in seen:
@@ -144,9 +168,11 @@ def _variables_updated_from(index: GraphIndex, start: Tensor, depth: int = 8) ->
                 seen.add(user)
                 node = index.nodes[user]
                 if node.op in _ASSIGN_OPS:
-                    found |= _variables_behind(index, index.inputs(node)[0])
+                    assigned |= _variables_behind(index, index.inputs(node)[0])
+                    following.append(f"{user}:0")
                 elif node.op not in _FORWARD_STOP and not node.op.endswith("Grad"):
                     following.extend(f"{user}:{k}" for k in range(3))
+        found = assigned or found  # a later assignment of the value wins
         frontier = following
     return found
 
@@ -244,13 +270,77 @@ def _nonfused_candidates(index: GraphIndex) -> list[_Candidate]:
         means = _variables_behind(index, site.mean) or _variables_updated_from(index, site.mean)
         variances = _variables_behind(index, site.variance) or _variables_updated_from(index, site.variance)
         if means or variances:  # no moving statistics: layer/instance norm, not BN
-            candidates.append(_Candidate(site.input, means, variances, site=site))
+            # hand-written tf.cond(training, batch moments, population variables): each branch reads the layer's
+            # input through its own Switch; the layer's input is the one tensor both read
+            candidates.append(_Candidate(_through_switch(index, site.input), means, variances, site=site))
     return candidates
+
+
+#: the last component of a mean variable's name that its scope names the layer by: ``moving_mean`` (slim,
+#: tf.layers, Keras), ``pop_mean`` / ``population_mean`` / ``running_mean`` (hand-written BN)
+_MEAN_VARIABLE = re.compile(r"^(moving|pop|population|running)_mean(_\d+)?$")
+
+
+def _constant(index: GraphIndex, tensor: Tensor) -> float | None:
+    from tensorflow.python.framework import tensor_util
+
+    node = index.node(tensor.node)
+    if node is None or node.op != "Const":
+        return None
+    value = tensor_util.MakeNdarray(node.attr["value"].tensor)
+    return float(value) if value.size == 1 else None
+
+
+def _zero_debias(index: GraphIndex, mean_variable: str) -> ZeroDebias | None:
+    """The companions of a debiased moving mean (:class:`ZeroDebias`), from its update op's arithmetic
+    (``moving_averages.assign_moving_average(zero_debias=True)``)::
+
+        Assign(moving_mean, RealDiv(AssignSub(biased, ...), Sub(1, Pow(Sub(1, 1 - decay), AssignAdd(local_step, 1)))))
+    """
+    def producer(tensor: Tensor, ops: frozenset | set):
+        node = index.node(tensor.node)
+        return node if node is not None and node.op in ops else None
+
+    for user, position in index.consumers.get(f"{mean_variable}:0", []):
+        assign = index.nodes[user]
+        if assign.op != "Assign" or position != 0:
+            continue
+        divide = producer(index.inputs(assign)[1], {"RealDiv"})
+        moved = divide and producer(index.inputs(divide)[0], {"AssignSub"})
+        debias = divide and producer(index.inputs(divide)[1], {"Sub"})
+        power = debias and producer(index.inputs(debias)[1], {"Pow"})
+        counted = power and producer(index.inputs(power)[1], {"AssignAdd"})
+        base = power and producer(index.inputs(power)[0], {"Sub"})
+        if not (moved and counted and base):
+            continue
+        one, rate = (_constant(index, t) for t in index.inputs(base))
+        biased, local_step = _variables_behind(index, index.inputs(moved)[0]), _variables_behind(index, index.inputs(counted)[0])
+        if one == 1.0 and rate is not None and len(biased) == 1 and len(local_step) == 1:
+            return ZeroDebias(biased.pop(), local_step.pop(), 1.0 - rate)
+    return None
+
+
+def _virtual_batch_size(index: GraphIndex, x: Tensor) -> int | None:
+    """V when ``x`` is ghost BN's reshape of its input to ``[V, -1, ...]`` (tf.compat.v1.layers / tf_keras
+    ``virtual_batch_size``: ``Reshape(inputs, concat([[V, -1], shape(inputs)[1:]]))``), else None."""
+    from tensorflow.python.framework import tensor_util
+
+    node = index.node(x.node, x.function)
+    if node is None or node.op != "Reshape" or x.function is not None:
+        return None
+    shape = index.node(index.inputs(node)[1].node)
+    if shape is None or shape.op != "ConcatV2":
+        return None
+    head = index.node(index.inputs(shape)[0].node)
+    if head is None or head.op != "Const":
+        return None
+    value = tensor_util.MakeNdarray(head.attr["value"].tensor).reshape(-1).tolist()
+    return int(value[0]) if len(value) == 2 and value[1] == -1 and value[0] > 0 else None
 
 
 def _layer_name(mean_variable: str) -> str:
     scope, _, last = mean_variable.rpartition("/")
-    return scope if last.startswith("moving_mean") and scope else mean_variable
+    return scope if _MEAN_VARIABLE.match(last) and scope else mean_variable
 
 
 def find_batchnorm_layers(index: GraphIndex, folded: list[str] | None = None) -> list[BatchNormLayer]:
@@ -293,6 +383,9 @@ def find_batchnorm_layers(index: GraphIndex, folded: list[str] | None = None) ->
             layer.fused_nodes.append(candidate.fused)
         else:
             layer.nonfused_sites.append(candidate.site)
+            layer.virtual_batch_size = layer.virtual_batch_size or _virtual_batch_size(index, candidate.site.input)
+    for layer in layers.values():
+        layer.zero_debias = _zero_debias(index, layer.mean_variable)
     return sorted(layers.values(), key=lambda layer: _graph_position(index, layer))
 
 

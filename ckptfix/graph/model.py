@@ -44,7 +44,7 @@ from typing import Mapping, NamedTuple
 
 import numpy as np
 
-from ckptfix.data.spec import InputSpec
+from ckptfix.data.spec import FixedBatch, InputSpec
 from ckptfix.errors import DataError, GraphError
 from ckptfix.graph.batchnorm import BatchNormLayer, FusedNode
 from ckptfix.graph.feeds import Feeds
@@ -67,6 +67,7 @@ class _Rewrite(NamedTuple):
     fused: list[tuple[BatchNormLayer, FusedNode]]  # top-level fused nodes now twinned (training / inference)
     mode_ifs: dict[str, list[str]]  # else-branch function -> If ops whose then branch is its training copy
     inference_unavailable: str | None
+    declared_batch: dict[str, int]  # fed input -> the batch dimension it was saved with, now freed
 
 
 def _without_backprop(graph_def):
@@ -107,6 +108,67 @@ def _without_backprop(graph_def):
             else:
                 del kept.attr["_class"]
     return pruned
+
+
+_PLACEHOLDERS = frozenset({"Placeholder", "PlaceholderWithDefault"})
+
+
+def _free_batch_dimensions(graph_def, inputs) -> dict[str, int]:
+    """Free the batch dimension of every fed input saved with a fixed one (a placeholder ``[32, 224, 224, 3]``, an
+    ``IteratorGetNext`` output of a ``drop_remainder`` pipeline); returns input -> the size it had.
+
+    The saved size is a declaration, not a need of the graph: any batch size runs unless an operation of the graph
+    fixes it again (:func:`_batch_fixed_by`). Once one is freed, every recorded ``_output_shapes`` is dropped too:
+    the importer would otherwise give the input and everything after it the recorded shapes back."""
+    freed = {}
+    nodes = {node.name: node for node in graph_def.node}
+    for name in inputs:
+        tensor = parse_input(name)
+        node = nodes.get(tensor.node)
+        if node is None:
+            continue
+        if node.op in _PLACEHOLDERS:
+            shape = node.attr["shape"].shape
+        elif node.op == "IteratorGetNext" and tensor.index < len(node.attr["output_shapes"].list.shape):
+            shape = node.attr["output_shapes"].list.shape[tensor.index]
+        else:
+            continue
+        if not shape.unknown_rank and shape.dim and shape.dim[0].size > 0:
+            freed[name] = int(shape.dim[0].size)
+            shape.dim[0].size = -1
+    if freed:
+        for node in graph_def.node:
+            if "_output_shapes" in node.attr:
+                del node.attr["_output_shapes"]
+    return freed
+
+
+#: operations whose output may lose the batch axis (a reduction over it) or take a size from elsewhere: a static
+#: first dimension after them says nothing about the batch
+_REDUCING_OPS = frozenset({"Mean", "Sum", "Max", "Min", "Prod", "All", "Any", "ArgMax", "ArgMin", "Shape", "ShapeN",
+                           "Size", "Rank", "TensorArrayV3", "TensorArrayGatherV3", "TensorArraySizeV3"})
+
+
+def _batch_fixed_by(graph, declared: Mapping[str, int]) -> FixedBatch | None:
+    """The first operation downstream of a freed input that fixes the batch size again: its input's batch dimension
+    is unknown, its output's first dimension is static and equal to the size the input was saved with
+    (``tf.reshape(x, [32, -1])``, ``x + tf.zeros([32, 10])``). Such a graph takes batches of that size only (any other
+    size fails, or worse, is silently re-batched by the reshape)."""
+    for name, size in declared.items():
+        stack, seen = [graph.get_tensor_by_name(name)], set()
+        while stack:
+            tensor = stack.pop()
+            for op in tensor.consumers():
+                if op.name in seen:
+                    continue
+                seen.add(op.name)
+                unknown = any(t.shape.rank and t.shape.dims[0].value is None for t in op.inputs)
+                for output in op.outputs:
+                    dims = output.shape.as_list() if output.shape.rank else []
+                    if unknown and op.type not in _REDUCING_OPS and dims and dims[0] == size:
+                        return FixedBatch(size, name, f"{op.type} {op.name} gives it a static first dimension of {size}")
+                    stack.append(output)
+    return None
 
 
 def _set_training(node) -> None:
@@ -195,12 +257,15 @@ def _twin(graph_def, nodes: dict, consumers: dict, definition, layer: BatchNormL
     _set_training(definition)
 
 
-def _rewrite_graph_def(meta_graph, layers: list[BatchNormLayer], flag: str | None) -> _Rewrite:
-    """Backprop dropped, devices cleared, the selected layers' BN nodes set up for both modes (module docstring)."""
+def _rewrite_graph_def(meta_graph, layers: list[BatchNormLayer], feeds: Feeds) -> _Rewrite:
+    """Backprop dropped, devices cleared, the inputs' batch dimensions freed, the selected layers' BN nodes set up for
+    both modes (module docstring)."""
     from tensorflow.core.framework import function_pb2
 
+    flag = feeds.training_flag
     graph_def = _without_backprop(meta_graph.graph_def)
     clear_devices(graph_def)
+    declared = _free_batch_dimensions(graph_def, feeds.inputs)
     scopes = editable_nodes(graph_def)
     callers: dict[str, list[tuple[str, object]]] = {}  # function -> (branch attr, If NodeDef) calling it
     for node in graph_def.node:
@@ -252,7 +317,7 @@ def _rewrite_graph_def(meta_graph, layers: list[BatchNormLayer], flag: str | Non
             caller.input[0] = MODE_SWITCH
             mode_ifs.setdefault(name, []).append(caller.name)
     _add_mode_switch(graph_def)
-    return _Rewrite(graph_def, fused, mode_ifs, unavailable)
+    return _Rewrite(graph_def, fused, mode_ifs, unavailable, declared)
 
 
 def _channel_axes(x, channels_last: bool | None, reference_shape=None) -> list[int]:
@@ -270,18 +335,46 @@ def _channel_axes(x, channels_last: bool | None, reference_shape=None) -> list[i
     return [offset + i for i, d in enumerate(dims) if d != 1]
 
 
+def _per_group(moments: BatchMoments, channels: int | None) -> list[BatchMoments]:
+    """A ghost BN input's moments (one per group and channel, group-major) as one entry per group; others as they are."""
+    if channels is None:
+        return [moments]
+    return [BatchMoments(moments.count, moments.mean[k : k + channels], moments.m2[k : k + channels])
+            for k in range(0, moments.mean.size, channels)]
+
+
+def _kept_dims(x, axes: list[int]):
+    """The shape of a statistic of ``x`` per ``axes`` with the others kept as 1 (``keepdims``), as a tensor."""
+    import tensorflow as tf
+
+    ones = tf.ones_like(tf.shape(x))
+    keep = tf.constant([a in axes for a in range(x.shape.rank)])
+    return tf.where(keep, tf.shape(x), ones)
+
+
 def _through_identity(tensor):
     while tensor.op.type in _IDENTITY_OPS:
         tensor = tensor.op.inputs[0]
     return tensor
 
 
-def _normalised_input(op):
-    """The tensor a top-level fused node normalises, before the Switch of a TF1 ``tf.cond`` (if any)."""
-    tensor = op.inputs[0]
+def _before_switches(tensor):
+    """``tensor`` before the Switch ops of TF1 ``tf.cond`` branches (if any): what every branch reads."""
     while tensor.op.type in _SWITCH_OPS:
         tensor = tensor.op.inputs[0]
     return tensor
+
+
+def _normalised_input(op):
+    """The tensor a top-level fused node normalises, before the Switch of a TF1 ``tf.cond`` (if any)."""
+    return _before_switches(op.inputs[0])
+
+
+def _in_training_branch(tensor, flag: str) -> bool:
+    """Whether ``tensor`` is the true output of a Switch on the training flag (through Identity ops, as TF1
+    ``tf.cond`` reads its predicate through ``cond/pred_id``): the branch taken when the flag is True."""
+    return (tensor.op.type in _SWITCH_OPS and tensor.value_index == 1
+            and _through_identity(tensor.op.inputs[1]).name == flag)
 
 
 class GraphModel(SessionModel):
@@ -297,13 +390,17 @@ class GraphModel(SessionModel):
         import tensorflow as tf
 
         self.layers = layers
-        rewrite = _rewrite_graph_def(meta_graph, layers, feeds.training_flag)
+        rewrite = _rewrite_graph_def(meta_graph, layers, feeds)
         self.inference_unavailable: str | None = rewrite.inference_unavailable
         self.graph = import_graph(rewrite.graph_def, device)
+        self.declared_batch = rewrite.declared_batch
+        #: the batch size the graph's own operations need (None: any runs)
+        self.fixed_batch = _batch_fixed_by(self.graph, self.declared_batch)
         self._device = device
         self._assigns: dict[str, tuple] = {}  # variable -> placeholder, assign op, dtype (see _assign)
         self._reads: dict[str, object] = {}  # variable -> its read (see _read)
         self._constants = SharedConstants()
+        self._ghost_channels: dict[int, int] = {}  # id of a ghost BN input's sums -> its channels (see _per_group)
         with self.graph.as_default(), tf.device(device):
             self.inputs = [self.graph.get_tensor_by_name(name) for name in feeds.inputs]
             self.training_flag = None if feeds.training_flag is None else self.graph.get_tensor_by_name(feeds.training_flag)
@@ -337,20 +434,30 @@ class GraphModel(SessionModel):
         by_input: dict[str, ShiftedSums | FusedInputSums] = {}
         for site in layer.nonfused_sites:
             x = self.graph.get_tensor_by_name(site.input.name)
+            if flag is not None and _in_training_branch(x, flag):
+                continue  # a hand-written tf.cond's batch-moments branch: never runs with the flag fed False
+            name = _before_switches(x).name  # the layer's input (see find_batchnorm_layers)
+            ghost = self._ghost_axes(layer, x) if layer.virtual_batch_size else None
             for (node, position), variable in ((site.mean_use, layer.mean_variable), (site.variance_use, layer.variance_variable)):
                 op = self.graph.get_operation_by_name(node)
                 used = op.inputs[position]
-                moments = by_input.get(x.name)
+                moments = by_input.get(name)
                 if moments is None:
-                    moments = by_input[x.name] = shifted_sums(x, _channel_axes(x, None, used.shape), self._constants)
+                    moments = by_input[name] = shifted_sums(x, ghost or _channel_axes(x, None, used.shape), self._constants)
+                    if ghost:
+                        self._ghost_channels[id(moments)] = x.shape[ghost[1]]
                 n = tf.cast(tf.reduce_prod(moments.count), tf.float32) / tf.cast(tf.size(moments.s1), tf.float32)
                 mean = moments.shift + moments.s1 / n
                 if variable == layer.mean_variable:
                     batch = mean
                 else:  # biased, as the layer normalises with it
                     batch = tf.maximum(moments.s2 / n - tf.square(mean - moments.center), 0.0)
-                moving = used if flag is not None else tf.reshape(tf.cast(self._read(variable), used.dtype), tf.shape(used))
-                op._update_input(position, self._select(tf.reshape(tf.cast(batch, used.dtype), tf.shape(used)), moving))
+                # ghost BN: one statistic per group and channel, shaped [1, groups, 1.., channels, 1..] as the layer
+                # keeps them; the moving one broadcast over the groups
+                shape = tf.shape(used) if ghost is None else _kept_dims(x, ghost)
+                moving_shape = tf.shape(used) if ghost is None else [x.shape[a] if a == ghost[1] else 1 for a in range(x.shape.rank)]
+                moving = used if flag is not None else tf.reshape(tf.cast(self._read(variable), used.dtype), moving_shape)
+                op._update_input(position, self._select(tf.reshape(tf.cast(batch, used.dtype), shape), moving))
         for node in fused:  # twinned (see _twin): shifted by the training node's own batch mean
             op = self.graph.get_operation_by_name(node.node)
             name = _normalised_input(op).name
@@ -364,6 +471,17 @@ class GraphModel(SessionModel):
                 axes = _channel_axes(x, layer.channels_last)
                 by_input[tensor.name] = shifted_sums(x, axes, self._constants, shift=self._if_batch_mean(layer, x))
         return list(by_input.values())
+
+    def _ghost_axes(self, layer: BatchNormLayer, x) -> list[int]:
+        """Ghost BN's per-statistic axes of its reshaped input ``[V, groups, ...]``: the groups (axis 1) and the channels
+        (the axis after it whose size is the moving statistics' length)."""
+        shape = self.graph.get_operation_by_name(layer.mean_variable).get_attr("shape")
+        channels = int(np.prod([d.size for d in shape.dim]))
+        dims = x.shape.as_list() if x.shape.rank else []
+        axes = [a for a in range(2, len(dims)) if dims[a] == channels]
+        if not axes:
+            raise GraphError(f"ghost BN layer {layer.name}: no axis of {x.name} {x.shape} holds its {channels} channels.")
+        return [1, axes[-1]]
 
     def _if_batch_mean(self, layer: BatchNormLayer, x):
         """The batch mean of ``x`` returned by the one ``If`` whose training copy of an else branch (see
@@ -417,11 +535,13 @@ class GraphModel(SessionModel):
 
     @property
     def input_specs(self) -> list[InputSpec]:
-        """What each input takes (tensor name, static shape, dtype), in the order of ``inputs``."""
-        return [
-            InputSpec(t.name, None if t.shape.rank is None else tuple(t.shape.as_list()), np.dtype(t.dtype.as_numpy_dtype))
-            for t in self.inputs
-        ]
+        """What each input takes (tensor name, static shape, dtype), in the order of ``inputs``; the batch dimension
+        as saved (a freed one included: the training batch size it records is the default batch size)."""
+        def shape(t):
+            dims = None if t.shape.rank is None else t.shape.as_list()
+            return None if dims is None else tuple([self.declared_batch.get(t.name, dims[0]), *dims[1:]] if dims else dims)
+
+        return [InputSpec(t.name, shape(t), np.dtype(t.dtype.as_numpy_dtype)) for t in self.inputs]
 
     def _routes(self, rows: int) -> tuple[bool, ...]:
         """Per BN input (in ``_sums`` order), whether its squares are summed by a matrix product for a batch whose BN
@@ -450,12 +570,23 @@ class GraphModel(SessionModel):
         run, fetch = self._callable(output, routes)
         try:
             values = run(*arrays) if self.training_flag is None else run(*arrays, False)
-        except tf.errors.InvalidArgumentError as error:
-            shapes = ", ".join(f"{t.name} {tuple(a.shape)}" for t, a in zip(self.inputs, arrays))
-            what = f"of shape {arrays[0].shape}" if len(arrays) == 1 else f"({shapes})"
-            raise DataError(f"the model rejected a calibration batch {what}: {first_line(error)}") from None
+        except (tf.errors.InvalidArgumentError, ValueError) as error:
+            raise self._rejected(arrays, error) from None
         count = len(fetch.tensors)
         return fetch.moments(values[:count]), (values[count] if output is not None else None)
+
+    def _rejected(self, arrays: list, error: Exception) -> DataError:
+        """The one-line error for a batch the graph failed on: with a fixed batch size it did not have, the fix."""
+        shapes = ", ".join(f"{t.name} {tuple(a.shape)}" for t, a in zip(self.inputs, arrays))
+        what = f"of shape {arrays[0].shape}" if len(arrays) == 1 else f"({shapes})"
+        rows = int(np.shape(arrays[0])[0]) if np.ndim(arrays[0]) else 1
+        sizes = set(self.declared_batch.values())
+        if len(sizes) == 1 and rows not in sizes:
+            size = sizes.pop()
+            return DataError(f"the model rejected a calibration batch {what}: its input was saved with a batch of "
+                             f"exactly {size} and the graph seems to need it ({first_line(error)}); pass --batch-size "
+                             f"{size} and a number of samples that is a multiple of {size} (--num-samples).")
+        return DataError(f"the model rejected a calibration batch {what}: {first_line(error)}")
 
     def moments(self, batch, output: str | None = None) -> tuple[dict[str, list[BatchMoments]], np.ndarray | None]:
         """Forward one batch with the selected layers on batch statistics: per layer, the moments of each of its
@@ -476,7 +607,8 @@ class GraphModel(SessionModel):
             moments, value = self._run(arrays, output, routes)
         result, k = {}, 0
         for name, per_input in self._fetches.items():
-            result[name] = moments[k : k + len(per_input)]
+            result[name] = [group for sums, moment in zip(per_input, moments[k : k + len(per_input)])
+                            for group in _per_group(moment, self._ghost_channels.get(id(sums)))]
             k += len(per_input)
         return result, value
 
@@ -488,7 +620,7 @@ class GraphModel(SessionModel):
         feed[self.use_batch_statistics] = False
         try:
             return self.session.run(self.graph.get_tensor_by_name(output), feed)
-        except tf.errors.InvalidArgumentError as error:
+        except (tf.errors.InvalidArgumentError, ValueError) as error:
             raise DataError(f"cannot compute the output {output} for the agreement check: {first_line(error)}") from None
 
     def assign_statistics(self, values: Mapping[str, np.ndarray]) -> None:

@@ -14,7 +14,8 @@ are made without decoding anything (:func:`_copy_in_place`): the shards are copi
 written over the old bytes, and the index's checksums of those tensors updated in place; the copy is verified
 byte for byte against the input. Otherwise the parts route below runs.
 
-The ``.meta`` is copied beside it with a ``checkpoint`` state file, every tensor is read back part by part and
+The ``.meta`` is copied beside it with a ``checkpoint`` state file and the small files its scripts read beside it
+(:func:`side_files`), every tensor is read back part by part and
 its fingerprint compared with that of what was written (for untouched tensors, the input's own bytes), and
 only then is the folder renamed into place.
 
@@ -26,6 +27,7 @@ TF2 object-based checkpoints and SavedModel variables of Keras models.
 from __future__ import annotations
 
 import glob
+import re
 import shutil
 from pathlib import Path
 from typing import Callable, Mapping
@@ -307,5 +309,26 @@ def write_recalibrated_checkpoint(
                         check_interrupt=staged.check_interrupt)
         if source.meta is not None:
             shutil.copyfile(source.meta, staged.path / (basename + ".meta"))
+        for path in side_files(source.prefix.parent):
+            shutil.copyfile(path, staged.path / path.name)
         write_state_file(staged.path, basename)
     return Prefix(output_dir, basename)
+
+
+#: the largest file beside a checkpoint carried into the output folder (configuration, vocabularies, labels)
+SIDE_FILE_BYTES = 8 << 20
+_CHECKPOINT_FILE = re.compile(r"(\.index|\.meta|\.data-\d{5}-of-\d{5}|\.ckpt|\.tmp\d*)$|^events\.out\.tfevents\.")
+
+
+def side_files(folder: Path) -> list[Path]:
+    """The files beside a checkpoint that its model's own scripts read (chiron's ``model.json``, musicnn's
+    ``config.json``, a vocabulary): every regular file of ``folder`` of at most :data:`SIDE_FILE_BYTES` that is no
+    checkpoint's (``.index``, ``.data-*``, ``.meta``, the ``checkpoint`` state file, TensorBoard events) and not
+    hidden. Subfolders are not carried."""
+    carried = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.name == "checkpoint" or _CHECKPOINT_FILE.search(path.name):
+            continue
+        if path.is_file() and path.stat().st_size <= SIDE_FILE_BYTES:
+            carried.append(path)
+    return carried

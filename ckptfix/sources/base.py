@@ -23,7 +23,7 @@ from typing import Callable, ContextManager, Mapping, Protocol
 import numpy as np
 
 from ckptfix.data.conventions import Convention
-from ckptfix.data.spec import InputSpec
+from ckptfix.data.spec import FixedBatch, InputSpec
 from ckptfix.diagnostics.cause import Cause
 from ckptfix.stats import BatchMoments
 
@@ -54,6 +54,9 @@ class Layer:
     #: the layer ran in inference mode while the model trained (Keras ``trainable=False``, slim
     #: ``is_training=False`` in a training graph): its stored statistics are what the weights were trained against
     frozen: bool = False
+    #: ghost BN's group size: the session reports one moments entry per group of V samples, and the new statistics
+    #: are their mean over groups (what the layer's own update computes), not the population's
+    virtual_batch_size: int | None = None
 
     @property
     def channels(self) -> int:
@@ -71,6 +74,8 @@ class Session(Protocol):
     """
 
     input_specs: list[InputSpec]
+    #: the batch size the model's own operations need (None: any batch size runs)
+    fixed_batch: FixedBatch | None
     #: names of the fed inputs and of the training flag fed False (None: none), for the report
     input_names: list[str]
     training_flag: str | None

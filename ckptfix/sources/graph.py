@@ -42,6 +42,15 @@ def _reader(prefix):
         raise CheckpointError(f"cannot read checkpoint {prefix}: {str(error).strip().splitlines()[0]}") from None
 
 
+#: what a debiased moving mean's ``decay ** local_step`` may still weigh once repaired (see GraphSource.write)
+FORGOTTEN = 1e-7
+
+
+def forgetting_steps(decay: float) -> int:
+    """The least step count at which ``decay ** steps <= FORGOTTEN`` (53,720 for slim's Inception decay 0.9997)."""
+    return int(np.ceil(np.log(FORGOTTEN) / np.log(decay))) if 0.0 < decay < 1.0 else 0
+
+
 def layer_epsilon(index: GraphIndex, found) -> float | None:
     """The epsilon of the layer's first fused node (its ``epsilon`` attribute); None for non-fused arithmetic."""
     for fused in found.fused_nodes:
@@ -62,6 +71,7 @@ class GraphSession:
         self._output_tensor = output_name
         self._variables = {layer.name: (layer.found.mean_variable, layer.found.variance_variable) for layer in layers}
         self.input_specs = model.input_specs
+        self.fixed_batch = model.fixed_batch
         self.input_names = list(feeds.inputs)
         self.training_flag = feeds.training_flag
         self.output_name = output_label or output_name
@@ -101,6 +111,12 @@ class GraphSource:
         if not found:
             where = "the graph --model built" if graph_label.startswith("built by") else Path(graph_label).name
             raise NoBatchNormError(f"no BatchNorm layers in {where}: nothing to recalibrate.")
+        renorm = [bn.name for bn in found if f"{bn.mean_variable.rpartition('/')[0]}/renorm_mean" in self.index.nodes]
+        if renorm:
+            self.notices.append(
+                f"batch renormalization (renorm=True) in {', '.join(renorm)}: training corrected each batch toward "
+                "renorm_mean / renorm_stddev, which are not recomputed; what is written is each layer's population "
+                "statistics, as for plain BN")
         keys = checkpoint_keys(meta_graph)
         reader = _reader(files.prefix)
         self._check_restorable(reader)
@@ -123,6 +139,7 @@ class GraphSource:
                 stored_mean=stored[0], stored_variance=stored[1], dtype=dtypes[mean_key].name,
                 bessel=bn.bessel, epsilon=layer_epsilon(self.index, bn), found=bn,
                 frozen=trains and bool(bn.fused_nodes) and not any(node.is_training for node in bn.fused_nodes),
+                virtual_batch_size=bn.virtual_batch_size,
             ))
         self.convention = slim_convention([layer.name for layer in self.layers])
 
@@ -184,7 +201,28 @@ class GraphSource:
 
     def write(self, new_values: Mapping[str, np.ndarray], destination: Path, overwrite: bool) -> Path:
         layout = partition_layout(self.meta_graph)
-        return write_recalibrated_checkpoint(self.files, new_values, destination, layout=layout, overwrite=overwrite)
+        return write_recalibrated_checkpoint(self.files, self._with_zero_debias(new_values), destination, layout=layout,
+                                             overwrite=overwrite)
+
+    def _with_zero_debias(self, new_values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``new_values`` and, for each debiased moving mean written (slim ``zero_debias_moving_mean``), its
+        companions, so that training resumed from the output keeps the new mean: the update recomputes
+        ``moving_mean = biased / (1 - decay ** local_step)`` from them. ``local_step`` becomes at least
+        :func:`forgetting_steps` (with the stale 0 the first resumed step would throw the mean away) and
+        ``biased = new_mean * (1 - decay ** local_step)``."""
+        values = dict(new_values)
+        keys = checkpoint_keys(self.meta_graph)
+        reader = _reader(self.files.prefix)
+        for layer in self.layers:
+            debias = layer.found.zero_debias
+            if debias is None or layer.mean_key not in new_values:
+                continue
+            step_key, biased_key = keys.get(debias.local_step, debias.local_step), keys.get(debias.biased, debias.biased)
+            stored = stored_tensor(reader, self.files.prefix, step_key)
+            step = max(float(np.asarray(stored).reshape(-1)[0]) if stored is not None else 0.0, forgetting_steps(debias.decay))
+            values[step_key] = np.asarray(step, np.float64)
+            values[biased_key] = np.asarray(new_values[layer.mean_key], np.float64) * (1.0 - debias.decay ** step)
+        return values
 
     def stored_values(self, other):
         prefix = locate_checkpoint(other, meta=self.files.meta, need_meta=False).prefix

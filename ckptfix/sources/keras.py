@@ -16,7 +16,7 @@ from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
-from ckptfix.data.spec import InputSpec
+from ckptfix.data.spec import InputSpec, positional_aliases
 from ckptfix.errors import CkptfixError, NoBatchNormError, OutputError
 from ckptfix.keras.batchnorm import find_batchnorm_layers
 from ckptfix.keras.conventions import model_convention
@@ -40,11 +40,23 @@ def _input_specs(model, names: tuple[str, ...] | None) -> list[InputSpec]:
             f"--input names {len(names)} input(s), but the model has {len(inputs)}: "
             + ("pass one name per input, in the model's order." if len(inputs) > 1 else "pass one name or none.")
         )
+    def aliases(tensor, k: int) -> tuple[str, ...]:
+        own = sorted({input_layer_name(tensor, k), str(getattr(tensor, "name", None) or "")} - {""})
+        return tuple(own) + (positional_aliases(k) if len(inputs) > 1 else ())
+
     return [
-        InputSpec((names[k] if names else None) or getattr(tensor, "name", None) or f"input_{k}",
-                  tuple(tensor.shape), np.dtype(getattr(tensor.dtype, "name", tensor.dtype)))
+        InputSpec((names[k] if names else None) or input_layer_name(tensor, k), tuple(tensor.shape),
+                  np.dtype(getattr(tensor.dtype, "name", tensor.dtype)), aliases(tensor, k))
         for k, tensor in enumerate(inputs)
     ]
+
+
+def input_layer_name(tensor, k: int) -> str:
+    """The name of the Input layer that made ``tensor`` (what ``model.summary()`` shows: Keras 3 names the tensor
+    itself ``keras_tensor_N``; tf_keras gives both the layer's name)."""
+    history = getattr(tensor, "_keras_history", None)
+    layer = getattr(history, "operation", None) or getattr(history, "layer", None)
+    return getattr(layer, "name", None) or getattr(tensor, "name", None) or f"input_{k}"
 
 
 class _KerasSession:
@@ -58,6 +70,7 @@ class _KerasSession:
         self._inference = InferenceForward(model, output)
         self._assigned = contextlib.ExitStack()
         self.input_specs = specs
+        self.fixed_batch = None  # Keras models run any batch size, whatever their Input layers declare
         self.input_names = [spec.name for spec in specs]
         self.training_flag = None
         self.output_name = ",".join(output_names(model, output))  # all the outputs, or --output-tensor's

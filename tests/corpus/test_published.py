@@ -61,8 +61,8 @@ def _output_prefix(output: Path) -> str:
 
 
 def _repaired_statistics(case, output: Path) -> dict[str, published.LayerStats]:
-    if case.model.format == "tf1":
-        return published.tf1_stored(_output_prefix(output))
+    if case.model.format.startswith("tf1"):
+        return published.tf1_stored(_output_prefix(output), hand_written=case.model.format == "tf1-hand-written")
     return published.keras_stored(output, custom_objects(case))
 
 
@@ -81,12 +81,27 @@ def test_recalibrate_writes_a_file_the_publisher_loads(corpus, variant):
             training_flag=published.MUSICNN_FLAG, output_tensor=published.MUSICNN_OUTPUT)
         means = {name.split("/")[-2]: value for name, value in restored.items() if "moving_mean" in name}
         assert scores.shape == (2, 50)
+    elif case.model.format == "tf1-hand-written":
+        # chiron: its eval restores the model folder into the graph with a Saver, then runs training=False; the
+        # input takes exactly 300 segments. The folder keeps the model.json the eval script reads.
+        assert (output / "model.json").read_bytes() == (case.shipped / "model.json").read_bytes()
+        sample = case.data[:case.model.batch_size]
+        restored, scores = published.tf1_saver_restore(
+            case.meta, _output_prefix(output), sample, input_tensor=published.CHIRON_INPUT,
+            training_flag=published.CHIRON_FLAG, output_tensor=published.CHIRON_OUTPUT)
+        means = {name.rpartition("/")[0]: value for name, value in restored.items() if name.endswith("/pop_mean:0")}
     elif case.variant == "crema":
         # crema: CremaModel._instantiate builds the model from model_spec.pkl with its layers, then
         # load_weights(model.h5) (tf_keras and the Keras 2 imports for Keras 2 code), then predict.
         root = case.root / "crema" / "models" / "chord"
         loaded = published.crema_chord_model(root / "model_spec.pkl", output)
         scores = np.concatenate([np.ravel(out) for out in loaded.predict(sample, verbose=0)])
+        means = {layer.name: np.asarray(layer.moving_mean) for layer in published.keras_bn_layers(loaded)}
+    elif case.variant == "ina":
+        # inaSpeechSegmenter: keras.models.load_model of a Keras 2.3.1 Sequential; Keras 3 rebuilds its input as
+        # (None, None, 68, 21) and rejects the file as shipped too, so Keras 2 code's route: tf_keras.
+        loaded = published._tf_keras().models.load_model(str(output), compile=False)
+        scores = loaded.predict(sample, verbose=0)
         means = {layer.name: np.asarray(layer.moving_mean) for layer in published.keras_bn_layers(loaded)}
     elif case.model.format == "savedmodel":
         # basic-pitch: tf.saved_model.load(path), then model(audio) -> {"contour", "note", "onset"}.
