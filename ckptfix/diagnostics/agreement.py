@@ -49,7 +49,8 @@ class Agreement:
 
     ``kind`` is what a decision is (module docstring; ``mixed`` across outputs of different kinds), ``unit`` what
     one is made for (``sample``, ``frame`` or ``position``; ``mixed`` across outputs of different shapes) and
-    ``num_compared`` how many decisions were compared (per output; None when mixed);
+    ``num_compared`` how many units were compared (per output; None when mixed; a ``labels`` output makes one
+    decision per label of each unit);
     ``outputs`` holds one Agreement per output when the model has several (then the figures here are the
     worst output's and ``output_tensor`` names them all, comma-joined)."""
 
@@ -86,12 +87,10 @@ class Agreement:
 
     def _units(self) -> str:
         compared = self.num_samples if self.num_compared is None else self.num_compared
-        what = {LABELS: "label decisions"}.get(self.kind)
-        if what is not None:
-            return f"{compared:,} {what} ({self.num_samples:,} samples)"
+        labels = "the labels of " if self.kind == LABELS else ""
         if self.unit in ("sample", "mixed"):
-            return f"{compared:,} samples"
-        return f"{compared:,} {self.unit}s ({self.num_samples:,} samples)"
+            return f"{labels}{compared:,} samples"
+        return f"{labels}{compared:,} {self.unit}s ({self.num_samples:,} samples)"
 
     def _figures(self) -> str:
         decisions = "" if not self.decides else f"{self.top1_before:.0%} -> {self.top1_after:.0%} "
@@ -243,8 +242,8 @@ def compare(output_tensor: str, batch_outputs, before, after) -> Agreement:
         top1_after=float(np.mean(agreed_after)),
         top1_lost=int(np.sum(agreed_before & ~agreed_after)),
         top1_gained=int(np.sum(~agreed_before & agreed_after)),
-        num_compared=int(reference.size),
         changed=float(np.mean(decided_before != decided_after)),
+        num_compared=compared,
         **figures,
     )
 

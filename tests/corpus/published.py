@@ -310,7 +310,6 @@ class Published:
     make_data: Callable[[np.random.Generator, int], np.ndarray]
     notes: str = ""
     cli_args: tuple[str, ...] = field(default=())  # given to inspect, diagnose and recalibrate
-    force: bool = True  # recalibrate with --force (the reference's few samples), else the data users would have
 
 
 def _musicnn_data(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -451,7 +450,7 @@ CHIRON_OUTPUT = "res_layer3/branch2/conv2c_bn/conv2c_bn/cond/Merge:0"  # the CNN
 MODELS = {
     "musicnn": Published(
         id="musicnn", wheel=fetch.MUSICNN, member="musicnn/MTT_musicnn", format="tf1",
-        bn_layers=11, batch_size=32, num_samples=32, diagnose_samples=8, make_data=_musicnn_data,
+        bn_layers=11, batch_size=32, num_samples=512, diagnose_samples=8, make_data=_musicnn_data,
         notes="TF 1.12 checkpoint, prefix 'MTT_musicnn/' (empty basename), state file names /home/jpons/..."),
     "basic-pitch": Published(
         id="basic-pitch", wheel=fetch.BASIC_PITCH, member="basic_pitch/saved_models/icassp_2022/nmp",
@@ -463,27 +462,25 @@ MODELS = {
         notes="Keras 2.0.5 HDF5 (mini-XCEPTION)"),
     "crema": Published(
         id="crema", wheel=fetch.CREMA, member="crema/models/chord/model.h5", format="h5",
-        bn_layers=5, batch_size=8, num_samples=16, diagnose_samples=8, make_data=_crema_data,
+        bn_layers=5, batch_size=16, num_samples=256, diagnose_samples=8, make_data=_crema_data,
         notes="Keras 2.2.2 HDF5, custom SqueezeLayer, bidirectional GRUs, 4 per-frame outputs",
         cli_args=("--import", "crema.layers")),
     "tempocnn": Published(
         id="tempocnn", wheel=fetch.TEMPOCNN, member="tempocnn/models/cnn.h5", format="h5",
-        bn_layers=10, batch_size=8, num_samples=16, diagnose_samples=8, make_data=_tempocnn_data,
+        bn_layers=10, batch_size=8, num_samples=64, diagnose_samples=8, make_data=_tempocnn_data,
         notes="Keras 2.4.0 HDF5, BN after two Dense layers"),
-    # issue 32: taken without --force (the data their users would have; see docs/published-models.md)
     "ina": Published(
         id="ina", wheel=fetch.INA, member="inaSpeechSegmenter/keras_speech_music_cnn.hdf5", format="h5",
         bn_layers=8, batch_size=64, num_samples=512, diagnose_samples=128, make_data=_ina_data,
-        notes="Keras 2.3.1 HDF5 (Sequential), 4 of 8 BN after Dense layers", force=False),
+        notes="Keras 2.3.1 HDF5 (Sequential), 4 of 8 BN after Dense layers"),
     "spliceai": Published(
         id="spliceai", wheel=fetch.SPLICEAI, member="spliceai/models/spliceai1.h5", format="h5",
         bn_layers=32, batch_size=16, num_samples=128, diagnose_samples=32, make_data=_spliceai_data,
-        notes="Keras 2.0.5 HDF5, 32 BN on 3-D sequences (10,064 positions)", force=False),
+        notes="Keras 2.0.5 HDF5, 32 BN on 3-D sequences (10,064 positions)"),
     "chiron": Published(
         id="chiron", wheel=fetch.CHIRON, member="chiron/model/DNA_default", format="tf1-hand-written",
         bn_layers=10, batch_size=300, num_samples=1200, diagnose_samples=600, make_data=_chiron_data,
-        notes="TF 1.x checkpoint + .meta, hand-written BN in tf.cond, input fixed at [300, 400], model.json beside",
-        force=False),
+        notes="TF 1.x checkpoint + .meta, hand-written BN in tf.cond, input fixed at [300, 400], model.json beside"),
 }
 # "musicnn-renamed" is musicnn's checkpoint copied to the prefix "model" (no state file): the workaround a
 # user finds today, so the tests also reach what breaks after the checkpoint is located.
