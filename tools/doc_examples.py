@@ -106,7 +106,7 @@ def generate(home: Path, run: Runner = subprocess_runner) -> dict[str, str]:
     built = run([str(Path(__file__).resolve()), "--keras-model", str(home)], home, env)
     if built.returncode:
         raise RuntimeError(f"building the Keras model failed:\n{built.stderr}")
-    examples["keras"] = ckptfix("recalibrate", "frozen.keras", "calib_b.npy")
+    examples["keras"] = ckptfix("recalibrate", "frozen.keras", "calib_b.npy", "--adapt")  # frozen BN: adapting it
     return examples
 
 
