@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from ckptfix import _quiet
+from ckptfix import _quiet, compat
 from ckptfix.errors import CkptfixError
 from ckptfix.options import FLAGS, Options
 from ckptfix.report import DiagnosisReport, InspectionReport, RecalibrationReport
@@ -33,6 +33,7 @@ def _eager() -> Iterator[None]:
 def run(command: str, checkpoint, data, options: Options):
     """Run ``command`` (``recalibrate``, ``diagnose``, ``inspect``) with ready-made ``options``, in eager mode;
     errors name the command-line flags (the CLI's entry; the functions below name keywords instead)."""
+    compat.require_supported_tensorflow()
     from ckptfix import pipeline
 
     with _eager():
@@ -68,8 +69,10 @@ def _keywords_of(match: re.Match) -> str:
 
 @contextlib.contextmanager
 def _keywords() -> Iterator[None]:
-    """Errors raised inside name the keyword arguments, not the CLI's flags (``pass overwrite=True``)."""
+    """Errors raised inside name the keyword arguments, not the CLI's flags (``pass overwrite=True``); a
+    TensorFlow outside the supported range is refused first (:func:`ckptfix.compat.require_supported_tensorflow`)."""
     try:
+        compat.require_supported_tensorflow()
         yield
     except CkptfixError as error:
         error.args = (_FLAG.sub(_keywords_of, str(error)), *error.args[1:])
