@@ -8,9 +8,9 @@ version itself:
                        TensorFlow 2.15                            TensorFlow 2.16 to 2.21
 =====================  =========================================  =============================================
 Keras 2 (the code of   ``keras`` 2.15, which is ``tf.keras``       the ``tf_keras`` package (when installed;
-``.h5`` / Keras 2      (``tf_keras`` 2.15, when installed, is a   TensorFlow's ``TF_USE_LEGACY_KERAS``); its
-files, tf.keras        copy of it: its objects count as Keras 2)  own saver and metadata under ``tf_keras.src``
-models)
+``.h5`` / Keras 2      (``tf_keras`` 2.15 is a copy of it, which   TensorFlow's ``TF_USE_LEGACY_KERAS``); its
+files, tf.keras        must not be imported beside it:            own saver and metadata under ``tf_keras.src``
+models)                :func:`refuse_tf_keras_beside_keras2`)
 Keras 3                none (a ``.keras`` file written by          ``keras``
                        Keras 3 cannot be read)
 numpy                  1.x: TensorFlow 2.15 does not import with  1.26 and later, 2.x
@@ -174,7 +174,7 @@ def _keras_modules() -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Module prefixes of (Keras 2, Keras 3) classes."""
     if has_keras3():
         return ("tf_keras.",), ("keras.",)
-    return ("keras.", "tf_keras."), ()
+    return ("keras.",), ()
 
 
 def is_keras2_class(cls) -> bool:
@@ -186,6 +186,19 @@ def is_keras3_class(cls) -> bool:
     """Whether ``cls`` is defined by Keras 3 (``keras`` on TensorFlow 2.16 and later)."""
     keras3 = _keras_modules()[1]
     return bool(keras3) and cls.__module__.startswith(keras3)
+
+
+def refuse_tf_keras_beside_keras2() -> None:
+    """On TensorFlow 2.15, refuse to load a Keras model file once the ``tf_keras`` package is imported in this process
+    (by ``--import``, ``--model`` or the caller): tf-keras 2.15 is a second copy of Keras 2.15 whose import
+    breaks ``keras``' own loader (its functional-model reconstruction never finishes; checked with tf-keras 2.15.1)."""
+    if not has_keras3() and "tf_keras" in sys.modules:
+        from ckptfix.errors import CkptfixError
+
+        raise CkptfixError(
+            "tf_keras is imported in this process (by --import, --model or your code): on TensorFlow 2.15 Keras 2 is "
+            "tf.keras itself, and tf_keras beside it breaks Keras' model loading: define the layers and models "
+            "with tf.keras (import keras), or use TensorFlow 2.16 or later for tf_keras.")
 
 
 def is_keras2_object(obj) -> bool:

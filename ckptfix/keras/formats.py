@@ -325,6 +325,7 @@ def _load_errors(custom_objects: dict) -> tuple:
 def _keras_load(path: Path, unsafe: bool, custom_objects: dict | None = None, specs=None, config=None):
     import keras
 
+    compat.refuse_tf_keras_beside_keras2()
     custom_objects = custom_objects or {}
     try:
         return keras.saving.load_model(str(path), compile=False, safe_mode=not unsafe, custom_objects=custom_objects)
@@ -336,6 +337,7 @@ def _keras_load(path: Path, unsafe: bool, custom_objects: dict | None = None, sp
 def _keras2_load(path: Path, unsafe: bool, custom_objects: dict | None = None, specs=None, config=None):
     """A Keras 2-era file with the Keras 2 code (:func:`ckptfix.compat.keras2`): its layers keep their own
     semantics (fused BN)."""
+    compat.refuse_tf_keras_beside_keras2()
     custom_objects = custom_objects or {}
     try:
         return compat.keras2().models.load_model(str(path), compile=False, safe_mode=not unsafe,

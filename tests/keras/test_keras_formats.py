@@ -75,7 +75,7 @@ def _only(report, name):
 
 
 def _keras3_bn_inputs(model, x) -> dict:
-    import keras
+    keras = km.keras3()
 
     top = {name: model.get_layer(name) for name in ("bn1", "bn_axis1", "bn_plain")}
     outer = keras.Model(model.inputs, [layer.input for layer in top.values()])
@@ -98,7 +98,7 @@ def _recalibrate(path, data, tmp_path, name, **options):
 
 @pytest.mark.parametrize("model_format", ["keras", "weights-h5"])
 def test_frozen_bn_keras3_repaired(keras_frozen, tmp_path, model_format):
-    import keras
+    keras = km.keras3()
 
     source = keras_frozen.files[model_format]
     options = {} if model_format == "keras" else {"model": km.functional_keras3}
@@ -121,8 +121,9 @@ def test_frozen_bn_keras3_repaired(keras_frozen, tmp_path, model_format):
 
 
 def test_skipped_updates_keras3_weights_and_tf_checkpoint(keras_skipped, tmp_path):
-    import keras
     import tensorflow as tf
+
+    keras = km.keras3()
 
     inspected = ckptfix.inspect(keras_skipped.files["weights-h5"], model=km.flat_keras3)
     assert inspected.flagged == ["bn1", "bn_axis1", "bn_plain"]  # moving statistics still 0 / 1
@@ -154,7 +155,7 @@ def _xception_bn_inputs(tf_keras, model, x) -> dict:
 
 @pytest.mark.parametrize("model_format", ["h5", "tf-checkpoint", "savedmodel"])
 def test_keras2_mini_xception_repaired(keras2_xception, tmp_path, model_format):
-    import tf_keras
+    tf_keras = km.keras2()
 
     source = keras2_xception.files[model_format]
     options = {"model": km.xception_tf_keras} if model_format == "tf-checkpoint" else {}
@@ -179,7 +180,7 @@ def test_keras2_mini_xception_repaired(keras2_xception, tmp_path, model_format):
 
 
 def test_diagnose_and_inspect_keras_archive(keras_frozen, tmp_path):
-    import keras
+    keras = km.keras3()
 
     diagnosis = ckptfix.diagnose(keras_frozen.files["keras"], keras_frozen.calibration, batch_size=48, shuffle=True)
     assert diagnosis.stale_layers and diagnosis.verdict == "differs" and diagnosis.model_format == "keras"
