@@ -9,8 +9,10 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -28,8 +30,8 @@ def _pins(name: str) -> dict[str, str]:
 
 def test_the_declared_range_is_the_tested_range():
     """pyproject's requirement, the code's range and the TensorFlow pins of make test / make test-oldest agree."""
-    project = (ROOT / "pyproject.toml").read_text()
-    declared = re.search(r'^    "(tensorflow[^"]*)",$', project, re.M).group(1)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (declared,) = [spec for spec in project["dependencies"] if spec.startswith("tensorflow")]
     assert declared == compat.REQUIREMENT == "tensorflow>=2.15,<2.22"
     low, high = re.fullmatch(r"tensorflow>=(\d+\.\d+),<(\d+\.\d+)", declared).groups()
     assert compat.SUPPORTED[0] == compat.minor_version(low) == compat.minor_version(_pins("oldest.txt")["tensorflow"])
@@ -156,3 +158,16 @@ def test_installing_ckptfix_keeps_this_environments_tensorflow_keras_and_numpy()
     installed = {item["metadata"]["name"].lower(): item["metadata"]["version"]
                  for item in json.loads(done.stdout)["install"]}
     assert list(installed) == ["ckptfix"], installed
+
+
+def test_long_rows_of_ones_get_constants_of_their_own_length():
+    """The accurate sums share constants by value; numpy 1's ``repr`` of a long row of ones is the same for every
+    length (``array([[1., 1., 1., ..., 1., 1., 1.]], dtype=float32)``, numpy 2 adds the shape), which made every BN
+    input of a published model multiply by the first one's row (a shape error under TensorFlow 2.15)."""
+    from ckptfix.graph.sums import SharedConstants
+
+    constants = SharedConstants()
+    with tf.Graph().as_default():
+        rows = [constants.get_constant(np.ones((1, k), np.float32), tf.float32) for k in (17952, 11033, 17952)]
+    assert [row.shape.as_list() for row in rows] == [[1, 17952], [1, 11033], [1, 17952]]
+    assert rows[0] is rows[2]

@@ -87,8 +87,10 @@ def keras2_xception(tmp_path_factory) -> Stale:
     model = km.mini_xception(tf_keras)
     km.train(tf_keras, model, *km.images(512, km.DOMAIN_A, 1), epochs=3)
     km.train(tf_keras, model, *km.images(512, km.DOMAIN_B, 2), epochs=1)
-    files = {"h5": folder / "xception.h5", "tf-checkpoint": folder / "weights" / "ckpt", "savedmodel": folder / "savedmodel"}
+    files = {"h5": folder / "xception.h5", "tf-checkpoint": folder / "weights" / "ckpt", "savedmodel": folder / "savedmodel",
+             "weights-h5": folder / "xception.weights.h5"}
     model.save(files["h5"])
+    model.save_weights(files["weights-h5"])
     model.save_weights(str(files["tf-checkpoint"]))
     model.save(files["savedmodel"], save_format="tf")
     return _stale(folder, files, model, km.DOMAIN_B, builder="keras_models:xception_tf_keras")

@@ -153,13 +153,14 @@ def _xception_bn_inputs(tf_keras, model, x) -> dict:
     return {layer.name: (values, -1) for layer, values in zip(layers, outputs)}
 
 
-@pytest.mark.parametrize("model_format", ["h5", "tf-checkpoint", "savedmodel"])
+@pytest.mark.parametrize("model_format", ["h5", "tf-checkpoint", "savedmodel", "weights-h5"])
 def test_keras2_mini_xception_repaired(keras2_xception, tmp_path, model_format):
     tf_keras = km.keras2()
 
     source = keras2_xception.files[model_format]
-    options = {"model": km.xception_tf_keras} if model_format == "tf-checkpoint" else {}
-    name = {"h5": "fixed.h5", "tf-checkpoint": "fixed-weights", "savedmodel": "fixed-savedmodel"}[model_format]
+    options = {"model": km.xception_tf_keras} if model_format in ("tf-checkpoint", "weights-h5") else {}
+    name = {"h5": "fixed.h5", "tf-checkpoint": "fixed-weights", "savedmodel": "fixed-savedmodel",
+            "weights-h5": "fixed.weights.h5"}[model_format]
     report = _recalibrate(source, keras2_xception.calibration, tmp_path, name, **options)
 
     assert report.model_format == model_format
@@ -170,6 +171,10 @@ def test_keras2_mini_xception_repaired(keras2_xception, tmp_path, model_format):
         repaired = km.xception_tf_keras()
         repaired.load_weights(report.output_checkpoint).assert_existing_objects_matched()
         written = tmp_path / name / "ckpt"
+    elif model_format == "weights-h5":
+        repaired = km.xception_tf_keras()
+        repaired.load_weights(report.output_checkpoint)
+        written = tmp_path / name
     else:
         repaired = tf_keras.models.load_model(report.output_checkpoint)
         written = tmp_path / name
