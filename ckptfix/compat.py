@@ -15,8 +15,9 @@ Keras 3                none (a ``.keras`` file written by          ``keras``
                        Keras 3 cannot be read)
 numpy                  1.x: TensorFlow 2.15 does not import with  1.26 and later, 2.x
                        numpy 2
-tf-slim 1.1.0          runs as it is                              three names it uses are gone:
-                                                                  :func:`enable_tf_slim` adds aliases
+tf-slim 1.1.0          its batch norm imports                     three names it uses are gone, and
+                       ``tf_keras.legacy_tf_layers``: aliased to  ``tf_keras.legacy_tf_layers`` moved: aliases
+                       Keras 2.15's (:func:`enable_tf_slim`)      (:func:`enable_tf_slim`)
 =====================  =========================================  =============================================
 
 A TensorFlow outside the range gets one line before any work (:func:`require_supported_tensorflow`): an older
@@ -216,17 +217,17 @@ _LEGACY_LAYERS = ("base", "convolutional", "core", "normalization", "pooling")
 
 def enable_tf_slim() -> None:
     """Let tf-slim 1.1.0 networks build on every supported TensorFlow (``--model`` functions written with
-    tf-slim). Its last release predates three removals in TensorFlow 2.16+ / tf-keras; each is bridged with an
-    alias that only adds a missing name (nothing that exists is replaced, so on TensorFlow 2.15 nothing
-    changes), looked up when slim's layers run (idempotent):
+    tf-slim). Its last release predates three removals; each is bridged with an alias that only adds a missing
+    name (nothing that exists is replaced), looked up when slim's layers run (idempotent):
 
-    1. ``tensorflow.python.framework.ops.Tensor`` (now ``tf.Tensor``): ``tf_slim.layers.utils.constant_value``
-       checks every ``is_training`` argument with it.
-    2. ``tensorflow.python.ops.control_flow_ops.cond`` (``tf.compat.v1.cond`` is the same function):
+    1. ``tensorflow.python.framework.ops.Tensor`` (TensorFlow 2.16+: ``tf.Tensor``):
+       ``tf_slim.layers.utils.constant_value`` checks every ``is_training`` argument with it.
+    2. ``tensorflow.python.ops.control_flow_ops.cond`` (2.16+; ``tf.compat.v1.cond`` is the same function):
        ``smart_cond`` calls it when ``is_training`` is a tensor.
     3. ``tf_keras.legacy_tf_layers.*``: slim's default batch-norm path builds the legacy ``tf.layers``
-       BatchNormalization, which TensorFlow imports lazily from there; tf-keras 2.16+ ships those modules as
-       ``tf_keras.src.legacy_tf_layers.*``. Skipped when tf-keras is not installed.
+       BatchNormalization, which TensorFlow (2.15 too) imports lazily from there; the Keras 2 packages ship those
+       modules under ``src``: ``tf_keras.src.legacy_tf_layers`` (2.16+), and on TensorFlow 2.15 Keras 2.15's own
+       ``keras.src.legacy_tf_layers`` (so tf-keras is neither needed nor imported there). Skipped without Keras 2.
     """
     import tensorflow as tf
     from tensorflow.python.framework import ops
@@ -236,12 +237,13 @@ def enable_tf_slim() -> None:
         ops.Tensor = tf.Tensor
     if not hasattr(control_flow_ops, "cond"):
         control_flow_ops.cond = tf.compat.v1.cond
-    if "tf_keras.legacy_tf_layers" in sys.modules or not has_keras3():
+    if "tf_keras.legacy_tf_layers" in sys.modules or keras2_name() is None:
         return
+    source = f"{keras2_name()}.src.legacy_tf_layers"
     try:
-        legacy = importlib.import_module("tf_keras.src.legacy_tf_layers")
+        legacy = importlib.import_module(source)
     except ImportError:
         return
     sys.modules["tf_keras.legacy_tf_layers"] = legacy
     for name in _LEGACY_LAYERS:
-        sys.modules[f"tf_keras.legacy_tf_layers.{name}"] = importlib.import_module(f"tf_keras.src.legacy_tf_layers.{name}")
+        sys.modules[f"tf_keras.legacy_tf_layers.{name}"] = importlib.import_module(f"{source}.{name}")
