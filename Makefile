@@ -18,20 +18,20 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml constraints/newest.txt | $(BIN)/python
-	$(BIN)/pip install --quiet -c constraints/newest.txt -e .
+$(VENV)/.installed: pyproject.toml requirements/newest.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements/newest.txt -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml constraints/newest.txt | $(BIN)/python
-	$(BIN)/pip install --quiet -c constraints/newest.txt -e '.[test]'
+$(VENV)/.installed-test: pyproject.toml requirements/newest.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements/newest.txt -e '.[test]'
 	touch $@ $(VENV)/.installed
 
 $(OLDEST_BIN)/python:
 	$(PYTHON) -m venv $(OLDEST_VENV)
 	$(OLDEST_BIN)/pip install --quiet --upgrade pip
 
-$(OLDEST_VENV)/.installed-test: pyproject.toml constraints/oldest.txt | $(OLDEST_BIN)/python
-	$(OLDEST_BIN)/pip install --quiet -c constraints/oldest.txt -e '.[test]'
+$(OLDEST_VENV)/.installed-test: pyproject.toml requirements/oldest.txt | $(OLDEST_BIN)/python
+	$(OLDEST_BIN)/pip install --quiet -r requirements/oldest.txt -e '.[test]'
 	touch $@
 
 demo: $(VENV)/.installed

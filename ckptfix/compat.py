@@ -191,15 +191,16 @@ def is_keras3_class(cls) -> bool:
 
 def refuse_tf_keras_beside_keras2() -> None:
     """On TensorFlow 2.15, refuse to load a Keras model file once the ``tf_keras`` package is imported in this process
-    (by ``--import``, ``--model`` or the caller): tf-keras 2.15 is a second copy of Keras 2.15 whose import
-    breaks ``keras``' own loader (its functional-model reconstruction never finishes; checked with tf-keras 2.15.1)."""
+    (by ``--import``, ``--model``, the caller, or TensorFlow itself: with tf-keras installed, 2.15's
+    ``tf.saved_model.load`` imports it): tf-keras 2.15 is a second copy of Keras 2.15 whose import breaks ``keras``'
+    own loader (its functional-model reconstruction never finishes; checked with tf-keras 2.15.1)."""
     if not has_keras3() and "tf_keras" in sys.modules:
         from ckptfix.errors import CkptfixError
 
         raise CkptfixError(
-            "tf_keras is imported in this process (by --import, --model or your code): on TensorFlow 2.15 Keras 2 is "
-            "tf.keras itself, and tf_keras beside it breaks Keras' model loading: define the layers and models "
-            "with tf.keras (import keras), or use TensorFlow 2.16 or later for tf_keras.")
+            "tf_keras is imported in this process: on TensorFlow 2.15 Keras 2 is tf.keras itself, and tf_keras beside "
+            "it breaks Keras' model loading: pip uninstall tf-keras (TensorFlow 2.15 does not need it) and define "
+            "layers and models with tf.keras (import keras), or use TensorFlow 2.16 or later for tf_keras.")
 
 
 def is_keras2_object(obj) -> bool:
