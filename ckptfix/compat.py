@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import contextlib
 import re
 import sys
 import warnings
 from functools import lru_cache
+from typing import Iterator
 
 from ckptfix.errors import TensorFlowVersionError
 
@@ -201,6 +203,23 @@ def refuse_tf_keras_beside_keras2() -> None:
             "tf_keras is imported in this process: on TensorFlow 2.15 Keras 2 is tf.keras itself, and tf_keras beside "
             "it breaks Keras' model loading: pip uninstall tf-keras (TensorFlow 2.15 does not need it) and define "
             "layers and models with tf.keras (import keras), or use TensorFlow 2.16 or later for tf_keras.")
+
+
+@contextlib.contextmanager
+def keras_v2_behavior() -> Iterator[None]:
+    """TensorFlow's v2 switch on while a Keras model is deserialised, as it was before: Keras 2 (tf.keras on
+    TensorFlow 2.15, tf_keras) picks the layer classes it can deserialise by that switch, and in a TF1-style process
+    (``tf.compat.v1.disable_v2_behavior()``) it knows no ``Functional`` model ("Unknown layer: Functional")."""
+    from tensorflow.python import tf2
+
+    if tf2.enabled():
+        yield
+        return
+    tf2.enable()
+    try:
+        yield
+    finally:
+        tf2.disable()
 
 
 def is_keras2_object(obj) -> bool:

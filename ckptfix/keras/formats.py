@@ -328,7 +328,8 @@ def _keras_load(path: Path, unsafe: bool, custom_objects: dict | None = None, sp
     compat.refuse_tf_keras_beside_keras2()
     custom_objects = custom_objects or {}
     try:
-        return keras.saving.load_model(str(path), compile=False, safe_mode=not unsafe, custom_objects=custom_objects)
+        with compat.keras_v2_behavior():
+            return keras.saving.load_model(str(path), compile=False, safe_mode=not unsafe, custom_objects=custom_objects)
     except _load_errors(custom_objects) as error:
         _check_safe(error, str(path))
         raise _load_failure(error, path, KERAS3_LOAD, config, custom_objects, specs) from None
@@ -340,8 +341,9 @@ def _keras2_load(path: Path, unsafe: bool, custom_objects: dict | None = None, s
     compat.refuse_tf_keras_beside_keras2()
     custom_objects = custom_objects or {}
     try:
-        return compat.keras2().models.load_model(str(path), compile=False, safe_mode=not unsafe,
-                                                 custom_objects=custom_objects)
+        with compat.keras_v2_behavior():
+            return compat.keras2().models.load_model(str(path), compile=False, safe_mode=not unsafe,
+                                                     custom_objects=custom_objects)
     except _load_errors(custom_objects) as error:
         _check_safe(error, str(path))
         raise _load_failure(error, path, KERAS2_LOAD, config, custom_objects, specs) from None
@@ -378,7 +380,7 @@ def _from_architecture(architecture: Path, unsafe: bool, custom_objects: dict | 
 
         config = json.loads(architecture.read_text())
         _refuse_python_lambdas([config], f"--architecture {architecture}", unsafe)
-        with serialization_lib.SafeModeScope(not unsafe):
+        with serialization_lib.SafeModeScope(not unsafe), compat.keras_v2_behavior():
             return keras.models.model_from_json(json.dumps(config), custom_objects=custom_objects)
     except (ValueError, TypeError, KeyError) as error:
         _check_safe(error, str(architecture))
