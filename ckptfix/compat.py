@@ -76,7 +76,7 @@ def check_versions(tensorflow: str, numpy: str) -> str | None:
             f"(ckptfix supports {RANGE}).")
     if found > SUPPORTED[1]:
         return (f"TensorFlow {tensorflow} is newer than the versions ckptfix is tested on ({RANGE}): it runs, "
-                "untested; pip install 'tensorflow<2.22' for a tested one.")
+                f"untested; pip install '{REQUIREMENT}' for a tested one.")
     return None
 
 
