@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from ckptfix import _quiet
+from ckptfix import _quiet, compat
 from ckptfix.errors import CkptfixError, OptionError
 from ckptfix.interrupts import sigterm_during_call
 from ckptfix.options import FLAGS, DataFormat, Estimator, ModelFormat, Options, Preset
@@ -37,6 +37,7 @@ def _eager() -> Iterator[None]:
 def run(command: str, checkpoint, data, options: Options):
     """Run ``command`` (``recalibrate``, ``diagnose``, ``inspect``) with ready-made ``options``, in eager mode;
     errors name the command-line flags (the CLI's entry; the functions below name keywords instead)."""
+    compat.require_supported_tensorflow()
     from ckptfix import pipeline
 
     if not isinstance(checkpoint, (str, os.PathLike)):
@@ -109,8 +110,11 @@ def _run_named(command: str, checkpoint, data, options: Options):
 
 @contextlib.contextmanager
 def _keywords() -> Iterator[None]:
-    """Errors raised inside, and the report a refusal carries, name the keyword arguments, not the CLI's flags."""
+    """Errors raised inside, and the report a refusal carries, name the keyword arguments, not the CLI's flags
+    (``pass overwrite=True``); a TensorFlow outside the supported range is refused first
+    (:func:`ckptfix.compat.require_supported_tensorflow`)."""
     try:
+        compat.require_supported_tensorflow()
         yield
     except CkptfixError as error:
         error.args = (_named(str(error)), *error.args[1:])

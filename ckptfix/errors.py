@@ -67,6 +67,11 @@ class RepairRefused(CkptfixError):
         self.report = report
 
 
+class TensorFlowVersionError(CkptfixError):
+    """This environment's TensorFlow (or its numpy) is outside the supported range, missing, or does not import
+    (:mod:`ckptfix.compat`)."""
+
+
 class UnsafeModelError(GraphError):
     """Loading the model would run Python code stored in the file (a Lambda layer) and --unsafe was not given."""
 

@@ -270,6 +270,7 @@ def _run(action: Callable[[], int | None], ctx: typer.Context | None = None) -> 
     from ckptfix.interrupts import commit_scope, ignore_interrupts
 
     try:
+        _check_tensorflow()
         with commit_scope() as scope:
             code = action()
             if scope.committed:
@@ -288,6 +289,21 @@ def _run(action: Callable[[], int | None], ctx: typer.Context | None = None) -> 
         raise typer.Exit(_interrupted(interrupt)) from None
     if code:
         raise typer.Exit(code)
+
+
+def _check_tensorflow() -> None:
+    """This environment's TensorFlow inside the supported range, before any work: one line otherwise (an error
+    raised, or ``warning: ...`` for a newer, untested TensorFlow)."""
+    import warnings
+
+    from ckptfix import compat
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", compat.TensorFlowVersionWarning)
+        compat.require_supported_tensorflow()
+    for warning in caught:
+        if issubclass(warning.category, compat.TensorFlowVersionWarning):
+            typer.echo(f"warning: {warning.message}", err=True)
 
 
 def _print_json(content: dict) -> None:

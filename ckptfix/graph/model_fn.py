@@ -11,7 +11,7 @@ v3) with 3 channels. ``num_classes`` is passed only when given, ``is_training`` 
 it. ``model_args`` (``--model-arg key=value``, repeated) are parsed as Python literals (``0.5``, ``True``,
 ``(1, 2)``, ``'a'``); a value that is not a literal is passed as a string. What the function returns is not
 used: ckptfix finds the BN layers, the input and the logits in the graph it built. tf-slim networks work
-under TensorFlow 2.21 as they are (:mod:`ckptfix.graph.slim_compat` adds the names slim still uses).
+under TensorFlow 2.21 as they are (:func:`ckptfix.compat.enable_tf_slim` adds the names slim still uses).
 
 The graph gets a saver over its global variables and is exported to an in-memory MetaGraphDef; the rest of
 the pipeline restores the checkpoint into it exactly as into a ``.meta`` graph. Every variable must be in the
@@ -117,7 +117,7 @@ def build_meta_graph(
 
     import tensorflow as tf
 
-    from ckptfix.graph.slim_compat import enable_tf_slim
+    from ckptfix.compat import enable_tf_slim
 
     enable_tf_slim()
     shape = parse_input_shape(input_shape, function)

@@ -51,12 +51,16 @@ class ShiftedSums(NamedTuple):
 
 
 class SharedConstants(dict):
-    """Constants shared by the accurate sums of every BN input (one per value: creating ops in a big graph is slow)."""
+    """Constants shared by the accurate sums of every BN input (one per value: creating ops in a big graph is slow).
+
+    Keyed by the value's shape and bytes: its ``repr`` elides large arrays (``[[1., 1., ..., 1.]]``, and numpy 1
+    leaves out the shape too, so every long row of ones would share one constant)."""
 
     def get_constant(self, value, dtype):
         import tensorflow as tf
 
-        key = (repr(value), dtype)
+        array = np.asarray(value)
+        key = (array.dtype.str, array.shape, array.tobytes(), dtype)
         if key not in self:
             self[key] = tf.constant(value, dtype)
         return self[key]

@@ -1,11 +1,11 @@
 """The BatchNormalization layers of a Keras model, wherever they sit (nested models, subclassed attributes).
 
-Both Keras 3 (``keras.layers.BatchNormalization``, including ``synchronized=True``) and tf_keras / Keras 2
-(``BatchNormalization``, ``SyncBatchNormalization``) layers are found. Each layer's moving statistics are
+Both Keras 3 (``keras.layers.BatchNormalization``, including ``synchronized=True``) and Keras 2 (tf_keras, or
+tf.keras on TensorFlow 2.15: ``BatchNormalization``, ``SyncBatchNormalization``) layers are found. Each layer's moving statistics are
 written back in the convention of the layer's own moving-average update:
 
 * Keras 3: the biased batch variance ``M2 / n`` (``ops.moments``), always;
-* tf_keras: ``M2 / (n - 1)`` (Bessel-corrected) when the layer runs the fused kernel (``layer.fused``:
+* Keras 2: ``M2 / (n - 1)`` (Bessel-corrected) when the layer runs the fused kernel (``layer.fused``:
   4-D/5-D input, channel axis first or last, no renorm / virtual batch / adjustment), else ``M2 / n``;
 * a Keras 2-era ``.h5`` loaded into Keras 3: the tf_keras rule applied to the layer's saved config.
 """
@@ -13,6 +13,8 @@ written back in the convention of the layer's own moving-average update:
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from ckptfix import compat
 
 _BATCHNORM_CLASSES = {"BatchNormalization", "BatchNormalizationBase", "SyncBatchNormalization"}
 
@@ -44,15 +46,8 @@ class KerasBatchNorm:
         return self.layer.moving_variance
 
 
-def is_tf_keras(obj) -> bool:
-    return type(obj).__module__.startswith("tf_keras")
-
-
 def is_batchnorm(layer) -> bool:
-    return any(
-        cls.__name__ in _BATCHNORM_CLASSES and cls.__module__.startswith(("keras.", "tf_keras."))
-        for cls in type(layer).__mro__
-    )
+    return any(cls.__name__ in _BATCHNORM_CLASSES and compat.is_keras_class(cls) for cls in type(layer).__mro__)
 
 
 def _children(layer) -> list:
@@ -82,13 +77,13 @@ def find_batchnorm_layers(model, legacy_bessel: dict[str, bool] | None = None) -
     """The BN layers of ``model`` in model order.
 
     ``legacy_bessel`` maps layer names to the convention a Keras 2-era file's config implies (see the module
-    docstring); for tf_keras layers ``layer.fused`` decides, for Keras 3 layers the variance is biased.
+    docstring); for Keras 2 layers ``layer.fused`` decides, for Keras 3 layers the variance is biased.
     """
     layers = []
     for path, layer in walk_layers(model):
         if not is_batchnorm(layer):
             continue
-        if is_tf_keras(layer):
+        if compat.is_keras2_object(layer):
             bessel = bool(getattr(layer, "fused", False))
         else:
             bessel = bool((legacy_bessel or {}).get(layer.name, False))

@@ -5,7 +5,7 @@ Formats (``--model-format``; detected from the path otherwise):
 ============  =====================================================  =====================================
 name          what it is                                             the model comes from
 ============  =====================================================  =====================================
-keras         ``.keras`` archive (config + model.weights.h5)          the archive (tf_keras' archives: with tf_keras)
+keras         ``.keras`` archive (config + model.weights.h5)          the archive (Keras 2's archives: with Keras 2)
 h5            legacy Keras ``.h5`` / ``.hdf5`` (Keras 2 / tf.keras)   the file (full model), or ``--model`` /
                                                                       ``--architecture`` with the file's weights
 weights-h5    Keras 3 ``.weights.h5``                                 ``--model`` or ``--architecture``
@@ -24,8 +24,9 @@ refused (``--unsafe`` allows it). ``--model package.module:function`` always run
 Custom classes (a custom layer in a saved config) are Keras' ``custom_objects``: ``--import package.module``
 imports the module defining or registering them (``--import module:NAME``: a dict of them; API
 ``custom_objects=``); the loader gets them, and a file naming classes it does not know is an error listing them.
-A Keras 2-era file loads with tf_keras, so its custom classes must subclass tf_keras' ``Layer`` (Keras 2 code
-on TensorFlow >= 2.16 imports ``tf_keras as keras``); a Keras 3 class there is named in the error.
+A Keras 2-era file loads with Keras 2 (:func:`ckptfix.compat.keras2`: tf_keras, or tf.keras on TensorFlow 2.15),
+so its custom classes must subclass that Keras's ``Layer`` (Keras 2 code on TensorFlow >= 2.16 imports
+``tf_keras as keras``); a Keras 3 class there is named in the error.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ckptfix import compat
 from ckptfix.errors import CheckpointError, CkptfixError, UnsafeModelError
 from ckptfix.io.locate import STATE_FILE, prefix_named_by, read_state_file
 from ckptfix.user_code import describe, import_custom_objects, resolve_function, running_user_code
@@ -42,6 +44,9 @@ from ckptfix.user_code import describe, import_custom_objects, resolve_function,
 MODEL_FORMATS = ("keras", "h5", "weights-h5", "tf-checkpoint", "savedmodel", "tf1")
 _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 _VARIABLE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+#: how a model was loaded (:attr:`KerasSource.loader`): the whole file by Keras 2 or Keras 3, or weights into a
+#: model built otherwise (``--model`` / ``--architecture``)
+KERAS2_LOAD, KERAS3_LOAD, LOAD_WEIGHTS, CHECKPOINT_READ = "Keras 2", "Keras 3", "model.load_weights", "tf.train.Checkpoint.read"
 
 
 @dataclass
@@ -215,10 +220,8 @@ def _refuse_python_lambdas(configs: list, what: str, unsafe: bool) -> None:
 
 
 def _savedmodel_configs(path: Path) -> list:
-    """The layer configs a tf_keras SavedModel's keras_metadata.pb records (JSON per saved object)."""
-    from tf_keras.protobuf import saved_metadata_pb2
-
-    metadata = saved_metadata_pb2.SavedMetadata()
+    """The layer configs a Keras 2 SavedModel's keras_metadata.pb records (JSON per saved object)."""
+    metadata = compat.keras2_saved_metadata()()
     metadata.ParseFromString((path / "keras_metadata.pb").read_bytes())
     configs = []
     for node in metadata.nodes:
@@ -260,7 +263,7 @@ def _layer_classes(config) -> list[str]:
 
 
 def _unknown_classes(config, keras_module, custom_objects: dict) -> list[str]:
-    """Layer classes of ``config`` that ``keras_module`` (keras or tf_keras) cannot resolve by itself or from
+    """Layer classes of ``config`` that ``keras_module`` (Keras 2 or 3) cannot resolve by itself or from
     ``custom_objects`` (registered classes resolve by their registered name, which a saved config may not use)."""
     known = {"Functional", "Model", "Sequential"}
     return [name for name in _layer_classes(config) if name not in known and name not in custom_objects
@@ -274,40 +277,42 @@ def _objects_label(specs) -> str:
 
 
 def _keras3_classes(custom_objects: dict) -> list[str]:
-    """The custom classes that subclass a Keras 3 class (which tf_keras does not run as its own)."""
+    """The custom classes that subclass a Keras 3 class (which Keras 2 does not run as its own)."""
     import inspect
 
     return [name for name, value in custom_objects.items() if inspect.isclass(value)
-            and any(base.__module__.startswith("keras.") for base in value.__mro__)]
+            and any(compat.is_keras3_class(base) for base in value.__mro__)]
 
 
 def _load_failure(error: Exception, path: Path, loader: str, config, custom_objects: dict, specs) -> CheckpointError:
-    """The user error for a model file its loader cannot build: unknown custom classes named with the option
-    that supplies them; a failure with the user's classes named with the classes' origin."""
-    import importlib
+    """The user error for a model file its loader (:data:`KERAS2_LOAD` or :data:`KERAS3_LOAD`) cannot build:
+    unknown custom classes named with the option that supplies them; a failure with the user's classes named
+    with the classes' origin."""
+    import keras
 
+    label = compat.keras2_label() if loader == KERAS2_LOAD else "Keras"
     unknown = []
     named = re.findall(r"Unknown \w+: '?(\w+)'?|Could not locate (?:class|function) '(\w+)'", str(error))
     if named:  # tf_keras: "Unknown layer: 'X'"; Keras 3: "Could not locate class 'X'" -- the first one only
-        keras_module = importlib.import_module("tf_keras" if loader == "tf_keras" else "keras")
+        keras_module = compat.keras2() if loader == KERAS2_LOAD else keras
         unknown = (_unknown_classes(config, keras_module, custom_objects) if config is not None else []) \
             or [next(name for name in named[0] if name)]
     if unknown:
         what = "class {} (a custom layer)" if len(unknown) == 1 else "classes {} (custom layers)"
         return CheckpointError(
-            f"{loader} cannot load {path}: unknown layer {what.format(', '.join(unknown))}: pass --import MODULE, "
+            f"{label} cannot load {path}: unknown layer {what.format(', '.join(unknown))}: pass --import MODULE, "
             "the module that defines or registers it (MODULE:NAME for a dict of custom objects; API: "
             "custom_objects=), or --model MODULE:FN building the model."
         )
-    message = f"{loader} cannot load {path}"
+    message = f"{label} cannot load {path}"
     if custom_objects:
         message += f" with the classes of {_objects_label(specs)}"
-        keras3 = _keras3_classes(custom_objects) if loader == "tf_keras" else []
+        keras3 = _keras3_classes(custom_objects) if loader == KERAS2_LOAD else []
         if keras3:
             verb = "subclasses" if len(keras3) == 1 else "subclass"
             return CheckpointError(
                 f"{message}: {_reason(error)}. {', '.join(keras3)} {verb} Keras 3's Layer, but this Keras 2-era file "
-                "loads with tf_keras: define them on tf_keras (import tf_keras as keras), or pass --model MODULE:FN."
+                f"loads with {label}: define them on {label} (import {label} as keras), or pass --model MODULE:FN."
             )
     return CheckpointError(f"{message}: {_reason(error)}")
 
@@ -320,30 +325,35 @@ def _load_errors(custom_objects: dict) -> tuple:
 def _keras_load(path: Path, unsafe: bool, custom_objects: dict | None = None, specs=None, config=None):
     import keras
 
+    compat.refuse_tf_keras_beside_keras2()
     custom_objects = custom_objects or {}
     try:
-        return keras.saving.load_model(str(path), compile=False, safe_mode=not unsafe, custom_objects=custom_objects)
+        with compat.keras_v2_behavior():
+            return keras.saving.load_model(str(path), compile=False, safe_mode=not unsafe, custom_objects=custom_objects)
     except _load_errors(custom_objects) as error:
         _check_safe(error, str(path))
-        raise _load_failure(error, path, "Keras", config, custom_objects, specs) from None
+        raise _load_failure(error, path, KERAS3_LOAD, config, custom_objects, specs) from None
 
 
-def _has_tf_keras() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("tf_keras") is not None
-
-
-def _tf_keras_load(path: Path, unsafe: bool, custom_objects: dict | None = None, specs=None, config=None):
-    """A Keras 2-era file with the Keras 2 code (tf_keras): its layers keep their own semantics (fused BN)."""
-    import tf_keras
-
+def _keras2_load(path: Path, unsafe: bool, custom_objects: dict | None = None, specs=None, config=None):
+    """A Keras 2-era file with the Keras 2 code (:func:`ckptfix.compat.keras2`): its layers keep their own
+    semantics (fused BN)."""
+    compat.refuse_tf_keras_beside_keras2()
     custom_objects = custom_objects or {}
     try:
-        return tf_keras.models.load_model(str(path), compile=False, safe_mode=not unsafe, custom_objects=custom_objects)
+        with compat.keras_v2_behavior():
+            return compat.keras2().models.load_model(str(path), compile=False, safe_mode=not unsafe,
+                                                     custom_objects=custom_objects)
     except _load_errors(custom_objects) as error:
         _check_safe(error, str(path))
-        raise _load_failure(error, path, "tf_keras", config, custom_objects, specs) from None
+        raise _load_failure(error, path, KERAS2_LOAD, config, custom_objects, specs) from None
+
+
+def load_model_file(path: Path, loader: str, unsafe: bool, custom_objects: dict | None = None):
+    """Load a whole-model file (a written output, for its check) with the loader that read the input."""
+    if loader == KERAS2_LOAD:
+        return _keras2_load(path, unsafe, custom_objects)
+    return _keras_load(path, unsafe, custom_objects)
 
 
 def _from_function(model) -> object:
@@ -372,7 +382,7 @@ def _from_architecture(architecture: Path, unsafe: bool, custom_objects: dict | 
 
         config = json.loads(architecture.read_text())
         _refuse_python_lambdas([config], f"--architecture {architecture}", unsafe)
-        with serialization_lib.SafeModeScope(not unsafe):
+        with serialization_lib.SafeModeScope(not unsafe), compat.keras_v2_behavior():
             return keras.models.model_from_json(json.dumps(config), custom_objects=custom_objects)
     except (ValueError, TypeError, KeyError) as error:
         _check_safe(error, str(architecture))
@@ -463,18 +473,21 @@ def _load_source(path: Path, model_format: str, model, architecture, unsafe: boo
         if model is not None or architecture is not None:
             raise CkptfixError("a .keras archive holds its own architecture: leave out --model/--architecture.")
         version = _archive_version(path)
-        if version and version.startswith("2."):  # tf_keras' own .keras archive: Keras 3 cannot read its config
-            if not _has_tf_keras():
+        if version and version.startswith("2."):  # Keras 2's own .keras archive: Keras 3 cannot read its config
+            if compat.keras2_name() is None:
                 raise CkptfixError(f"{path} was written by tf_keras (Keras {version}): install tf_keras to load it.")
             _refuse_python_lambdas([_archive_config(path)], str(path), unsafe)
-            loaded = _tf_keras_load(path, unsafe, objects, specs, _archive_config(path))
-            return KerasSource("keras", path, loaded, keras_version=version, loader="tf_keras.models.load_model")
+            loaded = _keras2_load(path, unsafe, objects, specs, _archive_config(path))
+            return KerasSource("keras", path, loaded, keras_version=version, loader=KERAS2_LOAD)
+        if not compat.has_keras3():
+            raise CkptfixError(f"{path} was written by Keras {version or 3}, which needs TensorFlow 2.16 or later "
+                               f"(ckptfix supports {compat.RANGE}).")
         loaded = _keras_load(path, unsafe, objects, specs, _archive_config(path, required=False))
-        return KerasSource("keras", path, loaded, keras_version=version, loader="keras.saving.load_model")
+        return KerasSource("keras", path, loaded, keras_version=version, loader=KERAS3_LOAD)
     if model_format == "weights-h5":
         built = _weights_only_model(model, architecture, unsafe, path, "a Keras 3 .weights.h5 file", objects)
         _load_weights(built, path)
-        return KerasSource("weights-h5", path, built, loader="model.load_weights")
+        return KerasSource("weights-h5", path, built, loader=LOAD_WEIGHTS)
     if model_format == "h5":
         with _h5_file(path) as h5:
             config_text = _attribute(h5, "model_config")
@@ -487,13 +500,13 @@ def _load_source(path: Path, model_format: str, model, architecture, unsafe: boo
             # deserialise), the file's weights
             built = _weights_only_model(model, architecture, unsafe, path, "a legacy weights-only .h5 file", objects)
             _load_weights(built, path)
-            loaded, loader = built, "model.load_weights"
-        elif version and version.startswith(("1.", "2.")) and _has_tf_keras():
-            loaded, loader = _tf_keras_load(path, unsafe, objects, specs, config), "tf_keras.models.load_model"
+            loaded, loader = built, LOAD_WEIGHTS
+        elif (version and version.startswith(("1.", "2.")) or not compat.has_keras3()) and compat.keras2_name():
+            loaded, loader = _keras2_load(path, unsafe, objects, specs, config), KERAS2_LOAD
         else:
-            loaded, loader = _keras_load(path, unsafe, objects, specs, config), "keras.models.load_model"
+            loaded, loader = _keras_load(path, unsafe, objects, specs, config), KERAS3_LOAD
         conventions = {}
-        if loader == "keras.models.load_model" and version and version.startswith(("1.", "2.")):
+        if loader == KERAS3_LOAD and version and version.startswith(("1.", "2.")):
             conventions = _legacy_conventions(config, loaded)
         return KerasSource("h5", path, loaded, legacy_bessel=conventions, keras_version=version, loader=loader)
     if model_format == "tf-checkpoint":
@@ -502,7 +515,7 @@ def _load_source(path: Path, model_format: str, model, architecture, unsafe: boo
             raise CheckpointError(f"{path} is not a TF2 object-based checkpoint (no index with {_OBJECT_GRAPH_KEY}).")
         built = _weights_only_model(model, architecture, unsafe, path, "a TF2 object-based checkpoint", objects)
         restore_object_checkpoint(built, prefix)
-        return KerasSource("tf-checkpoint", path, built, prefix=prefix, loader="tf.train.Checkpoint.read", notice=notice)
+        return KerasSource("tf-checkpoint", path, built, prefix=prefix, loader=CHECKPOINT_READ, notice=notice)
     if model_format == "savedmodel":
         return _load_savedmodel(path, model, architecture, unsafe, objects, specs)
     raise CkptfixError("--model-format tf1 is a TF1 checkpoint: it takes the TF1 path.")
@@ -539,14 +552,14 @@ def _load_savedmodel(path: Path, model, architecture, unsafe: bool, objects: dic
     if model is not None or architecture is not None:
         built = _weights_only_model(model, architecture, unsafe, path, "a SavedModel", objects)
         restore_object_checkpoint(built, prefix)
-        return KerasSource("savedmodel", path, built, prefix=prefix, loader="tf.train.Checkpoint.read")
+        return KerasSource("savedmodel", path, built, prefix=prefix, loader=CHECKPOINT_READ)
     if not (path / "keras_metadata.pb").is_file():
         raise CheckpointError(
             f"SavedModel {path} keeps no Keras model for --model-format savedmodel (no keras_metadata.pb): leave "
             "out --model-format to repair it at graph level, or pass --model/--architecture."
         )
-    if not _has_tf_keras():
+    if compat.keras2_name() is None:
         raise CkptfixError(f"SavedModel {path} was written by tf_keras: install tf_keras to load it.")
     _refuse_python_lambdas(_savedmodel_configs(path), f"SavedModel {path}", unsafe)
-    loaded = _tf_keras_load(path, unsafe, objects, specs)
-    return KerasSource("savedmodel", path, loaded, prefix=prefix, loader="tf_keras.models.load_model")
+    loaded = _keras2_load(path, unsafe, objects, specs)
+    return KerasSource("savedmodel", path, loaded, prefix=prefix, loader=KERAS2_LOAD)

@@ -4,7 +4,7 @@ Keys (reported as ``mean_key`` / ``variance_key``):
 
 * ``.keras`` / ``.weights.h5``: the HDF5 dataset path Keras' saver gives the variable
   (``layers/<layer>/vars/<i>``; inside the archive's ``model.weights.h5``), found by running Keras' own
-  save traversal (Keras 3's, or tf_keras' for a tf_keras ``.keras`` archive) without writing anything;
+  save traversal (Keras 3's, or Keras 2's for a Keras 2 ``.keras`` archive) without writing anything;
 * legacy ``.h5``: ``model_weights/<layer>/<weight name>`` (or ``<layer>/<weight name>`` in a weights-only
   file), in the order Keras' legacy loader assigns them (each top-level layer's trainable then
   non-trainable weights);
@@ -42,9 +42,9 @@ _ARCHIVE_WEIGHTS = "model.weights.h5"
 
 
 def _saver_paths(model) -> dict[int, str]:
-    """``id(variable)`` -> dataset path, by the Keras saver's own traversal (Keras 3, or tf_keras for a tf_keras
+    """``id(variable)`` -> dataset path, by the Keras saver's own traversal (Keras 3, or Keras 2 for a Keras 2
     model) into a store that records paths instead of writing."""
-    from ckptfix.keras.batchnorm import is_tf_keras
+    from ckptfix import compat
 
     paths: dict[int, str] = {}
 
@@ -55,8 +55,8 @@ def _saver_paths(model) -> dict[int, str]:
         def __setitem__(self, key, value) -> None:
             paths[id(value)] = f"{self._prefix}/{key}"
 
-    if is_tf_keras(model):
-        _tf_keras_saver_paths(model, _Entry)
+    if compat.is_keras2_object(model):
+        _keras2_saver_paths(model, _Entry)
         return paths
 
     from keras.src.saving import saving_lib
@@ -79,14 +79,16 @@ def _saver_paths(model) -> dict[int, str]:
     return paths
 
 
-def _tf_keras_saver_paths(model, entry) -> None:
-    """tf_keras' saver stores ``v.numpy()`` copies: while its traversal runs, each layer using the base
-    ``save_own_variables`` records its variables themselves, in that method's order (trainable then
-    non-trainable). Restored afterwards; other layers' weights stay unmapped (an error in check_keys)."""
-    from tf_keras.src.engine.base_layer import Layer
-    from tf_keras.src.saving import saving_lib as tf_keras_saving
-
+def _keras2_saver_paths(model, entry) -> None:
+    """Keras 2's saver (tf_keras', or tf.keras' on TensorFlow 2.15) stores ``v.numpy()`` copies: while its
+    traversal runs, each layer using the base ``save_own_variables`` records its variables themselves, in that
+    method's order (trainable then non-trainable). Restored afterwards; other layers' weights stay unmapped (an
+    error in check_keys)."""
+    from ckptfix import compat
     from ckptfix.keras.batchnorm import walk_layers
+
+    Layer = compat.keras2_module("engine.base_layer").Layer
+    keras2_saving = compat.keras2_module("saving.saving_lib")
 
     def recording(layer):
         def save_own_variables(store):
@@ -106,7 +108,7 @@ def _tf_keras_saver_paths(model, entry) -> None:
     try:
         for layer in patched:
             object.__setattr__(layer, "save_own_variables", recording(layer))
-        tf_keras_saving._save_state(model, _Recorder(), None, "", set())
+        keras2_saving._save_state(model, _Recorder(), None, "", set())
     finally:
         for layer in patched:
             layer.__dict__.pop("save_own_variables", None)

@@ -52,10 +52,10 @@ def _graph_level_saved_model(checkpoint, options) -> bool:
         return True
     if given == "savedmodel" or options.model is not None or options.architecture is not None:
         return False
-    from ckptfix.keras import formats
+    from ckptfix import compat
 
-    # a SavedModel keeping a Keras model loads with tf_keras; without tf_keras it is repaired at graph level
-    return not ((Path(checkpoint).expanduser() / "keras_metadata.pb").is_file() and formats._has_tf_keras())
+    # a SavedModel keeping a Keras model loads with Keras 2; without it (no tf_keras) it is repaired at graph level
+    return not ((Path(checkpoint).expanduser() / "keras_metadata.pb").is_file() and compat.keras2_name() is not None)
 
 
 def _model_label(model) -> str:

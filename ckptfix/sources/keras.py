@@ -20,7 +20,8 @@ from ckptfix.data.spec import InputSpec, positional_aliases
 from ckptfix.errors import CkptfixError, NoBatchNormError, OutputError
 from ckptfix.keras.batchnorm import find_batchnorm_layers
 from ckptfix.keras.conventions import model_convention
-from ckptfix.keras.formats import KerasSource, load_source, restore_object_checkpoint
+from ckptfix.keras.formats import (KERAS2_LOAD, KERAS3_LOAD, KerasSource, load_model_file, load_source,
+                                   restore_object_checkpoint)
 from ckptfix.keras.measure import BatchStatisticsForward, InferenceForward, host, output_names
 from ckptfix.keras.storage import (StoredValues, check_keys, check_output, default_output, is_file_format, variable_keys,
                                    write_output, written_path)
@@ -181,17 +182,9 @@ class KerasModelSource:
             expected.append(value)
 
         def verify(staged: Path) -> None:
-            import keras
-
             fmt = source.model_format
-            if source.loader == "tf_keras.models.load_model":
-                import tf_keras
-
-                reloaded = tf_keras.models.load_model(str(staged), compile=False, safe_mode=not unsafe,
-                                                      custom_objects=source.custom_objects).weights
-            elif source.loader in ("keras.saving.load_model", "keras.models.load_model"):
-                reloaded = keras.saving.load_model(str(staged), compile=False, safe_mode=not unsafe,
-                                                   custom_objects=source.custom_objects).weights
+            if source.loader in (KERAS2_LOAD, KERAS3_LOAD):
+                reloaded = load_model_file(staged, source.loader, unsafe, source.custom_objects).weights
             elif fmt in ("weights-h5", "h5"):
                 source.model.load_weights(str(staged))
                 reloaded = source.model.weights

@@ -132,7 +132,11 @@ def _prepare(variant: str, root: Path, workdir: Path) -> Case:
     else:
         stale = published.stale_h5(shipped, workdir / f"stale-{shipped.name}")
     pythonpath = ()
-    if variant == "crema":  # crema's layers.py with Keras 2's imports (tf_keras), and published.crema_architecture
+    if variant == "crema" and published.keras2_is_keras():  # TensorFlow 2.15: crema's layers.py as shipped
+        pythonpath = (root, Path(__file__).parent)
+        if str(root) not in sys.path:
+            sys.path.insert(0, str(root))
+    elif variant == "crema":  # crema's layers.py with Keras 2's imports (tf_keras), and published.crema_architecture
         keras2 = published.crema_keras2_layers(root, workdir / "keras2")
         pythonpath = (keras2, Path(__file__).parent)
         if str(keras2) not in sys.path:
@@ -195,7 +199,7 @@ class Corpus:
             if isinstance(case, Case):
                 for name, args in case.commands().items():
                     self._runs[variant, name] = self._pool.submit(run_cli, *args, pythonpath=case.pythonpath)
-                if variant == "crema":  # crema's layers.py as shipped: a Keras 3 class under tf_keras
+                if variant == "crema" and not published.keras2_is_keras():  # as shipped: a Keras 3 class under tf_keras
                     args = ("inspect", str(case.shipped), "--import", "crema.layers")
                     self._runs[variant, "inspect-shipped-layers"] = self._pool.submit(run_cli, *args, pythonpath=(case.root,))
 

@@ -46,10 +46,21 @@ def batches(data: np.ndarray, batch_size: int):
 
 
 # --------------------------------------------------------------------------------------------- Keras files
-def _tf_keras():
-    import tf_keras
+def keras2_is_keras() -> bool:
+    """Whether this TensorFlow's ``keras`` is Keras 2 (TensorFlow 2.15): Keras 2 code, crema's layers.py among
+    it, then runs as shipped."""
+    import tensorflow as tf
 
-    return tf_keras
+    return tuple(int(part) for part in tf.__version__.split(".")[:2]) < (2, 16)
+
+
+def _tf_keras():
+    """Keras 2: ``keras`` (tf.keras) on TensorFlow 2.15, the ``tf_keras`` package from 2.16 on."""
+    if keras2_is_keras():
+        import keras
+    else:
+        import tf_keras as keras
+    return keras
 
 
 def keras_bn_layers(model) -> list:
@@ -360,7 +371,8 @@ def _tempocnn_data(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 # crema's own layer definition, written for Keras 2 (``import keras``): on TensorFlow >= 2.16 Keras 2 code
-# imports tf_keras instead (TensorFlow's instruction), the two lines the tests change in a copy.
+# imports tf_keras instead (TensorFlow's instruction), the two lines the tests change in a copy; on TensorFlow 2.15
+# the tests use the file as shipped.
 CREMA_KERAS2_IMPORTS = (("import keras.backend as K", "import tf_keras.backend as K"),
                         ("from keras.layers import Layer", "from tf_keras.layers import Layer"))
 

@@ -57,7 +57,7 @@ def test_two_unrelated_heads_stay_ambiguous():
 def test_4d_logits_feeding_predictions_and_a_loss_squeeze_are_one_output_the_predictions():
     """tf-slim resnet_v1 (no spatial squeeze in tf-slim 1.1.0): (N, 1, 1, K) logits feed both
     ``predictions`` (slim.softmax: Reshape, Softmax, Reshape) and the ``Squeeze`` a loss reads (issue 24 item 4)."""
-    from ckptfix.graph.slim_compat import enable_tf_slim
+    from ckptfix.compat import enable_tf_slim
 
     enable_tf_slim()
     import tf_slim as slim

@@ -48,7 +48,7 @@ def _stale(folder: Path, files: dict[str, Path], model, domain, builder: str) ->
 @pytest.fixture(scope="session")
 def keras_frozen(tmp_path_factory) -> Stale:
     """Keras 3: trained on domain A, then fine-tuned on domain B with every BN frozen (trainable=False)."""
-    import keras
+    keras = km.keras3()
 
     folder = tmp_path_factory.mktemp("keras_frozen")
     model = km.functional_model(keras)
@@ -63,8 +63,9 @@ def keras_frozen(tmp_path_factory) -> Stale:
 @pytest.fixture(scope="session")
 def keras_skipped(tmp_path_factory) -> Stale:
     """Keras 3, no nested model: a GradientTape loop over stateless_call that drops the BN updates."""
-    import keras
     import tensorflow as tf
+
+    keras = km.keras3()
 
     folder = tmp_path_factory.mktemp("keras_skipped")
     model = km.functional_model(keras, nested=False, seed=1)
@@ -77,16 +78,19 @@ def keras_skipped(tmp_path_factory) -> Stale:
 
 @pytest.fixture(scope="session")
 def keras2_xception(tmp_path_factory) -> Stale:
-    """tf_keras (Keras 2): a mini-Xception trained on domain A, then one epoch on domain B (momentum 0.99:
-    too few steps for the moving statistics), saved as .h5, save_weights checkpoint and SavedModel."""
-    import tf_keras
+    """Keras 2 (tf_keras; tf.keras on TensorFlow 2.15): a mini-Xception trained on domain A, then one epoch on
+    domain B (momentum 0.99: too few steps for the moving statistics), saved as .h5, save_weights checkpoint and
+    SavedModel."""
+    tf_keras = km.keras2()
 
     folder = tmp_path_factory.mktemp("keras2_xception")
     model = km.mini_xception(tf_keras)
     km.train(tf_keras, model, *km.images(512, km.DOMAIN_A, 1), epochs=3)
     km.train(tf_keras, model, *km.images(512, km.DOMAIN_B, 2), epochs=1)
-    files = {"h5": folder / "xception.h5", "tf-checkpoint": folder / "weights" / "ckpt", "savedmodel": folder / "savedmodel"}
+    files = {"h5": folder / "xception.h5", "tf-checkpoint": folder / "weights" / "ckpt", "savedmodel": folder / "savedmodel",
+             "weights-h5": folder / "xception.weights.h5"}
     model.save(files["h5"])
+    model.save_weights(files["weights-h5"])
     model.save_weights(str(files["tf-checkpoint"]))
     model.save(files["savedmodel"], save_format="tf")
     return _stale(folder, files, model, km.DOMAIN_B, builder="keras_models:xception_tf_keras")

@@ -14,9 +14,10 @@ __all__ = ["Squeeze"]
 
 
 def _tf_keras():
-    import tf_keras
+    """Keras 2 (tf.keras on TensorFlow 2.15, tf_keras later: :func:`keras_models.keras2`)."""
+    import keras_models
 
-    return tf_keras
+    return keras_models.keras2()
 
 
 def _squeeze_class():
@@ -49,7 +50,7 @@ CUSTOM_OBJECTS = {"Squeeze": Squeeze}
 
 
 def _keras3_class():
-    import keras
+    import keras  # on TensorFlow 2.15 Keras 2: the tests that use this class skip there (keras_models.keras3)
 
     class Twice(keras.layers.Layer):
         """A Keras 3 custom layer (no config beyond the base's)."""
@@ -66,7 +67,9 @@ KERAS3_OBJECTS = {"Twice": _keras3_class()}
 
 def keras3_model():
     """A Keras 3 model with a custom layer after a Dense + BN (for a .keras archive)."""
-    import keras
+    import keras_models
+
+    keras = keras_models.keras3()
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input((4,))

@@ -14,6 +14,33 @@ DOMAIN_A = (np.array([1.0, 1.0, 1.0]), np.array([0.0, 0.0, 0.0]))
 DOMAIN_B = (np.array([3.0, 0.5, 2.0]), np.array([2.0, -1.0, 4.0]))
 
 
+def _tensorflow_minor() -> tuple[int, int]:
+    import tensorflow as tf
+
+    return tuple(int(part) for part in tf.__version__.split(".")[:2])
+
+
+def keras2():
+    """Keras 2 as a user of this TensorFlow has it: ``tf.keras`` (the ``keras`` 2.x package) on TensorFlow 2.15,
+    the ``tf_keras`` package from 2.16 on (what ``TF_USE_LEGACY_KERAS=1`` selects)."""
+    if _tensorflow_minor() < (2, 16):
+        import keras
+    else:
+        import tf_keras as keras
+    return keras
+
+
+def keras3():
+    """Keras 3 (``keras`` on TensorFlow 2.16 and later); on TensorFlow 2.15 (Keras 2 only) the caller skips."""
+    if _tensorflow_minor() < (2, 16):
+        import pytest
+
+        pytest.skip("Keras 3 needs TensorFlow 2.16 or later (TensorFlow 2.15's keras is Keras 2)")
+    import keras
+
+    return keras
+
+
 def images(count: int, domain=DOMAIN_A, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, CLASSES, count)
@@ -142,18 +169,12 @@ def mini_xception(tf_keras, seed: int = 0):
 
 def functional_keras3():
     """``--model keras_models:functional_keras3``: the nested Keras 3 model, freshly built."""
-    import keras
-
-    return functional_model(keras)
+    return functional_model(keras3(), nested=True)
 
 
 def flat_keras3():
-    import keras
-
-    return functional_model(keras, nested=False)
+    return functional_model(keras3(), nested=False)
 
 
 def xception_tf_keras():
-    import tf_keras
-
-    return mini_xception(tf_keras)
+    return mini_xception(keras2())

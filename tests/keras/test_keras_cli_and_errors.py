@@ -108,9 +108,9 @@ def test_safe_mode_refuses_lambda_without_unsafe(lambda_model, tmp_path):
 def test_keras3_savedmodels(keras_skipped, tmp_path):
     """model.export() keeps no Keras model: repaired at graph level (tests/saved_model). tf.saved_model.save(model)
     keeps the model's object graph: repaired with --model, only the statistics tensors changed."""
-    import keras
     import tensorflow as tf
 
+    keras = km.keras3()
     model = km.flat_keras3()
     model.load_weights(keras_skipped.files["weights-h5"])
     model.export(str(tmp_path / "exported"))
@@ -146,7 +146,7 @@ def test_output_must_not_be_the_input(keras_frozen, keras2_xception, tmp_path):
 def test_safe_mode_checks_keras2_files_itself(tmp_path):
     """tf_keras' .h5 and SavedModel loaders unmarshal a Lambda's bytecode even with safe_mode=True: ckptfix
     refuses such files itself, before loading, unless unsafe."""
-    import tf_keras
+    tf_keras = km.keras2()
 
     inputs = tf_keras.Input((km.SIZE, km.SIZE, 3))
     x = tf_keras.layers.Lambda(lambda t: t * 2.0)(inputs)
@@ -164,8 +164,9 @@ def test_safe_mode_checks_keras2_files_itself(tmp_path):
 
 
 def test_tf_keras_archive(keras2_xception, tmp_path):
-    """tf_keras' own .keras archive: loaded with tf_keras, paths from tf_keras' saver, only statistics changed."""
-    import tf_keras
+    """Keras 2's own .keras archive (tf_keras; tf.keras on TensorFlow 2.15): loaded with Keras 2, paths from
+    Keras 2's saver, only statistics changed."""
+    tf_keras = km.keras2()
 
     from test_keras_formats import _assert_only_statistics_changed
 

@@ -9,6 +9,7 @@ import pytest
 
 import ckptfix
 import custom_layers as cl
+import keras_models as km
 from ckptfix.errors import CheckpointError
 from test_keras_cli_and_errors import run_cli
 from test_keras_formats import _assert_only_statistics_changed, _numpy_statistics
@@ -28,7 +29,7 @@ def custom_h5(tmp_path_factory):
 
 def _reference(path, data: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """float64 mean / variance of each BN input over the same batches, every BN on batch statistics."""
-    import tf_keras
+    tf_keras = km.keras2()
 
     model = tf_keras.models.load_model(path, compile=False, custom_objects=cl.CUSTOM_OBJECTS)
     layers = [layer for layer in model.layers if isinstance(layer, tf_keras.layers.BatchNormalization)]
@@ -143,7 +144,7 @@ def test_keras3_archive_with_a_custom_layer(tmp_path):
 
 
 def _dense_kernel(path) -> np.ndarray:
-    import keras
+    keras = km.keras3()
 
     model = keras.saving.load_model(path, custom_objects=cl.KERAS3_OBJECTS)
     (dense,) = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]

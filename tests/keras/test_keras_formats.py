@@ -93,7 +93,7 @@ def _taps(model, x) -> list[np.ndarray]:
 
 
 def _keras3_bn_inputs(model, x) -> dict:
-    import keras
+    keras = km.keras3()
 
     top = {name: model.get_layer(name) for name in ("bn1", "bn_axis1", "bn_plain")}
     values = dict(zip(top, _taps(keras.Model(model.inputs, [layer.input for layer in top.values()]), x)))
@@ -113,7 +113,7 @@ def _recalibrate(path, data, tmp_path, name, **options):
 
 @pytest.mark.parametrize("model_format", ["keras", "weights-h5"])
 def test_frozen_bn_keras3_repaired(keras_frozen, tmp_path, model_format):
-    import keras
+    keras = km.keras3()
 
     source = keras_frozen.files[model_format]
     # BN frozen while fine-tuning on domain B: recomputing it for domain B is adaptation, asked for explicitly
@@ -137,8 +137,9 @@ def test_frozen_bn_keras3_repaired(keras_frozen, tmp_path, model_format):
 
 
 def test_skipped_updates_keras3_weights_and_tf_checkpoint(keras_skipped, tmp_path):
-    import keras
     import tensorflow as tf
+
+    keras = km.keras3()
 
     inspected = ckptfix.inspect(keras_skipped.files["weights-h5"], model=km.flat_keras3)
     assert inspected.flagged == ["bn1", "bn_axis1", "bn_plain"]  # moving statistics still 0 / 1
@@ -168,13 +169,14 @@ def _xception_bn_inputs(tf_keras, model, x) -> dict:
     return {layer.name: (values, -1) for layer, values in zip(layers, outputs)}
 
 
-@pytest.mark.parametrize("model_format", ["h5", "tf-checkpoint", "savedmodel"])
+@pytest.mark.parametrize("model_format", ["h5", "tf-checkpoint", "savedmodel", "weights-h5"])
 def test_keras2_mini_xception_repaired(keras2_xception, tmp_path, model_format):
-    import tf_keras
+    tf_keras = km.keras2()
 
     source = keras2_xception.files[model_format]
-    options = {"model": km.xception_tf_keras} if model_format == "tf-checkpoint" else {}
-    name = {"h5": "fixed.h5", "tf-checkpoint": "fixed-weights", "savedmodel": "fixed-savedmodel"}[model_format]
+    options = {"model": km.xception_tf_keras} if model_format in ("tf-checkpoint", "weights-h5") else {}
+    name = {"h5": "fixed.h5", "tf-checkpoint": "fixed-weights", "savedmodel": "fixed-savedmodel",
+            "weights-h5": "fixed.weights.h5"}[model_format]
     report = _recalibrate(source, keras2_xception.calibration, tmp_path, name, **options)
 
     assert report.model_format == model_format
@@ -185,6 +187,10 @@ def test_keras2_mini_xception_repaired(keras2_xception, tmp_path, model_format):
         repaired = km.xception_tf_keras()
         repaired.load_weights(report.output_checkpoint).assert_existing_objects_matched()
         written = tmp_path / name / "ckpt"
+    elif model_format == "weights-h5":
+        repaired = km.xception_tf_keras()
+        repaired.load_weights(report.output_checkpoint)
+        written = tmp_path / name
     else:
         repaired = tf_keras.models.load_model(report.output_checkpoint)
         written = tmp_path / name
@@ -195,7 +201,7 @@ def test_keras2_mini_xception_repaired(keras2_xception, tmp_path, model_format):
 
 
 def test_diagnose_and_inspect_keras_archive(keras_frozen, tmp_path):
-    import keras
+    keras = km.keras3()
 
     diagnosis = ckptfix.diagnose(keras_frozen.files["keras"], keras_frozen.calibration, batch_size=48, shuffle=True)
     assert diagnosis.stale_layers and diagnosis.verdict == "differs" and diagnosis.model_format == "keras"

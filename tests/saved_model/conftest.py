@@ -7,8 +7,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import sys
+
 import numpy as np
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "keras"))
+
+import keras_models as km  # noqa: E402  (Keras 2 / Keras 3 of this TensorFlow)
 
 SAMPLES = 48
 
@@ -63,7 +69,7 @@ def _serve(signature: str = "serving_default", **fixed):
 
 def _keras3(folder: Path, seed: int, mixed: bool = False) -> Exported:
     """A Keras 3 ``model.export()``: conv -> BN -> relu -> pooling -> dense; Keras 3 BN keeps the biased variance."""
-    import keras
+    keras = km.keras3()
 
     keras.utils.set_random_seed(seed)
     previous = keras.mixed_precision.global_policy()
@@ -217,8 +223,9 @@ def two_input_export(tmp_path_factory) -> Exported:
 
 @pytest.fixture(scope="session")
 def tf_keras_savedmodel(tmp_path_factory) -> Exported:
-    """A TF2-era Keras SavedModel (tf_keras ``model.save(save_format='tf')``): fused BN, Bessel-corrected."""
-    import tf_keras
+    """A TF2-era Keras SavedModel (tf_keras ``model.save(save_format='tf')``; tf.keras on TensorFlow 2.15): fused
+    BN, Bessel-corrected."""
+    tf_keras = km.keras2()
 
     folder = tmp_path_factory.mktemp("tf-keras")
     tf_keras.utils.set_random_seed(7)
