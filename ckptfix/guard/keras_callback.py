@@ -16,9 +16,10 @@ import warnings
 
 import numpy as np
 
+from ckptfix import compat
 from ckptfix.guard.core import (DEFAULT_EVERY_N_STEPS, Guard, Guarded, Reading, Verdict, excluded, failure_message,
                                 smallest)
-from ckptfix.keras.batchnorm import find_batchnorm_layers, is_tf_keras, walk_layers
+from ckptfix.keras.batchnorm import find_batchnorm_layers, walk_layers
 
 _STATELESS_FIX = ("`model.fit` keeps them; a custom loop must keep the state updates of a training-mode call: "
                   "call the model with `training=True` inside `tf.GradientTape`, or assign the non-trainable "
@@ -34,7 +35,7 @@ def _index_of(variables, wanted) -> int | None:
 def _called_in_inference(layer) -> bool:
     """tf_keras: every call site of ``layer`` in a functional model passes ``training=False``."""
     nodes = getattr(layer, "_inbound_nodes", None) or []
-    return is_tf_keras(layer) and bool(nodes) and all(
+    return compat.is_keras2_object(layer) and bool(nodes) and all(
         (getattr(node, "call_kwargs", None) or {}).get("training") is False for node in nodes)
 
 
@@ -154,7 +155,7 @@ def callback_class(flavour: str):
             self.guard: BatchNormGuard | None = None
 
         def set_model(self, model) -> None:
-            if is_tf_keras(model) != (flavour == "tf_keras"):
+            if compat.is_keras2_object(model) != (flavour == "tf_keras"):
                 from ckptfix.errors import CkptfixError
 
                 raise CkptfixError(f"this model is a {named} model: use ckptfix.guard.{other} with it.")
