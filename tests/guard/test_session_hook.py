@@ -1,7 +1,7 @@
 """The TF1 guard (BatchNormGuardHook) in the loops users run -- MonitoredTrainingSession, tf_slim.training.train
 (hooks) and slim.learning.train (train_step_fn) -- on tiny tf-slim graphs trained for real (25 steps of random
-8x8 batches), with TF1 ref variables and with resource variables + If ops. tf.estimator is not tested: TensorFlow
-2.16+ (2.21 here) ships none.
+8x8 batches), with TF1 ref variables and with resource variables + If ops. tf.estimator: tests/guard/test_estimator.py,
+on TensorFlow 2.15 (2.16 and later ship none).
 
 Buggy loops are stopped: the plain bug before the first step (the graph proves it, as `ckptfix check`), the bug
 the graph cannot prove at the end of step 10 (every_n_steps), and a warm-up of 15 steps at learning rate 0 at step
