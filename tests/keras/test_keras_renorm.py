@@ -66,3 +66,13 @@ def test_renorm_layer_kept_as_stored_and_the_plain_one_repaired(flavour, tmp_pat
     assert errors["repaired"] < 0.1, errors
     assert errors["population"] > 5 * errors["repaired"], errors
     assert errors["stale"] > 5 * errors["repaired"], errors
+
+
+def test_a_model_whose_bn_layers_all_use_renorm_has_nothing_to_recalibrate(tmp_path):
+    keras = pytest.importorskip("keras")
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.BatchNormalization(renorm=True)(keras.layers.Dense(4)(inputs)))
+    model.save(tmp_path / "model.keras")
+    with pytest.raises(ckptfix.errors.NoBatchNormError, match="uses batch renormalization, kept as stored: nothing to"):
+        ckptfix.recalibrate(tmp_path / "model.keras", np.ones((8, 4), np.float32), output=tmp_path / "out.keras")
+    assert not (tmp_path / "out.keras").exists()
