@@ -135,3 +135,24 @@ class Source(Protocol):
 
     def stored_values(self, other: Path) -> ContextManager[Callable[[str], np.ndarray | None]]:
         """(A context giving) a reader of another file of the same kind (``--against``): key -> stored tensor, None if absent."""
+
+
+def without_renorm(names: list[str], renorm: list[bool], notices: list[str]) -> list[bool]:
+    """Which of the BN layers ``names`` ckptfix recalibrates: all but batch renormalization (``renorm=True``) ones,
+    which are kept as stored, with a notice appended to ``notices``.
+
+    In training mode such a layer outputs ``(x - mu_B) / sigma_B * r + d`` with ``r = sigma_B / renorm_stddev`` and
+    ``d = (mu_B - renorm_mean) / renorm_stddev`` (gradients stopped), which is ``(x - renorm_mean) / renorm_stddev``
+    whatever the batch while ``renorm_clipping`` does not clip ``r`` or ``d``. The network was trained on that, so
+    inference must normalise with the renorm statistics, not with its input's population statistics; the update ops
+    move ``moving_mean`` / ``moving_variance`` together with ``renorm_mean`` / ``renorm_stddev``, and without them
+    both keep their initial 0 / 1, which already agree.
+    """
+    kept = [name for name, flag in zip(names, renorm) if flag]
+    if kept:
+        notices.append(
+            f"batch renormalization (renorm=True) in {', '.join(kept)}: kept as stored. Training normalised every batch "
+            "with renorm_mean / renorm_stddev (exactly so where renorm_clipping did not clip r and d), not with batch "
+            "statistics; their moving statistics follow the same updates, and recomputing them from batch statistics "
+            "would change what the network was trained on")
+    return [not flag for flag in renorm]

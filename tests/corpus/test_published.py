@@ -63,6 +63,8 @@ def _output_prefix(output: Path) -> str:
 def _repaired_statistics(case, output: Path) -> dict[str, published.LayerStats]:
     if case.model.format.startswith("tf1"):
         return published.tf1_stored(_output_prefix(output), hand_written=case.model.format == "tf1-hand-written")
+    if case.model.format == "h5-weights":
+        return published.deepcut_stored(output)
     return published.keras_stored(output, custom_objects(case))
 
 
@@ -73,7 +75,7 @@ def test_recalibrate_writes_a_file_the_publisher_loads(corpus, variant):
     _ok(run)
     new = {layer["name"]: np.asarray(layer["new_mean"]) for layer in run.report["layers"]}
     assert len(new) == case.model.bn_layers
-    sample = case.data[:2]
+    sample = {k: v[:2] for k, v in case.data.items()} if isinstance(case.data, dict) else case.data[:2]
     if case.model.format == "tf1":
         # musicnn: tf.compat.v1 Saver.restore into the model graph, then inference.
         restored, scores = published.tf1_saver_restore(
@@ -103,6 +105,11 @@ def test_recalibrate_writes_a_file_the_publisher_loads(corpus, variant):
         loaded = published._tf_keras().models.load_model(str(output), compile=False)
         scores = loaded.predict(sample, verbose=0)
         means = {layer.name: np.asarray(layer.moving_mean) for layer in published.keras_bn_layers(loaded)}
+    elif case.variant == "deepcut":
+        # deepcut's tokenizer: get_convo_nn2() then load_weights(the .h5), predict([x_char, x_type]) > 0.5.
+        loaded = published.deepcut_model(output)
+        scores = loaded.predict([sample[name] for name in published.DEEPCUT_INPUTS], verbose=0)
+        means = {name: stats.mean for name, stats in published.deepcut_stored(output).items()}
     elif case.model.format == "savedmodel":
         # basic-pitch: tf.saved_model.load(path), then model(audio) -> {"contour", "note", "onset"}.
         import tensorflow as tf

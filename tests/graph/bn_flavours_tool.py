@@ -14,8 +14,8 @@ Cases:
             flag an ``is_training`` placeholder_with_default(False); samples with per-sample offsets, so that the
             within-group variance (what the layer's update estimates) is well below the population's.
 ``ghost_baked`` the same with ``training=True`` (training mode baked into the graph, no flag).
-``renorm``   conv -> ``batch_normalization(renorm=True)`` with an ``is_training`` flag (reference: its input's
-            population statistics).
+``renorm``   conv -> ``batch_normalization(renorm=True)`` -> conv -> plain BN, an ``is_training`` flag, trained
+            without update ops; also ``heldout.npy`` and ``training_logits.npy`` (its logits on them in training mode).
 ``zero_debias`` slim conv + ``batch_norm(zero_debias_moving_mean=True, decay=0.9)``, training mode baked in (no
             reference: the test checks what resumed training does with the repaired checkpoint).
 
@@ -114,26 +114,49 @@ def _reference(fetched: dict[str, list[np.ndarray]], virtual: int | None = None)
 
 
 def build_renorm(tf, folder: Path) -> dict:
-    """conv -> ``tf.compat.v1.layers.batch_normalization(renorm=True)`` -> dense, flag ``is_training``."""
+    """conv -> ``batch_normalization(renorm=True)`` -> conv -> plain ``batch_normalization`` -> dense, flag
+    ``is_training``, trained 40 Adam steps without the update ops (renorm_mean / renorm_stddev and the moving
+    statistics all keep their initial 0 / 1). Also writes ``heldout.npy`` (samples training never saw) and
+    ``training_logits.npy``: the trained net's logits on them with the flag fed True (batch statistics, r and d),
+    all in one batch (its statistics close to the population's): what inference has to reproduce."""
     v1 = tf.compat.v1
     graph = tf.Graph()
+    rng = np.random.default_rng(3)
+    data = rng.normal(1.0, 2.0, (16 * SAMPLES, 6, 6, 3)).astype(np.float32)
+    heldout = rng.normal(1.0, 2.0, (16 * SAMPLES, 6, 6, 3)).astype(np.float32)
+    labels = (data.mean(axis=(1, 2)).argmax(-1)).astype(np.int64)
     with graph.as_default():
         v1.set_random_seed(0)
         images = v1.placeholder(tf.float32, [None, 6, 6, 3], name="images")
+        targets = v1.placeholder(tf.int64, [None], name="labels")
         training = v1.placeholder_with_default(False, [], name="is_training")
         net = v1.layers.conv2d(images, 4, 3, padding="same", name="conv0")
         net = tf.nn.relu(v1.layers.batch_normalization(net, renorm=True, training=training, name="bn0"))
+        net = v1.layers.conv2d(net, 4, 3, padding="same", name="conv1")
+        net = tf.nn.relu(v1.layers.batch_normalization(net, training=training, name="bn1"))
         logits = v1.layers.dense(tf.reduce_mean(net, axis=[1, 2]), 3, name="logits")
+        loss = v1.losses.sparse_softmax_cross_entropy(targets, logits)
+        step = v1.train.AdamOptimizer(0.01).minimize(loss)  # UPDATE_OPS forgotten
         saver = v1.train.Saver()
         train = folder / "train"
         train.mkdir(parents=True)
-        data = np.random.default_rng(3).normal(1.0, 2.0, (SAMPLES, 6, 6, 3)).astype(np.float32)
         with v1.Session(graph=graph) as session:
             session.run(v1.global_variables_initializer())
+            for k in range(40):
+                first = (k * BATCH) % len(data)
+                session.run(step, {images: data[first:first + BATCH], targets: labels[first:first + BATCH], training: True})
             prefix = saver.save(session, str(train / "model.ckpt"))
-            conv = session.run(graph.get_tensor_by_name("conv0/BiasAdd:0"), {images: data})
+            fetched = {"bn0": [], "bn1": []}
+            for first in range(0, len(data), BATCH):
+                conv0, conv1 = session.run(["conv0/BiasAdd:0", "conv1/BiasAdd:0"],
+                                           {images: data[first:first + BATCH], training: True})
+                fetched["bn0"].append(conv0)
+                fetched["bn1"].append(conv1)
+            held = session.run(logits, {images: heldout, training: True})
     np.save(folder / "data.npy", data)
-    np.savez(folder / "reference.npz", **_reference({"bn0": [conv]}))
+    np.save(folder / "heldout.npy", heldout)
+    np.save(folder / "training_logits.npy", held)
+    np.savez(folder / "reference.npz", **_reference(fetched))
     return {"prefix": prefix, "batch": BATCH, "output": logits.name}
 
 
