@@ -32,12 +32,31 @@ class LayerStats:
     epsilon: float
 
 
-def pooled(values: np.ndarray, bessel: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and variance per channel (last axis) over all other axes, float64; see the module docstring."""
-    x = np.asarray(values, np.float64).reshape(-1, values.shape[-1])
-    mean = x.mean(axis=0)
-    var = ((x - mean) ** 2).mean(axis=0)
-    return mean, var * (len(x) / (len(x) - 1) if bessel else 1.0)
+class Pooled:
+    """Mean and variance per channel (last axis) over all other axes of every batch added, float64 (see the module
+    docstring): each batch's mean and sum of squared deviations, merged as ``n = n_a + n_b``, ``d = m_b - m_a``,
+    ``m = m_a + d n_b / n``, ``M2 = M2_a + M2_b + d² n_a n_b / n`` -- the statistics of all values concatenated,
+    without holding them (hundreds of clips' activations do not fit in memory)."""
+
+    def __init__(self) -> None:
+        self.count, self.mean, self.m2 = 0, None, None
+
+    def add(self, values) -> None:
+        x = np.asarray(values, np.float64).reshape(-1, np.shape(values)[-1])
+        n, mean = len(x), x.mean(axis=0)
+        m2 = ((x - mean) ** 2).sum(axis=0)
+        if self.mean is None:
+            self.count, self.mean, self.m2 = n, mean, m2
+            return
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta**2 * (self.count * n / total)
+        self.count = total
+
+    def stats(self, bessel: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, variance): the biased ``M2 / N``, or Bessel-corrected ``M2 / (N - 1)``."""
+        return self.mean, self.m2 / (self.count - 1 if bessel else self.count)
 
 
 def batches(data: np.ndarray, batch_size: int):
@@ -87,14 +106,14 @@ def keras_reference(model_path: Path, data: np.ndarray, batch_size: int,
             layer.rate = 0.0
     layers = keras_bn_layers(model)
     taps = tf_keras.Model(model.inputs, [layer.input for layer in layers])
-    seen = [[] for _ in layers]
+    seen = [Pooled() for _ in layers]
     for batch in batches(data, batch_size):
         outputs = taps(batch, training=True)
         for store, out in zip(seen, outputs if isinstance(outputs, list) else [outputs]):
-            store.append(np.asarray(out))
+            store.add(np.asarray(out))
     # tf_keras BN on 4-D inputs over the last axis is fused: Bessel-corrected moving variance; on 2-D / 3-D
     # inputs (after Dense layers, on sequences) it is not: biased.
-    return {layer.name: LayerStats(*pooled(np.concatenate(values), bessel=layer.fused), layer.epsilon)
+    return {layer.name: LayerStats(*values.stats(bessel=layer.fused), layer.epsilon)
             for layer, values in zip(layers, seen)}
 
 
@@ -211,13 +230,13 @@ def tf1_reference(meta_path: Path, checkpoint_prefix: str, data: np.ndarray, bat
             taps[scope.split("/")[-1]] = (node.input[0], False, epsilon)
     names = sorted(taps)
     values = _tapped(graph_def, [taps[n][0] for n in names], data, batch_size, input_tensor, training_flag)
-    return {name: LayerStats(*pooled(value, bessel=taps[name][1]), taps[name][2]) for name, value in zip(names, values)}
+    return {name: LayerStats(*value.stats(bessel=taps[name][1]), taps[name][2]) for name, value in zip(names, values)}
 
 
 def _tapped(graph_def, tensors: list[str], data: np.ndarray, batch_size: int, input_tensor: str,
-            training_flag: str) -> list[np.ndarray]:
-    """The values of ``tensors`` over all of ``data`` (batches in order, the training flag fed True), from the
-    part of ``graph_def`` they need."""
+            training_flag: str) -> list[Pooled]:
+    """The pooled statistics of ``tensors`` over all of ``data`` (batches in order, the training flag fed True),
+    from the part of ``graph_def`` they need."""
     import tensorflow as tf
 
     graph = tf.Graph()
@@ -225,12 +244,12 @@ def _tapped(graph_def, tensors: list[str], data: np.ndarray, batch_size: int, in
         needed = [name.split(":")[0] for name in tensors]
         tf.compat.v1.import_graph_def(tf.compat.v1.graph_util.extract_sub_graph(graph_def, needed), name="")
     fetches = [graph.get_tensor_by_name(name if ":" in name else name + ":0") for name in tensors]
-    seen = [[] for _ in tensors]
+    seen = [Pooled() for _ in tensors]
     with tf.compat.v1.Session(graph=graph) as sess:
         for batch in batches(data, batch_size):
             for store, out in zip(seen, sess.run(fetches, {input_tensor: batch, training_flag: True})):
-                store.append(out)
-    return [np.concatenate(values) for values in seen]
+                store.add(out)
+    return seen
 
 
 def tf1_stored(checkpoint_prefix: str, hand_written: bool = False) -> dict[str, LayerStats]:
@@ -278,7 +297,7 @@ def tf1_hand_written_reference(meta_path: Path, checkpoint_prefix: str, data: np
             taps[ops_scope.rpartition("/")[0]] = (switch.input[0], value)
     names = sorted(taps)
     values = _tapped(graph_def, [taps[n][0] for n in names], data, batch_size, input_tensor, training_flag)
-    return {name: LayerStats(*pooled(value, bessel=False), taps[name][1]) for name, value in zip(names, values)}
+    return {name: LayerStats(*value.stats(bessel=False), taps[name][1]) for name, value in zip(names, values)}
 
 
 def tf1_saver_restore(meta_path: Path, checkpoint_prefix: str, data: np.ndarray, *, input_tensor: str,
@@ -507,12 +526,12 @@ def deepcut_reference(weights: Path, data: dict[str, np.ndarray], batch_size: in
             layer.rate = 0.0
     layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     taps = keras.Model(model.inputs, [layer.input for layer in layers])
-    seen = [[] for _ in layers]
+    seen = [Pooled() for _ in layers]
     inputs = [data[name] for name in DEEPCUT_INPUTS]
     for start in range(0, len(inputs[0]), batch_size):
         for store, out in zip(seen, taps([x[start:start + batch_size] for x in inputs], training=True)):
-            store.append(np.asarray(out))
-    return {layer.name: LayerStats(*pooled(np.concatenate(values), bessel=False), layer.epsilon)
+            store.add(np.asarray(out))
+    return {layer.name: LayerStats(*values.stats(bessel=False), layer.epsilon)
             for layer, values in zip(layers, seen)}
 
 
