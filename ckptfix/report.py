@@ -319,6 +319,8 @@ class DiagnosisReport(_Measured):
         """The layer's row label, in the overall verdict's words (see the class docstring)."""
         if layer.frozen:
             return "frozen"
+        if self.verdict == "inconclusive":  # the data cannot judge any layer
+            return "inconclusive"
         if not layer.drift.stale:
             return "fresh"
         if layer.within_noise:

@@ -22,7 +22,7 @@ from typing import Annotated, Callable, List, Optional
 import typer
 
 from ckptfix import _quiet
-from ckptfix.errors import CkptfixError, OptionError, RepairRefused
+from ckptfix.errors import CkptfixError, OptionError, PreprocessingUnknown, RepairRefused
 from ckptfix.options import DataFormat, Estimator, ModelFormat, Options, Preset
 from ckptfix.report import DEFAULT_ROWS
 
@@ -279,7 +279,7 @@ def _run(action: Callable[[], int | None], ctx: typer.Context | None = None) -> 
         if os.environ.get("CKPTFIX_DEBUG") == "1":
             raise
         typer.echo(f"error: {error}", err=True)
-        if isinstance(error, OptionError):  # a usage error, as click's own: the same help line
+        if isinstance(error, OptionError) and not isinstance(error, PreprocessingUnknown):  # a usage error: click's line
             _see_help(ctx)
         if getattr(error, "user_traceback", None):  # raised inside the user's own code: their traceback
             typer.echo(error.user_traceback.rstrip("\n"), err=True)

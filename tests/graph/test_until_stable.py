@@ -48,7 +48,7 @@ def test_data_in_the_callers_order_is_read_to_its_end(slim_model, large_set):
         report = ckptfix.diagnose(model.prefix, given, batch_size=16, shuffle=shuffle, agreement_samples=0,
                                   until_stable=0.02)
         assert report.stop_reason == "data" and report.num_samples == 4096
-        assert any("--until-stable reads all the data" in notice for notice in report.notices)
+        assert any("until_stable reads all the data" in notice for notice in report.notices)  # the API's words
 
 
 def test_reported_standard_errors_are_honest_on_a_real_model(slim_model, large_set):

@@ -206,7 +206,7 @@ def test_diagnose_and_inspect_keras_archive(keras_frozen, tmp_path):
     diagnosis = ckptfix.diagnose(keras_frozen.files["keras"], keras_frozen.calibration, batch_size=48, shuffle=True)
     assert diagnosis.stale_layers and diagnosis.verdict == "differs" and diagnosis.model_format == "keras"
     assert {diagnosis.layer_label(layer) for layer in diagnosis.layers} == {"frozen"}  # trained against: never stale
-    assert diagnosis.evidence == [] and "--adapt" in diagnosis.gate.reasons[0]
+    assert diagnosis.evidence == [] and "adapt=True" in diagnosis.gate.reasons[0]
     # bn1's input depends on no BN: pooled over 6 batches (the last one merged) it equals numpy on all samples
     model = keras.saving.load_model(keras_frozen.files["keras"])
     first = _keras3_bn_inputs(model, np.load(keras_frozen.calibration))["bn1"]

@@ -89,7 +89,7 @@ def grey(tmp_path_factory) -> Path:
 def test_uint8_one_channel_images_for_a_one_channel_model(grey, tmp_path):
     """Item 2: the integer images are preprocessed (grey stays grey); the CLI and the API with uint8 batches."""
     before = tree_digest(grey / "model.keras", grey / "grey.npy")
-    result = run_cli("diagnose", grey / "model.keras", grey / "grey.npy", "--no-progress", "--json")
+    result = run_cli("diagnose", grey / "model.keras", grey / "grey.npy", "--preprocess", "unit", "--no-progress", "--json")
     assert result.returncode in (0, 3, 5), result.stderr
     _no_traceback(result)
     assert json.loads(result.stdout)["num_samples"] == 64
