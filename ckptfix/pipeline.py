@@ -362,8 +362,10 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
                    "groups of that many samples of each group's moments, as the layer's own update computes them")
         cause = source.cause()
         first = next((r for r in reports if r.name == source.layers[0].name), None)
-        mismatch = first and first_layer_mismatch(first, preprocessing.preset if batches.images else None,
-                                                  explained=bool(cause and cause.found))
+        variety = stream.variety  # degenerate data says nothing of the preprocessing: the gate names it instead
+        degenerate = variety.identical or variety.near_identical or variety.flat
+        mismatch = first and not degenerate and first_layer_mismatch(
+            first, preprocessing.preset if batches.images else None, explained=bool(cause and cause.found))
         if mismatch and not batches.images:  # arrays are preprocessed by their owner: a domain shift looks the same
             notice.warn(mismatch.message)
         agreement = None
