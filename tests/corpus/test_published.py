@@ -65,6 +65,8 @@ def _repaired_statistics(case, output: Path) -> dict[str, published.LayerStats]:
         return published.tf1_stored(_output_prefix(output), hand_written=case.model.format == "tf1-hand-written")
     if case.model.format == "h5-weights":
         return published.deepcut_stored(output)
+    if case.model.format == "frozen":
+        return published.frozen_stored(output)
     return published.keras_stored(output, custom_objects(case))
 
 
@@ -110,6 +112,13 @@ def test_recalibrate_writes_a_file_the_publisher_loads(corpus, variant):
         loaded = published.deepcut_model(output)
         scores = loaded.predict([sample[name] for name in published.DEEPCUT_INPUTS], verbose=0)
         means = {name: stats.mean for name, stats in published.deepcut_stored(output).items()}
+    elif case.model.format == "frozen":
+        # nudity: Nudity() imports the .pb under "import/"; score() reads one photo (its suffix's decoder, resize,
+        # (x - 128) / 128) and feeds it alone to import/input, fixed at [1, 224, 224, 3] as shipped; has(): >= 0.8.
+        scores, input_shape = published.nudity_scores(output, sorted(case.data_file.iterdir())[:2])
+        assert input_shape == (1, 224, 224, 3)
+        assert np.all((scores >= 0) & (scores <= 1))
+        means = {name: stats.mean for name, stats in published.frozen_stored(output).items()}
     elif case.model.format == "savedmodel":
         # basic-pitch: tf.saved_model.load(path), then model(audio) -> {"contour", "note", "onset"}.
         import tensorflow as tf
