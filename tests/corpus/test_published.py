@@ -240,3 +240,28 @@ def test_crema_model_option_builds_the_publishers_architecture(corpus):
     _ok(by_model)
     _ok(by_import)
     assert (case.workdir / "model.h5").read_bytes() == case.output.read_bytes()
+
+
+# ------------------------------------------------- nudity: a frozen MobileNet v1, fixed at batch 1, photos
+@pytest.mark.corpus_variant("nudity")
+def test_nudity_preprocessing_read_from_the_model_and_given_by_the_user(corpus):
+    """Photos need a preprocessing. Told nothing (diagnose), ckptfix reads tf-slim's choice for MobilenetV1 from
+    the graph's scopes: inception, x / 127.5 - 1 (tf-slim's preprocessing_factory maps mobilenet_v1 to it). nudity's
+    own code scales (x - 128) / 128, which no preset is, so the repair gets the user's function (recalibrate) and
+    the notice names it, with the model's suggestion beside."""
+    read = [n for n in corpus.run("nudity", "diagnose").report["notices"] if n.startswith("images preprocessed")]
+    assert len(read) == 1 and "with inception: x / 127.5 - 1" in read[0]
+    assert "chosen because it is the tf-slim network MobilenetV1" in read[0]
+    given = [n for n in corpus.run("nudity", "recalibrate").report["notices"] if n.startswith("images preprocessed")]
+    assert len(given) == 1 and "--preprocess published:nudity_preprocess" in given[0]
+    assert "the model suggests inception" in given[0]
+
+
+@pytest.mark.corpus_variant("nudity")
+def test_nudity_batches_of_32_through_an_input_fixed_at_1(corpus):
+    """The graph's input is fixed at [1, 224, 224, 3]; ckptfix frees it in its working copy and runs the 64 photos
+    in 2 batches of 32 (the reference's batches: batch statistics depend on them), while the repaired file keeps
+    the input as shipped (checked in the publisher's route)."""
+    case = corpus.case("nudity")
+    report = corpus.run("nudity", "recalibrate").report
+    assert report["num_samples"] == case.model.num_samples and report["num_batches"] == 2
