@@ -1,4 +1,4 @@
-"""Fixtures of the published-model corpus: fetched wheels, stale copies, calibration arrays, CLI runs.
+"""Fixtures of the published-model corpus: fetched packages, stale copies, calibration data, CLI runs.
 
 Fetching needs PyPI (``pip download``); without it every corpus test skips, naming the reason. Each CLI run
 is a real ``python -m ckptfix`` process (``tests/forked.py``; PYTHONPATH inherited, so the checkout under test
@@ -33,10 +33,10 @@ class Case:
     stale: Path  # the same, made stale
     meta: Path | None  # TF1: the .meta of the stale copy
     stale_prefix: str | None  # TF1: the stale checkpoint's prefix
-    data_file: Path
-    data: np.ndarray | dict[str, np.ndarray]  # one array per input name for several inputs
+    data_file: Path  # what the CLI runs read: an array file, or a folder of photos
+    data: np.ndarray | dict[str, np.ndarray]  # one array per input name for several inputs; photos as read
     workdir: Path
-    root: Path | None = None  # the unpacked wheel
+    root: Path | None = None  # the unpacked package
     pythonpath: tuple[Path, ...] = ()  # what the CLI runs import (--import / --model modules)
 
     @property
@@ -150,12 +150,12 @@ def _prepare(variant: str, root: Path, workdir: Path) -> Case:
     elif variant == "nudity":  # --preprocess published:nudity_preprocess
         pythonpath = (Path(__file__).parent,)
     data = model.make_data(np.random.default_rng(0), model.num_samples)
-    if isinstance(data, list):  # photo files: a folder of them, read for the reference as the publisher's code does
+    if model.read_photo is not None:  # photo files: a folder of them, read for the reference the publisher's way
         data_file = workdir / "photos"
         data_file.mkdir()
         for name, encoded in data:
             (data_file / name).write_bytes(encoded)
-        data = np.stack([published.nudity_read(data_file / name) for name, _ in sorted(data)])
+        data = np.stack([model.read_photo(data_file / name) for name, _ in sorted(data)])
     elif isinstance(data, dict):  # several inputs: one array per Input layer, named after it
         data_file = workdir / "calibration.npz"
         np.savez(data_file, **data)
@@ -205,13 +205,13 @@ class Corpus:
             return
         roots: dict[str, Path | str] = {}
         for variant in _SELECTED or published.VARIANTS:
-            wheel = published.MODELS[variant.split("-renamed")[0]].wheel
-            if wheel.name not in roots:
+            dist = published.MODELS[variant.split("-renamed")[0]].wheel
+            if dist.name not in roots:
                 try:
-                    roots[wheel.name] = fetch.fetch(wheel)
+                    roots[dist.name] = fetch.fetch(dist)
                 except (fetch.FetchError, OSError) as exc:
-                    roots[wheel.name] = f"corpus package {wheel.name}=={wheel.version} not available: {exc}"
-            root = roots[wheel.name]
+                    roots[dist.name] = f"corpus package {dist.name}=={dist.version} not available: {exc}"
+            root = roots[dist.name]
             self._cases[variant] = root if isinstance(root, str) else _prepare(variant, root, self._tmp.mktemp(variant))
         for variant, case in self._cases.items():
             if isinstance(case, Case):

@@ -505,6 +505,9 @@ class Published:
     notes: str = ""
     cli_args: tuple[str, ...] = field(default=())  # given to inspect, diagnose and recalibrate
     recalibrate_args: tuple[str, ...] = field(default=())  # given to recalibrate only
+    # photo models: make_data gives (file name, encoded bytes), and this reads one file the publisher's way into
+    # the model's input sample (what the reference and the publisher's route are fed)
+    read_photo: Callable[[Path], np.ndarray] | None = None
 
 
 def _musicnn_data(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -750,7 +753,7 @@ MODELS = {
     "nudity": Published(
         id="nudity", wheel=fetch.NUDITY, member="nudity/files/retrained_graph.pb", format="frozen",
         bn_layers=27, batch_size=32, num_samples=64, diagnose_samples=32, make_data=_nudity_photos,
-        recalibrate_args=("--preprocess", "published:nudity_preprocess"),
+        recalibrate_args=("--preprocess", "published:nudity_preprocess"), read_photo=nudity_read,
         notes="frozen GraphDef (retrained tf-slim MobileNet v1), 27 non-fused BN, input fixed at [1, 224, 224, 3]"),
 }
 # "musicnn-renamed" is musicnn's checkpoint copied to the prefix "model" (no state file): the workaround a
