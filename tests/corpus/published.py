@@ -138,17 +138,17 @@ def stale_h5(source: Path, target: Path) -> Path:
     return target
 
 
+def _staled(name: str, value: np.ndarray) -> np.ndarray:
+    """A moving mean (slim/Keras ``moving_mean``, hand-written ``pop_mean``) 0, a moving variance 1, else ``value``."""
+    if name.endswith(("moving_mean", "pop_mean")) or "/moving_mean/" in name:
+        return np.zeros_like(value)
+    if name.endswith(("moving_variance", "pop_var")) or "/moving_variance/" in name:
+        return np.ones_like(value)
+    return value
+
+
 def _stale_tensors(reader, names):
-    """Moving means (slim/Keras ``moving_mean``, hand-written ``pop_mean``) 0, moving variances 1."""
-    values = []
-    for name in names:
-        value = reader.get_tensor(name)
-        if name.endswith(("moving_mean", "pop_mean")) or "/moving_mean/" in name:
-            value = np.zeros_like(value)
-        elif name.endswith(("moving_variance", "pop_var")) or "/moving_variance/" in name:
-            value = np.ones_like(value)
-        values.append(value)
-    return values
+    return [_staled(name, reader.get_tensor(name)) for name in names]
 
 
 def write_stale_checkpoint(source_prefix: str, target_prefix: str) -> None:
@@ -234,9 +234,9 @@ def tf1_reference(meta_path: Path, checkpoint_prefix: str, data: np.ndarray, bat
 
 
 def _tapped(graph_def, tensors: list[str], data: np.ndarray, batch_size: int, input_tensor: str,
-            training_flag: str) -> list[Pooled]:
-    """The pooled statistics of ``tensors`` over all of ``data`` (batches in order, the training flag fed True),
-    from the part of ``graph_def`` they need."""
+            training_flag: str | None) -> list[Pooled]:
+    """The pooled statistics of ``tensors`` over all of ``data`` (batches in order, the training flag, if any,
+    fed True), from the part of ``graph_def`` they need."""
     import tensorflow as tf
 
     graph = tf.Graph()
@@ -247,7 +247,8 @@ def _tapped(graph_def, tensors: list[str], data: np.ndarray, batch_size: int, in
     seen = [Pooled() for _ in tensors]
     with tf.compat.v1.Session(graph=graph) as sess:
         for batch in batches(data, batch_size):
-            for store, out in zip(seen, sess.run(fetches, {input_tensor: batch, training_flag: True})):
+            feed = {input_tensor: batch} if training_flag is None else {input_tensor: batch, training_flag: True}
+            for store, out in zip(seen, sess.run(fetches, feed)):
                 store.add(out)
     return seen
 
@@ -324,13 +325,176 @@ def tf1_saver_restore(meta_path: Path, checkpoint_prefix: str, data: np.ndarray,
     return values, output
 
 
+# ------------------------------------------------------------------------------------------ frozen graphs
+def _read_graph_def(path: Path):
+    import tensorflow as tf
+
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString(Path(path).read_bytes())
+    return graph_def
+
+
+def stale_frozen_graph(source: Path, target: Path) -> Path:
+    """Copy of a frozen GraphDef whose ``moving_mean`` constants are 0 and ``moving_variance`` constants 1."""
+    import tensorflow as tf
+
+    graph_def = _read_graph_def(source)
+    for node in graph_def.node:
+        if node.op == "Const":
+            value = tf.make_ndarray(node.attr["value"].tensor)
+            staled = _staled(node.name, value)
+            if staled is not value:
+                node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(staled))
+    target.write_bytes(graph_def.SerializeToString())
+    return target
+
+
+def _through_identities(nodes: dict, name: str) -> str:
+    """The node ``name`` reads, past ``Identity`` nodes (a frozen variable's ``/read``)."""
+    node = nodes[name.split(":")[0]]
+    while node.op == "Identity":
+        node = nodes[node.input[0].split(":")[0]]
+    return node.name
+
+
+def _slim_non_fused_layers(graph_def) -> dict[str, tuple[str, str, str, float]]:
+    """slim's non-fused BN in inference form (``batchnorm/add = var + eps``, ``mul = rsqrt · gamma``, ``mul_1 =
+    x · mul``, ``mul_2 = mean · mul``): layer (its moving statistics' scope) -> (input x, mean constant, variance
+    constant, epsilon)."""
+    import tensorflow as tf
+
+    nodes = {node.name: node for node in graph_def.node}
+    layers = {}
+    for node in graph_def.node:
+        if node.op == "Mul" and node.name.endswith("/batchnorm/mul_1"):
+            scope = node.name[: -len("/mul_1")]
+            (x,) = [name for name in node.input if name.split(":")[0] != f"{scope}/mul"]
+            mean = _through_identities(nodes, nodes[f"{scope}/mul_2"].input[0])
+            variance_read, epsilon = nodes[f"{scope}/add"].input
+            variance = _through_identities(nodes, variance_read)
+            layer = mean[: -len("/moving_mean")]
+            assert mean.endswith("/moving_mean") and variance == f"{layer}/moving_variance", (mean, variance)
+            value = tf.make_ndarray(nodes[epsilon.split(":")[0]].attr["value"].tensor).item()
+            layers[layer] = (x, mean, variance, value)
+    return layers
+
+
+def frozen_slim_reference(graph_path: Path, data: np.ndarray, batch_size: int, *,
+                          input_tensor: str) -> dict[str, LayerStats]:
+    """Reference statistics of a frozen graph's non-fused slim BN layers (nudity's MobileNet).
+
+    In a copy of the GraphDef, each layer's ``moving_mean`` constant becomes ``Mean(x)`` over every axis but the
+    channels and its ``moving_variance`` constant ``Mean((x − Mean(x))²)`` (``tf.nn.moments``, what slim's
+    non-fused layer normalises with in training), so every layer runs on batch statistics; the input placeholder's
+    batch dimension is freed. Each layer's input ``x`` is then pooled in float64, biased variance (the non-fused
+    update takes the biased batch variance).
+    """
+    import tensorflow as tf
+
+    graph_def = _read_graph_def(graph_path)
+    layers = _slim_non_fused_layers(graph_def)
+    by_name = {node.name: node for node in graph_def.node}
+    placeholder = by_name[input_tensor.split(":")[0]]
+    placeholder.attr["shape"].shape.dim[0].size = -1
+    for layer, (x, mean, variance, _) in layers.items():
+        axes = graph_def.node.add(name=f"{layer}/reference_axes", op="Const")
+        axes.attr["dtype"].type = tf.int32.as_datatype_enum
+        axes.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(np.array([0, 1, 2], np.int32)))
+        deviation = graph_def.node.add(name=f"{layer}/reference_squared_deviation", op="SquaredDifference",
+                                       input=[x, mean])
+        deviation.attr["T"].type = tf.float32.as_datatype_enum
+        for node, source in ((by_name[mean], x), (by_name[variance], deviation.name)):
+            node.op = "Mean"
+            node.ClearField("attr")
+            node.input.extend([source, axes.name])
+            node.attr["T"].type = tf.float32.as_datatype_enum
+            node.attr["Tidx"].type = tf.int32.as_datatype_enum
+            node.attr["keep_dims"].b = False
+    names = sorted(layers)
+    values = _tapped(graph_def, [layers[n][0] for n in names], data, batch_size, input_tensor, None)
+    return {name: LayerStats(*value.stats(bessel=False), layers[name][3]) for name, value in zip(names, values)}
+
+
+def frozen_stored(graph_path: Path) -> dict[str, LayerStats]:
+    """Moving statistics held in a frozen graph's slim BN constants, by layer (the constants' scope)."""
+    import tensorflow as tf
+
+    graph_def = _read_graph_def(graph_path)
+    nodes = {node.name: node for node in graph_def.node}
+    value = lambda name: tf.make_ndarray(nodes[name].attr["value"].tensor).astype(np.float64)  # noqa: E731
+    return {layer: LayerStats(value(mean), value(variance), epsilon)
+            for layer, (_, mean, variance, epsilon) in _slim_non_fused_layers(graph_def).items()}
+
+
+# ------------------------------------------------- nudity: a frozen MobileNet v1 .pb, input fixed at batch 1
+NUDITY_INPUT = "input:0"  # [1, 224, 224, 3]
+NUDITY_THRESHOLD = 0.8  # nudity's has(): score >= 0.8
+
+
+def nudity_preprocess(image):
+    """nudity's preprocessing of a decoded image (``uint8 [h, w, 3]``), as ``--preprocess published:nudity_preprocess``
+    takes it: TF1 ``resize_bilinear`` to 224 x 224 (no half-pixel centres), then ``(x − 128) / 128`` (its
+    ``input_mean`` and ``input_std``). ckptfix has no preset for it: ``inception`` is ``x / 127.5 − 1``."""
+    import tensorflow as tf
+
+    x = tf.cast(image, tf.float32)
+    x = tf.raw_ops.ResizeBilinear(images=x[None], size=[224, 224], align_corners=False, half_pixel_centers=False)[0]
+    return (x - 128.0) / 128.0
+
+
+def nudity_read(path: Path) -> np.ndarray:
+    """nudity's ``read_tensor_from_image_file``: the file decoded by its suffix (PNG or JPEG, 3 channels), then
+    :func:`nudity_preprocess`; ``[224, 224, 3]`` float32."""
+    import tensorflow as tf
+
+    encoded = tf.io.read_file(str(path))
+    decode = tf.io.decode_png if str(path).endswith(".png") else tf.io.decode_jpeg
+    return np.asarray(nudity_preprocess(decode(encoded, channels=3)))
+
+
+def _nudity_photos(rng: np.random.Generator, n: int) -> list[tuple[str, bytes]]:
+    """``n`` photo-like files as a nudity user has them (name, encoded bytes): camera sizes (640x480, 480x640,
+    800x600, 500x375), three JPEGs (quality 90) to one PNG; smooth colour fields (a bicubic upsampling of a coarse
+    random grid, one field per 40 pixels) with sensor noise of σ = 8 grey levels."""
+    import tensorflow as tf
+
+    files = []
+    for i in range(n):
+        height, width = ((480, 640), (640, 480), (600, 800), (375, 500))[i % 4]
+        coarse = rng.uniform(0.0, 255.0, size=(1, height // 40 + 2, width // 40 + 2, 3))
+        smooth = tf.image.resize(coarse, [height, width], method="bicubic")[0].numpy()
+        pixels = np.clip(smooth + rng.normal(0.0, 8.0, size=(height, width, 1)), 0, 255).astype(np.uint8)
+        if i % 4 == 3:
+            files.append((f"photo{i:04d}.png", tf.io.encode_png(pixels).numpy()))
+        else:
+            files.append((f"photo{i:04d}.jpg", tf.io.encode_jpeg(pixels, quality=90).numpy()))
+    return files
+
+
+def nudity_scores(graph_path: Path, photos: list[Path]) -> tuple[np.ndarray, tuple[int, ...]]:
+    """nudity's own route (``Nudity.__init__``, ``score``): the GraphDef imported under ``import/``, each photo read
+    by :func:`nudity_read` and run alone through ``import/final_result`` (fed to ``import/input``, batch 1);
+    the score is the softmax's second class. Returns the scores and the input's declared shape."""
+    import tensorflow as tf
+
+    inputs = [nudity_read(path)[None] for path in photos]  # eagerly, outside the model's graph
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.import_graph_def(_read_graph_def(graph_path))
+    images = graph.get_operation_by_name("import/input").outputs[0]
+    output = graph.get_operation_by_name("import/final_result").outputs[0]
+    with tf.compat.v1.Session(graph=graph) as sess:
+        scores = [np.squeeze(sess.run(output, {images: x}))[1] for x in inputs]
+    return np.asarray(scores), tuple(images.shape.as_list())
+
+
 # ------------------------------------------------------------------------------------------- the corpus
 @dataclass(frozen=True)
 class Published:
     """One published model: where it sits in its wheel and how the corpus tests drive it."""
 
     id: str
-    wheel: fetch.Wheel
+    wheel: fetch.Distribution  # the pinned distribution: a wheel, or an sdist for a package without one
     member: str  # the file or folder inside the unpacked wheel a user passes to ckptfix
     format: str
     bn_layers: int
@@ -340,6 +504,10 @@ class Published:
     make_data: Callable[[np.random.Generator, int], np.ndarray]
     notes: str = ""
     cli_args: tuple[str, ...] = field(default=())  # given to inspect, diagnose and recalibrate
+    recalibrate_args: tuple[str, ...] = field(default=())  # given to recalibrate only
+    # photo models: make_data gives (file name, encoded bytes), and this reads one file the publisher's way into
+    # the model's input sample (what the reference and the publisher's route are fed)
+    read_photo: Callable[[Path], np.ndarray] | None = None
 
 
 def _musicnn_data(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -582,7 +750,13 @@ MODELS = {
         bn_layers=2, batch_size=512, num_samples=4096, diagnose_samples=1024, make_data=_deepcut_data,
         cli_args=("--model", "deepcut.model:get_convo_nn2"),
         notes="Keras 2.0.2 weights-only HDF5, two integer inputs into Embedding, built by deepcut.model:get_convo_nn2"),
+    "nudity": Published(
+        id="nudity", wheel=fetch.NUDITY, member="nudity/files/retrained_graph.pb", format="frozen",
+        bn_layers=27, batch_size=32, num_samples=64, diagnose_samples=32, make_data=_nudity_photos,
+        recalibrate_args=("--preprocess", "published:nudity_preprocess"), read_photo=nudity_read,
+        notes="frozen GraphDef (retrained tf-slim MobileNet v1), 27 non-fused BN, input fixed at [1, 224, 224, 3]"),
 }
 # "musicnn-renamed" is musicnn's checkpoint copied to the prefix "model" (no state file): the workaround a
 # user finds today, so the tests also reach what breaks after the checkpoint is located.
-VARIANTS = ("musicnn", "musicnn-renamed", "basic-pitch", "fer", "crema", "tempocnn", "ina", "spliceai", "chiron", "deepcut")
+VARIANTS = ("musicnn", "musicnn-renamed", "basic-pitch", "fer", "crema", "tempocnn", "ina", "spliceai", "chiron", "deepcut",
+            "nudity")

@@ -65,6 +65,8 @@ def _repaired_statistics(case, output: Path) -> dict[str, published.LayerStats]:
         return published.tf1_stored(_output_prefix(output), hand_written=case.model.format == "tf1-hand-written")
     if case.model.format == "h5-weights":
         return published.deepcut_stored(output)
+    if case.model.format == "frozen":
+        return published.frozen_stored(output)
     return published.keras_stored(output, custom_objects(case))
 
 
@@ -110,6 +112,13 @@ def test_recalibrate_writes_a_file_the_publisher_loads(corpus, variant):
         loaded = published.deepcut_model(output)
         scores = loaded.predict([sample[name] for name in published.DEEPCUT_INPUTS], verbose=0)
         means = {name: stats.mean for name, stats in published.deepcut_stored(output).items()}
+    elif case.model.format == "frozen":
+        # nudity: Nudity() imports the .pb under "import/"; score() reads one photo (its suffix's decoder, resize,
+        # (x - 128) / 128) and feeds it alone to import/input, fixed at [1, 224, 224, 3] as shipped; has(): >= 0.8.
+        scores, input_shape = published.nudity_scores(output, sorted(case.data_file.iterdir())[:2])
+        assert input_shape == (1, 224, 224, 3)
+        assert np.all((scores >= 0) & (scores <= 1))
+        means = {name: stats.mean for name, stats in published.frozen_stored(output).items()}
     elif case.model.format == "savedmodel":
         # basic-pitch: tf.saved_model.load(path), then model(audio) -> {"contour", "note", "onset"}.
         import tensorflow as tf
@@ -231,3 +240,28 @@ def test_crema_model_option_builds_the_publishers_architecture(corpus):
     _ok(by_model)
     _ok(by_import)
     assert (case.workdir / "model.h5").read_bytes() == case.output.read_bytes()
+
+
+# ------------------------------------------------- nudity: a frozen MobileNet v1, fixed at batch 1, photos
+@pytest.mark.corpus_variant("nudity")
+def test_nudity_preprocessing_read_from_the_model_and_given_by_the_user(corpus):
+    """Photos need a preprocessing. Told nothing (diagnose), ckptfix reads tf-slim's choice for MobilenetV1 from
+    the graph's scopes: inception, x / 127.5 - 1 (tf-slim's preprocessing_factory maps mobilenet_v1 to it). nudity's
+    own code scales (x - 128) / 128, which no preset is, so the repair gets the user's function (recalibrate) and
+    the notice names it, with the model's suggestion beside."""
+    read = [n for n in corpus.run("nudity", "diagnose").report["notices"] if n.startswith("images preprocessed")]
+    assert len(read) == 1 and "with inception: x / 127.5 - 1" in read[0]
+    assert "chosen because it is the tf-slim network MobilenetV1" in read[0]
+    given = [n for n in corpus.run("nudity", "recalibrate").report["notices"] if n.startswith("images preprocessed")]
+    assert len(given) == 1 and "--preprocess published:nudity_preprocess" in given[0]
+    assert "the model suggests inception" in given[0]
+
+
+@pytest.mark.corpus_variant("nudity")
+def test_nudity_batches_of_32_through_an_input_fixed_at_1(corpus):
+    """The graph's input is fixed at [1, 224, 224, 3]; ckptfix frees it in its working copy and runs the 64 photos
+    in 2 batches of 32 (the reference's batches: batch statistics depend on them), while the repaired file keeps
+    the input as shipped (checked in the publisher's route)."""
+    case = corpus.case("nudity")
+    report = corpus.run("nudity", "recalibrate").report
+    assert report["num_samples"] == case.model.num_samples and report["num_batches"] == 2
