@@ -343,10 +343,29 @@ def _keras2_load(path: Path, unsafe: bool, custom_objects: dict | None = None, s
     try:
         with compat.keras_v2_behavior():
             return compat.keras2().models.load_model(str(path), compile=False, safe_mode=not unsafe,
-                                                     custom_objects=custom_objects)
+                                                     custom_objects={**_ghost_batchnorm_loader(), **custom_objects})
     except _load_errors(custom_objects) as error:
         _check_safe(error, str(path))
         raise _load_failure(error, path, KERAS2_LOAD, config, custom_objects, specs) from None
+
+
+def _ghost_batchnorm_loader() -> dict:
+    """Keras 2 saves a built ghost BN layer (``virtual_batch_size``) with the group axis its build inserts counted in
+    ``axis`` (one more than given) and cannot load the file back ("Invalid value for `axis` argument";
+    keras-team/tf-keras#546). Under the class's name in ``custom_objects``, this builds Keras 2's own layer from
+    the config with that axis taken back off (HDF5 and SavedModel files; a tf_keras ``.keras`` archive looks its
+    classes up by module, not by this name)."""
+    keras2 = compat.keras2()
+
+    class BatchNormalization:
+        @staticmethod
+        def from_config(config: dict):
+            if config.get("virtual_batch_size") is not None:
+                axis = config["axis"]
+                config = dict(config, axis=[a - 1 for a in axis] if isinstance(axis, (list, tuple)) else axis - 1)
+            return keras2.layers.BatchNormalization.from_config(config)
+
+    return {"BatchNormalization": BatchNormalization}
 
 
 def load_model_file(path: Path, loader: str, unsafe: bool, custom_objects: dict | None = None):
