@@ -48,17 +48,27 @@ def ghost(tmp_path_factory):
     keras = km.keras2()
     folder = tmp_path_factory.mktemp("ghost")
     model, data, heldout = _stale_ghost_model(keras)
-    files = {"h5": folder / "model.h5", "savedmodel": folder / "saved_model"}
+    files = {"h5": folder / "model.h5", "keras": folder / "model.keras", "savedmodel": folder / "saved_model"}
     model.save(files["h5"])
+    model.save(files["keras"])
     model.save(files["savedmodel"], save_format="tf")
     np.save(folder / "calibration.npy", data)
     return keras, model, files, data, heldout, folder
 
 
 def _load(keras, path: Path):
-    from ckptfix.keras.formats import _ghost_batchnorm_loader  # tf_keras cannot load its own ghost BN files back
+    """tf_keras cannot load its own ghost BN files back (keras-team/tf-keras#546): ckptfix's Keras 2 loader does."""
+    from ckptfix.keras.formats import KERAS2_LOAD, load_model_file
 
-    return keras.models.load_model(str(path), compile=False, custom_objects=_ghost_batchnorm_loader())
+    return load_model_file(path, KERAS2_LOAD, unsafe=False)
+
+
+def test_tf_keras_cannot_load_its_own_ghost_batch_norm_files(ghost):
+    keras, _, files, *_ = ghost
+    for path in files.values():
+        with pytest.raises(ValueError, match="Invalid value for `axis` argument"):
+            keras.models.load_model(str(path), compile=False)
+        assert _load(keras, path).get_layer("dense_bn").moving_mean.shape == (1, 1, 8)
 
 
 def _ghost_statistics(keras, path: Path, data: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
@@ -94,7 +104,7 @@ def _training_output(model, samples: np.ndarray, draws: int = 16) -> np.ndarray:
     return total / draws
 
 
-@pytest.mark.parametrize("model_format", ["h5", "savedmodel"])
+@pytest.mark.parametrize("model_format", ["h5", "keras", "savedmodel"])
 def test_ghost_batch_norm_gets_the_mean_over_ghost_groups_of_their_moments(ghost, model_format, tmp_path):
     keras, model, files, data, heldout, _ = ghost
     path = files[model_format]
