@@ -136,6 +136,7 @@ def _stream(pool: DevicePool, batches, layers: list[Layer], keep: Reservoir, pro
     def share():
         for batch in batches:
             last = getattr(batches, "last", None)  # names this batch in errors, whenever they are raised
+            check_ghost_batch(layers, samples_in(batch))  # a stream of unknown length: its last batch
             yield batch, False, batches.describe_last if last is None else last.describe
 
     with interrupts_between_steps() as check_interrupt, \
@@ -294,6 +295,13 @@ def check_ghost_batches(layers: Sequence[Layer], size: int, num_samples: int | N
             whole = num_samples - num_samples % virtual
             raise ghost_batch_error(layer.name, virtual, f"{num_samples} samples (the last batch)",
                                     f"pass --num-samples {whole}" if whole else f"pass at least {virtual} samples")
+
+
+def check_ghost_batch(layers: Sequence[Layer], rows: int) -> None:
+    """One batch, before it runs: :func:`check_ghost_batches` for data whose number of samples was not known."""
+    for layer in layers:
+        if layer.virtual_batch_size and rows % layer.virtual_batch_size:
+            raise ghost_batch_error(layer.name, layer.virtual_batch_size, f"the {rows} samples of a batch")
 
 
 def _same_as(other, layer: Layer) -> bool:

@@ -14,6 +14,11 @@ and records the accurate shifted sums of ``x`` around that mean (:mod:`ckptfix.g
 for TF1 graphs); only the per-channel vectors reach the host, where they become count / mean / M2 in float64
 and are merged by :class:`ckptfix.stats.PooledMoments` exactly as for TF1 graphs. A layer called several times (shared
 weights) contributes every call.
+
+Ghost BN (tf_keras ``virtual_batch_size=V``) is measured as its training mode normalises: ``x`` reshaped to
+``[V, -1, ...]`` (group g: samples g, g + G, ... of a batch of G * V), moments per group and channel, each group
+normalised by its own; the host splits them into one entry per group (:func:`ckptfix.graph.sums.per_group`, as
+for TF1 graphs), whose mean the pipeline writes.
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ from typing import Iterator
 
 import numpy as np
 
-from ckptfix.data.spec import ghost_batch_error
 from ckptfix.errors import GraphError
 from ckptfix.graph.sums import SharedConstants, batch_moments, per_group, shifted_sums
 from ckptfix.keras.batchnorm import KerasBatchNorm
@@ -38,12 +42,10 @@ _TRACING = threading.Lock()
 
 def _ghost_groups(bn: KerasBatchNorm, x):
     """``x`` as tf_keras' ghost BN reshapes it in training: ``[V, -1, ...]``, so that group g holds samples g, g + G,
-    g + 2G, ... of a batch of ``G * V``; a batch of another size fails as it fails in training (module docstring)."""
+    g + 2G, ... of a batch of ``G * V`` (the pipeline refuses batches of other sizes before they run)."""
     import tensorflow as tf
 
     virtual, rows = bn.virtual_batch_size, x.shape[0]
-    if rows is not None and rows % virtual:
-        raise ghost_batch_error(bn.name, virtual, f"batches of {rows} samples")
     grouped = tf.reshape(x, tf.concat([[virtual, -1], tf.shape(x)[1:]], 0))
     grouped.set_shape([virtual, None if rows is None else rows // virtual, *x.shape[1:]])
     return grouped

@@ -111,8 +111,12 @@ def test_ghost_batch_norm_gets_the_mean_over_ghost_groups_of_their_moments(ghost
     output = tmp_path / path.name
     notices = []
     report = ckptfix.recalibrate(path, data, batch_size=BATCH, shuffle=False, output=output, model_format=model_format,
-                                 on_notice=notices.append)
+                                 on_notice=notices.append, agreement_samples=100)
     assert any("ghost batch norm (virtual_batch_size) in conv_bn, dense_bn" in n for n in notices), notices
+    # the agreement's training-mode reference in batches that split into ghost groups: 3 of 32 of the 100 samples
+    # kept (batches of 34, 33 and 33 would not), and the repair brings inference closer to it
+    assert report.agreement.num_samples == 96, report.agreement
+    assert report.agreement.relative_error_after < report.agreement.relative_error_before / 2, report.agreement
     assert [layer.name for layer in report.layers] == list(GHOST_LAYERS)
     repaired = _load(keras, output)
     reference = _ghost_statistics(keras, path, data)
@@ -161,3 +165,14 @@ def test_batches_that_do_not_split_into_ghost_groups_are_refused_before_any_work
         assert lines[0].endswith(fix), result.stderr
         assert not (tmp_path / "out").exists() and result.stdout == ""
     assert files["h5"].read_bytes() == before
+
+
+def test_a_stream_of_unknown_length_is_refused_at_a_batch_that_does_not_split(ghost, tmp_path):
+    import tensorflow as tf
+
+    keras, model, files, data, heldout, folder = ghost
+    stream = tf.data.Dataset.from_tensor_slices(data[:1020]).filter(lambda x: True)  # length unknown until it ends
+    with pytest.raises(DataError, match=r"ghost batch norm \(virtual_batch_size=8\) and the 28 samples of a batch do "
+                                        r"not split into its groups of 8.*batch_size that is a multiple of 8"):
+        ckptfix.recalibrate(files["h5"], stream, batch_size=BATCH, output=tmp_path / "out.h5")
+    assert not (tmp_path / "out.h5").exists()
