@@ -176,3 +176,32 @@ def test_a_stream_of_unknown_length_is_refused_at_a_batch_that_does_not_split(gh
                                         r"not split into its groups of 8.*batch_size that is a multiple of 8"):
         ckptfix.recalibrate(files["h5"], stream, batch_size=BATCH, output=tmp_path / "out.h5")
     assert not (tmp_path / "out.h5").exists()
+
+
+TF1_SCRIPT = r"""
+import sys
+import numpy as np
+import tensorflow as tf
+
+tf.compat.v1.disable_v2_behavior()  # tf_keras' ghost BN then takes its legacy path (inference reshaped to [V, -1] too)
+import ckptfix
+
+report = ckptfix.recalibrate(sys.argv[1], np.load(sys.argv[2]), batch_size=32, shuffle=False, output=sys.argv[3],
+                             progress=False)
+assert report.agreement is not None and not tf.executing_eagerly()
+"""
+
+
+@pytest.mark.subprocess  # disable_v2_behavior() is process-wide: a fresh interpreter
+def test_ghost_batch_norm_in_a_tf1_style_process_gets_the_same_statistics(ghost, tmp_path):
+    import subprocess
+
+    keras, model, files, data, heldout, folder = ghost
+    run = subprocess.run([sys.executable, "-c", TF1_SCRIPT, str(files["h5"]), str(folder / "calibration.npy"),
+                          str(tmp_path / "tf1.h5")], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ckptfix.recalibrate(files["h5"], data, batch_size=BATCH, shuffle=False, output=tmp_path / "eager.h5")
+    tf1, eager = _load(keras, tmp_path / "tf1.h5"), _load(keras, tmp_path / "eager.h5")
+    for name in GHOST_LAYERS:
+        for a, b in zip(tf1.get_layer(name).non_trainable_weights, eager.get_layer(name).non_trainable_weights, strict=True):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
