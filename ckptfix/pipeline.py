@@ -28,7 +28,7 @@ from ckptfix.data import DataKeys, open_calibration_data
 from ckptfix.data.batching import Reservoir, Variety, samples_in
 from ckptfix.data.conventions import choose as choose_preprocessing
 from ckptfix.data.python import check_bounded
-from ckptfix.data.spec import FixedBatch
+from ckptfix.data.spec import FixedBatch, ghost_batch_error
 from ckptfix.diagnostics import agreement as output_agreement
 from ckptfix.diagnostics import gate as repair_gate
 from ckptfix.diagnostics.drift import DEFAULT_EPSILON
@@ -136,6 +136,7 @@ def _stream(pool: DevicePool, batches, layers: list[Layer], keep: Reservoir, pro
     def share():
         for batch in batches:
             last = getattr(batches, "last", None)  # names this batch in errors, whenever they are raised
+            check_ghost_batch(layers, samples_in(batch))  # a stream of unknown length: its last batch
             yield batch, False, batches.describe_last if last is None else last.describe
 
     with interrupts_between_steps() as check_interrupt, \
@@ -182,13 +183,15 @@ def _stable(until: UntilStable, cluster: Cluster, seen: _Stream, ended: bool) ->
 REFERENCE_BATCH = 32
 
 
-def _agreement(session: Session, stream: _Stream, reports: list[LayerReport], size: int, seed: int):
+def _agreement(session: Session, stream: _Stream, reports: list[LayerReport], size: int, seed: int, ghost: bool = False):
     """The agreement check (:mod:`ckptfix.diagnostics.agreement`) on the samples kept from the whole stream,
     shuffled together into new batches (a stream ordered by class would otherwise give one-class batches, whose
     batch statistics are not training's): their outputs with BN on batch statistics (the reference), then in
     inference mode with the stored, the new and the new statistics moved within their standard errors (one
-    draw, seeded; not with one batch, whose standard errors are unknown)."""
-    fixed = session.fixed_batch is not None  # the model's own operations need batches of exactly ``size``
+    draw, seeded; not with one batch, whose standard errors are unknown). With ``ghost`` BN layers the reference
+    batches are of the run's size too, a multiple of each group size (:func:`check_ghost_batches`), so that each
+    group of V samples is normalised by its own moments, as in training."""
+    fixed = session.fixed_batch is not None or ghost  # batches of exactly ``size``: the model's own ops, ghost groups
     mixed = stream.kept.mixed(size if fixed else max(size, REFERENCE_BATCH), exact=fixed, seed=seed)
     join = output_agreement.concatenate
     reference = join([session.moments(batch, keep_output=True)[1] for batch in mixed])
@@ -279,6 +282,28 @@ def check_whole_batches(fixed: FixedBatch | None, num_samples: int | None, notic
                     f"{num_samples} samples are not a multiple of {fixed.size}: {fix}.")
 
 
+def check_ghost_batches(layers: Sequence[Layer], size: int, num_samples: int | None) -> None:
+    """Ghost BN (``virtual_batch_size=V``) normalises groups of V samples: every batch must split into them, as in
+    training (its reshape fails otherwise). Refused before any work: a batch size, or a known number of samples
+    (the last batch), that is not a multiple of V."""
+    for layer in layers:
+        virtual = layer.virtual_batch_size
+        if virtual and size % virtual:
+            raise ghost_batch_error(layer.name, virtual, f"batches of {size} samples",
+                                    f"pass a --batch-size that is a multiple of {virtual} (the training batch size)")
+        if virtual and num_samples is not None and num_samples % virtual:
+            whole = num_samples - num_samples % virtual
+            raise ghost_batch_error(layer.name, virtual, f"{num_samples} samples (the last batch)",
+                                    f"pass --num-samples {whole}" if whole else f"pass at least {virtual} samples")
+
+
+def check_ghost_batch(layers: Sequence[Layer], rows: int) -> None:
+    """One batch, before it runs: :func:`check_ghost_batches` for data whose number of samples was not known."""
+    for layer in layers:
+        if layer.virtual_batch_size and rows % layer.virtual_batch_size:
+            raise ghost_batch_error(layer.name, layer.virtual_batch_size, f"the {rows} samples of a batch")
+
+
 def _same_as(other, layer: Layer) -> bool:
     """Whether another file's (``--against``) statistics for ``layer`` equal the stored ones, byte for byte."""
     mean, variance = other(layer.mean_key), other(layer.variance_key)
@@ -339,6 +364,7 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
             **options.data_options,
         )
         check_whole_batches(session.fixed_batch, batches.num_samples if cluster.size == 1 else None, notice)
+        check_ghost_batches(layers, size, batches.num_samples if cluster.size == 1 else None)
         if batches.images:
             notice(preprocessing.describe(batches.preprocessing, batches.integer_images))
         keep = options.agreement_samples if session.output_name and cluster.chief else 0
@@ -373,7 +399,8 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
             if session.inference_unavailable:
                 notice(f"no output agreement: {session.inference_unavailable} (training mode is baked into the graph)")
             else:
-                agreement = _agreement(session, stream, reports, size, options.seed)
+                agreement = _agreement(session, stream, reports, size, options.seed,
+                                       ghost=any(layer.virtual_batch_size for layer in layers))
         num_batches = sum(device.batches for device in devices)
         gate = repair_gate.check(reports, num_samples=num_samples, batch_size=size, variety=stream.variety,
                                  agreement=agreement, frozen=frozen, adapt=options.adapt,

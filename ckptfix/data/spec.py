@@ -36,6 +36,15 @@ class FixedBatch:
     reason: str
 
 
+def ghost_batch_error(layer: str, virtual: int, what: str, fix: str | None = None) -> DataError:
+    """The error for batches that ghost BN (``virtual_batch_size=V``, tf.compat.v1 layers and tf_keras) cannot split into
+    its groups of V, as training could not: ``what`` names them (``batches of 20 samples``), ``fix`` what to pass."""
+    fix = fix or (f"pass a --batch-size that is a multiple of {virtual} (the training batch size) and a number of "
+                  f"samples that is a multiple of {virtual} (--num-samples)")
+    return DataError(f"BN layer {layer} is ghost batch norm (virtual_batch_size={virtual}) and {what} do not split into "
+                     f"its groups of {virtual}, as in training: {fix}.")
+
+
 def show_shape(shape) -> str:
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
 

@@ -52,7 +52,7 @@ from ckptfix.graph.index import IF_OPS, is_gradient, parse_input
 from ckptfix.graph.session import (SessionModel, clear_devices, editable_nodes, first_line, import_graph,
                                   measuring_config, restore)
 from ckptfix.graph.sums import (FUSED_SQUARES_MAX_COUNT, FusedInputSums, SharedConstants, ShiftedSums, SumsFetch,
-                                shifted_sums)
+                                per_group, shifted_sums)
 from ckptfix.stats import BatchMoments
 
 _IDENTITY_OPS = frozenset({"Identity", "RefIdentity", "Snapshot"})
@@ -335,14 +335,6 @@ def _channel_axes(x, channels_last: bool | None, reference_shape=None) -> list[i
     return [offset + i for i, d in enumerate(dims) if d != 1]
 
 
-def _per_group(moments: BatchMoments, channels: int | None) -> list[BatchMoments]:
-    """A ghost BN input's moments (one per group and channel, group-major) as one entry per group; others as they are."""
-    if channels is None:
-        return [moments]
-    return [BatchMoments(moments.count, moments.mean[k : k + channels], moments.m2[k : k + channels])
-            for k in range(0, moments.mean.size, channels)]
-
-
 def _kept_dims(x, axes: list[int]):
     """The shape of a statistic of ``x`` per ``axes`` with the others kept as 1 (``keepdims``), as a tensor."""
     import tensorflow as tf
@@ -400,7 +392,7 @@ class GraphModel(SessionModel):
         self._assigns: dict[str, tuple] = {}  # variable -> placeholder, assign op, dtype (see _assign)
         self._reads: dict[str, object] = {}  # variable -> its read (see _read)
         self._constants = SharedConstants()
-        self._ghost_channels: dict[int, int] = {}  # id of a ghost BN input's sums -> its channels (see _per_group)
+        self._ghost_channels: dict[int, int] = {}  # id of a ghost BN input's sums -> its channels (see sums.per_group)
         with self.graph.as_default(), tf.device(device):
             self.inputs = [self.graph.get_tensor_by_name(name) for name in feeds.inputs]
             self.training_flag = None if feeds.training_flag is None else self.graph.get_tensor_by_name(feeds.training_flag)
@@ -608,7 +600,7 @@ class GraphModel(SessionModel):
         result, k = {}, 0
         for name, per_input in self._fetches.items():
             result[name] = [group for sums, moment in zip(per_input, moments[k : k + len(per_input)])
-                            for group in _per_group(moment, self._ghost_channels.get(id(sums)))]
+                            for group in per_group(moment, self._ghost_channels.get(id(sums)))]
             k += len(per_input)
         return result, value
 

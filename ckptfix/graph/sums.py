@@ -201,6 +201,16 @@ def batch_moments(shape, shift, s1, center, s2) -> BatchMoments:
     return BatchMoments(count, *_moments_from_sums(max(count, 1), shift, s1, center, s2))
 
 
+def per_group(moments: BatchMoments, channels: int | None) -> list[BatchMoments]:
+    """Ghost BN's moments of one input (taken per group and channel, group-major: the sums of ``x`` reshaped to
+    ``[V, groups, ...]`` with the groups and the channels kept) as one entry per group of ``channels`` values;
+    ``channels`` None: any other input's moments, as they are."""
+    if channels is None:
+        return [moments]
+    return [BatchMoments(moments.count, moments.mean[k : k + channels], moments.m2[k : k + channels])
+            for k in range(0, moments.mean.size, channels)]
+
+
 class SumsFetch:
     """Every BN input's sums of one run as two fetched tensors, and their moments formed on the host at once.
 

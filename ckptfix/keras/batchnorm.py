@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from ckptfix import compat
 
 _BATCHNORM_CLASSES = {"BatchNormalization", "BatchNormalizationBase", "SyncBatchNormalization"}
@@ -36,6 +38,17 @@ class KerasBatchNorm:
     def channel_axes(self) -> list[int]:
         axis = self.layer.axis
         return list(axis) if isinstance(axis, (list, tuple)) else [int(axis)]
+
+    @property
+    def virtual_batch_size(self) -> int | None:
+        """Ghost batch norm's group size (tf_keras ``virtual_batch_size``; Keras 3 has no such argument): in training
+        the layer reshapes its input to ``[V, -1, ...]`` and its ``axis`` counts the inserted group axis."""
+        virtual = getattr(self.layer, "virtual_batch_size", None) if compat.is_keras2_object(self.layer) else None
+        return int(virtual) if virtual else None
+
+    @property
+    def channels(self) -> int:
+        return int(np.prod(self.layer.moving_mean.shape))
 
     @property
     def mean_variable(self):

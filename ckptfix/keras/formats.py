@@ -31,10 +31,13 @@ so its custom classes must subclass that Keras's ``Layer`` (Keras 2 code on Tens
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from ckptfix import compat
 from ckptfix.errors import CheckpointError, CkptfixError, UnsafeModelError
@@ -341,12 +344,67 @@ def _keras2_load(path: Path, unsafe: bool, custom_objects: dict | None = None, s
     compat.refuse_tf_keras_beside_keras2()
     custom_objects = custom_objects or {}
     try:
-        with compat.keras_v2_behavior():
-            return compat.keras2().models.load_model(str(path), compile=False, safe_mode=not unsafe,
-                                                     custom_objects=custom_objects)
+        with compat.keras_v2_behavior(), _ghost_axes_taken_off(path) as readable:
+            return compat.keras2().models.load_model(str(readable), compile=False, safe_mode=not unsafe,
+                                                     custom_objects={**_ghost_batchnorm_loader(), **custom_objects})
     except _load_errors(custom_objects) as error:
         _check_safe(error, str(path))
         raise _load_failure(error, path, KERAS2_LOAD, config, custom_objects, specs) from None
+
+
+def _ghost_config(config: dict) -> dict:
+    """A Keras 2 BN layer's config with its ``axis`` as given: Keras 2 saves a built ghost BN layer
+    (``virtual_batch_size``) with the group axis its build inserts counted (one more than given) and cannot load
+    the file back ("Invalid value for `axis` argument"; keras-team/tf-keras#546)."""
+    if config.get("virtual_batch_size") is None:
+        return config
+    axis = config["axis"]
+    return dict(config, axis=[a - 1 for a in axis] if isinstance(axis, (list, tuple)) else axis - 1)
+
+
+def _ghost_batchnorm_loader() -> dict:
+    """Keras 2's ``BatchNormalization`` built from :func:`_ghost_config` (under the class's name in
+    ``custom_objects``, as HDF5 and SavedModel files look their classes up)."""
+    keras2 = compat.keras2()
+
+    class BatchNormalization:
+        @staticmethod
+        def from_config(config: dict):
+            return keras2.layers.BatchNormalization.from_config(_ghost_config(config))
+
+    return {"BatchNormalization": BatchNormalization}
+
+
+@contextlib.contextmanager
+def _ghost_axes_taken_off(path: Path) -> Iterator[Path]:
+    """``path``, or for a Keras 2 ``.keras`` archive with ghost BN layers (whose classes are looked up by module, not
+    by ``custom_objects``) a temporary copy whose ``config.json`` has their configs as :func:`_ghost_config` gives."""
+    import zipfile
+
+    config = _archive_config(path, required=False) if zipfile.is_zipfile(path) else None
+    fixed = _map_batchnorm_configs(config, _ghost_config) if config is not None else None
+    if fixed is None or fixed == config:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="ckptfix-ghost-") as folder:
+        copy = Path(folder) / path.name
+        with zipfile.ZipFile(path) as source, zipfile.ZipFile(copy, "w") as target:
+            for item in source.infolist():
+                data = json.dumps(fixed).encode() if item.filename == "config.json" else source.read(item)
+                target.writestr(item, data)
+        yield copy
+
+
+def _map_batchnorm_configs(node, change):
+    """``node`` (a model config) with ``change`` applied to the config of every ``BatchNormalization`` layer in it."""
+    if isinstance(node, list):
+        return [_map_batchnorm_configs(value, change) for value in node]
+    if not isinstance(node, dict):
+        return node
+    mapped = {key: _map_batchnorm_configs(value, change) for key, value in node.items()}
+    if node.get("class_name") == "BatchNormalization" and isinstance(node.get("config"), dict):
+        mapped["config"] = change(node["config"])
+    return mapped
 
 
 def load_model_file(path: Path, loader: str, unsafe: bool, custom_objects: dict | None = None):

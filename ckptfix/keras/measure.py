@@ -14,6 +14,11 @@ and records the accurate shifted sums of ``x`` around that mean (:mod:`ckptfix.g
 for TF1 graphs); only the per-channel vectors reach the host, where they become count / mean / M2 in float64
 and are merged by :class:`ckptfix.stats.PooledMoments` exactly as for TF1 graphs. A layer called several times (shared
 weights) contributes every call.
+
+Ghost BN (tf_keras ``virtual_batch_size=V``) is measured as its training mode normalises: ``x`` reshaped to
+``[V, -1, ...]`` (group g: samples g, g + G, ... of a batch of G * V), moments per group and channel, each group
+normalised by its own; the host splits them into one entry per group (:func:`ckptfix.graph.sums.per_group`, as
+for TF1 graphs), whose mean the pipeline writes.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Iterator
 import numpy as np
 
 from ckptfix.errors import GraphError
-from ckptfix.graph.sums import SharedConstants, batch_moments, shifted_sums
+from ckptfix.graph.sums import SharedConstants, batch_moments, per_group, shifted_sums
 from ckptfix.keras.batchnorm import KerasBatchNorm
 from ckptfix.stats.pooled import BatchMoments
 
@@ -33,6 +38,17 @@ _MISSING = object()
 #: held while a forward is traced with the call swap in place: the swap is on the shared layer objects, so
 #: two sessions (one per device, :mod:`ckptfix.scaling`) must not trace at once
 _TRACING = threading.Lock()
+
+
+def _ghost_groups(bn: KerasBatchNorm, x):
+    """``x`` as tf_keras' ghost BN reshapes it in training: ``[V, -1, ...]``, so that group g holds samples g, g + G,
+    g + 2G, ... of a batch of ``G * V`` (the pipeline refuses batches of other sizes before they run)."""
+    import tensorflow as tf
+
+    virtual, rows = bn.virtual_batch_size, x.shape[0]
+    grouped = tf.reshape(x, tf.concat([[virtual, -1], tf.shape(x)[1:]], 0))
+    grouped.set_shape([virtual, None if rows is None else rows // virtual, *x.shape[1:]])
+    return grouped
 
 
 def _batch_statistics_call(bn: KerasBatchNorm, recorded: dict[str, list], constants: SharedConstants):
@@ -44,16 +60,20 @@ def _batch_statistics_call(bn: KerasBatchNorm, recorded: dict[str, list], consta
         if mask is not None:
             raise GraphError(f"BN layer {bn.name} receives a mask: masked batch statistics are not supported.")
         x = tf.cast(tf.convert_to_tensor(inputs), tf.float32)
-        rank = x.shape.rank
-        if rank is None:
+        if x.shape.rank is None:
             raise GraphError(f"BN layer {bn.name} has an input of unknown rank: build the model with a known input rank.")
+        normalised = x if bn.virtual_batch_size is None else _ghost_groups(bn, x)
+        rank = normalised.shape.rank
         channel_axes = sorted({axis % rank for axis in bn.channel_axes})
-        reduce_axes = [axis for axis in range(rank) if axis not in channel_axes]
-        mean, variance = tf.nn.moments(x, axes=reduce_axes, keepdims=True)
-        recorded.setdefault(bn.name, []).append(shifted_sums(x, channel_axes, constants, shift=mean))
-        gamma = None if getattr(layer, "gamma", None) is None else tf.reshape(tf.cast(layer.gamma, tf.float32), tf.shape(mean))
-        beta = None if getattr(layer, "beta", None) is None else tf.reshape(tf.cast(layer.beta, tf.float32), tf.shape(mean))
-        outputs = tf.nn.batch_normalization(x, mean, variance, beta, gamma, layer.epsilon)
+        kept = ([1] if bn.virtual_batch_size else []) + channel_axes  # ghost BN: one statistic per group and channel
+        mean, variance = tf.nn.moments(normalised, axes=[a for a in range(rank) if a not in kept], keepdims=True)
+        recorded.setdefault(bn.name, []).append(shifted_sums(normalised, kept, constants, shift=mean))
+        shape = [normalised.shape[a] if a in channel_axes else 1 for a in range(rank)]
+        gamma = None if getattr(layer, "gamma", None) is None else tf.reshape(tf.cast(layer.gamma, tf.float32), shape)
+        beta = None if getattr(layer, "beta", None) is None else tf.reshape(tf.cast(layer.beta, tf.float32), shape)
+        outputs = tf.nn.batch_normalization(normalised, mean, variance, beta, gamma, layer.epsilon)
+        if bn.virtual_batch_size:
+            outputs = tf.reshape(outputs, tf.shape(x))
         return tf.cast(outputs, layer.compute_dtype)
 
     return call
@@ -153,8 +173,10 @@ class BatchStatisticsForward:
         if unused:
             raise GraphError(f"BN layer {unused[0]} is not called by the model's forward pass: nothing to measure it on.")
         per_layer = {
-            name: [batch_moments(*(value.numpy() for value in sums)) for sums in calls]
-            for name, calls in moments.items()
+            bn.name: [group for sums in moments[bn.name]
+                      for group in per_group(batch_moments(*(value.numpy() for value in sums)),
+                                             bn.channels if bn.virtual_batch_size else None)]
+            for bn in self._layers
         }
         return per_layer, outputs
 

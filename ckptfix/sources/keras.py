@@ -140,7 +140,7 @@ class KerasModelSource:
                 stored_mean=np.asarray(mean, np.float64).reshape(-1),
                 stored_variance=np.asarray(variance, np.float64).reshape(-1),
                 dtype=str(mean.dtype), bessel=bn.bessel, epsilon=float(bn.layer.epsilon), found=bn,
-                frozen=trains and not bn.layer.trainable,
+                frozen=trains and not bn.layer.trainable, virtual_batch_size=bn.virtual_batch_size,
             ))
         self.convention = model_convention(self.source.model)
 
