@@ -82,8 +82,6 @@ def check_batch_moments(layer: str, moments, describe_batch: Callable[[], str]) 
 def _layer_report(layer: Layer, pooled: PooledMoments, estimator: Estimator, samples: int) -> LayerReport:
     """The layer's new statistics in its own variance convention, next to the stored ones, with their standard
     errors (from one batch of ``samples`` samples: :func:`ckptfix.stats.one_batch_standard_errors`)."""
-    if layer.virtual_batch_size:  # each group is one entry of ``pooled``: their mean, what training's update estimates
-        estimator = Estimator.BATCH_MEAN
     mean, variance = pooled.mean_and_variance(estimator, bessel=layer.bessel)
     if not (np.isfinite(mean).all() and np.isfinite(variance).all()):  # never write non-finite statistics
         raise DataError(f"BN layer {layer.name}: the pooled statistics are not finite (overflow?): nothing was written.")
@@ -384,8 +382,12 @@ def measure(source: Source, data, options: Options, cluster: Cluster | None = No
         reports = [_layer_report(layer, pooled[layer.name], options.estimator, num_samples) for layer in layers]
         ghosts = [layer.name for layer in layers if layer.virtual_batch_size]
         if ghosts:
-            notice(f"ghost batch norm (virtual_batch_size) in {', '.join(ghosts)}: their statistics are the mean over "
-                   "groups of that many samples of each group's moments, as the layer's own update computes them")
+            notice(f"ghost batch norm (virtual_batch_size) in {', '.join(ghosts)}: measured group by group as training "
+                   "normalises them; written: "
+                   + ("the mean over the groups of their moments, what the layer's update holds"
+                      if Estimator(options.estimator) == Estimator.BATCH_MEAN else
+                      "the statistics of every sample (--estimator batch-mean: the mean over the groups of their "
+                      "moments, what the layer's update holds)"))
         cause = source.cause()
         first = next((r for r in reports if r.name == source.layers[0].name), None)
         variety = stream.variety  # degenerate data says nothing of the preprocessing: the gate names it instead

@@ -54,8 +54,8 @@ class Layer:
     #: the layer ran in inference mode while the model trained (Keras ``trainable=False``, slim
     #: ``is_training=False`` in a training graph): its stored statistics are what the weights were trained against
     frozen: bool = False
-    #: ghost BN's group size: the session reports one moments entry per group of V samples, and the new statistics
-    #: are their mean over groups (what the layer's own update computes), not the population's
+    #: ghost BN's group size: the session reports one moments entry per group of V samples (each normalised by its
+    #: own moments, as in training); pooled they are the population's statistics, ``batch-mean`` their mean over groups
     virtual_batch_size: int | None = None
 
     @property
