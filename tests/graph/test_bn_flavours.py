@@ -98,7 +98,7 @@ def test_ghost_batch_norm_gets_the_statistics_its_own_update_computes(flavours, 
     data = np.load(info["root"] / "data.npy")
     notices = []
     report = ckptfix.recalibrate(info["prefix"], data, batch_size=info["batch"], shuffle=False, output=tmp_path / "out",
-                                 on_notice=notices.append, force=True)  # the gate is not what is tested here
+                                 on_notice=notices.append)
     reference = np.load(info["root"] / "reference.npz")
     assert [layer.name for layer in report.layers] == ["bn0", "bn1"]
     assert any("ghost batch norm (virtual_batch_size) in bn0, bn1" in n for n in notices), notices
@@ -118,8 +118,7 @@ def test_zero_debias_companions_keep_the_repaired_mean_when_training_resumes(fla
     mean, whatever the stored mean was."""
     info = flavours["zero_debias"]
     data = np.load(info["root"] / "data.npy")
-    report = ckptfix.recalibrate(info["prefix"], data, batch_size=info["batch"], shuffle=False, output=tmp_path / "out",
-                                 force=True)
+    report = ckptfix.recalibrate(info["prefix"], data, batch_size=info["batch"], shuffle=False, output=tmp_path / "out")
     (layer,) = report.layers
     repaired = str(tmp_path / "out" / "model.ckpt")
     reader = tf.train.load_checkpoint(repaired)
@@ -152,7 +151,7 @@ def test_renorm_layers_keep_the_statistics_training_normalised_with(flavours, tm
     info = flavours["renorm"]
     notices = []
     report = ckptfix.recalibrate(info["prefix"], np.load(info["root"] / "data.npy"), batch_size=info["batch"],
-                                 shuffle=False, output=tmp_path / "out", on_notice=notices.append, force=True)
+                                 shuffle=False, output=tmp_path / "out", on_notice=notices.append)
     assert any("batch renormalization (renorm=True) in bn0: kept as stored" in n for n in notices), notices
     assert [layer.name for layer in report.layers] == ["bn1"]
     repaired = str(tmp_path / "out" / "model.ckpt")

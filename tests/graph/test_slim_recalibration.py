@@ -87,7 +87,7 @@ def test_first_layer_statistics_do_not_depend_on_the_batch_split(slim_model, tmp
     calib = np.load(model.calib)
     results = [
         ckptfix.recalibrate(model.prefix, calib, output=tmp_path / str(size), batch_size=size, shuffle=False,
-                            include="conv1", force=True).layers[0]  # one batch of all: the gate wants two
+                            include="conv1").layers[0]
         for size in (7, 32, len(calib))
     ]
     for other in results[1:]:

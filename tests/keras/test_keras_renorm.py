@@ -46,7 +46,7 @@ def test_renorm_layer_kept_as_stored_and_the_plain_one_repaired(flavour, tmp_pat
     truth = np.asarray(load(path)(heldout, training=True))  # Keras 3 updates the statistics of the model it runs
     notices = []
     report = ckptfix.recalibrate(path, data, batch_size=32, shuffle=False, output=tmp_path / "out" / path.name,
-                                 on_notice=notices.append, force=True)
+                                 on_notice=notices.append)
     assert any("batch renormalization (renorm=True) in renorm_bn: kept as stored" in n for n in notices), notices
     assert [layer.name for layer in report.layers] == ["plain_bn"]
     repaired = load(tmp_path / "out" / path.name)

@@ -71,7 +71,7 @@ def _repair(exported, tmp_path, **keywords):
     """Repair with all samples in one batch: each BN's statistics are then those of the reference."""
     output = tmp_path / "fixed"
     report = ckptfix.recalibrate(exported.path, exported.data, output=output, batch_size=_samples(exported),
-                                 shuffle=False, force=True, **keywords)  # one batch: the gate wants two
+                                 shuffle=False, **keywords)
     assert report.model_format == "savedmodel-graph"
     assert Path(report.output_checkpoint) == output
     return output, report
@@ -113,7 +113,7 @@ def test_two_inputs_and_a_second_signature(two_input_export, tmp_path):
     np.testing.assert_allclose(maps["maps"].numpy(), expected, rtol=1e-4, atol=1e-4)
     # a dict of arrays and --signature work the same
     again = ckptfix.recalibrate(two_input_export.path, data, output=tmp_path / "again", batch_size=len(data["a"]),
-                                signature="features", force=True)
+                                signature="features")
     np.testing.assert_allclose(again.layers[0].new_mean, report.layers[0].new_mean, rtol=1e-5)
     with pytest.raises(GraphError, match="no signature nope .*features, serving_default"):
         ckptfix.inspect(two_input_export.path, signature="nope")
@@ -130,8 +130,7 @@ def test_tf_keras_savedmodel(tf_keras_savedmodel, tmp_path):
     old_style = tmp_path / "old_style"
     shutil.copytree(tf_keras_savedmodel.path, old_style)
     (old_style / "keras_metadata.pb").unlink()
-    report = ckptfix.recalibrate(old_style, tf_keras_savedmodel.data, batch_size=_samples(tf_keras_savedmodel),
-                                 force=True)
+    report = ckptfix.recalibrate(old_style, tf_keras_savedmodel.data, batch_size=_samples(tf_keras_savedmodel))
     assert report.model_format == "savedmodel-graph"
     assert Path(report.output_checkpoint) == tmp_path / "old_style-recalibrated"
 
@@ -186,7 +185,7 @@ def test_bn_in_a_function_called_from_a_cond_branch(tmp_path):
     m.serve = serve
     tf.saved_model.save(m, str(tmp_path / "nested"), signatures={"serving_default": serve})
     data = (rng.randn(16, 8, 8, 3) * 2 + 1).astype(np.float32)
-    report = ckptfix.recalibrate(tmp_path / "nested", data, batch_size=16, output=tmp_path / "fixed", force=True)
+    report = ckptfix.recalibrate(tmp_path / "nested", data, batch_size=16, output=tmp_path / "fixed")
     assert [layer.name for layer in report.layers] == ["stats"]
     h = tf.nn.conv2d(tf.constant(data, tf.float64), tf.constant(kernel, tf.float64), 1, "SAME").numpy().reshape(-1, 4)
     np.testing.assert_allclose(report.layers[0].new_mean, h.mean(0), rtol=1e-5, atol=1e-5)
@@ -244,7 +243,7 @@ def test_two_logical_cpus_match_one_device(module_export, tmp_path):
     """Issue 16 through the SavedModel source: whole batches on two devices, the one-device statistics."""
     from scaling.helpers import assert_same_statistics, run_api
 
-    options = dict(batch_size=3, shuffle=True, seed=2)
+    options = dict(batch_size=32, shuffle=True, seed=2)  # 16 batches
     one = ckptfix.diagnose(module_export.path, _data(module_export), **options).to_dict()
     data = module_export.data if isinstance(module_export.data, Path) else tmp_path / "data.npy"
     if not isinstance(module_export.data, Path):
