@@ -12,7 +12,7 @@ Cases:
 
 ``ghost``    ``tf.compat.v1.layers.batch_normalization(virtual_batch_size=8)`` twice (conv -> ghost BN -> relu), training
             flag an ``is_training`` placeholder_with_default(False); samples with per-sample offsets, so that the
-            within-group variance (what the layer's update estimates) is well below the population's.
+            within-group variance (what the layer's update estimates, `--estimator batch-mean`) is well below the population's.
 ``ghost_baked`` the same with ``training=True`` (training mode baked into the graph, no flag).
 ``renorm``   conv -> ``batch_normalization(renorm=True)`` -> conv -> plain BN, an ``is_training`` flag, trained
             without update ops; also ``heldout.npy`` and ``training_logits.npy`` (its logits on them in training mode).
