@@ -60,6 +60,32 @@ def layer_epsilon(index: GraphIndex, found) -> float | None:
     return None
 
 
+def _renorm_mean(name: str) -> str | None:
+    """Where a BN layer with batch renormalization keeps ``renorm_mean``, given its moving mean ``name`` (a variable
+    op name or a checkpoint key): ``bn/moving_mean`` -> ``bn/renorm_mean``, and in a TF2 object-based checkpoint
+    ``.../moving_mean/.ATTRIBUTES/VARIABLE_VALUE`` -> ``.../renorm_mean/.ATTRIBUTES/VARIABLE_VALUE``. None for a
+    mean not named ``moving_mean``."""
+    suffix = "/.ATTRIBUTES/VARIABLE_VALUE" if name.endswith("/.ATTRIBUTES/VARIABLE_VALUE") else ""
+    scope, _, last = name.removesuffix(suffix).rpartition("/")
+    return f"{scope}/renorm_mean{suffix}" if scope and last == "moving_mean" else None
+
+
+def recalibrated(found: list, names: list[str], mean_keys: list[str], known, notices: list[str], where: str) -> list:
+    """The BN layers ``found`` (named ``names``, their moving means stored under ``mean_keys``) that ckptfix
+    recalibrates, for every graph-level source (checkpoint + ``.meta`` or ``--model``, frozen graph, SavedModel):
+    batch renormalization layers are kept as stored (:func:`~ckptfix.sources.base.without_renorm`).
+
+    A layer uses renormalization when its ``renorm_mean`` is in ``known`` (the graph's node names and the
+    checkpoint's keys): the graph holds it when its training path was kept (a ``.meta``, a graph frozen with its
+    training flag), the checkpoint when the serving path alone was traced (a TF2 SavedModel's signature)."""
+    renorm = [bool({_renorm_mean(bn.mean_variable), _renorm_mean(key)} & known) for bn, key in zip(found, mean_keys)]
+    kept = [bn for bn, keep in zip(found, without_renorm(names, renorm, notices)) if keep]
+    if not kept:
+        raise NoBatchNormError(f"every BN layer in {where} uses batch renormalization, kept as stored: nothing to "
+                               "recalibrate.")
+    return kept
+
+
 class GraphSession:
     """A :class:`~ckptfix.sources.base.Session` over a :class:`GraphModel`, speaking in layer names."""
 
@@ -111,13 +137,11 @@ class GraphSource:
         where = "the graph --model built" if graph_label.startswith("built by") else Path(graph_label).name
         if not found:
             raise NoBatchNormError(f"no BatchNorm layers in {where}: nothing to recalibrate.")
-        renorm = [f"{bn.mean_variable.rpartition('/')[0]}/renorm_mean" in self.index.nodes for bn in found]
-        found = [bn for bn, kept in zip(found, without_renorm([bn.name for bn in found], renorm, self.notices)) if kept]
-        if not found:
-            raise NoBatchNormError(f"every BN layer in {where} uses batch renormalization, kept as stored: nothing to "
-                                   "recalibrate.")
         keys = checkpoint_keys(meta_graph)
         reader = _reader(files.prefix)
+        known = set(self.index.nodes) | set(reader.get_variable_to_shape_map())
+        found = recalibrated(found, [bn.name for bn in found], [keys.get(bn.mean_variable, bn.mean_variable) for bn in found],
+                             known, self.notices, where)
         self._check_restorable(reader)
         dtypes = reader.get_variable_to_dtype_map()
         trains = training_graph and any(is_gradient(name) for name in self.index.nodes)

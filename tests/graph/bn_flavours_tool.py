@@ -15,7 +15,9 @@ Cases:
             within-group variance (what the layer's update estimates) is well below the population's.
 ``ghost_baked`` the same with ``training=True`` (training mode baked into the graph, no flag).
 ``renorm``   conv -> ``batch_normalization(renorm=True)`` -> conv -> plain BN, an ``is_training`` flag, trained
-            without update ops; also ``heldout.npy`` and ``training_logits.npy`` (its logits on them in training mode).
+            without update ops; also ``heldout.npy`` and ``training_logits.npy`` (its logits on them in training mode),
+            and the trained net as ``frozen.pb`` (``convert_variables_to_constants``, flag kept) and ``saved_model/``
+            (``simple_save``, signature input ``images``, output ``logits``).
 ``zero_debias`` slim conv + ``batch_norm(zero_debias_moving_mean=True, decay=0.9)``, training mode baked in (no
             reference: the test checks what resumed training does with the repaired checkpoint).
 
@@ -146,6 +148,9 @@ def build_renorm(tf, folder: Path) -> dict:
                 first = (k * BATCH) % len(data)
                 session.run(step, {images: data[first:first + BATCH], targets: labels[first:first + BATCH], training: True})
             prefix = saver.save(session, str(train / "model.ckpt"))
+            frozen = v1.graph_util.convert_variables_to_constants(session, graph.as_graph_def(), [logits.op.name])
+            (folder / "frozen.pb").write_bytes(frozen.SerializeToString())
+            v1.saved_model.simple_save(session, str(folder / "saved_model"), {"images": images}, {"logits": logits})
             fetched = {"bn0": [], "bn1": []}
             for first in range(0, len(data), BATCH):
                 conv0, conv1 = session.run(["conv0/BiasAdd:0", "conv1/BiasAdd:0"],
