@@ -399,6 +399,31 @@ def _graph_position(index: GraphIndex, layer: BatchNormLayer) -> int:
 
 
 
+def statistics_in_branches(index: GraphIndex, found: list[BatchNormLayer]) -> list[str]:
+    """Variance variables (op names, sorted) read by non-fused BN arithmetic inside the branch functions of ``If`` /
+    ``StatelessIf`` ops (TF2 control flow) and by no layer in ``found``: BN that :func:`find_batchnorm_layers` does
+    not find, since it looks for non-fused BN at top level only (where TF1 ``tf.cond`` and ``smart_cond`` of the
+    statistics alone put it). Hand-written ``tf.cond(training, batch moments, population variables)`` and a BN layer
+    called inside a cond branch build it so. A site is ``Rsqrt(variance + eps)`` whose variance is read from a
+    variable (layer and instance norm read none)."""
+    known = {layer.variance_variable for layer in found}
+    hidden: set[str] = set()
+    for function, definition in index.functions.items():
+        if not index.call_sites.get(function):
+            continue
+        for node in definition.node_def:
+            if node.op != "Rsqrt":
+                continue
+            add = index.node(index.inputs(node, function)[0].node, function)
+            if add is None or add.op not in {"Add", "AddV2"}:
+                continue
+            for term in index.inputs(add, function):
+                producer = index.node(term.node, function)
+                if producer is None or producer.op != "Const":
+                    hidden |= _variables_behind(index, term) - known
+    return sorted(hidden)
+
+
 def layer_tensors(index: GraphIndex, layers: list[BatchNormLayer]) -> list[Tensor]:
     """Top-level tensors the layers' normalisation depends on: inputs, BN nodes (or the If ops holding them),
     and the mean/variance non-fused arithmetic reads."""

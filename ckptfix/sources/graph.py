@@ -17,8 +17,8 @@ import numpy as np
 
 from ckptfix.data.conventions import slim_convention
 from ckptfix.diagnostics.cause import Cause, find_cause
-from ckptfix.errors import CheckpointError, NoBatchNormError
-from ckptfix.graph.batchnorm import find_batchnorm_layers, layer_tensors
+from ckptfix.errors import CheckpointError, GraphError, NoBatchNormError
+from ckptfix.graph.batchnorm import BatchNormLayer, find_batchnorm_layers, layer_tensors, statistics_in_branches
 from ckptfix.graph.feeds import detect_feeds
 from ckptfix.graph.frozen import check_output_path, write_recalibrated_graph
 from ckptfix.graph.index import GraphIndex, is_gradient
@@ -60,12 +60,37 @@ def layer_epsilon(index: GraphIndex, found) -> float | None:
     return None
 
 
+_TF2_KEY_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def find_layers(index: GraphIndex, keys: Mapping[str, str], notices: list[str], where: str,
+                folded: list[str] | None = None) -> list[BatchNormLayer]:
+    """:func:`~ckptfix.graph.batchnorm.find_batchnorm_layers` for every graph-level source, saying what it cannot
+    reach: non-fused BN inside the branch functions of TF2 control flow
+    (:func:`~ckptfix.graph.batchnorm.statistics_in_branches`) is named in a notice (its statistics are kept as
+    stored, unchecked), or, when the graph has no other BN, in a GraphError. ``keys``: variable op -> checkpoint key,
+    which names the layers."""
+    found = find_batchnorm_layers(index, folded)
+    hidden = statistics_in_branches(index, found)
+    if not hidden:
+        return found
+    paths = [keys.get(v, v).removesuffix(_TF2_KEY_SUFFIX) for v in hidden]
+    scopes = sorted({path.rpartition("/")[0] or path for path in paths})
+    why = (f"BN in {', '.join(scopes)} normalises inside tf.cond branch functions (TF2 control flow), where ckptfix "
+           "finds fused BN only")
+    if not found:
+        raise GraphError(f"{why}: it cannot recalibrate {where}. Let tf.cond choose only the mean and variance and "
+                         "normalise outside it, or build a TF1 graph with tf.compat.v1.disable_control_flow_v2().")
+    notices.append(f"{why}: not measured, kept as stored and unchecked (the other BN layers are recalibrated)")
+    return found
+
+
 def _renorm_mean(name: str) -> str | None:
     """Where a BN layer with batch renormalization keeps ``renorm_mean``, given its moving mean ``name`` (a variable
     op name or a checkpoint key): ``bn/moving_mean`` -> ``bn/renorm_mean``, and in a TF2 object-based checkpoint
     ``.../moving_mean/.ATTRIBUTES/VARIABLE_VALUE`` -> ``.../renorm_mean/.ATTRIBUTES/VARIABLE_VALUE``. None for a
     mean not named ``moving_mean``."""
-    suffix = "/.ATTRIBUTES/VARIABLE_VALUE" if name.endswith("/.ATTRIBUTES/VARIABLE_VALUE") else ""
+    suffix = _TF2_KEY_SUFFIX if name.endswith(_TF2_KEY_SUFFIX) else ""
     scope, _, last = name.removesuffix(suffix).rpartition("/")
     return f"{scope}/renorm_mean{suffix}" if scope and last == "moving_mean" else None
 
@@ -133,11 +158,11 @@ class GraphSource:
         self.training_graph = training_graph
         self.notices = [files.notice] if files.notice else []
         self.index = GraphIndex(meta_graph.graph_def)
-        found = find_batchnorm_layers(self.index)
         where = "the graph --model built" if graph_label.startswith("built by") else Path(graph_label).name
+        keys = checkpoint_keys(meta_graph)
+        found = find_layers(self.index, keys, self.notices, where)
         if not found:
             raise NoBatchNormError(f"no BatchNorm layers in {where}: nothing to recalibrate.")
-        keys = checkpoint_keys(meta_graph)
         reader = _reader(files.prefix)
         known = set(self.index.nodes) | set(reader.get_variable_to_shape_map())
         found = recalibrated(found, [bn.name for bn in found], [keys.get(bn.mean_variable, bn.mean_variable) for bn in found],

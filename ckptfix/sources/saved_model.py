@@ -26,7 +26,7 @@ import numpy as np
 from ckptfix.data.conventions import slim_convention
 from ckptfix.data.spec import FixedBatch, InputSpec
 from ckptfix.errors import CheckpointError, CkptfixError, GraphError, NoBatchNormError, OutputError
-from ckptfix.graph.batchnorm import find_batchnorm_layers, layer_tensors
+from ckptfix.graph.batchnorm import layer_tensors
 from ckptfix.graph.feeds import Feeds, flag_candidates
 from ckptfix.graph.index import GraphIndex
 from ckptfix.graph.model import GraphModel
@@ -37,7 +37,7 @@ from ckptfix.io.atomic import atomic_output, check_destination
 from ckptfix.io.checkpoint_reader import stored_tensor
 from ckptfix.io.checkpoint_writer import copy_checkpoint
 from ckptfix.sources.base import Layer, Notice
-from ckptfix.sources.graph import GraphSession, layer_epsilon, recalibrated
+from ckptfix.sources.graph import GraphSession, find_layers, layer_epsilon, recalibrated
 
 FORMAT = "savedmodel-graph"
 _BOOL = 10  # DT_BOOL
@@ -151,7 +151,8 @@ class SavedModelSource:
         self.notices: list[str] = []
         self.index = GraphIndex(self.graph.meta_graph.graph_def)
         folded: list[str] = []
-        found = find_batchnorm_layers(self.index, folded)
+        found = find_layers(self.index, self.graph.variable_keys, self.notices, f"signature {self.graph.signature_name}",
+                            folded)
         if folded:
             self.notices.append(
                 f"{len(folded)} BN node(s) read statistics folded into constants and are left alone: {', '.join(folded[:3])}"

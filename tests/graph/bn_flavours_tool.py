@@ -18,6 +18,9 @@ Cases:
             without update ops; also ``heldout.npy`` and ``training_logits.npy`` (its logits on them in training mode),
             and the trained net as ``frozen.pb`` (``convert_variables_to_constants``, flag kept) and ``saved_model/``
             (``simple_save``, signature input ``images``, output ``logits``).
+``ghost_cond_v2`` ``ghost`` built with TF2 control flow (each ``tf.cond`` an ``If`` op) and resource variables.
+``chiron_cond_v2`` chiron's BN, then a ``batch_normalization`` layer, built so: chiron's normalisation inside the
+            ``If``'s branch functions (``chiron_cond_v2_only``: chiron's BN alone).
 ``zero_debias`` slim conv + ``batch_norm(zero_debias_moving_mean=True, decay=0.9)``, training mode baked in (no
             reference: the test checks what resumed training does with the repaired checkpoint).
 
@@ -224,8 +227,52 @@ def build_zero_debias(tf, folder: Path) -> dict:
     return {"prefix": prefix, "batch": BATCH, "output": logits.name}
 
 
+def build_chiron_cond_v2(tf, folder: Path, plain: bool) -> dict:
+    """conv -> chiron's BN (``conv0_bn``) -> relu [-> conv -> ``batch_normalization`` (``bn1``) -> relu] -> mean, flag
+    ``training``: each ``tf.cond`` an ``If`` op (run under :func:`_control_flow_v2`), chiron's whole normalisation in
+    its branch functions."""
+    v1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default():
+        v1.set_random_seed(0)
+        images = v1.placeholder(tf.float32, [None, 6, 6, 3], name="images")
+        training = v1.placeholder_with_default(False, [], name="training")
+        net = tf.nn.relu(_chiron_batchnorm(tf, v1.layers.conv2d(images, 4, 3, padding="same", name="conv0"), "conv0_bn",
+                                           training))
+        if plain:
+            net = v1.layers.conv2d(net, 4, 3, padding="same", name="conv1")
+            net = tf.nn.relu(v1.layers.batch_normalization(net, training=training, name="bn1"))
+        logits = tf.reduce_mean(net, axis=[1, 2], name="logits")
+        saver = v1.train.Saver()
+        train = folder / "train"
+        train.mkdir(parents=True)
+        with v1.Session(graph=graph) as session:
+            session.run(v1.global_variables_initializer())
+            prefix = saver.save(session, str(train / "model.ckpt"))
+    np.save(folder / "data.npy", np.random.default_rng(4).normal(2.0, 3.0, (SAMPLES, 6, 6, 3)).astype(np.float32))
+    return {"prefix": prefix, "batch": BATCH, "output": logits.name}
+
+
+def _control_flow_v2(build):
+    """``build`` run with TF2 control flow (``tf.cond`` -> ``If`` ops, branch functions) and resource variables, in
+    this otherwise TF1 process (ghost BN keeps its TF1 reshape to ``[V, -1, ...]``)."""
+    def built(tf, folder: Path) -> dict:
+        tf.compat.v1.enable_control_flow_v2()
+        tf.compat.v1.enable_resource_variables()
+        try:
+            return build(tf, folder)
+        finally:
+            tf.compat.v1.disable_control_flow_v2()
+            tf.compat.v1.disable_resource_variables()
+
+    return built
+
+
 CASES = {"chiron": build_chiron, "zero_debias": build_zero_debias, "renorm": build_renorm, "ghost": lambda tf, folder: _build_ghost(tf, folder, baked=False),
-         "ghost_baked": lambda tf, folder: _build_ghost(tf, folder, baked=True)}
+         "ghost_baked": lambda tf, folder: _build_ghost(tf, folder, baked=True),
+         "ghost_cond_v2": _control_flow_v2(lambda tf, folder: _build_ghost(tf, folder, baked=False)),
+         "chiron_cond_v2": _control_flow_v2(lambda tf, folder: build_chiron_cond_v2(tf, folder, plain=True)),
+         "chiron_cond_v2_only": _control_flow_v2(lambda tf, folder: build_chiron_cond_v2(tf, folder, plain=False))}
 
 
 def main(argv: list[str]) -> int:
