@@ -230,7 +230,7 @@ def build_zero_debias(tf, folder: Path) -> dict:
 def build_chiron_cond_v2(tf, folder: Path, plain: bool) -> dict:
     """conv -> chiron's BN (``conv0_bn``) -> relu [-> conv -> ``batch_normalization`` (``bn1``) -> relu] -> mean, flag
     ``training``: each ``tf.cond`` an ``If`` op (run under :func:`_control_flow_v2`), chiron's whole normalisation in
-    its branch functions."""
+    its branch functions. Also ``frozen.pb`` (``convert_variables_to_constants``)."""
     v1 = tf.compat.v1
     graph = tf.Graph()
     with graph.as_default():
@@ -249,6 +249,8 @@ def build_chiron_cond_v2(tf, folder: Path, plain: bool) -> dict:
         with v1.Session(graph=graph) as session:
             session.run(v1.global_variables_initializer())
             prefix = saver.save(session, str(train / "model.ckpt"))
+            frozen = v1.graph_util.convert_variables_to_constants(session, graph.as_graph_def(), [logits.op.name])
+            (folder / "frozen.pb").write_bytes(frozen.SerializeToString())
     np.save(folder / "data.npy", np.random.default_rng(4).normal(2.0, 3.0, (SAMPLES, 6, 6, 3)).astype(np.float32))
     return {"prefix": prefix, "batch": BATCH, "output": logits.name}
 

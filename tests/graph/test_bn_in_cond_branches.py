@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -93,3 +94,11 @@ def test_a_graph_whose_only_bn_is_inside_branch_functions_is_refused(built, tmp_
     result = run_cli("recalibrate", info["prefix"], info["root"] / "data.npy", "-o", out, "--no-progress")
     assert_clean_error(result, 1, IN_BRANCHES, "disable_control_flow_v2")
     assert not out.exists() and _digest(train) == before
+
+
+def test_a_frozen_graph_whose_only_bn_is_inside_branch_functions_is_refused(built):
+    """Frozen, the statistics are constants passed into the If: named the same way, not taken for folded BN."""
+    from ckptfix.errors import GraphError
+
+    with pytest.raises(GraphError, match=re.escape(IN_BRANCHES) + r".*cannot recalibrate frozen.pb"):
+        ckptfix.inspect(built["chiron_cond_v2_only"]["root"] / "frozen.pb")

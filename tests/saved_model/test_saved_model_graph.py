@@ -97,7 +97,51 @@ def test_module_with_nonfused_and_fused_bn_under_cond(module_export, tmp_path):
     output, report = _repair(module_export, tmp_path)
     assert [layer.kind for layer in report.layers] == ["non-fused", "fused"]
     assert report.training_flag == "training"
+    assert not any("branch functions" in notice for notice in report.notices), report.notices
     _check_repaired(module_export, output, report)
+
+
+def test_nonfused_bn_inside_cond_branches_is_named(tmp_path):
+    """Hand-written BN whose whole normalisation sits in both branches of ``tf.cond(training, ...)`` (batch moments
+    and their update / the population variables), then a fused BN: the first is named in a notice and left as stored,
+    the second repaired; without the second, a GraphError naming the first."""
+    import tensorflow as tf
+    from ckptfix.errors import GraphError
+
+    def export(name: str, with_fused: bool) -> Path:
+        m = tf.Module()
+        m.kernel = tf.Variable(np.random.RandomState(10).randn(3, 3, 3, 4).astype(np.float32))
+        m.pop = tf.Module()
+        m.pop.mean, m.pop.var = tf.Variable(np.zeros(4, np.float32)), tf.Variable(np.ones(4, np.float32))
+        m.bn = tf.Module()
+        m.bn.moving_mean, m.bn.moving_variance = tf.Variable(np.zeros(4, np.float32)), tf.Variable(np.ones(4, np.float32))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32), tf.TensorSpec([], tf.bool)])
+        def serve(x, training):
+            h = tf.nn.conv2d(x, m.kernel, 1, "SAME")
+
+            def batch():
+                mean, variance = tf.nn.moments(h, [0, 1, 2])
+                with tf.control_dependencies([m.pop.mean.assign(0.9 * m.pop.mean + 0.1 * mean),
+                                              m.pop.var.assign(0.9 * m.pop.var + 0.1 * variance)]):
+                    return tf.nn.batch_normalization(h, mean, variance, None, None, 1e-3)
+
+            h = tf.cond(training, batch, lambda: tf.nn.batch_normalization(h, m.pop.mean, m.pop.var, None, None, 1e-3))
+            if with_fused:
+                h = tf.compat.v1.nn.fused_batch_norm(h, tf.ones([4]), tf.zeros([4]), m.bn.moving_mean,
+                                                     m.bn.moving_variance, is_training=False)[0]
+            return {"y": tf.reduce_mean(h, [1, 2])}
+
+        m.serve = serve
+        tf.saved_model.save(m, str(tmp_path / name), signatures={"serving_default": serve})
+        return tmp_path / name
+
+    data = (np.random.RandomState(11).randn(32, 8, 8, 3) * 2 + 1).astype(np.float32)
+    report = ckptfix.recalibrate(export("mixed", True), data, batch_size=16, output=tmp_path / "fixed", force=True)
+    assert [layer.name for layer in report.layers] == ["bn"]
+    assert any("BN in pop normalises inside tf.cond branch functions" in n for n in report.notices), report.notices
+    with pytest.raises(GraphError, match="BN in pop normalises inside tf.cond branch functions .*signature serving_default"):
+        ckptfix.inspect(export("alone", False))
 
 
 def test_two_inputs_and_a_second_signature(two_input_export, tmp_path):
