@@ -70,6 +70,15 @@ def _chiron_batchnorm(tf, inp, scope, training, decay=0.99, epsilon=1e-5):
         return tf.compat.v1.cond(training, batch_statistics, population_statistics)
 
 
+def _initialised_and_saved(tf, session, folder: Path) -> str:
+    """Initialise every variable of the session's graph and save them to ``folder/train/model.ckpt``; the prefix."""
+    with session.graph.as_default():
+        session.run(tf.compat.v1.global_variables_initializer())
+        saver = tf.compat.v1.train.Saver()
+    (folder / "train").mkdir(parents=True)
+    return saver.save(session, str(folder / "train" / "model.ckpt"))
+
+
 def build_chiron(tf, folder: Path) -> dict:
     v1 = tf.compat.v1
     graph = tf.Graph()
@@ -85,19 +94,15 @@ def build_chiron(tf, folder: Path) -> dict:
             taps[f"conv{k}_bn"] = net.name
             net = tf.nn.relu(_chiron_batchnorm(tf, net, f"conv{k}_bn", training))
         logits = tf.reduce_mean(net, axis=[1, 2], name="logits")
-        saver = v1.train.Saver()
-        train = folder / "train"
-        train.mkdir(parents=True)
         with v1.Session(graph=graph) as session:
-            session.run(v1.global_variables_initializer())
-            prefix = saver.save(session, str(train / "model.ckpt"))
+            prefix = _initialised_and_saved(tf, session, folder)
             data = np.random.default_rng(0).normal(3.0, 4.0, size=(SAMPLES, 32)).astype(np.float32)
             fetched = {name: [] for name in taps}
             for start in range(0, SAMPLES, BATCH):
                 values = session.run(taps, {signal: data[start:start + BATCH], training: True})
                 for name, value in values.items():
                     fetched[name].append(value)
-    (train / "model.json").write_text(json.dumps({"cnn": {"model": "tiny"}, "rnn": {"layer_num": 0}}) + "\n")
+    (folder / "train" / "model.json").write_text(json.dumps({"cnn": {"model": "tiny"}, "rnn": {"layer_num": 0}}) + "\n")
     np.save(folder / "data.npy", data)
     np.savez(folder / "reference.npz", **_reference(fetched))
     return {"prefix": prefix, "batch": BATCH, "output": logits.name}
@@ -243,12 +248,8 @@ def build_chiron_cond_v2(tf, folder: Path, plain: bool) -> dict:
             net = v1.layers.conv2d(net, 4, 3, padding="same", name="conv1")
             net = tf.nn.relu(v1.layers.batch_normalization(net, training=training, name="bn1"))
         logits = tf.reduce_mean(net, axis=[1, 2], name="logits")
-        saver = v1.train.Saver()
-        train = folder / "train"
-        train.mkdir(parents=True)
         with v1.Session(graph=graph) as session:
-            session.run(v1.global_variables_initializer())
-            prefix = saver.save(session, str(train / "model.ckpt"))
+            prefix = _initialised_and_saved(tf, session, folder)
             frozen = v1.graph_util.convert_variables_to_constants(session, graph.as_graph_def(), [logits.op.name])
             (folder / "frozen.pb").write_bytes(frozen.SerializeToString())
     np.save(folder / "data.npy", np.random.default_rng(4).normal(2.0, 3.0, (SAMPLES, 6, 6, 3)).astype(np.float32))
