@@ -69,7 +69,7 @@ def _frozen_logits(path: Path, images: np.ndarray) -> np.ndarray:
         return session.run("logits/BiasAdd:0", {"images:0": images})
 
 
-@pytest.mark.subprocess
+@pytest.mark.subprocess  # the fixture's process, a CLI run
 def test_frozen_graph(renorm, tmp_path):
     """Through the CLI: the notice, bn1 alone written, every other constant (bn0's statistics and its renorm_mean /
     renorm_stddev among them) the same bytes."""
@@ -109,6 +109,7 @@ def _check_saved_model(stale: Path, repaired: Path, bn0_key: str, written: dict[
         assert same != (key in written.values()), key
 
 
+@pytest.mark.subprocess  # the fixture's process
 def test_tf1_saved_model(renorm, tmp_path):
     """``simple_save`` of the same trained net: the signature feeds ``images`` only; the graph's ``is_training``
     (a ``placeholder_with_default``) is the training flag, fed False."""
