@@ -136,6 +136,11 @@ def statistics_constants(graph_def, source: Path) -> set[str]:
     layers if none."""
     probe = GraphIndex(_thawed(graph_def, {node.name for node in graph_def.node if _is_thawable(node)}))
     layers = find_batchnorm_layers(probe)
+    in_branches = [layer.name for layer in layers if any(site.function for site in layer.nonfused_sites)]
+    if in_branches:
+        raise GraphError(f"BN in {', '.join(in_branches)} of {source.name} normalises inside tf.cond branch functions "
+                         "(TF2 control flow), whose statistics constants ckptfix cannot thaw: recalibrate the checkpoint "
+                         "the graph was frozen from, then freeze it again.")
     names = {name for layer in layers for name in (layer.mean_variable, layer.variance_variable)}
     names |= set(statistics_in_branches(probe, layers))
     if names:

@@ -66,7 +66,7 @@ _TF2_KEY_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 def find_layers(index: GraphIndex, keys: Mapping[str, str], notices: list[str], where: str,
                 folded: list[str] | None = None) -> list[BatchNormLayer]:
     """:func:`~ckptfix.graph.batchnorm.find_batchnorm_layers` for every graph-level source, saying what it cannot
-    reach: non-fused BN inside the branch functions of TF2 control flow
+    reach: non-fused BN normalising a tensor computed inside the branch functions of TF2 control flow
     (:func:`~ckptfix.graph.batchnorm.statistics_in_branches`) is named in a notice (its statistics are kept as
     stored, unchecked), or, when the graph has no other BN, in a GraphError. ``keys``: variable op -> checkpoint key,
     which names the layers."""
@@ -76,11 +76,11 @@ def find_layers(index: GraphIndex, keys: Mapping[str, str], notices: list[str], 
         return found
     paths = [keys.get(v, v).removesuffix(_TF2_KEY_SUFFIX) for v in hidden]
     scopes = sorted({path.rpartition("/")[0] or path for path in paths})
-    why = (f"BN in {', '.join(scopes)} normalises inside tf.cond branch functions (TF2 control flow), where ckptfix "
-           "finds fused BN only")
+    why = (f"BN in {', '.join(scopes)} normalises a tensor computed inside tf.cond branch functions (TF2 control "
+           "flow), which ckptfix cannot feed")
     if not found:
-        raise GraphError(f"{why}: it cannot recalibrate {where}. Let tf.cond choose only the mean and variance and "
-                         "normalise outside it, or build a TF1 graph with tf.compat.v1.disable_control_flow_v2().")
+        raise GraphError(f"{why}: it cannot recalibrate {where}. Compute the BN input outside the tf.cond, or build a "
+                         "TF1 graph with tf.compat.v1.disable_control_flow_v2().")
     notices.append(f"{why}: not measured, kept as stored and unchecked (the other BN layers are recalibrated)")
     return found
 
