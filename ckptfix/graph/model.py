@@ -27,7 +27,12 @@ device, and the host forms the count, mean and M2 in float64. Each BN site that 
   (the graph's own inference path) or, with training mode baked in (no flag), reads of the variables;
 * a fused node in the ``else_branch`` of ``If`` ops whose condition is the training flag: each such ``If`` gets
   a new ``then_branch``, a copy of the else branch with the selected BN nodes in training mode, and the mode
-  switch as its condition; the batch mean the ``If`` returns from the copy is the shift, as above.
+  switch as its condition; the batch mean the ``If`` returns from the copy is the shift, as above;
+* non-fused arithmetic in such an else branch (hand-written ``tf.cond(training, batch moments, population
+  variables)`` under TF2 control flow): both branches get two more arguments per site, its batch mean and biased
+  variance, formed at top level from the shifted sums of the layer's input (the ``If``'s argument); the new
+  ``then_branch`` (the else branch copied) normalises with them, the else branch ignores them. The original then
+  branch, which also runs the graph's own updates of the statistics, is never called.
 
 Where the two modes cannot coexist (a selected BN node inside another control-flow function, e.g. training
 mode baked into a branch function), batch mode still works (the node is switched to training mode) and
