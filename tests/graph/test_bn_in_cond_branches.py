@@ -46,13 +46,14 @@ def _graph_ops(prefix: str) -> set[str]:
 
 
 def test_ghost_bn_under_if_ops_is_found_and_gets_its_own_updates_statistics(built, tmp_path):
-    """The truth is the tool's reference: the mean over ghost batches of each group's moments, from TensorFlow's own
-    training-mode run; no layer is reported as out of reach."""
+    """The truth is the tool's reference: the mean over ghost batches of each group's moments (what the layer's own
+    update computes, asked for with ``estimator="batch-mean"``), from TensorFlow's own training-mode run; no layer is
+    reported as out of reach."""
     info = built["ghost_cond_v2"]
     assert "If" in _graph_ops(info["prefix"]) and "Switch" not in _graph_ops(info["prefix"])
     notices = []
     report = ckptfix.recalibrate(info["prefix"], np.load(info["root"] / "data.npy"), batch_size=info["batch"],
-                                 shuffle=False, output=tmp_path / "out", on_notice=notices.append,
+                                 shuffle=False, output=tmp_path / "out", on_notice=notices.append, estimator="batch-mean",
                                  force=True)  # 64 samples: the gate is not what is tested here
     assert [layer.name for layer in report.layers] == ["bn0", "bn1"]
     assert not any("branch functions" in n for n in notices), notices
