@@ -51,7 +51,7 @@ import numpy as np
 
 from ckptfix.data.spec import FixedBatch, InputSpec
 from ckptfix.errors import DataError, GraphError
-from ckptfix.graph.batchnorm import BatchNormLayer, FusedNode
+from ckptfix.graph.batchnorm import BatchNormLayer, FusedNode, NonFusedSite
 from ckptfix.graph.feeds import Feeds
 from ckptfix.graph.index import IF_OPS, is_gradient, parse_input
 from ckptfix.graph.session import (SessionModel, clear_devices, editable_nodes, first_line, import_graph,
@@ -74,8 +74,8 @@ class _Rewrite(NamedTuple):
     mode_ifs: dict[str, list[str]]  # else-branch function -> If ops whose then branch is its training copy
     inference_unavailable: str | None
     declared_batch: dict[str, int]  # fed input -> the batch dimension it was saved with, now freed
-    # id of a non-fused site in an else branch -> (If op, input index of its batch mean; the variance's is the next)
-    branch_statistics: dict[int, list[tuple[str, int]]]
+    # non-fused site in an else branch -> (If op, input index of its batch mean; the variance's is the next)
+    branch_statistics: dict[NonFusedSite, list[tuple[str, int]]]
 
 
 def _without_backprop(graph_def):
@@ -320,7 +320,7 @@ def _rewrite_graph_def(meta_graph, layers: list[BatchNormLayer], feeds: Feeds) -
                 unavailable = unavailable or reason
     functions = {f.signature.name: f for f in graph_def.library.function}
     mode_ifs: dict[str, list[str]] = {}
-    branch_statistics: dict[int, list[tuple[str, int]]] = {}
+    branch_statistics: dict[NonFusedSite, list[tuple[str, int]]] = {}
     for name in sorted(set(in_else_branches) | set(nonfused_in_else)):
         copy = function_pb2.FunctionDef()
         copy.CopyFrom(functions[name])
@@ -342,7 +342,7 @@ def _rewrite_graph_def(meta_graph, layers: list[BatchNormLayer], feeds: Feeds) -
                 caller.attr["else_branch"].func.name = inference.signature.name
                 for site in sites:
                     dtype = scopes[name][site.mean_use[0]].attr["T"].type
-                    branch_statistics.setdefault(id(site), []).append((caller.name, len(_data_inputs(caller))))
+                    branch_statistics.setdefault(site, []).append((caller.name, len(_data_inputs(caller))))
                     added = [_add_placeholder(graph_def, dtype) for _ in range(2)]  # rewired after import
                     inputs = [*_data_inputs(caller), *added, *(text for text in caller.input if text.startswith("^"))]
                     del caller.input[:]
@@ -557,7 +557,7 @@ class GraphModel(SessionModel):
         moments = by_input.get(x.name)
         if moments is None:
             moments = by_input[x.name] = shifted_sums(x, _channel_axes(x, None, variable_shape), self._constants)
-        for caller, k in self._branch_statistics[id(site)]:
+        for caller, k in self._branch_statistics[site]:
             op = self.graph.get_operation_by_name(caller)
             for offset, value in enumerate(_batch_statistics(moments)):
                 dtype = op.inputs[k + offset].dtype
