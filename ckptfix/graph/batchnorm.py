@@ -10,7 +10,8 @@ Two shapes of BN are recognised:
   (``fused=False``) and ``tf.nn.moments``-based code build it; hand-written BN in
   ``tf.cond(training, batch moments, population variables)`` (many TF1 research repositories: the branches read
   ``pop_mean`` / ``pop_var`` or the batch moments whose update assigns them) is one layer whose input is the
-  tensor both branches read through their ``Switch``.
+  tensor both branches read through their ``Switch`` (TF1 control flow) or as the ``If``'s argument (TF2 control
+  flow: the arithmetic is searched in branch functions too).
 
 A layer is identified by its ``moving_mean`` / ``moving_variance`` variables, found by walking a node's
 mean/variance inputs back through Identity / ReadVariableOp / Switch / Merge / If to the variable op (op
@@ -63,6 +64,11 @@ class NonFusedSite:
     variance_use: tuple[str, int]
     mean: Tensor
     variance: Tensor
+
+    @property
+    def function(self) -> str | None:
+        """The branch function holding the arithmetic (None: top level)."""
+        return self.mean.function
 
 
 @dataclass(frozen=True)
@@ -220,22 +226,37 @@ def _fused_candidates(index: GraphIndex) -> list[_Candidate]:
 
 
 def _nonfused_candidates(index: GraphIndex) -> list[_Candidate]:
+    candidates = []
+    for function in [None, *(name for name in index.functions if index.call_sites.get(name))]:
+        candidates.extend(_nonfused_in(index, function))
+    return candidates
+
+
+def _nonfused_in(index: GraphIndex, function: str | None) -> list[_Candidate]:
+    """Non-fused BN sites at top level (``function`` None) or in a branch function of top-level If ops; a site in a
+    function counts when the tensor it normalises is an argument (fed by the If from the top level)."""
+    consumers = index.consumers_in(function)
+
+    def node(name: str):
+        return index.node(name, function)
+
     def users(tensor_name: str, op_types: set[str]) -> list:
-        return [
-            (index.nodes[user], position)
-            for user, position in index.consumers.get(tensor_name, [])
-            if index.nodes[user].op in op_types
-        ]
+        return [(node(user), position) for user, position in consumers.get(tensor_name, []) if node(user).op in op_types]
+
+    def is_const(tensor: Tensor) -> bool:
+        producer = node(tensor.node)
+        return producer is not None and producer.op == "Const"
 
     candidates = []
-    for rsqrt in index.nodes.values():
+    body = index.nodes.values() if function is None else index.functions[function].node_def
+    for rsqrt in body:
         if rsqrt.op != "Rsqrt" or is_gradient(rsqrt.name):
             continue
-        add = index.node(index.inputs(rsqrt)[0].node)
+        add = node(index.inputs(rsqrt, function)[0].node)
         if add is None or add.op not in {"Add", "AddV2"}:
             continue
-        add_inputs = index.inputs(add)
-        non_const = [k for k, t in enumerate(add_inputs) if index.nodes[t.node].op != "Const"]
+        add_inputs = index.inputs(add, function)
+        non_const = [k for k, t in enumerate(add_inputs) if not is_const(t)]
         if len(non_const) != 1:
             continue
         inv = f"{rsqrt.name}:0"
@@ -248,8 +269,8 @@ def _nonfused_candidates(index: GraphIndex) -> list[_Candidate]:
         # y = x * inv + (beta - mean * inv); without beta: x * inv + (-mean) * inv
         roles: dict[str, tuple[str, int]] = {}
         for mul, position in muls:
-            operand = index.inputs(mul)[1 - position]
-            producer = index.nodes.get(operand.node)
+            operand = index.inputs(mul, function)[1 - position]
+            producer = node(operand.node)
             if any(p == 1 for _, p in users(f"{mul.name}:0", {"Sub"})) or users(f"{mul.name}:0", {"Neg"}):
                 roles["mean"] = (mul.name, 1 - position)
             elif producer is not None and producer.op == "Neg":
@@ -261,18 +282,19 @@ def _nonfused_candidates(index: GraphIndex) -> list[_Candidate]:
         x_mul, x_position = roles["x"]
         mean_node, mean_position = roles["mean"]
         site = NonFusedSite(
-            input=index.inputs(index.nodes[x_mul])[x_position],
+            input=index.inputs(node(x_mul), function)[x_position],
             mean_use=roles["mean"],
             variance_use=(add.name, non_const[0]),
-            mean=index.inputs(index.nodes[mean_node])[mean_position],
+            mean=index.inputs(node(mean_node), function)[mean_position],
             variance=add_inputs[non_const[0]],
         )
         means = _variables_behind(index, site.mean) or _variables_updated_from(index, site.mean)
         variances = _variables_behind(index, site.variance) or _variables_updated_from(index, site.variance)
-        if means or variances:  # no moving statistics: layer/instance norm, not BN
-            # hand-written tf.cond(training, batch moments, population variables): each branch reads the layer's
-            # input through its own Switch; the layer's input is the one tensor both read
-            candidates.append(_Candidate(_through_switch(index, site.input), means, variances, site=site))
+        # hand-written tf.cond(training, batch moments, population variables): each branch reads the layer's input
+        # through its own Switch (TF1) or as the If's argument (TF2); the layer's input is the one tensor both read
+        x = index.to_top_level(_through_switch(index, site.input))
+        if (means or variances) and x is not None:  # no moving statistics: layer/instance norm, not BN
+            candidates.append(_Candidate(x, means, variances, site=site))
     return candidates
 
 
@@ -391,12 +413,37 @@ def find_batchnorm_layers(index: GraphIndex, folded: list[str] | None = None) ->
 
 def _graph_position(index: GraphIndex, layer: BatchNormLayer) -> int:
     """Where a layer first appears among the top-level nodes (a branch function counts at its If op)."""
-    names = [site.mean_use[0] for site in layer.nonfused_sites]
+    names = [name for site in layer.nonfused_sites
+             for name in ([site.mean_use[0]] if site.function is None else index.call_sites[site.function])]
     for fused in layer.fused_nodes:
         names.extend([fused.node] if fused.function is None else index.call_sites[fused.function])
     return min(index.position[name] for name in names)
 
 
+
+
+def statistics_in_branches(index: GraphIndex, found: list[BatchNormLayer]) -> list[str]:
+    """Variance variables (op names, sorted) read by non-fused BN arithmetic inside the branch functions of ``If`` /
+    ``StatelessIf`` ops (TF2 control flow) and by no layer in ``found``: BN that :func:`find_batchnorm_layers` leaves
+    out because the tensor it normalises is computed inside the function (a conv and its BN both in a
+    ``tf.cond`` branch), so no top-level tensor can be measured. A site is ``Rsqrt(variance + eps)`` whose variance is
+    read from a variable (layer and instance norm read none)."""
+    known = {layer.variance_variable for layer in found}
+    hidden: set[str] = set()
+    for function, definition in index.functions.items():
+        if not index.call_sites.get(function):
+            continue
+        for node in definition.node_def:
+            if node.op != "Rsqrt":
+                continue
+            add = index.node(index.inputs(node, function)[0].node, function)
+            if add is None or add.op not in {"Add", "AddV2"}:
+                continue
+            for term in index.inputs(add, function):
+                producer = index.node(term.node, function)
+                if producer is None or producer.op != "Const":
+                    hidden |= _variables_behind(index, term) - known
+    return sorted(hidden)
 
 
 def layer_tensors(index: GraphIndex, layers: list[BatchNormLayer]) -> list[Tensor]:
@@ -410,5 +457,8 @@ def layer_tensors(index: GraphIndex, layers: list[BatchNormLayer]) -> list[Tenso
             else:
                 tensors.extend(Tensor(site) for site in index.call_sites[fused.function])
         for site in layer.nonfused_sites:
-            tensors.extend([site.mean, site.variance])
+            if site.function is None:
+                tensors.extend([site.mean, site.variance])
+            else:
+                tensors.extend(Tensor(call) for call in index.call_sites[site.function])
     return tensors

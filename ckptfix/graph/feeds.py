@@ -93,7 +93,8 @@ def _input_candidates(index: GraphIndex, layers: list[BatchNormLayer]) -> list[s
     ]
 
 
-def _flag_candidates(index: GraphIndex, layers: list[BatchNormLayer]) -> list[str]:
+def flag_candidates(index: GraphIndex, layers: list[BatchNormLayer]) -> list[str]:
+    """Scalar (or unknown-rank) bool placeholders the layers' normalisation depends on: possible training flags."""
     starts = layer_tensors(index, layers)
     found = []
     for name in sorted(index.ancestors(starts)):
@@ -173,7 +174,7 @@ def detect_feeds(
         raise GraphError("found no float input placeholder or pipeline tensor feeding the BN layers: pass --input NAME.")
     else:
         chosen_inputs = _inputs_named_by_data(inputs, data_keys() if data_keys else None)
-    flags = _flag_candidates(index, layers)
+    flags = flag_candidates(index, layers)
     if training_flag is not None:
         chosen_flag = _normalise(index, training_flag, "--training-flag", flags)
     elif len(flags) <= 1:

@@ -30,7 +30,7 @@ import numpy as np
 from ckptfix.io.locate import CheckpointFiles
 from ckptfix.io.atomic import atomic_output, check_destination
 from ckptfix.errors import GraphError, NoBatchNormError, OutputError
-from ckptfix.graph.batchnorm import FUSED_OPS, find_batchnorm_layers
+from ckptfix.graph.batchnorm import FUSED_OPS, find_batchnorm_layers, statistics_in_branches
 from ckptfix.graph.index import GraphIndex
 
 FROZEN_SUFFIXES = (".pb", ".pbtxt")
@@ -131,11 +131,20 @@ def folded_layers(graph_def) -> list[str]:
 
 
 def statistics_constants(graph_def, source: Path) -> set[str]:
-    """Names of the constants holding BN moving statistics; NoBatchNormError naming folded layers if none."""
-    probe = _thawed(graph_def, {node.name for node in graph_def.node if _is_thawable(node)})
-    layers = find_batchnorm_layers(GraphIndex(probe))
-    if layers:
-        return {name for layer in layers for name in (layer.mean_variable, layer.variance_variable)}
+    """Names of the constants holding BN moving statistics, those of BN out of ckptfix's reach included (which the
+    source then names: :func:`~ckptfix.graph.batchnorm.statistics_in_branches`); NoBatchNormError naming folded
+    layers if none."""
+    probe = GraphIndex(_thawed(graph_def, {node.name for node in graph_def.node if _is_thawable(node)}))
+    layers = find_batchnorm_layers(probe)
+    in_branches = [layer.name for layer in layers if any(site.function for site in layer.nonfused_sites)]
+    if in_branches:
+        raise GraphError(f"BN in {', '.join(in_branches)} of {source.name} normalises inside tf.cond branch functions "
+                         "(TF2 control flow), whose statistics constants ckptfix cannot thaw: recalibrate the checkpoint "
+                         "the graph was frozen from, then freeze it again.")
+    names = {name for layer in layers for name in (layer.mean_variable, layer.variance_variable)}
+    names |= set(statistics_in_branches(probe, layers))
+    if names:
+        return names
     folded = folded_layers(graph_def)
     if folded:
         names = ", ".join(folded[:6]) + (f" and {len(folded) - 6} more" if len(folded) > 6 else "")

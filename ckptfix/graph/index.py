@@ -69,12 +69,27 @@ class GraphIndex:
                 tensor = parse_input(text)
                 if tensor is not None:
                     self.consumers[tensor.name].append((node.name, position))
+        self._function_consumers: dict[str, dict[str, list[tuple[str, int]]]] = {}
         # function name -> top-level If nodes that call it as a branch
         self.call_sites: dict[str, list[str]] = defaultdict(list)
         for node in graph_def.node:
             if node.op in IF_OPS:
                 for branch in ("then_branch", "else_branch"):
                     self.call_sites[node.attr[branch].func.name].append(node.name)
+
+    def consumers_in(self, function: str | None) -> dict[str, list[tuple[str, int]]]:
+        """``consumers`` of the top level (None) or of a function body's tensors (built on first use)."""
+        if function is None:
+            return self.consumers
+        if function not in self._function_consumers:
+            found: dict[str, list[tuple[str, int]]] = defaultdict(list)
+            for node in self.functions[function].node_def:
+                for position, text in enumerate(node.input):
+                    tensor = parse_input(text, function)
+                    if tensor is not None:
+                        found[tensor.name].append((node.name, position))
+            self._function_consumers[function] = found
+        return self._function_consumers[function]
 
     def node(self, name: str, function: str | None = None):
         if function is None:

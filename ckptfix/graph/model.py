@@ -27,7 +27,12 @@ device, and the host forms the count, mean and M2 in float64. Each BN site that 
   (the graph's own inference path) or, with training mode baked in (no flag), reads of the variables;
 * a fused node in the ``else_branch`` of ``If`` ops whose condition is the training flag: each such ``If`` gets
   a new ``then_branch``, a copy of the else branch with the selected BN nodes in training mode, and the mode
-  switch as its condition; the batch mean the ``If`` returns from the copy is the shift, as above.
+  switch as its condition; the batch mean the ``If`` returns from the copy is the shift, as above;
+* non-fused arithmetic in such an else branch (hand-written ``tf.cond(training, batch moments, population
+  variables)`` under TF2 control flow): both branches get two more arguments per site, its batch mean and biased
+  variance, formed at top level from the shifted sums of the layer's input (the ``If``'s argument); the new
+  ``then_branch`` (the else branch copied) normalises with them, the else branch ignores them. The original then
+  branch, which also runs the graph's own updates of the statistics, is never called.
 
 Where the two modes cannot coexist (a selected BN node inside another control-flow function, e.g. training
 mode baked into a branch function), batch mode still works (the node is switched to training mode) and
@@ -46,7 +51,7 @@ import numpy as np
 
 from ckptfix.data.spec import FixedBatch, InputSpec
 from ckptfix.errors import DataError, GraphError
-from ckptfix.graph.batchnorm import BatchNormLayer, FusedNode
+from ckptfix.graph.batchnorm import BatchNormLayer, FusedNode, NonFusedSite
 from ckptfix.graph.feeds import Feeds
 from ckptfix.graph.index import IF_OPS, is_gradient, parse_input
 from ckptfix.graph.session import (SessionModel, clear_devices, editable_nodes, first_line, import_graph,
@@ -58,6 +63,7 @@ from ckptfix.stats import BatchMoments
 _IDENTITY_OPS = frozenset({"Identity", "RefIdentity", "Snapshot"})
 _SWITCH_OPS = frozenset({"Switch", "RefSwitch"})
 _BATCH_BRANCH_SUFFIX = "_ckptfix_batch_statistics"
+_INFERENCE_BRANCH_SUFFIX = "_ckptfix_moving_statistics"
 
 
 class _Rewrite(NamedTuple):
@@ -68,6 +74,8 @@ class _Rewrite(NamedTuple):
     mode_ifs: dict[str, list[str]]  # else-branch function -> If ops whose then branch is its training copy
     inference_unavailable: str | None
     declared_batch: dict[str, int]  # fed input -> the batch dimension it was saved with, now freed
+    # non-fused site in an else branch -> (If op, input index of its batch mean; the variance's is the next)
+    branch_statistics: dict[NonFusedSite, list[tuple[str, int]]]
 
 
 def _without_backprop(graph_def):
@@ -284,7 +292,15 @@ def _rewrite_graph_def(meta_graph, layers: list[BatchNormLayer], feeds: Feeds) -
             if not text.startswith("^"):
                 consumers.setdefault(text.split(":")[0], []).append(node)
     fused, in_else_branches, unavailable = [], {}, None
+    nonfused_in_else: dict[str, list] = {}
     for layer in layers:
+        for site in layer.nonfused_sites:
+            if site.function is None:
+                continue
+            if not on_flag(site.function, "else_branch"):
+                raise GraphError(f"BN layer {layer.name} normalises inside function {site.function}, which is not the "
+                                 "else branch of a tf.cond on the training flag; ckptfix cannot measure it there.")
+            nonfused_in_else.setdefault(site.function, []).append(site)
         for node in layer.fused_nodes:
             definition = scopes[node.function][node.node]
             if node.function is None:
@@ -304,20 +320,69 @@ def _rewrite_graph_def(meta_graph, layers: list[BatchNormLayer], feeds: Feeds) -
                 unavailable = unavailable or reason
     functions = {f.signature.name: f for f in graph_def.library.function}
     mode_ifs: dict[str, list[str]] = {}
-    for name, nodes in in_else_branches.items():
+    branch_statistics: dict[NonFusedSite, list[tuple[str, int]]] = {}
+    for name in sorted(set(in_else_branches) | set(nonfused_in_else)):
         copy = function_pb2.FunctionDef()
         copy.CopyFrom(functions[name])
         copy.signature.name = name + _BATCH_BRANCH_SUFFIX
         for definition in copy.node_def:
-            if definition.name in nodes:
+            if definition.name in in_else_branches.get(name, ()):
                 _set_training(definition)
+        sites = nonfused_in_else.get(name, [])
+        if sites:  # both branches take each site's batch mean and variance as two more arguments
+            inference = _with_statistics_arguments(functions[name], sites, rename=name + _INFERENCE_BRANCH_SUFFIX)
+            graph_def.library.function.append(inference)
+            copy = _with_statistics_arguments(copy, sites, use=True)
         graph_def.library.function.append(copy)
         for _, caller in callers[name]:
             caller.attr["then_branch"].func.name = copy.signature.name
             caller.input[0] = MODE_SWITCH
             mode_ifs.setdefault(name, []).append(caller.name)
+            if sites:
+                caller.attr["else_branch"].func.name = inference.signature.name
+                for site in sites:
+                    dtype = scopes[name][site.mean_use[0]].attr["T"].type
+                    branch_statistics.setdefault(site, []).append((caller.name, len(_data_inputs(caller))))
+                    added = [_add_placeholder(graph_def, dtype) for _ in range(2)]  # rewired after import
+                    inputs = [*_data_inputs(caller), *added, *(text for text in caller.input if text.startswith("^"))]
+                    del caller.input[:]
+                    caller.input.extend(inputs)
+                    caller.attr["Tin"].list.type.extend([dtype, dtype])
     _add_mode_switch(graph_def)
-    return _Rewrite(graph_def, fused, mode_ifs, unavailable, declared)
+    return _Rewrite(graph_def, fused, mode_ifs, unavailable, declared, branch_statistics)
+
+
+def _data_inputs(node) -> list[str]:
+    return [text for text in node.input if not text.startswith("^")]
+
+
+def _add_placeholder(graph_def, dtype) -> str:
+    """A float placeholder of unknown shape standing for an If input wired after import."""
+    node = graph_def.node.add()
+    node.name = f"ckptfix/branch_statistics/{sum(n.name.startswith('ckptfix/branch_statistics/') for n in graph_def.node)}"
+    node.op = "Placeholder"
+    node.attr["dtype"].type = dtype
+    return node.name
+
+
+def _with_statistics_arguments(function, sites, rename: str | None = None, use: bool = False):
+    """A copy of ``function`` with two more arguments per non-fused site (its batch mean and variance, in ``sites``
+    order); with ``use``, the site's arithmetic reads them instead of the moving statistics."""
+    from tensorflow.core.framework import function_pb2
+
+    copy = function_pb2.FunctionDef()
+    copy.CopyFrom(function)
+    if rename is not None:
+        copy.signature.name = rename
+    nodes = {node.name: node for node in copy.node_def}
+    for k, site in enumerate(sites):
+        dtype = nodes[site.mean_use[0]].attr["T"].type
+        for statistic, (node, position) in (("mean", site.mean_use), ("variance", site.variance_use)):
+            argument = copy.signature.input_arg.add()
+            argument.name, argument.type = f"ckptfix_batch_{statistic}_{k}", dtype
+            if use:
+                nodes[node].input[position] = argument.name
+    return copy
 
 
 def _channel_axes(x, channels_last: bool | None, reference_shape=None) -> list[int]:
@@ -369,6 +434,16 @@ def _in_training_branch(tensor, flag: str) -> bool:
             and _through_identity(tensor.op.inputs[1]).name == flag)
 
 
+def _batch_statistics(moments: ShiftedSums):
+    """(mean, biased variance) per channel of a batch from its shifted sums, float32 on the device: what non-fused BN
+    normalises with in training mode."""
+    import tensorflow as tf
+
+    n = tf.cast(tf.reduce_prod(moments.count), tf.float32) / tf.cast(tf.size(moments.s1), tf.float32)
+    mean = moments.shift + moments.s1 / n
+    return mean, tf.maximum(moments.s2 / n - tf.square(mean - moments.center), 0.0)
+
+
 class GraphModel(SessionModel):
     """The rewritten graph, imported once and restored once from a checkpoint (module docstring).
 
@@ -399,6 +474,7 @@ class GraphModel(SessionModel):
             self.use_batch_statistics = self.graph.get_tensor_by_name(MODE_SWITCH + ":0")
             self._functions = {f.signature.name: f for f in rewrite.graph_def.library.function}
             self._mode_ifs = rewrite.mode_ifs
+            self._branch_statistics = rewrite.branch_statistics
             with tf.compat.v1.name_scope("ckptfix/"):
                 fused_by_layer: dict[str, list[FusedNode]] = {}
                 for layer, node in rewrite.fused:
@@ -425,6 +501,9 @@ class GraphModel(SessionModel):
 
         by_input: dict[str, ShiftedSums | FusedInputSums] = {}
         for site in layer.nonfused_sites:
+            if site.function is not None:
+                self._branch_site(layer, site, by_input)
+                continue
             x = self.graph.get_tensor_by_name(site.input.name)
             if flag is not None and _in_training_branch(x, flag):
                 continue  # a hand-written tf.cond's batch-moments branch: never runs with the flag fed False
@@ -438,12 +517,7 @@ class GraphModel(SessionModel):
                     moments = by_input[name] = shifted_sums(x, ghost or _channel_axes(x, None, used.shape), self._constants)
                     if ghost:
                         self._ghost_channels[id(moments)] = x.shape[ghost[1]]
-                n = tf.cast(tf.reduce_prod(moments.count), tf.float32) / tf.cast(tf.size(moments.s1), tf.float32)
-                mean = moments.shift + moments.s1 / n
-                if variable == layer.mean_variable:
-                    batch = mean
-                else:  # biased, as the layer normalises with it
-                    batch = tf.maximum(moments.s2 / n - tf.square(mean - moments.center), 0.0)
+                batch = _batch_statistics(moments)[variable != layer.mean_variable]
                 # ghost BN: one statistic per group and channel, shaped [1, groups, 1.., channels, 1..] as the layer
                 # keeps them; the moving one broadcast over the groups
                 shape = tf.shape(used) if ghost is None else _kept_dims(x, ghost)
@@ -463,6 +537,23 @@ class GraphModel(SessionModel):
                 axes = _channel_axes(x, layer.channels_last)
                 by_input[tensor.name] = shifted_sums(x, axes, self._constants, shift=self._if_batch_mean(layer, x))
         return list(by_input.values())
+
+    def _branch_site(self, layer: BatchNormLayer, site, by_input: dict) -> None:
+        """A non-fused site in the else branch of Ifs on the training flag (rewritten, see :func:`_rewrite_graph_def`):
+        the batch mean and variance of the layer's top-level input fed to the Ifs' added arguments."""
+        import tensorflow as tf
+
+        x = self.graph.get_tensor_by_name(layer.inputs[0].name)
+        shape = self.graph.get_operation_by_name(layer.mean_variable).get_attr("shape")
+        variable_shape = tf.TensorShape(shape)
+        moments = by_input.get(x.name)
+        if moments is None:
+            moments = by_input[x.name] = shifted_sums(x, _channel_axes(x, None, variable_shape), self._constants)
+        for caller, k in self._branch_statistics[site]:
+            op = self.graph.get_operation_by_name(caller)
+            for offset, value in enumerate(_batch_statistics(moments)):
+                dtype = op.inputs[k + offset].dtype
+                op._update_input(k + offset, tf.reshape(tf.cast(value, dtype), variable_shape.as_list()))
 
     def _ghost_axes(self, layer: BatchNormLayer, x) -> list[int]:
         """Ghost BN's per-statistic axes of its reshaped input ``[V, groups, ...]``: the groups (axis 1) and the channels

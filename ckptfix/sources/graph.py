@@ -17,8 +17,8 @@ import numpy as np
 
 from ckptfix.data.conventions import slim_convention
 from ckptfix.diagnostics.cause import Cause, find_cause
-from ckptfix.errors import CheckpointError, NoBatchNormError
-from ckptfix.graph.batchnorm import find_batchnorm_layers, layer_tensors
+from ckptfix.errors import CheckpointError, GraphError, NoBatchNormError
+from ckptfix.graph.batchnorm import BatchNormLayer, find_batchnorm_layers, layer_tensors, statistics_in_branches
 from ckptfix.graph.feeds import detect_feeds
 from ckptfix.graph.frozen import check_output_path, write_recalibrated_graph
 from ckptfix.graph.index import GraphIndex, is_gradient
@@ -58,6 +58,57 @@ def layer_epsilon(index: GraphIndex, found) -> float | None:
         if node is not None and "epsilon" in node.attr:
             return float(node.attr["epsilon"].f)
     return None
+
+
+_TF2_KEY_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def find_layers(index: GraphIndex, keys: Mapping[str, str], notices: list[str], where: str,
+                folded: list[str] | None = None) -> list[BatchNormLayer]:
+    """:func:`~ckptfix.graph.batchnorm.find_batchnorm_layers` for every graph-level source, saying what it cannot
+    reach: non-fused BN normalising a tensor computed inside the branch functions of TF2 control flow
+    (:func:`~ckptfix.graph.batchnorm.statistics_in_branches`) is named in a notice (its statistics are kept as
+    stored, unchecked), or, when the graph has no other BN, in a GraphError. ``keys``: variable op -> checkpoint key,
+    which names the layers."""
+    found = find_batchnorm_layers(index, folded)
+    hidden = statistics_in_branches(index, found)
+    if not hidden:
+        return found
+    paths = [keys.get(v, v).removesuffix(_TF2_KEY_SUFFIX) for v in hidden]
+    scopes = sorted({path.rpartition("/")[0] or path for path in paths})
+    why = (f"BN in {', '.join(scopes)} normalises a tensor computed inside tf.cond branch functions (TF2 control "
+           "flow), which ckptfix cannot feed")
+    if not found:
+        raise GraphError(f"{why}: it cannot recalibrate {where}. Compute the BN input outside the tf.cond, or build a "
+                         "TF1 graph with tf.compat.v1.disable_control_flow_v2().")
+    notices.append(f"{why}: not measured, kept as stored and unchecked (the other BN layers are recalibrated)")
+    return found
+
+
+def _renorm_mean(name: str) -> str | None:
+    """Where a BN layer with batch renormalization keeps ``renorm_mean``, given its moving mean ``name`` (a variable
+    op name or a checkpoint key): ``bn/moving_mean`` -> ``bn/renorm_mean``, and in a TF2 object-based checkpoint
+    ``.../moving_mean/.ATTRIBUTES/VARIABLE_VALUE`` -> ``.../renorm_mean/.ATTRIBUTES/VARIABLE_VALUE``. None for a
+    mean not named ``moving_mean``."""
+    suffix = _TF2_KEY_SUFFIX if name.endswith(_TF2_KEY_SUFFIX) else ""
+    scope, _, last = name.removesuffix(suffix).rpartition("/")
+    return f"{scope}/renorm_mean{suffix}" if scope and last == "moving_mean" else None
+
+
+def recalibrated(found: list, names: list[str], mean_keys: list[str], known, notices: list[str], where: str) -> list:
+    """The BN layers ``found`` (named ``names``, their moving means stored under ``mean_keys``) that ckptfix
+    recalibrates, for every graph-level source (checkpoint + ``.meta`` or ``--model``, frozen graph, SavedModel):
+    batch renormalization layers are kept as stored (:func:`~ckptfix.sources.base.without_renorm`).
+
+    A layer uses renormalization when its ``renorm_mean`` is in ``known`` (the graph's node names and the
+    checkpoint's keys): the graph holds it when its training path was kept (a ``.meta``, a graph frozen with its
+    training flag), the checkpoint when the serving path alone was traced (a TF2 SavedModel's signature)."""
+    renorm = [bool({_renorm_mean(bn.mean_variable), _renorm_mean(key)} & known) for bn, key in zip(found, mean_keys)]
+    kept = [bn for bn, keep in zip(found, without_renorm(names, renorm, notices)) if keep]
+    if not kept:
+        raise NoBatchNormError(f"every BN layer in {where} uses batch renormalization, kept as stored: nothing to "
+                               "recalibrate.")
+    return kept
 
 
 class GraphSession:
@@ -107,17 +158,15 @@ class GraphSource:
         self.training_graph = training_graph
         self.notices = [files.notice] if files.notice else []
         self.index = GraphIndex(meta_graph.graph_def)
-        found = find_batchnorm_layers(self.index)
         where = "the graph --model built" if graph_label.startswith("built by") else Path(graph_label).name
+        keys = checkpoint_keys(meta_graph)
+        found = find_layers(self.index, keys, self.notices, where)
         if not found:
             raise NoBatchNormError(f"no BatchNorm layers in {where}: nothing to recalibrate.")
-        renorm = [f"{bn.mean_variable.rpartition('/')[0]}/renorm_mean" in self.index.nodes for bn in found]
-        found = [bn for bn, kept in zip(found, without_renorm([bn.name for bn in found], renorm, self.notices)) if kept]
-        if not found:
-            raise NoBatchNormError(f"every BN layer in {where} uses batch renormalization, kept as stored: nothing to "
-                                   "recalibrate.")
-        keys = checkpoint_keys(meta_graph)
         reader = _reader(files.prefix)
+        known = set(self.index.nodes) | set(reader.get_variable_to_shape_map())
+        found = recalibrated(found, [bn.name for bn in found], [keys.get(bn.mean_variable, bn.mean_variable) for bn in found],
+                             known, self.notices, where)
         self._check_restorable(reader)
         dtypes = reader.get_variable_to_dtype_map()
         trains = training_graph and any(is_gradient(name) for name in self.index.nodes)

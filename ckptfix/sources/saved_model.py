@@ -26,8 +26,8 @@ import numpy as np
 from ckptfix.data.conventions import slim_convention
 from ckptfix.data.spec import FixedBatch, InputSpec
 from ckptfix.errors import CheckpointError, CkptfixError, GraphError, NoBatchNormError, OutputError
-from ckptfix.graph.batchnorm import find_batchnorm_layers, layer_tensors
-from ckptfix.graph.feeds import Feeds
+from ckptfix.graph.batchnorm import layer_tensors
+from ckptfix.graph.feeds import Feeds, flag_candidates
 from ckptfix.graph.index import GraphIndex
 from ckptfix.graph.model import GraphModel
 from ckptfix.graph.safety import check_forward_ops
@@ -37,7 +37,7 @@ from ckptfix.io.atomic import atomic_output, check_destination
 from ckptfix.io.checkpoint_reader import stored_tensor
 from ckptfix.io.checkpoint_writer import copy_checkpoint
 from ckptfix.sources.base import Layer, Notice
-from ckptfix.sources.graph import GraphSession, layer_epsilon
+from ckptfix.sources.graph import GraphSession, find_layers, layer_epsilon, recalibrated
 
 FORMAT = "savedmodel-graph"
 _BOOL = 10  # DT_BOOL
@@ -54,10 +54,14 @@ def _reader(prefix: Path):
         raise CheckpointError(f"cannot read {prefix}: {str(error).strip().splitlines()[0]}") from None
 
 
-def _signature_feeds(graph: SignatureGraph, training_flag: str | None) -> tuple[dict[str, str], str | None]:
+def _signature_feeds(graph: SignatureGraph, training_flag: str | None, index: GraphIndex,
+                     layers: list) -> tuple[dict[str, str], str | None]:
     """(signature key -> tensor name of every fed input, the training flag's tensor name or None).
 
-    The flag is ``--training-flag`` (a key or tensor name) or the one bool scalar input."""
+    The flag is ``--training-flag`` (a key or tensor name), the one bool scalar input, or else the one
+    ``placeholder_with_default`` bool the BN ``layers`` depend on that the signature leaves at its default (a TF1
+    graph's ``is_training``: both branches of its ``tf.cond`` are in the graph, and only the fed flag tells which
+    runs)."""
     nodes = {node.name: node for node in graph.meta_graph.graph_def.node}
 
     def is_flag(tensor: str) -> bool:
@@ -77,6 +81,10 @@ def _signature_feeds(graph: SignatureGraph, training_flag: str | None) -> tuple[
         if len(flags) > 1:
             raise GraphError(f"signature {graph.signature_name} has several bool inputs: pass --training-flag NAME.")
         flag = flags[0] if flags else None
+        if flag is None:
+            defaults = [name for name in flag_candidates(index, layers)
+                        if nodes[name.split(":")[0]].op == "PlaceholderWithDefault" and name not in graph.inputs.values()]
+            flag = defaults[0] if len(defaults) == 1 else None
     return {key: tensor for key, tensor in sorted(graph.inputs.items()) if tensor != flag}, flag
 
 
@@ -88,6 +96,16 @@ def _layer_name(bn, mean_key: str) -> str:
     path = mean_key.removesuffix("/.ATTRIBUTES/VARIABLE_VALUE")
     scope, _, last = path.rpartition("/")
     return scope if scope and last.startswith("moving_mean") else path
+
+
+def _layer_names(bases: list[str]) -> list[str]:
+    """Unique names, in order: a repeated one gets ``_1``, ``_2``... from its second occurrence."""
+    seen: dict[str, int] = {}
+    names = []
+    for base in bases:
+        names.append(base if base not in seen else f"{base}_{seen[base]}")
+        seen[base] = seen.get(base, 0) + 1
+    return names
 
 
 class _SavedModelSession(GraphSession):
@@ -133,7 +151,8 @@ class SavedModelSource:
         self.notices: list[str] = []
         self.index = GraphIndex(self.graph.meta_graph.graph_def)
         folded: list[str] = []
-        found = find_batchnorm_layers(self.index, folded)
+        found = find_layers(self.index, self.graph.variable_keys, self.notices, f"signature {self.graph.signature_name}",
+                            folded)
         if folded:
             self.notices.append(
                 f"{len(folded)} BN node(s) read statistics folded into constants and are left alone: {', '.join(folded[:3])}"
@@ -145,15 +164,17 @@ class SavedModelSource:
                                    f"of {self.path}{why}: nothing to recalibrate.")
         dtypes = self.reader.get_variable_to_dtype_map()
         keys = self.graph.variable_keys
-        names: dict[str, int] = {}
-        self.layers = []
         for bn in found:
-            mean_key, variance_key = keys.get(bn.mean_variable), keys.get(bn.variance_variable)
-            if mean_key is None or variance_key is None:
+            if keys.get(bn.mean_variable) is None or keys.get(bn.variance_variable) is None:
                 raise GraphError(f"BN layer {bn.name} reads a variable the SavedModel's object graph does not save.")
-            base = _layer_name(bn, mean_key)
-            name = base if base not in names else f"{base}_{names[base]}"
-            names[base] = names.get(base, 0) + 1
+        names = _layer_names([_layer_name(bn, keys[bn.mean_variable]) for bn in found])
+        kept = recalibrated(found, names, [keys[bn.mean_variable] for bn in found],
+                            set(self.index.nodes) | set(dtypes), self.notices, f"signature {self.graph.signature_name}")
+        self.layers = []
+        for bn, name in zip(found, names):
+            if bn not in kept:
+                continue
+            mean_key, variance_key = keys[bn.mean_variable], keys[bn.variance_variable]
             stored = [np.asarray(stored_tensor(self.reader, self.prefix, key), np.float64).reshape(-1)
                       for key in (mean_key, variance_key)]
             self.layers.append(Layer(
@@ -187,11 +208,11 @@ class SavedModelSource:
             raise CkptfixError(f"--input does not apply to a SavedModel: its signature's inputs "
                                f"({', '.join(sorted(self.graph.inputs))}) are fed by name from the data.")
         chosen = [layer.found for layer in layers]
-        fed, flag = _signature_feeds(self.graph, options.training_flag)
+        fed, flag = _signature_feeds(self.graph, options.training_flag, self.index, [layer.found for layer in self.layers])
         if not fed:
             raise GraphError(f"signature {self.graph.signature_name} has no input to feed calibration data to.")
         check_forward_ops(self.index, layer_tensors(self.index, chosen), options.allow_unsafe_ops)
-        flag_key = next((key for key, tensor in self.graph.inputs.items() if tensor == flag), None)
+        flag_key = next((key for key, tensor in self.graph.inputs.items() if tensor == flag), flag)
         feeds = Feeds(tuple(fed.values()), flag)
         placement = {} if device is None else {"device": device}
         with GraphModel(self.graph.meta_graph, chosen, feeds, str(self.prefix), **placement) as model:

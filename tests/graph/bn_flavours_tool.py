@@ -15,7 +15,13 @@ Cases:
             within-group variance (what the layer's update estimates, `--estimator batch-mean`) is well below the population's.
 ``ghost_baked`` the same with ``training=True`` (training mode baked into the graph, no flag).
 ``renorm``   conv -> ``batch_normalization(renorm=True)`` -> conv -> plain BN, an ``is_training`` flag, trained
-            without update ops; also ``heldout.npy`` and ``training_logits.npy`` (its logits on them in training mode).
+            without update ops; also ``heldout.npy`` and ``training_logits.npy`` (its logits on them in training mode),
+            and the trained net as ``frozen.pb`` (``convert_variables_to_constants``, flag kept) and ``saved_model/``
+            (``simple_save``, signature input ``images``, output ``logits``).
+``ghost_cond_v2`` ``ghost`` built with TF2 control flow (each ``tf.cond`` an ``If`` op) and resource variables.
+``chiron_cond_v2`` chiron's BN, then a ``batch_normalization`` layer, built so: chiron's normalisation inside the
+            ``If``'s branch functions.
+``conv_in_cond_v2`` a conv and hand-written BN both inside each branch of the ``If`` (what ckptfix cannot reach).
 ``zero_debias`` slim conv + ``batch_norm(zero_debias_moving_mean=True, decay=0.9)``, training mode baked in (no
             reference: the test checks what resumed training does with the repaired checkpoint).
 
@@ -65,6 +71,15 @@ def _chiron_batchnorm(tf, inp, scope, training, decay=0.99, epsilon=1e-5):
         return tf.compat.v1.cond(training, batch_statistics, population_statistics)
 
 
+def _initialised_and_saved(tf, session, folder: Path) -> str:
+    """Initialise every variable of the session's graph and save them to ``folder/train/model.ckpt``; the prefix."""
+    with session.graph.as_default():
+        session.run(tf.compat.v1.global_variables_initializer())
+        saver = tf.compat.v1.train.Saver()
+    (folder / "train").mkdir(parents=True)
+    return saver.save(session, str(folder / "train" / "model.ckpt"))
+
+
 def build_chiron(tf, folder: Path) -> dict:
     v1 = tf.compat.v1
     graph = tf.Graph()
@@ -80,19 +95,15 @@ def build_chiron(tf, folder: Path) -> dict:
             taps[f"conv{k}_bn"] = net.name
             net = tf.nn.relu(_chiron_batchnorm(tf, net, f"conv{k}_bn", training))
         logits = tf.reduce_mean(net, axis=[1, 2], name="logits")
-        saver = v1.train.Saver()
-        train = folder / "train"
-        train.mkdir(parents=True)
         with v1.Session(graph=graph) as session:
-            session.run(v1.global_variables_initializer())
-            prefix = saver.save(session, str(train / "model.ckpt"))
+            prefix = _initialised_and_saved(tf, session, folder)
             data = np.random.default_rng(0).normal(3.0, 4.0, size=(SAMPLES, 32)).astype(np.float32)
             fetched = {name: [] for name in taps}
             for start in range(0, SAMPLES, BATCH):
                 values = session.run(taps, {signal: data[start:start + BATCH], training: True})
                 for name, value in values.items():
                     fetched[name].append(value)
-    (train / "model.json").write_text(json.dumps({"cnn": {"model": "tiny"}, "rnn": {"layer_num": 0}}) + "\n")
+    (folder / "train" / "model.json").write_text(json.dumps({"cnn": {"model": "tiny"}, "rnn": {"layer_num": 0}}) + "\n")
     np.save(folder / "data.npy", data)
     np.savez(folder / "reference.npz", **_reference(fetched))
     return {"prefix": prefix, "batch": BATCH, "output": logits.name}
@@ -146,6 +157,9 @@ def build_renorm(tf, folder: Path) -> dict:
                 first = (k * BATCH) % len(data)
                 session.run(step, {images: data[first:first + BATCH], targets: labels[first:first + BATCH], training: True})
             prefix = saver.save(session, str(train / "model.ckpt"))
+            frozen = v1.graph_util.convert_variables_to_constants(session, graph.as_graph_def(), [logits.op.name])
+            (folder / "frozen.pb").write_bytes(frozen.SerializeToString())
+            v1.saved_model.simple_save(session, str(folder / "saved_model"), {"images": images}, {"logits": logits})
             fetched = {"bn0": [], "bn1": []}
             for first in range(0, len(data), BATCH):
                 conv0, conv1 = session.run(["conv0/BiasAdd:0", "conv1/BiasAdd:0"],
@@ -219,8 +233,89 @@ def build_zero_debias(tf, folder: Path) -> dict:
     return {"prefix": prefix, "batch": BATCH, "output": logits.name}
 
 
+def build_chiron_cond_v2(tf, folder: Path) -> dict:
+    """conv -> chiron's BN (``conv0_bn``) -> relu -> conv -> ``batch_normalization`` (``bn1``) -> relu -> mean, flag
+    ``training``: each ``tf.cond`` an ``If`` op (run under :func:`_control_flow_v2`), chiron's whole normalisation in
+    its branch functions; ``reference.npz`` as for ``chiron``, of ``conv0_bn`` and ``bn1``."""
+    v1 = tf.compat.v1
+    graph = tf.Graph()
+    data = np.random.default_rng(4).normal(2.0, 3.0, (SAMPLES, 6, 6, 3)).astype(np.float32)
+    with graph.as_default():
+        v1.set_random_seed(0)
+        images = v1.placeholder(tf.float32, [None, 6, 6, 3], name="images")
+        training = v1.placeholder_with_default(False, [], name="training")
+        conv0 = v1.layers.conv2d(images, 4, 3, padding="same", name="conv0")
+        net = tf.nn.relu(_chiron_batchnorm(tf, conv0, "conv0_bn", training))
+        conv1 = v1.layers.conv2d(net, 4, 3, padding="same", name="conv1")
+        net = tf.nn.relu(v1.layers.batch_normalization(conv1, training=training, name="bn1"))
+        logits = tf.reduce_mean(net, axis=[1, 2], name="logits")
+        with v1.Session(graph=graph) as session:
+            prefix = _initialised_and_saved(tf, session, folder)
+            fetched = {"conv0_bn": [], "bn1": []}
+            for start in range(0, SAMPLES, BATCH):  # pop_mean / pop_var move in memory only: the checkpoint is saved
+                values = session.run([conv0, conv1], {images: data[start:start + BATCH], training: True})
+                fetched["conv0_bn"].append(values[0])
+                fetched["bn1"].append(values[1])
+    np.save(folder / "data.npy", data)
+    np.savez(folder / "reference.npz", **_reference(fetched))
+    return {"prefix": prefix, "batch": BATCH, "output": logits.name}
+
+
+def build_conv_in_cond_v2(tf, folder: Path) -> dict:
+    """``tf.cond(training, conv + BN on batch moments (updating pop_mean / pop_var), conv + BN on pop_mean / pop_var)``
+    (``conv0_bn``) under :func:`_control_flow_v2`: the tensor normalised is computed inside each branch function, out
+    of ckptfix's reach. Also ``frozen.pb`` (``convert_variables_to_constants``)."""
+    v1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default():
+        v1.set_random_seed(0)
+        images = v1.placeholder(tf.float32, [None, 6, 6, 3], name="images")
+        training = v1.placeholder_with_default(False, [], name="training")
+        kernel = v1.get_variable("conv0/kernel", [3, 3, 3, 4])
+        with v1.variable_scope("conv0_bn"):
+            pop_mean = v1.get_variable("pop_mean", [4], initializer=v1.zeros_initializer(), trainable=False)
+            pop_var = v1.get_variable("pop_var", [4], initializer=v1.ones_initializer(), trainable=False)
+
+        def batch_statistics():
+            h = tf.nn.conv2d(images, kernel, 1, "SAME")
+            mean, variance = tf.nn.moments(h, [0, 1, 2])
+            with tf.control_dependencies([v1.assign(pop_mean, 0.9 * pop_mean + 0.1 * mean),
+                                          v1.assign(pop_var, 0.9 * pop_var + 0.1 * variance)]):
+                return tf.nn.batch_normalization(h, mean, variance, None, None, 1e-5)
+
+        def population_statistics():
+            return tf.nn.batch_normalization(tf.nn.conv2d(images, kernel, 1, "SAME"), pop_mean, pop_var, None, None, 1e-5)
+
+        net = tf.nn.relu(v1.cond(training, batch_statistics, population_statistics))
+        logits = tf.reduce_mean(net, axis=[1, 2], name="logits")
+        with v1.Session(graph=graph) as session:
+            prefix = _initialised_and_saved(tf, session, folder)
+            frozen = v1.graph_util.convert_variables_to_constants(session, graph.as_graph_def(), [logits.op.name])
+            (folder / "frozen.pb").write_bytes(frozen.SerializeToString())
+    np.save(folder / "data.npy", np.random.default_rng(4).normal(2.0, 3.0, (SAMPLES, 6, 6, 3)).astype(np.float32))
+    return {"prefix": prefix, "batch": BATCH, "output": logits.name}
+
+
+def _control_flow_v2(build):
+    """``build`` run with TF2 control flow (``tf.cond`` -> ``If`` ops, branch functions) and resource variables, in
+    this otherwise TF1 process (ghost BN keeps its TF1 reshape to ``[V, -1, ...]``)."""
+    def built(tf, folder: Path) -> dict:
+        tf.compat.v1.enable_control_flow_v2()
+        tf.compat.v1.enable_resource_variables()
+        try:
+            return build(tf, folder)
+        finally:
+            tf.compat.v1.disable_control_flow_v2()
+            tf.compat.v1.disable_resource_variables()
+
+    return built
+
+
 CASES = {"chiron": build_chiron, "zero_debias": build_zero_debias, "renorm": build_renorm, "ghost": lambda tf, folder: _build_ghost(tf, folder, baked=False),
-         "ghost_baked": lambda tf, folder: _build_ghost(tf, folder, baked=True)}
+         "ghost_baked": lambda tf, folder: _build_ghost(tf, folder, baked=True),
+         "ghost_cond_v2": _control_flow_v2(lambda tf, folder: _build_ghost(tf, folder, baked=False)),
+         "chiron_cond_v2": _control_flow_v2(build_chiron_cond_v2),
+         "conv_in_cond_v2": _control_flow_v2(build_conv_in_cond_v2)}
 
 
 def main(argv: list[str]) -> int:

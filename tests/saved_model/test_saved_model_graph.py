@@ -97,7 +97,78 @@ def test_module_with_nonfused_and_fused_bn_under_cond(module_export, tmp_path):
     output, report = _repair(module_export, tmp_path)
     assert [layer.kind for layer in report.layers] == ["non-fused", "fused"]
     assert report.training_flag == "training"
+    assert not any("branch functions" in notice for notice in report.notices), report.notices
     _check_repaired(module_export, output, report)
+
+
+def _cond_branches_module(path: Path, conv_inside: bool, with_fused: bool) -> tuple[Path, np.ndarray]:
+    """Hand-written BN whose whole normalisation sits in both branches of ``tf.cond(training, ...)`` (batch moments
+    and their update / the population variables ``pop``), of a conv computed before the cond or (``conv_inside``) in
+    each branch; then optionally a fused BN (``bn``). Returns the folder and the conv's kernel."""
+    import tensorflow as tf
+
+    kernel = np.random.RandomState(10).randn(3, 3, 3, 4).astype(np.float32)
+    m = tf.Module()
+    m.kernel = tf.Variable(kernel)
+    m.pop = tf.Module()
+    m.pop.mean, m.pop.var = tf.Variable(np.zeros(4, np.float32)), tf.Variable(np.ones(4, np.float32))
+    m.bn = tf.Module()
+    m.bn.moving_mean, m.bn.moving_variance = tf.Variable(np.zeros(4, np.float32)), tf.Variable(np.ones(4, np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32), tf.TensorSpec([], tf.bool)])
+    def serve(x, training):
+        outside = tf.nn.conv2d(x, m.kernel, 1, "SAME")
+
+        def conv():
+            return tf.nn.conv2d(x, m.kernel, 1, "SAME") if conv_inside else outside
+
+        def batch():
+            h = conv()
+            mean, variance = tf.nn.moments(h, [0, 1, 2])
+            with tf.control_dependencies([m.pop.mean.assign(0.9 * m.pop.mean + 0.1 * mean),
+                                          m.pop.var.assign(0.9 * m.pop.var + 0.1 * variance)]):
+                return tf.nn.batch_normalization(h, mean, variance, None, None, 1e-3)
+
+        h = tf.cond(training, batch, lambda: tf.nn.batch_normalization(conv(), m.pop.mean, m.pop.var, None, None, 1e-3))
+        if with_fused:
+            h = tf.compat.v1.nn.fused_batch_norm(h, tf.ones([4]), tf.zeros([4]), m.bn.moving_mean,
+                                                 m.bn.moving_variance, is_training=False)[0]
+        return {"y": tf.reduce_mean(h, [1, 2])}
+
+    m.serve = serve
+    tf.saved_model.save(m, str(path), signatures={"serving_default": serve})
+    return path, kernel
+
+
+def test_nonfused_bn_inside_cond_branches_is_repaired(tmp_path):
+    """chiron's pattern in a tf.function: the layer in the inference branch function measured through a batch-statistics
+    copy of it; statistics equal to the float64 moments of the conv (biased variance, as tf.nn.moments)."""
+    folder, kernel = _cond_branches_module(tmp_path / "model", conv_inside=False, with_fused=True)
+    data = (np.random.RandomState(11).randn(32, 8, 8, 3) * 2 + 1).astype(np.float32)
+    report = ckptfix.recalibrate(folder, data, batch_size=32, output=tmp_path / "fixed", force=True)  # one batch
+    assert [layer.kind for layer in report.layers] == ["non-fused", "fused"]
+    assert not any("branch functions" in n for n in report.notices), report.notices
+    import tensorflow as tf
+
+    h = tf.nn.conv2d(tf.constant(data, tf.float64), tf.constant(kernel, tf.float64), 1, "SAME").numpy().reshape(-1, 4)
+    np.testing.assert_allclose(report.layers[0].new_mean, h.mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(report.layers[0].new_variance, h.var(0), rtol=1e-5)
+    assert report.agreement.relative_error_after < 1e-3 < report.agreement.relative_error_before
+
+
+def test_bn_of_a_tensor_computed_inside_cond_branches_is_named(tmp_path):
+    """The conv inside each branch too: nothing top-level to measure. Named in a notice beside a repaired fused BN;
+    alone, a GraphError naming it."""
+    from ckptfix.errors import GraphError
+
+    data = (np.random.RandomState(11).randn(32, 8, 8, 3) * 2 + 1).astype(np.float32)
+    folder, _ = _cond_branches_module(tmp_path / "mixed", conv_inside=True, with_fused=True)
+    report = ckptfix.recalibrate(folder, data, batch_size=16, output=tmp_path / "fixed", force=True)
+    assert [layer.name for layer in report.layers] == ["bn"]
+    assert any("BN in pop normalises a tensor computed inside tf.cond branch functions" in n for n in report.notices)
+    folder, _ = _cond_branches_module(tmp_path / "alone", conv_inside=True, with_fused=False)
+    with pytest.raises(GraphError, match="BN in pop normalises a tensor computed inside .*signature serving_default"):
+        ckptfix.inspect(folder)
 
 
 def test_two_inputs_and_a_second_signature(two_input_export, tmp_path):
