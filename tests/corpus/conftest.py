@@ -236,26 +236,29 @@ class Corpus:
         return self._runs[variant, name].result()
 
     def reference(self, variant: str) -> dict[str, published.LayerStats]:
-        if variant not in self._references:
-            case = self.case(variant)
+        """The float64 reference statistics, computed once per model: a renamed copy has the same tensors, graph
+        and data, so its written statistics are checked against the same reference."""
+        case = self.case(variant)
+        shared = variant.split("-renamed")[0]
+        if shared not in self._references:
             model = case.model
             if model.format == "tf1-hand-written":
-                self._references[variant] = published.tf1_hand_written_reference(
+                self._references[shared] = published.tf1_hand_written_reference(
                     case.meta, case.stale_prefix, case.data, model.batch_size,
                     input_tensor=published.CHIRON_INPUT, training_flag=published.CHIRON_FLAG)
             elif model.format == "frozen":
-                self._references[variant] = published.frozen_slim_reference(
+                self._references[shared] = published.frozen_slim_reference(
                     case.stale, case.data, model.batch_size, input_tensor=published.NUDITY_INPUT)
             elif model.format == "h5-weights":
-                self._references[variant] = published.deepcut_reference(case.stale, case.data, model.batch_size)
+                self._references[shared] = published.deepcut_reference(case.stale, case.data, model.batch_size)
             elif model.format == "tf1":
-                self._references[variant] = published.tf1_reference(
+                self._references[shared] = published.tf1_reference(
                     case.meta, case.stale_prefix, case.data, model.batch_size,
                     input_tensor=published.MUSICNN_INPUT, training_flag=published.MUSICNN_FLAG)
             else:
-                self._references[variant] = published.keras_reference(case.stale, case.data, model.batch_size,
+                self._references[shared] = published.keras_reference(case.stale, case.data, model.batch_size,
                                                                        custom_objects(case))
-        return self._references[variant]
+        return self._references[shared]
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
