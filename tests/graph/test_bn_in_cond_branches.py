@@ -53,8 +53,7 @@ def test_ghost_bn_under_if_ops_is_found_and_gets_its_own_updates_statistics(buil
     assert "If" in _graph_ops(info["prefix"]) and "Switch" not in _graph_ops(info["prefix"])
     notices = []
     report = ckptfix.recalibrate(info["prefix"], np.load(info["root"] / "data.npy"), batch_size=info["batch"],
-                                 shuffle=False, output=tmp_path / "out", on_notice=notices.append, estimator="batch-mean",
-                                 force=True)  # 64 samples: the gate is not what is tested here
+                                 shuffle=False, output=tmp_path / "out", on_notice=notices.append, estimator="batch-mean")
     assert [layer.name for layer in report.layers] == ["bn0", "bn1"]
     assert not any("branch functions" in n for n in notices), notices
     reference = np.load(info["root"] / "reference.npz")
@@ -80,8 +79,7 @@ def test_hand_written_bn_inside_branch_functions_is_repaired(built, tmp_path):
     data = np.load(info["root"] / "data.npy")
     notices = []
     report = ckptfix.recalibrate(info["prefix"], data, batch_size=info["batch"], shuffle=False, output=tmp_path / "out",
-                                 on_notice=notices.append, output_tensor=info["output"],
-                                 force=True)  # 64 samples: the gate is not what is tested here
+                                 on_notice=notices.append, output_tensor=info["output"])
     assert [(layer.name, layer.kind) for layer in report.layers] == [("conv0_bn", "non-fused"), ("bn1", "fused")]
     assert report.training_flag == "training:0"
     assert not any("branch functions" in n for n in notices), notices
